@@ -1,0 +1,59 @@
+# Every target sets up what it needs: a local .venv created once from the pinned
+# requirements.txt and reused after (the stamp file below), so a second run does
+# not reinstall. Override the interpreter with `make PY=python3.11 ...`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
+
+.PHONY: setup book book-update test test-fast lint format lab bench data clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+# The synthetic dataset the chapters read (the chapters also make it on demand).
+data: $(STAMP)
+	$(BIN)/python -m rcnn_steps.data synth --out data/synth-128px-seed0
+
+# The book's main job, headless: execute every chapter top to bottom into
+# build/book/ (the committed notebooks are left as they are).
+book: $(STAMP)
+	$(BIN)/python scripts/run_book.py --out build/book
+
+# For authors: execute every chapter in place, refreshing the committed outputs.
+book-update: $(STAMP)
+	$(BIN)/python scripts/run_book.py --inplace
+
+# Lint, unit tests, and the notebooks as regression tests (nbval).
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest tests book $(NBVAL)
+
+# Unit tests only (no notebooks).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab book/
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_boxes.py
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,50 @@
+"""Data for the book (chapter 00): the synthetic COCO-format set and a COCO reader.
+
+- :func:`generate` / :func:`ensure_synth` write the seeded synthetic set
+  (``python -m rcnn_steps.data synth --out DIR``);
+- :class:`CocoDataset` reads it, and real COCO 2017, into tensors;
+- :mod:`rcnn_steps.data.transforms` holds flips that keep keypoints' left and right.
+"""
+
+from rcnn_steps.data.coco import CocoDataset, DatasetError, collate_fn, load_coco_json
+from rcnn_steps.data.synth import (
+    CATEGORIES,
+    FLIP_PAIRS,
+    KEYPOINT_NAMES,
+    OKS_SIGMAS,
+    SKELETON,
+    SynthConfig,
+    ensure_synth,
+    generate,
+    size_ranges,
+)
+from rcnn_steps.data.transforms import Compose, RandomHorizontalFlip, horizontal_flip
+
+__all__ = [
+    "CATEGORIES",
+    "FLIP_PAIRS",
+    "KEYPOINT_NAMES",
+    "OKS_SIGMAS",
+    "SKELETON",
+    "CocoDataset",
+    "Compose",
+    "DatasetError",
+    "RandomHorizontalFlip",
+    "SynthConfig",
+    "collate_fn",
+    "ensure_synth",
+    "generate",
+    "horizontal_flip",
+    "load_coco_json",
+    "size_ranges",
+    "synth_datasets",
+]
+
+
+def synth_datasets(root=None, transforms=None, **synth_args):
+    """The (train, val) :class:`CocoDataset` pair of the synthetic set, generated first if
+    needed (see :func:`ensure_synth` for ``synth_args``)."""
+    root = ensure_synth(root, **synth_args)
+    train = CocoDataset(root / "train", root / "annotations" / "instances_train.json", transforms)
+    val = CocoDataset(root / "val", root / "annotations" / "instances_val.json")
+    return train, val

@@ -1,0 +1,540 @@
+"""A seeded generator of synthetic detection data, written in COCO format (chapter 00).
+
+Each image is a cluttered, textured background with 1 to ``max_objects`` instances of
+six categories, drawn front to back so that later objects occlude earlier ones. The set is
+designed for the chapters that come later:
+
+- **aspect ratios** (chapter 04's anchors): ``square`` (1:1), ``bar`` (wide, about 3:1),
+  ``pole`` (tall, about 1:3), ``disc`` and ``triangle``;
+- **scale** (chapter 05's FPN): object sizes are drawn from a mixture of COCO's small,
+  medium and large ranges, scaled to the image size (:func:`size_ranges`);
+- **occlusion** (chapter 07's masks): an object may hide up to half of any earlier one, and
+  boxes, masks and areas describe what is visible;
+- **clutter** (chapters 01-02): gradients, low-frequency noise, stripe textures and
+  distractors (rings, lines, crosses) that look like objects but are not annotated;
+- **keypoints** (chapter 07): ``person``, an articulated stick figure with 11 named
+  keypoints, COCO visibility flags (0 outside the image, 1 hidden behind another object,
+  2 visible), a skeleton, left/right flip pairs and OKS sigmas. The figure's left limbs are
+  drawn darker than its right limbs so that left and right can be told apart even when the
+  figure is mirrored;
+- **crowds**: now and then a cluster of tiny discs is annotated as one ``iscrowd=1``
+  region (uncompressed RLE, as in COCO), which evaluation ignores.
+
+Every image is drawn from its own random generator, seeded by ``(seed, split, index)``, so
+the same arguments give byte-identical files whatever the number of worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
+
+#: Format version of the generator; stored in the annotation files so that
+#: :func:`ensure_synth` regenerates a set made by an older generator.
+GENERATOR_VERSION = 1
+
+SHAPE_NAMES = ("square", "bar", "pole", "disc", "triangle")
+
+KEYPOINT_NAMES = (
+    "head",
+    "neck",
+    "left_elbow",
+    "right_elbow",
+    "left_hand",
+    "right_hand",
+    "hip",
+    "left_knee",
+    "right_knee",
+    "left_foot",
+    "right_foot",
+)
+# COCO writes skeletons with 1-based keypoint indices; we follow it in the JSON.
+SKELETON = (
+    (1, 2),
+    (2, 3),
+    (3, 5),
+    (2, 4),
+    (4, 6),
+    (2, 7),
+    (7, 8),
+    (8, 10),
+    (7, 9),
+    (9, 11),
+)
+#: 0-based (left, right) index pairs, swapped by a horizontal flip.
+FLIP_PAIRS = ((2, 3), (4, 5), (7, 8), (9, 10))
+#: Per-keypoint OKS sigmas, taken from COCO's values for the analogous body part
+#: (nose for the head, shoulders for the neck, wrists for the hands, ankles for the feet).
+OKS_SIGMAS = (0.026, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.087, 0.087, 0.089, 0.089)
+
+CATEGORIES = [
+    {"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPE_NAMES)
+] + [
+    {
+        "id": len(SHAPE_NAMES) + 1,
+        "name": "person",
+        "supercategory": "articulated",
+        "keypoints": list(KEYPOINT_NAMES),
+        "skeleton": [list(p) for p in SKELETON],
+        "flip_pairs": [list(p) for p in FLIP_PAIRS],
+        "oks_sigmas": list(OKS_SIGMAS),
+    }
+]
+PERSON_CATEGORY_ID = len(SHAPE_NAMES) + 1
+DISC_CATEGORY_ID = SHAPE_NAMES.index("disc") + 1
+
+# sqrt(area) bounds, as fractions of a 640-px COCO image: small < 32, medium < 96.
+_SMALL, _MEDIUM = 32 / 640, 96 / 640
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Everything that decides the generated set; same config, same bytes."""
+
+    num_train: int = 1000
+    num_val: int = 200
+    size: int = 128
+    seed: int = 0
+    max_objects: int = 5
+    #: mixture weights of small / medium / large objects (by sqrt of the area)
+    size_mix: tuple[float, float, float] = (0.25, 0.45, 0.30)
+    crowd_probability: float = 0.08
+    distractors: tuple[int, int] = (2, 7)
+    #: an object may hide at most this fraction of any earlier object
+    max_occlusion: float = 0.5
+    #: objects whose visible area is below this many pixels are not placed
+    min_visible_area: int = 10
+
+
+def size_ranges(size: int) -> dict[str, tuple[float, float]]:
+    """The sqrt(area) range, in pixels, of each size class at image size ``size``.
+
+    COCO's thresholds (32 and 96 px) are for images about 640 px across; we scale them by
+    ``size / 640`` so that "small" means the same fraction of the image here as in COCO.
+    """
+    return {
+        "small": (0.035 * size, _SMALL * size),
+        "medium": (_SMALL * size, _MEDIUM * size),
+        "large": (_MEDIUM * size, 0.42 * size),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# drawing helpers: every shape is drawn as a boolean mask the size of the image
+
+
+def _canvas(size: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
+    img = Image.new("L", (size, size), 0)
+    return img, ImageDraw.Draw(img)
+
+
+def _as_mask(img: Image.Image) -> np.ndarray:
+    return np.asarray(img, dtype=np.uint8) > 0
+
+
+def _random_colour(rng: np.random.Generator) -> np.ndarray:
+    """A saturated colour: random hue, saturation 0.5-1, value 0.45-1."""
+    h, s, v = rng.random(), rng.uniform(0.5, 1.0), rng.uniform(0.45, 1.0)
+    i = int(h * 6) % 6
+    f = h * 6 - int(h * 6)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    rgb = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
+    return np.array(rgb) * 255.0
+
+
+def _sample_extent(rng: np.random.Generator, cfg: SynthConfig) -> float:
+    """sqrt(area) of a new object, from the small/medium/large mixture."""
+    ranges = list(size_ranges(cfg.size).values())
+    lo, hi = ranges[rng.choice(3, p=np.asarray(cfg.size_mix) / sum(cfg.size_mix))]
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def _draw_shape(
+    rng: np.random.Generator, name: str, extent: float, cx: float, cy: float, size: int
+) -> np.ndarray:
+    """Mask of one shape whose filled area is about ``extent**2`` pixels."""
+    img, draw = _canvas(size)
+    if name == "square":
+        half = extent / 2
+        draw.rectangle([cx - half, cy - half, cx + half - 1, cy + half - 1], fill=1)
+    elif name in ("bar", "pole"):
+        ratio = rng.uniform(2.5, 3.5)
+        long_side, short_side = extent * math.sqrt(ratio), extent / math.sqrt(ratio)
+        w, h = (long_side, short_side) if name == "bar" else (short_side, long_side)
+        draw.rectangle([cx - w / 2, cy - h / 2, cx + w / 2 - 1, cy + h / 2 - 1], fill=1)
+    elif name == "disc":
+        r = extent / math.sqrt(math.pi)
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
+    elif name == "triangle":
+        # an isosceles triangle of area extent^2, pointing up or down
+        side = extent * math.sqrt(2.0)
+        sign = 1 if rng.random() < 0.5 else -1
+        pts = [
+            (cx, cy - sign * side / 2),
+            (cx - side / 2, cy + sign * side / 2),
+            (cx + side / 2, cy + sign * side / 2),
+        ]
+        draw.polygon(pts, fill=1)
+    else:  # pragma: no cover - guarded by the caller
+        raise ValueError(f"unknown shape {name!r}")
+    return _as_mask(img)
+
+
+def _person_joints(rng: np.random.Generator, height: float, cx: float, cy: float) -> np.ndarray:
+    """(11, 2) joint positions of a stick figure ``height`` px tall centred at (cx, cy).
+
+    The figure faces the viewer, so its left limbs are on the image's right, unless it is
+    mirrored (seen from behind), which happens half of the time.
+    """
+
+    def limb(start: np.ndarray, angle: float, length: float) -> np.ndarray:
+        # angle 0 points straight down the image, positive angles swing to the image right
+        return start + length * np.array([math.sin(angle), math.cos(angle)])
+
+    top = np.array([cx, cy - height / 2])
+    head = top + np.array([0.0, 0.1 * height])
+    neck = head + np.array([0.0, 0.14 * height])
+    hip = limb(neck, rng.uniform(-0.15, 0.15), 0.3 * height)
+    side = 1.0 if rng.random() < 0.5 else -1.0  # +1: the figure's left is the image right
+    joints = {"head": head, "neck": neck, "hip": hip}
+    for name, s in (("left", side), ("right", -side)):
+        upper = s * rng.uniform(0.2, 2.4)
+        joints[f"{name}_elbow"] = limb(neck, upper, 0.17 * height)
+        joints[f"{name}_hand"] = limb(
+            joints[f"{name}_elbow"], upper + s * rng.uniform(-0.6, 0.9), 0.16 * height
+        )
+        thigh = s * rng.uniform(0.05, 0.6)
+        joints[f"{name}_knee"] = limb(hip, thigh, 0.22 * height)
+        joints[f"{name}_foot"] = limb(
+            joints[f"{name}_knee"], thigh + s * rng.uniform(-0.5, 0.3), 0.2 * height
+        )
+    return np.stack([joints[k] for k in KEYPOINT_NAMES])
+
+
+def _draw_person(
+    joints: np.ndarray, height: float, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Masks of (the whole figure, its left limbs, the head) for the joints given."""
+    width = max(1, round(0.07 * height))
+    body_img, body = _canvas(size)
+    left_img, left = _canvas(size)
+    head_img, head = _canvas(size)
+    for a, b in SKELETON:
+        pa, pb = tuple(joints[a - 1]), tuple(joints[b - 1])
+        body.line([pa, pb], fill=1, width=width)
+        if KEYPOINT_NAMES[b - 1].startswith("left_"):
+            left.line([pa, pb], fill=1, width=width)
+    r = 0.09 * height
+    hx, hy = joints[0]
+    head.ellipse([hx - r, hy - r, hx + r, hy + r], fill=1)
+    body.ellipse([hx - r, hy - r, hx + r, hy + r], fill=1)
+    return _as_mask(body_img), _as_mask(left_img), _as_mask(head_img)
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Low-frequency noise in [-1, 1]: a random ``cells`` x ``cells`` grid, bilinearly upsampled."""
+    grid = rng.uniform(0, 255, size=(cells, cells)).astype(np.uint8)
+    up = Image.fromarray(grid).resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(up, dtype=np.float32) / 127.5 - 1.0
+
+
+def _stripes(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A sinusoidal stripe pattern in [-1, 1] at a random angle and period."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    angle, period = rng.uniform(0, np.pi), rng.uniform(3, 10)
+    return np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period)
+
+
+def _background(rng: np.random.Generator, cfg: SynthConfig) -> np.ndarray:
+    """(H, W, 3) float image: a gradient, low-frequency noise, a stripe patch, distractors."""
+    size = cfg.size
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = (xx * np.cos(angle) + yy * np.sin(angle) + 1.5) / 3.0
+    c0, c1 = _random_colour(rng) * 0.6, _random_colour(rng) * 0.6
+    img = c0 + (c1 - c0) * ramp[..., None]
+    img += 25.0 * _smooth_noise(rng, size, int(rng.integers(4, 12)))[..., None]
+    if rng.random() < 0.6:  # a textured patch
+        x0, y0 = rng.integers(0, size // 2, size=2)
+        w, h = rng.integers(size // 6, size // 2, size=2)
+        img[y0 : y0 + h, x0 : x0 + w] += 30.0 * _stripes(rng, size)[y0 : y0 + h, x0 : x0 + w, None]
+    for _ in range(int(rng.integers(cfg.distractors[0], cfg.distractors[1] + 1))):
+        canvas, draw = _canvas(size)
+        x, y = rng.uniform(0, size, size=2)
+        r = rng.uniform(0.03, 0.12) * size
+        kind = rng.integers(3)
+        if kind == 0:  # a ring: round like a disc but hollow
+            draw.ellipse([x - r, y - r, x + r, y + r], outline=1, width=max(1, round(r / 4)))
+        elif kind == 1:  # a thin line
+            x2, y2 = rng.uniform(0, size, size=2)
+            draw.line([(x, y), (x2, y2)], fill=1, width=1)
+        else:  # a cross
+            draw.line([(x - r, y), (x + r, y)], fill=1, width=max(1, round(r / 5)))
+            draw.line([(x, y - r), (x, y + r)], fill=1, width=max(1, round(r / 5)))
+        img[_as_mask(canvas)] = _random_colour(rng)
+    return img
+
+
+def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, colour: np.ndarray) -> None:
+    """Fill ``mask`` with ``colour`` plus pixel noise and, sometimes, stripes."""
+    n = int(mask.sum())
+    if n == 0:
+        return
+    fill = colour[None, :] + rng.normal(0.0, 7.0, size=(n, 1))
+    if rng.random() < 0.3:
+        fill = fill * (1.0 + 0.15 * _stripes(rng, img.shape[0])[mask][:, None])
+    img[mask] = fill
+
+
+# ---------------------------------------------------------------------------------------
+# one image
+
+
+@dataclass
+class _Instance:
+    category_id: int
+    mask: np.ndarray  # visible part, updated as later objects are drawn on top
+    full_area: int
+    iscrowd: int = 0
+    joints: np.ndarray | None = None  # (K, 2) for persons
+
+
+def _bbox_of(mask: np.ndarray) -> list[float]:
+    """COCO [x, y, w, h] of a mask's pixels (pixel (i, j) covers [j, j+1) x [i, i+1))."""
+    rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)
+    y0, y1 = np.flatnonzero(rows)[[0, -1]]
+    x0, x1 = np.flatnonzero(cols)[[0, -1]]
+    return [float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1)]
+
+
+def _uncompressed_rle(mask: np.ndarray) -> dict:
+    """COCO's uncompressed RLE (used for crowds): run lengths in column-major order,
+    starting with a run of zeros."""
+    flat = mask.astype(np.uint8).flatten(order="F")
+    change = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat.size and flat[0] == 1:
+        counts = [0, *counts]
+    return {"size": list(mask.shape), "counts": counts}
+
+
+def render_image(rng: np.random.Generator, cfg: SynthConfig) -> tuple[np.ndarray, list[dict]]:
+    """Draw one image. Returns the (H, W, 3) uint8 image and its annotations (COCO dicts
+    without ``id``/``image_id``)."""
+    size = cfg.size
+    img = _background(rng, cfg)
+    instances: list[_Instance] = []
+
+    if rng.random() < cfg.crowd_probability:
+        # a crowd: many tiny discs close together, one annotation for the region
+        canvas, draw = _canvas(size)
+        x, y = rng.uniform(0.15 * size, 0.85 * size, size=2)
+        spread = 0.1 * size
+        for _ in range(int(rng.integers(6, 13))):
+            px, py = rng.normal([x, y], spread)
+            r = rng.uniform(0.008, 0.018) * size
+            draw.ellipse([px - r, py - r, px + r, py + r], fill=1)
+        crowd = _as_mask(canvas)
+        if crowd.sum() >= cfg.min_visible_area:
+            _paint(rng, img, crowd, _random_colour(rng))
+            instances.append(_Instance(DISC_CATEGORY_ID, crowd, int(crowd.sum()), iscrowd=1))
+
+    num_objects = int(rng.integers(1, cfg.max_objects + 1))
+    for _ in range(num_objects):
+        for _attempt in range(20):
+            category_id = int(rng.integers(1, len(CATEGORIES) + 1))
+            cx, cy = rng.uniform(0.05 * size, 0.95 * size, size=2)
+            joints = left = head = None
+            if category_id == PERSON_CATEGORY_ID:
+                height = rng.uniform(0.25, 0.7) * size
+                joints = _person_joints(rng, height, cx, cy)
+                mask, left, head = _draw_person(joints, height, size)
+            else:
+                extent = _sample_extent(rng, cfg)
+                mask = _draw_shape(rng, SHAPE_NAMES[category_id - 1], extent, cx, cy, size)
+            area = int(mask.sum())
+            if area < cfg.min_visible_area:
+                continue
+            # keep every earlier object at least (1 - max_occlusion) visible
+            if all(
+                inst.iscrowd
+                or (inst.mask & ~mask).sum()
+                >= max((1 - cfg.max_occlusion) * inst.full_area, cfg.min_visible_area)
+                for inst in instances
+            ):
+                break
+        else:
+            continue  # no room for this object; the image gets one fewer
+        colour = _random_colour(rng)
+        _paint(rng, img, mask, colour)
+        if left is not None:
+            _paint(rng, img, left, colour * 0.55)  # darker left limbs: left != right
+            _paint(rng, img, head, colour)
+        for inst in instances:
+            inst.mask = inst.mask & ~mask
+        instances.append(_Instance(category_id, mask, area, joints=joints))
+
+    annotations = []
+    for k, inst in enumerate(instances):
+        if not inst.mask.any():
+            continue
+        ann = {
+            "category_id": inst.category_id,
+            "bbox": _bbox_of(inst.mask),
+            "area": float(inst.mask.sum()),
+            "iscrowd": inst.iscrowd,
+        }
+        if inst.iscrowd:
+            ann["segmentation"] = _uncompressed_rle(inst.mask)
+        else:
+            rle = mask_utils.encode(np.asfortranarray(inst.mask.astype(np.uint8)))
+            ann["segmentation"] = {"size": list(inst.mask.shape), "counts": rle["counts"].decode()}
+        if inst.joints is not None:
+            # a keypoint hidden behind a later object is labelled but not visible (v=1)
+            later = np.zeros((size, size), dtype=bool)
+            for other in instances[k + 1 :]:
+                later |= other.mask
+            flat = []
+            for x, y in inst.joints:
+                if not (0 <= x < size and 0 <= y < size):
+                    flat += [0.0, 0.0, 0]
+                else:
+                    v = 1 if later[int(y), int(x)] else 2
+                    flat += [round(float(x), 2), round(float(y), 2), v]
+            ann["keypoints"] = flat
+            ann["num_keypoints"] = sum(1 for v in flat[2::3] if v > 0)
+        annotations.append(ann)
+    return np.clip(img, 0, 255).astype(np.uint8), annotations
+
+
+# ---------------------------------------------------------------------------------------
+# a whole split, and the command-line entry point
+
+_SPLIT_OFFSETS = {"train": 0, "val": 10_000_000}
+
+
+def _render_one(args: tuple[SynthConfig, str, int, str]) -> list[dict]:
+    cfg, split, index, images_dir = args
+    rng = np.random.default_rng([cfg.seed, list(_SPLIT_OFFSETS).index(split), index])
+    image, anns = render_image(rng, cfg)
+    image_id = _SPLIT_OFFSETS[split] + index + 1
+    Image.fromarray(image).save(os.path.join(images_dir, f"{image_id:08d}.png"), optimize=False)
+    return anns
+
+
+def generate_split(cfg: SynthConfig, out: Path, split: str, num: int, workers: int = 1) -> dict:
+    """Render ``num`` images into ``out/split/`` and return the COCO dict for them."""
+    images_dir = out / split
+    images_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(cfg, split, i, str(images_dir)) for i in range(num)]
+    if workers > 1 and num > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            per_image = list(pool.map(_render_one, jobs, chunksize=16))
+    else:
+        per_image = [_render_one(j) for j in jobs]
+    images, annotations = [], []
+    for i, anns in enumerate(per_image):
+        image_id = _SPLIT_OFFSETS[split] + i + 1
+        images.append(
+            {
+                "id": image_id,
+                "file_name": f"{image_id:08d}.png",
+                "width": cfg.size,
+                "height": cfg.size,
+            }
+        )
+        for ann in anns:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
+    return {
+        "info": {
+            "description": "rcnn-steps synthetic shapes",
+            "generator_version": GENERATOR_VERSION,
+            "config": asdict(cfg),
+            "split": split,
+        },
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": CATEGORIES,
+    }
+
+
+def generate(
+    out: str | os.PathLike,
+    num_train: int = 1000,
+    num_val: int = 200,
+    size: int = 128,
+    seed: int = 0,
+    workers: int | None = None,
+    **overrides,
+) -> Path:
+    """Write the synthetic set: ``out/{train,val}/*.png`` and
+    ``out/annotations/instances_{train,val}.json``. Same arguments, byte-identical files.
+
+    ``overrides`` set other :class:`SynthConfig` fields (e.g. ``max_objects``).
+    """
+    if size < 32:
+        raise ValueError(f"--size must be at least 32 pixels, got {size}")
+    if num_train < 0 or num_val < 0:
+        raise ValueError("--num-train and --num-val must not be negative")
+    cfg = SynthConfig(num_train=num_train, num_val=num_val, size=size, seed=seed, **overrides)
+    out = Path(out)
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+    for split, num in (("train", num_train), ("val", num_val)):
+        coco = generate_split(cfg, out, split, num, workers)
+        path = out / "annotations" / f"instances_{split}.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(coco, separators=(",", ":")) + "\n")
+        os.replace(tmp, path)  # the annotation file appears only once it is whole
+    return out
+
+
+def ensure_synth(
+    out: str | os.PathLike | None = None,
+    num_train: int = 1000,
+    num_val: int = 200,
+    size: int = 128,
+    seed: int = 0,
+    **overrides,
+) -> Path:
+    """Return the folder of the synthetic set with these arguments, generating it first if
+    it is missing or was made with other arguments. Chapters call this, so they run on a
+    fresh checkout without a separate data step.
+
+    The default folder is ``<data dir>/synth-{size}px-seed{seed}``.
+    """
+    from rcnn_steps.utils import data_dir
+
+    out = Path(out) if out is not None else data_dir() / f"synth-{size}px-seed{seed}"
+    want = asdict(
+        SynthConfig(num_train=num_train, num_val=num_val, size=size, seed=seed, **overrides)
+    )
+    # compare through JSON, where tuples and lists look alike
+    want = json.loads(json.dumps(want))
+    ok = True
+    for split in ("train", "val"):
+        path = out / "annotations" / f"instances_{split}.json"
+        try:
+            info = json.loads(path.read_text())["info"]
+            ok &= info.get("generator_version") == GENERATOR_VERSION and info["config"] == want
+        except (OSError, ValueError, KeyError, TypeError):
+            ok = False
+    if not ok:
+        generate(out, num_train=num_train, num_val=num_val, size=size, seed=seed, **overrides)
+    return out
+
+
+def category_names(categories: Sequence[dict] = CATEGORIES) -> list[str]:
+    """Names in id order."""
+    return [c["name"] for c in sorted(categories, key=lambda c: c["id"])]

@@ -1,0 +1,159 @@
+"""Small shared helpers: seeds and threads, devices, paths, and results files.
+
+Every chapter starts with :func:`seed_everything` and :func:`set_threads` so that its
+outputs are the same on every run (nbval compares them), and every library command that
+produces numbers for the book writes them with :func:`write_results`, which records how
+they were made (GUIDE section 7).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+#: The repository root when the package runs from a checkout (editable install).
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - user code may still call the legacy global API
+    torch.manual_seed(seed)
+
+
+def set_threads(n: int = 2) -> None:
+    """Fix torch's intra-op thread count, so timings and float sums repeat run to run."""
+    torch.set_num_threads(n)
+
+
+def default_device() -> torch.device:
+    """CUDA when one is present, else CPU. Code takes a device; it never calls ``.cuda()``."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def data_dir() -> Path:
+    """Where the book's data lives: ``$RCNN_STEPS_DATA`` if set, else ``<repo>/data``
+    in a checkout, else ``./data``."""
+    env = os.environ.get("RCNN_STEPS_DATA")
+    if env:
+        return Path(env)
+    if (REPO_ROOT / "pyproject.toml").exists():
+        return REPO_ROOT / "data"
+    return Path.cwd() / "data"
+
+
+def results_dir() -> Path:
+    """Where library commands write the results files the chapters read."""
+    if (REPO_ROOT / "pyproject.toml").exists():
+        return REPO_ROOT / "results"
+    return Path.cwd() / "results"
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    """The checkout's commit (with ``-dirty`` when there are uncommitted changes)."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=cwd or REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """What ran a measurement: CPU model, thread count, GPU (if any), library versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename,
+    so a crash never leaves a half-written file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_results(
+    path: str | os.PathLike,
+    results: dict[str, Any],
+    *,
+    preset: str | None = None,
+    seeds: list[int] | None = None,
+    started: float | None = None,
+) -> dict[str, Any]:
+    """Write a results file (JSON) holding ``results`` and how they were made: the command
+    line, the commit, the preset, the seeds, the machine and the wall time.
+
+    ``started`` is a ``time.time()`` taken when the work began. Returns the full payload.
+    """
+    payload = {
+        "results": results,
+        "provenance": {
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "commit": git_commit(),
+            "preset": preset,
+            "seeds": seeds,
+            "machine": machine_info(),
+            "wall_time_s": None if started is None else round(time.time() - started, 2),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        },
+    }
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+    return payload
+
+
+def read_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a results file written by :func:`write_results`, with a clear error if absent."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"results file {path} does not exist; run the library command that writes it "
+            "(the chapter names it) and try again"
+        )
+    return json.loads(path.read_text())

@@ -1,0 +1,57 @@
+"""Execute the book's chapters top to bottom, headless, and report how long each took.
+
+python scripts/run_book.py --out build/book     # executed copies in build/book/
+python scripts/run_book.py --inplace            # refresh the committed outputs
+python scripts/run_book.py --out build/book 00  # only chapters whose name starts 00
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+BOOK = Path(__file__).resolve().parents[1] / "book"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("chapters", nargs="*", help="name prefixes (default: all)")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help="folder for the executed notebooks")
+    where.add_argument("--inplace", action="store_true", help="overwrite book/*.ipynb")
+    parser.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
+    args = parser.parse_args()
+
+    notebooks = sorted(BOOK.glob("[0-9][0-9]_*.ipynb"))
+    if args.chapters:
+        notebooks = [nb for nb in notebooks if nb.name.startswith(tuple(args.chapters))]
+    if not notebooks:
+        print("no chapters matched", file=sys.stderr)
+        return 1
+    total = time.time()
+    for path in notebooks:
+        start = time.time()
+        nb = nbformat.read(path, as_version=4)
+        NotebookClient(
+            nb,
+            timeout=args.timeout,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(BOOK)}},
+        ).execute()
+        target = path if args.inplace else args.out / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, target)
+        print(f"{path.name:<45} {time.time() - start:7.1f} s  -> {target}", flush=True)
+    print(f"{len(notebooks)} chapters in {time.time() - total:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

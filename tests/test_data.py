@@ -1,0 +1,337 @@
+"""The synthetic dataset, the COCO reader, flips, and the errors for bad input."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+
+from rcnn_steps.data import (
+    CATEGORIES,
+    FLIP_PAIRS,
+    KEYPOINT_NAMES,
+    CocoDataset,
+    DatasetError,
+    RandomHorizontalFlip,
+    SynthConfig,
+    collate_fn,
+    ensure_synth,
+    generate,
+    horizontal_flip,
+    size_ranges,
+)
+from rcnn_steps.data.__main__ import main as data_main
+from rcnn_steps.data.synth import render_image
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _load(root: Path, split: str = "train") -> dict:
+    return json.loads((root / "annotations" / f"instances_{split}.json").read_text())
+
+
+# --- the generator -------------------------------------------------------------------
+
+
+def test_same_arguments_give_byte_identical_files(tmp_path):
+    a = generate(tmp_path / "a", num_train=6, num_val=3, size=64, seed=7, workers=1)
+    b = generate(tmp_path / "b", num_train=6, num_val=3, size=64, seed=7, workers=2)
+    da, db = _digest(a), _digest(b)
+    assert len(da) == 6 + 3 + 2
+    assert da == db
+
+
+def test_other_seed_gives_other_images(tmp_path):
+    a = generate(tmp_path / "a", num_train=2, num_val=0, size=64, seed=1, workers=1)
+    b = generate(tmp_path / "b", num_train=2, num_val=0, size=64, seed=2, workers=1)
+    assert _digest(a)["train/00000001.png"] != _digest(b)["train/00000001.png"]
+
+
+def test_cli_writes_the_documented_layout(tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["synth", "--out", str(out), "--num-train", "3", "--num-val", "2", "--size", "48"]
+    assert data_main([*argv, "--seed", "5"]) == 0
+    assert "wrote 3 train and 2 val images" in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "annotations").iterdir()) == [
+        "instances_train.json",
+        "instances_val.json",
+    ]
+    assert len(list((out / "train").glob("*.png"))) == 3
+    assert len(list((out / "val").glob("*.png"))) == 2
+    with pytest.raises(SystemExit):
+        data_main(["synth", "--out", str(out), "--size", "8"])
+
+
+def test_annotations_agree_with_their_masks(tiny_synth):
+    coco = _load(tiny_synth)
+    assert [c["name"] for c in coco["categories"]] == [c["name"] for c in CATEGORIES]
+    assert coco["annotations"], "the set must hold objects"
+    ids = [a["id"] for a in coco["annotations"]]
+    assert len(ids) == len(set(ids))
+    for ann in coco["annotations"]:
+        seg = ann["segmentation"]
+        if isinstance(seg["counts"], list):  # crowds: uncompressed RLE, as in COCO
+            seg = mask_utils.frPyObjects(seg, *seg["size"])
+        m = mask_utils.decode(seg)
+        assert m.sum() == ann["area"] > 0
+        ys, xs = np.nonzero(m)
+        x, y, w, h = ann["bbox"]
+        assert (x, y, w, h) == (
+            xs.min(),
+            ys.min(),
+            xs.max() - xs.min() + 1,
+            ys.max() - ys.min() + 1,
+        )
+
+
+def test_keypoints_follow_coco_conventions(tiny_synth):
+    coco = _load(tiny_synth)
+    person = next(c for c in coco["categories"] if c["name"] == "person")
+    assert person["keypoints"] == list(KEYPOINT_NAMES)
+    assert len(person["oks_sigmas"]) == len(KEYPOINT_NAMES)
+    for left, right in person["flip_pairs"]:
+        assert KEYPOINT_NAMES[left].replace("left_", "right_") == KEYPOINT_NAMES[right]
+    people = [a for a in coco["annotations"] if a["category_id"] == person["id"]]
+    assert people
+    for ann in people:
+        kp = np.array(ann["keypoints"]).reshape(-1, 3)
+        assert kp.shape == (len(KEYPOINT_NAMES), 3)
+        assert set(kp[:, 2]) <= {0, 1, 2}
+        assert ann["num_keypoints"] == int((kp[:, 2] > 0).sum())
+        assert np.all(kp[kp[:, 2] == 0, :2] == 0)  # unlabelled points sit at (0, 0)
+        inside = kp[kp[:, 2] > 0, :2]
+        assert np.all((inside >= 0) & (inside < 64))
+    for ann in coco["annotations"]:
+        if ann["category_id"] != person["id"]:
+            assert "keypoints" not in ann
+
+
+def test_design_features_show_up_in_a_larger_sample():
+    """Occlusion, hidden keypoints, crowds and all three size classes occur."""
+    cfg = SynthConfig(size=128, crowd_probability=0.3)
+    ranges = size_ranges(128)
+    seen = {"crowd": 0, "hidden_kp": 0, "occluded": 0, "small": 0, "medium": 0, "large": 0}
+    for i in range(60):
+        _, anns = render_image(np.random.default_rng([11, i]), cfg)
+        for a in anns:
+            seen["crowd"] += a["iscrowd"]
+            if "keypoints" in a:
+                seen["hidden_kp"] += int(1 in a["keypoints"][2::3])
+            if not a["iscrowd"]:
+                side = np.sqrt(a["area"])
+                seen["occluded"] += int(a["area"] < 0.9 * a["bbox"][2] * a["bbox"][3])
+                for name, (_, hi) in ranges.items():
+                    if side < hi or name == "large":
+                        seen[name] += 1
+                        break
+    assert all(v > 0 for v in seen.values()), seen
+
+
+def test_ensure_synth_reuses_and_regenerates(tmp_path):
+    root = ensure_synth(tmp_path / "s", num_train=2, num_val=1, size=48, seed=0)
+    stamp = (root / "annotations" / "instances_train.json").stat().st_mtime_ns
+    ensure_synth(root, num_train=2, num_val=1, size=48, seed=0)
+    assert (root / "annotations" / "instances_train.json").stat().st_mtime_ns == stamp
+    ensure_synth(root, num_train=3, num_val=1, size=48, seed=0)
+    assert len(_load(root)["images"]) == 3
+
+
+# --- the reader -----------------------------------------------------------------------
+
+
+def test_dataset_items_have_documented_shapes(tiny_synth):
+    ds = CocoDataset(tiny_synth / "train", tiny_synth / "annotations" / "instances_train.json")
+    assert len(ds) == 24 and ds.num_classes == 6 and ds.num_keypoints == 11
+    assert ds.class_names[0] == "__background__"
+    assert ds.flip_pairs == [tuple(p) for p in FLIP_PAIRS]
+    for i in range(len(ds)):
+        image, t = ds[i]
+        n = len(t["labels"])
+        assert image.shape == (3, 64, 64) and image.dtype == torch.float32
+        assert 0.0 <= image.min() and image.max() <= 1.0
+        assert t["boxes"].shape == (n, 4) and t["boxes"].dtype == torch.float32
+        assert t["labels"].dtype == torch.int64 and bool((t["labels"] >= 1).all())
+        assert t["masks"].shape == (n, 64, 64) and t["masks"].dtype == torch.uint8
+        assert t["keypoints"].shape == (n, 11, 3)
+        assert t["area"].shape == t["iscrowd"].shape == (n,)
+        assert bool((t["iscrowd"] == 0).all())
+        assert bool((t["boxes"][:, 2:] > t["boxes"][:, :2]).all())
+        # each box is the tight box of its mask
+        for box, m in zip(t["boxes"], t["masks"], strict=True):
+            ys, xs = torch.nonzero(m, as_tuple=True)
+            assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+def _write_coco(tmp_path: Path, annotations, images=None, categories=None, size=16) -> Path:
+    images_dir = tmp_path / "img"
+    images_dir.mkdir(exist_ok=True)
+    images = images or [{"id": 1, "file_name": "a.png", "width": size, "height": size}]
+    for img in images:
+        arr = np.full((size, size, 3), 100, dtype=np.uint8)
+        from PIL import Image
+
+        Image.fromarray(arr).save(images_dir / img["file_name"])
+    categories = categories or [{"id": 3, "name": "thing"}, {"id": 7, "name": "other"}]
+    path = tmp_path / "ann.json"
+    path.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
+    return path
+
+
+def test_images_without_annotations_and_crowds(tmp_path):
+    rle = mask_utils.encode(np.asfortranarray(np.ones((16, 16), dtype=np.uint8)))
+    crowd = {"size": [16, 16], "counts": rle["counts"].decode()}
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 7, "bbox": [2, 2, 4, 4], "iscrowd": 0,
+         "segmentation": [[2, 2, 6, 2, 6, 6, 2, 6]], "area": 16},
+        {"id": 2, "image_id": 1, "category_id": 3, "bbox": [0, 0, 16, 16], "iscrowd": 1,
+         "segmentation": crowd, "area": 256},
+    ]  # fmt: skip
+    images = [
+        {"id": 1, "file_name": "a.png", "width": 16, "height": 16},
+        {"id": 2, "file_name": "b.png", "width": 16, "height": 16},
+    ]
+    path = _write_coco(tmp_path, anns, images)
+    ds = CocoDataset(tmp_path / "img", path)
+    _, t = ds[0]
+    assert t["labels"].tolist() == [2]  # category 7 is the second: contiguous label 2
+    assert t["masks"][0].sum() > 0  # a polygon decodes too
+    _, empty = ds[1]
+    assert empty["boxes"].shape == (0, 4) and empty["masks"].shape == (0, 16, 16)
+    assert empty["keypoints"].shape == (0, 0, 3)
+    with_crowd = CocoDataset(tmp_path / "img", path, include_crowd=True)
+    assert with_crowd[0][1]["iscrowd"].tolist() == [0, 1]
+    images, targets = collate_fn([ds[0], ds[1]])
+    assert len(images) == len(targets) == 2
+
+
+def test_flip_twice_is_identity_and_swaps_left_and_right(tiny_synth):
+    ds = CocoDataset(tiny_synth / "train", tiny_synth / "annotations" / "instances_train.json")
+    i = next(i for i in range(len(ds)) if (ds[i][1]["labels"] == 6).any())
+    image, t = ds[i]
+    fi, ft = horizontal_flip(image, t, ds.flip_pairs)
+    assert torch.equal(fi[..., 0], image[..., -1])
+    for box, m in zip(ft["boxes"], ft["masks"], strict=True):  # boxes still fit the masks
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    person = t["keypoints"][t["labels"] == 6][0]
+    fperson = ft["keypoints"][ft["labels"] == 6][0]
+    left, right = KEYPOINT_NAMES.index("left_hand"), KEYPOINT_NAMES.index("right_hand")
+    if person[right, 2] > 0:
+        assert fperson[left, 0] == pytest.approx(64 - person[right, 0])
+        assert fperson[left, 2] == person[right, 2]
+    bi, bt = horizontal_flip(fi, ft, ds.flip_pairs)
+    assert torch.equal(bi, image)
+    for key in ("boxes", "masks", "keypoints"):
+        assert torch.allclose(bt[key].float(), t[key].float())
+    torch.manual_seed(0)
+    always = RandomHorizontalFlip(1.0, ds.flip_pairs)
+    assert torch.equal(always(image, t)[0], fi)
+
+
+def test_flip_pairs_derived_from_left_right_names(tmp_path):
+    cats = [{"id": 1, "name": "person", "keypoints": ["nose", "left_eye", "right_eye"]}]
+    path = _write_coco(tmp_path, [], categories=cats)
+    assert CocoDataset(tmp_path / "img", path).flip_pairs == [(1, 2)]
+
+
+# --- bad input: each error names the file/annotation and says what to do -----------------
+
+
+def test_missing_folder_and_file(tmp_path, tiny_synth):
+    ann = tiny_synth / "annotations" / "instances_train.json"
+    with pytest.raises(DatasetError, match="images folder .*nowhere.* does not exist.*synth"):
+        CocoDataset(tmp_path / "nowhere", ann)
+    with pytest.raises(DatasetError, match="annotation file .*missing.json does not exist"):
+        CocoDataset(tiny_synth / "train", tmp_path / "missing.json")
+
+
+def test_invalid_json(tmp_path):
+    (tmp_path / "img").mkdir()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": [')
+    with pytest.raises(DatasetError, match=r"bad.json is not valid JSON .*line 1"):
+        CocoDataset(tmp_path / "img", bad)
+
+
+@pytest.mark.parametrize("missing", ["images", "annotations", "categories"])
+def test_missing_top_level_key(tmp_path, missing):
+    path = _write_coco(tmp_path, [])
+    data = json.loads(path.read_text())
+    del data[missing]
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=f"has no '{missing}' list"):
+        CocoDataset(tmp_path / "img", path)
+
+
+def test_annotation_missing_key(tmp_path):
+    path = _write_coco(tmp_path, [{"id": 41, "image_id": 1, "category_id": 3}])
+    with pytest.raises(DatasetError, match=r"ann.json: annotation 41 has no 'bbox'"):
+        CocoDataset(tmp_path / "img", path)
+
+
+@pytest.mark.parametrize("bbox", [[1, 1, 0, 4], [1, 1, 4, -2]])
+def test_non_positive_box_is_rejected_or_skipped(tmp_path, bbox):
+    anns = [
+        {"id": 5, "image_id": 1, "category_id": 3, "bbox": bbox},
+        {"id": 6, "image_id": 1, "category_id": 3, "bbox": [1, 1, 4, 4]},
+    ]
+    path = _write_coco(tmp_path, anns)
+    with pytest.raises(DatasetError, match=r"annotation 5 \(image 1\) has a box of width"):
+        CocoDataset(tmp_path / "img", path)
+    ds = CocoDataset(tmp_path / "img", path, on_invalid_box="skip")
+    assert ds[0][1]["boxes"].tolist() == [[1.0, 1.0, 5.0, 5.0]]
+
+
+def test_unknown_category_and_image(tmp_path):
+    path = _write_coco(
+        tmp_path, [{"id": 9, "image_id": 1, "category_id": 99, "bbox": [0, 0, 2, 2]}]
+    )
+    with pytest.raises(
+        DatasetError, match=r"annotation 9 has unknown category_id 99 \(known: \[3, 7\]\)"
+    ):
+        CocoDataset(tmp_path / "img", path)
+    path = _write_coco(tmp_path, [{"id": 8, "image_id": 4, "category_id": 3, "bbox": [0, 0, 2, 2]}])
+    with pytest.raises(DatasetError, match=r"annotation 8 refers to image_id 4"):
+        CocoDataset(tmp_path / "img", path)
+
+
+def test_unreadable_and_missing_image_files(tmp_path):
+    path = _write_coco(tmp_path, [])
+    (tmp_path / "img" / "a.png").write_bytes(b"this is not a png")
+    ds = CocoDataset(tmp_path / "img", path)
+    with pytest.raises(DatasetError, match=r"a.png \(image id 1\) cannot be read"):
+        ds[0]
+    (tmp_path / "img" / "a.png").unlink()
+    with pytest.raises(DatasetError, match=r"a.png \(image id 1\) does not exist"):
+        ds[0]
+
+
+def test_bad_segmentation_names_the_annotation(tmp_path):
+    anns = [{"id": 12, "image_id": 1, "category_id": 3, "bbox": [0, 0, 2, 2],
+             "segmentation": {"counts": "zz"}}]  # fmt: skip
+    ds = CocoDataset(tmp_path / "img", _write_coco(tmp_path, anns))
+    with pytest.raises(DatasetError, match="annotation 12 .* segmentation pycocotools cannot"):
+        ds[0]
+
+
+def test_check_command_reports_errors(tmp_path, tiny_synth, capsys):
+    ann = tiny_synth / "annotations" / "instances_val.json"
+    assert data_main(["check", "--images", str(tiny_synth / "val"), "--annotations", str(ann)]) == 0
+    assert "person" in capsys.readouterr().out
+    broken = tmp_path / "val"
+    shutil.copytree(tiny_synth / "val", broken)
+    next(broken.glob("*.png")).write_bytes(b"")
+    assert data_main(["check", "--images", str(broken), "--annotations", str(ann)]) == 1
+    assert "cannot be read" in capsys.readouterr().err
