@@ -335,3 +335,47 @@ def test_check_command_reports_errors(tmp_path, tiny_synth, capsys):
     next(broken.glob("*.png")).write_bytes(b"")
     assert data_main(["check", "--images", str(broken), "--annotations", str(ann)]) == 1
     assert "cannot be read" in capsys.readouterr().err
+
+
+# --- statistics ------------------------------------------------------------------------
+
+
+def test_size_class_thresholds_scale_with_the_image():
+    from rcnn_steps.data import size_class_of
+
+    # at 128 px: small below 6.4, large from 19.2 (COCO's 32 and 96 at 640 px)
+    assert size_class_of([6.3, 6.5, 19.1, 19.3], 128).tolist() == [
+        "small",
+        "medium",
+        "medium",
+        "large",
+    ]
+    assert size_class_of([31.0, 33.0, 97.0], 640).tolist() == ["small", "medium", "large"]
+
+
+def test_dataset_statistics_counts_what_the_file_holds(tiny_synth):
+    from rcnn_steps.data import dataset_statistics
+
+    ds = CocoDataset(tiny_synth / "train", tiny_synth / "annotations" / "instances_train.json")
+    stats = dataset_statistics(ds)
+    anns = list(ds.coco.anns.values())
+    assert stats["objects"] + stats["crowd_regions"] == len(anns)
+    assert sum(c["count"] for c in stats["per_class"].values()) == stats["objects"]
+    assert sum(stats["size_fractions"].values()) == pytest.approx(1.0)
+    assert stats["image_size"] == 64 and len(stats["sqrt_area"]) == stats["objects"]
+    bars = stats["per_class"]["bar"]
+    if bars["count"]:
+        assert bars["median_aspect"] > 1.0
+
+
+def test_select_instances_keeps_per_instance_entries(tiny_synth):
+    from rcnn_steps.data import select_instances
+
+    ds = CocoDataset(tiny_synth / "train", tiny_synth / "annotations" / "instances_train.json")
+    _, t = next((im, t) for im, t in ds if len(t["labels"]) >= 2)
+    keep = torch.zeros(len(t["labels"]), dtype=torch.bool)
+    keep[1] = True
+    s = select_instances(t, keep)
+    assert s["image_id"] == t["image_id"]
+    for key in ("boxes", "labels", "masks", "keypoints", "area", "iscrowd"):
+        assert torch.equal(s[key], t[key][1:2]), key

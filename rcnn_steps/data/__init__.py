@@ -7,6 +7,7 @@
 """
 
 from rcnn_steps.data.coco import CocoDataset, DatasetError, collate_fn, load_coco_json
+from rcnn_steps.data.stats import dataset_statistics, size_class_of
 from rcnn_steps.data.synth import (
     CATEGORIES,
     FLIP_PAIRS,
@@ -18,7 +19,12 @@ from rcnn_steps.data.synth import (
     generate,
     size_ranges,
 )
-from rcnn_steps.data.transforms import Compose, RandomHorizontalFlip, horizontal_flip
+from rcnn_steps.data.transforms import (
+    Compose,
+    RandomHorizontalFlip,
+    horizontal_flip,
+    select_instances,
+)
 
 __all__ = [
     "CATEGORIES",
@@ -32,10 +38,13 @@ __all__ = [
     "RandomHorizontalFlip",
     "SynthConfig",
     "collate_fn",
+    "dataset_statistics",
     "ensure_synth",
     "generate",
     "horizontal_flip",
     "load_coco_json",
+    "select_instances",
+    "size_class_of",
     "size_ranges",
     "synth_datasets",
 ]

@@ -8,7 +8,18 @@ from typing import Any
 
 import torch
 
-__all__ = ["Compose", "RandomHorizontalFlip", "horizontal_flip"]
+__all__ = ["Compose", "RandomHorizontalFlip", "horizontal_flip", "select_instances"]
+
+
+def select_instances(target: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
+    """The target restricted to some of its instances: every per-instance entry (a tensor
+    whose first dimension is N, the number of boxes) is indexed with ``keep``, a (N,) bool
+    mask or an index tensor; other entries (``image_id``) are copied as they are."""
+    n = len(target["boxes"])
+    return {
+        key: value[keep] if torch.is_tensor(value) and value.dim() and len(value) == n else value
+        for key, value in target.items()
+    }
 
 
 def horizontal_flip(
