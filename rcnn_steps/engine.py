@@ -1,0 +1,759 @@
+"""The training loop: one :func:`train` that every chapter and the final Mask R-CNN use.
+
+Chapter 01's crop classifier, chapter 03's Fast R-CNN and chapter 08's Mask R-CNN all
+train through :func:`train`; what differs is the model, the data and, for a classifier,
+the ``loss_fn``. The loop is read top to bottom in one sitting (as nanoGPT's
+``train.py``) and follows the recipe of the papers' reference implementation, Detectron
+(Mask R-CNN, He et al. 2017, section 3.1 "Training"):
+
+- SGD with momentum 0.9 and weight decay 1e-4; here no weight decay on biases and
+  normalisation layers (Detectron2's ``WEIGHT_DECAY_NORM = 0``, nanoGPT's rule "only
+  tensors of 2 or more dimensions decay"), see :func:`build_optimizer`;
+- a linear warm-up from ``warmup_factor * lr`` to ``lr`` over ``warmup_steps`` iterations
+  (Goyal et al. 2017, "Accurate, large minibatch SGD"), then the learning rate multiplied
+  by ``gamma = 0.1`` at each milestone in ``lr_steps`` (Mask R-CNN: lr 0.02, batch 16,
+  160k iterations, divided by 10 at 120k) or a cosine decay, see :func:`lr_factor`;
+- optional gradient clipping and, on CUDA, mixed precision (autocast + GradScaler).
+
+Models follow torchvision's detection convention: in train mode ``model(images, targets)``
+returns a dict of named scalar losses, and the loss that is minimised is their sum
+(weighted by ``config.loss_weights``). Anything else trains through a ``loss_fn(model,
+batch) -> dict`` hook, e.g. :func:`classification_loss` for ``(images, labels)`` batches.
+
+Exact resume
+------------
+"Train N steps straight" and "train N/2, stop (or crash), resume, train the rest" give
+bitwise-equal weights on CPU (``tests/test_engine.py`` checks it). Four things make it so:
+
+1. The data order is a function of ``(config.seed, epoch)`` only. Before each epoch,
+   :func:`epoch_iterator` hands the loader's sampler a fresh ``torch.Generator`` seeded from
+   ``(seed, epoch)`` (``RandomSampler`` -- that is ``shuffle=True`` --,
+   ``SubsetRandomSampler``, ``WeightedRandomSampler``), calls ``set_epoch(epoch)`` on
+   samplers that have one (``DistributedSampler``) and gives the ``DataLoader`` its own
+   seeded generator too (it draws the workers' base seed from it, which would otherwise
+   take a number from the global torch RNG). The engine therefore owns the loader's
+   shuffling: a generator passed to the loader is replaced.
+2. The loader is cycled for ``max_iter`` steps; the checkpoint stores the epoch and the
+   number of batches already taken from it. On resume the engine rebuilds that epoch's
+   iterator and skips those batches (they are loaded and dropped: at most one epoch of
+   data loading, no model compute).
+3. The random states of Python, NumPy, torch (CPU) and torch (CUDA, when present) are saved
+   in the checkpoint and restored *after* the skip (loading the skipped batches may draw
+   random numbers in an augmentation), so dropout and augmentation see the same numbers.
+   Evaluation runs between a save and a restore of these states, so adding an
+   ``evaluate_fn`` never changes the training trajectory.
+4. Everything else with state is in the checkpoint: model, optimizer (momentum buffers),
+   the ``LambdaLR`` scheduler, the ``GradScaler``, the step, the half-filled logging window
+   and the evaluation history.
+
+On CUDA the resumed run matches up to the non-determinism of some CUDA kernels (use
+``torch.use_deterministic_algorithms(True)`` for bitwise equality). With ``num_workers >
+0``, keep ``persistent_workers=False``: workers are re-seeded from the loader's generator
+at each epoch, which is what makes their augmentations repeat.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .utils import atomic_write_bytes, default_device, seed_everything
+
+__all__ = [
+    "NonFiniteLossError",
+    "TrainConfig",
+    "TrainResult",
+    "build_optimizer",
+    "build_scheduler",
+    "classification_loss",
+    "detection_loss",
+    "epoch_iterator",
+    "get_rng_state",
+    "load_checkpoint",
+    "lr_factor",
+    "read_metrics",
+    "resolve_device",
+    "save_checkpoint",
+    "set_rng_state",
+    "to_device",
+    "train",
+]
+
+LossDict = dict[str, torch.Tensor]
+
+
+# ----------------------------------------------------------------------------------------
+# The configuration
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of the training loop, in one plain dataclass (``config.display()``
+    prints them all).
+
+    Iterations are counted as in Detectron's ``SOLVER.MAX_ITER``: one iteration is one
+    optimizer update on one batch; ``lr_steps`` and ``warmup_steps`` use the same count.
+    The defaults are Detectron's Mask R-CNN solver (lr 0.02 for a batch of 16, momentum
+    0.9, weight decay 1e-4, decay by ``gamma = 0.1``) at a small scale; chapters set
+    ``max_iter`` and ``lr_steps`` from their preset.
+    """
+
+    max_iter: int = 1000  #: number of optimizer updates ("steps")
+    lr: float = 0.02  #: base learning rate (Mask R-CNN: 0.02 at batch 16)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4  #: on weights of 2 or more dimensions (conv, linear)
+    weight_decay_norm_bias: float = 0.0  #: on biases and norm-layer scales/shifts
+    warmup_steps: int = 100  #: linear warm-up length (0 = none)
+    warmup_factor: float = 0.001  #: the learning rate starts at warmup_factor * lr
+    schedule: str = "step"  #: "step" (multiply by gamma at each of lr_steps) or "cosine"
+    lr_steps: tuple[int, ...] = ()  #: milestones of the step schedule (iterations)
+    gamma: float = 0.1  #: factor applied at each milestone
+    grad_clip_norm: float | None = None  #: max global L2 norm of the gradients; None = off
+    loss_weights: dict[str, float] | None = None  #: weight per loss term (absent = 1.0)
+    log_every: int = 20  #: write a metrics line every this many steps (and at the end)
+    eval_every: int = 0  #: call evaluate_fn every this many steps; 0 = only at the end
+    checkpoint_every: int = 0  #: write out_dir/last.pt every this many steps (and at the end)
+    keep_checkpoints: bool = False  #: also keep out_dir/model_0001000.pt at each checkpoint
+    out_dir: str | None = None  #: checkpoints and metrics.jsonl; None = keep nothing on disk
+    seed: int = 0  #: seeds the RNGs at the start and the data order of every epoch
+    device: str = "auto"  #: "auto" (CUDA if present), "cpu", "cuda", "cuda:1", ...
+    amp: bool = True  #: autocast + GradScaler on CUDA; ignored on CPU
+    progress: bool = True  #: show a progress bar (terminal and JupyterLab)
+
+    def __post_init__(self) -> None:
+        if self.out_dir is not None:
+            self.out_dir = str(self.out_dir)  # a Path would not load with weights_only=True
+        self.lr_steps = tuple(int(s) for s in self.lr_steps)
+        if self.max_iter < 1:
+            raise ValueError(f"max_iter must be at least 1, got {self.max_iter}")
+        if self.schedule not in ("step", "cosine"):
+            raise ValueError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}")
+        if list(self.lr_steps) != sorted(self.lr_steps) or any(s <= 0 for s in self.lr_steps):
+            raise ValueError(f"lr_steps must be increasing positive iterations: {self.lr_steps}")
+        if not 0.0 < self.warmup_factor <= 1.0:
+            raise ValueError(f"warmup_factor must be in (0, 1], got {self.warmup_factor}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
+            raise ValueError(f"grad_clip_norm must be positive or None: {self.grad_clip_norm}")
+        for name in ("log_every", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.log_every == 0:
+            raise ValueError("log_every must be at least 1")
+        if self.device != "auto":
+            torch.device(self.device)  # raises on a misspelt device
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (what the checkpoint stores)."""
+        return dataclasses.asdict(self)
+
+    def display(self) -> None:
+        """Print every field in an aligned two-column table."""
+        items = self.to_dict()
+        width = max(len(k) for k in items)
+        print(type(self).__name__)
+        for key, value in items.items():
+            print(f"  {key:<{width}}  {value!r}")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when present, else CPU; anything else -> ``torch.device(device)``."""
+    return default_device() if device == "auto" else torch.device(device)
+
+
+# ----------------------------------------------------------------------------------------
+# Losses: how a batch becomes a dict of named scalar losses
+
+
+def detection_loss(model: nn.Module, batch: Any) -> LossDict:
+    """The default ``loss_fn``: torchvision's convention, ``model(images, targets)``.
+
+    ``batch`` is ``(images, targets)``: ``images`` a list of ``[3, H, W]`` tensors (or a
+    ``[B, 3, H, W]`` tensor), ``targets`` a list of dicts (``boxes [N, 4]``, ``labels [N]``,
+    ``masks [N, H, W]``, ...). The model returns ``{"loss_classifier": ..., ...}``.
+    """
+    return model(*batch)
+
+
+def classification_loss(model: nn.Module, batch: Any) -> LossDict:
+    """A ``loss_fn`` for classifiers (chapter 01's crop classifier, chapter 02's R-CNN
+    classifier): ``batch = (images [B, C, H, W], labels [B])``, ``model(images)`` returns
+    logits ``[B, num_classes]``; the loss is the cross-entropy."""
+    images, labels = batch
+    return {"loss_cls": F.cross_entropy(model(images), labels)}
+
+
+def _as_loss_dict(losses: Any) -> LossDict:
+    if isinstance(losses, torch.Tensor):
+        return {"loss": losses}
+    if not isinstance(losses, Mapping) or not losses:
+        raise TypeError(
+            "the loss function must return a non-empty dict of scalar loss tensors "
+            f"(torchvision's detection convention), got {type(losses).__name__}"
+        )
+    return dict(losses)
+
+
+def _total_loss(losses: LossDict, weights: dict[str, float] | None) -> torch.Tensor:
+    """``sum_k w_k * L_k`` in float32 (terms may be float16 under autocast)."""
+    weights = weights or {}
+    unknown = set(weights) - set(losses)
+    if unknown:
+        raise ValueError(
+            f"config.loss_weights names {sorted(unknown)}, which the loss function does not "
+            f"return; it returns {sorted(losses)}"
+        )
+    return sum(weights.get(name, 1.0) * value.float() for name, value in losses.items())
+
+
+# ----------------------------------------------------------------------------------------
+# Optimizer and learning-rate schedule
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum, in two parameter groups: weights of 2 or more dimensions (conv
+    kernels, linear matrices) get ``config.weight_decay``; 1-d parameters (biases, the
+    scales and shifts of norm layers) get ``config.weight_decay_norm_bias`` (default 0:
+    decaying a norm layer's scale only fights the normalisation). Frozen parameters
+    (``requires_grad=False``) are left out."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": config.weight_decay_norm_bias},
+    ]
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+
+
+def lr_factor(iteration: int, config: TrainConfig) -> float:
+    """The multiplier of ``config.lr`` for the update numbered ``iteration`` (0-based),
+    Detectron's ``WarmupMultiStepLR`` / ``WarmupCosineLR``:
+
+    - warm-up: ``warmup_factor * (1 - a) + a`` with ``a = iteration / warmup_steps`` while
+      ``iteration < warmup_steps``, then 1;
+    - times ``gamma ** (number of milestones <= iteration)`` for ``schedule="step"``, or
+      ``(1 + cos(pi * iteration / max_iter)) / 2`` for ``schedule="cosine"``.
+    """
+    warmup = 1.0
+    if iteration < config.warmup_steps:
+        alpha = iteration / config.warmup_steps
+        warmup = config.warmup_factor * (1.0 - alpha) + alpha
+    if config.schedule == "step":
+        decay = config.gamma ** sum(1 for m in config.lr_steps if m <= iteration)
+    else:
+        decay = 0.5 * (1.0 + math.cos(math.pi * min(iteration, config.max_iter) / config.max_iter))
+    return warmup * decay
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A ``LambdaLR`` applying :func:`lr_factor`; stepped once per update, so its state
+    (``last_epoch`` = updates done) goes into the checkpoint."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, config))
+
+
+# ----------------------------------------------------------------------------------------
+# Data: devices, and an epoch order that depends on (seed, epoch) only
+
+
+def to_device(obj: Any, device: torch.device | str) -> Any:
+    """Move every tensor in ``obj`` to ``device``, recursing through lists, tuples
+    (named tuples too) and dicts; anything else is returned as is."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, Mapping):
+        return {key: to_device(value, device) for key, value in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a named tuple
+        return type(obj)(*(to_device(value, device) for value in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(value, device) for value in obj)
+    return obj
+
+
+def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    """A torch generator seeded from ``(seed, epoch, stream)`` through NumPy's SeedSequence
+    (not ``seed + epoch``, which would give seed 1 the epochs of seed 0 shifted by one)."""
+    state = np.random.SeedSequence([seed, epoch, stream]).generate_state(2, np.uint32)
+    g = torch.Generator()
+    g.manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+    return g
+
+
+def epoch_iterator(loader: Iterable, seed: int, epoch: int) -> Iterator:
+    """An iterator over ``loader`` whose order is a function of ``(seed, epoch)`` only.
+
+    Random samplers (those with a ``generator`` attribute) get a generator seeded from
+    ``(seed, epoch)``; samplers with ``set_epoch`` get the epoch; a ``DataLoader`` gets a
+    generator for its workers' base seed. A plain iterable (a list of batches) is iterated
+    as it is.
+    """
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    samplers = [getattr(loader, "sampler", None), batch_sampler]
+    samplers.append(getattr(batch_sampler, "sampler", None))
+    seen: set[int] = set()
+    for sampler in samplers:
+        if sampler is None or id(sampler) in seen:
+            continue
+        seen.add(id(sampler))
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        if hasattr(sampler, "generator"):
+            sampler.generator = _generator(seed, epoch, 0)
+    if isinstance(loader, torch.utils.data.DataLoader):
+        loader.generator = _generator(seed, epoch, 1)
+    return iter(loader)
+
+
+# ----------------------------------------------------------------------------------------
+# Random states and checkpoints (all loadable with torch.load(..., weights_only=True))
+
+
+def get_rng_state() -> dict[str, Any]:
+    """The states of Python's, NumPy's and torch's (CPU and every CUDA device) generators,
+    as tensors and plain types, so ``torch.load(..., weights_only=True)`` accepts them."""
+    version, py_state, gauss_next = random.getstate()
+    # the legacy global generator is the one np.random.* calls in user code draw from
+    name, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
+    return {
+        "python": {
+            "version": version,
+            "state": torch.tensor(py_state, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the states saved by :func:`get_rng_state`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss_next"]))
+    npy = state["numpy"]
+    keys = npy["keys"].numpy().astype(np.uint32)
+    np_state = (npy["name"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
+    np.random.set_state(np_state)  # noqa: NPY002
+    torch.set_rng_state(state["torch"].cpu())
+    if torch.cuda.is_available():
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state.cpu(), index)
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
+    """Serialise ``checkpoint`` in memory, then write it atomically (temporary file in the
+    same folder, then a rename): a crash mid-save leaves the previous file intact."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with the safe unpickler (``weights_only=True``)."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+# ----------------------------------------------------------------------------------------
+# Metrics: one JSON object per line in out_dir/metrics.jsonl
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` (or of ``<path>/metrics.jsonl`` for a folder), in
+    order. Training records hold ``step``, ``lr``, each loss term, ``total_loss``,
+    ``sec_per_iter`` (means over the steps since the previous record) and ``time`` (seconds
+    since the start of the run); evaluation metrics appear as ``eval/<name>``. A last line
+    cut short by a crash is ignored."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    records = []
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # a line cut short by a crash
+            raise
+    return records
+
+
+def _append_metrics(path: Path | None, record: dict[str, Any]) -> None:
+    if path is not None:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop the records a crashed run wrote after its last checkpoint (the resumed run
+    writes them again)."""
+    if path.exists():
+        kept = [r for r in read_metrics(path) if r["step"] <= step]
+        atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+
+# ----------------------------------------------------------------------------------------
+# Failure and result
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training met a NaN or infinite loss (or, checked before each checkpoint, parameter).
+
+    ``step`` is the 1-based number of the update whose loss was non-finite, ``losses`` the
+    loss terms and ``total_loss`` as floats, ``nonfinite`` the names of the bad values. The
+    last good checkpoint is left as it was.
+    """
+
+    def __init__(
+        self,
+        step: int,
+        losses: dict[str, float],
+        checkpoint: str | None = None,
+        parameters: list[str] | None = None,
+    ) -> None:
+        self.step = step
+        self.losses = dict(losses)
+        if parameters:
+            self.nonfinite = list(parameters)
+            what = f"parameters became non-finite after step {step}: {', '.join(parameters)}"
+        else:
+            self.nonfinite = [k for k, v in losses.items() if not math.isfinite(v)]
+            what = f"non-finite loss at step {step}: {', '.join(self.nonfinite)}"
+        terms = ", ".join(
+            f"{k}={v:.6g}" + ("" if math.isfinite(v) else " (non-finite)")
+            for k, v in losses.items()
+        )
+        where = (
+            f"the last good checkpoint is {checkpoint}"
+            if checkpoint
+            else "no checkpoint was written (set config.out_dir and config.checkpoint_every)"
+        )
+        super().__init__(
+            f"{what}. Loss terms: {terms}. Training stopped; {where}. Things to try: a lower "
+            "learning rate (config.lr) or a longer warm-up (config.warmup_steps); gradient "
+            "clipping (config.grad_clip_norm, e.g. 10.0); and check the data (boxes of zero "
+            "width or height or outside the image, NaN or infinite pixels, labels out of "
+            "range)."
+        )
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    step: int  #: the last step reached (updates done, counting earlier runs when resumed)
+    losses: dict[str, float]  #: loss terms, total_loss (and grad_norm) of the last update
+    eval_history: list[dict[str, Any]]  #: [{"step": k, **metrics}, ...], whole run
+    history: list[dict[str, Any]]  #: the metrics records written by this call
+    wall_time_s: float  #: wall time of this call, evaluation and checkpoints included
+    sec_per_iter: float  #: mean time of one update in this call (data loading included)
+    out_dir: str | None = None
+    checkpoint: str | None = None  #: path of the last checkpoint written, if any
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _evaluate(model: nn.Module, evaluate_fn: Callable[[nn.Module], dict]) -> dict[str, Any]:
+    """Call ``evaluate_fn(model)`` in eval mode, without gradients, and with the random
+    states saved before and restored after, so that evaluating does not change training."""
+    rng = get_rng_state()
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            metrics = evaluate_fn(model)
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+        set_rng_state(rng)
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"evaluate_fn must return a dict, got {type(metrics).__name__}")
+    return _jsonable(metrics)
+
+
+def _nonfinite_parameters(model: nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+
+
+# ----------------------------------------------------------------------------------------
+# The loop
+
+
+def train(
+    model: nn.Module,
+    data_loader: Iterable,
+    config: TrainConfig,
+    loss_fn: Callable[[nn.Module, Any], LossDict] | None = None,
+    evaluate_fn: Callable[[nn.Module], dict[str, Any]] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    resume: bool = False,
+    stop_at: int | None = None,
+) -> TrainResult:
+    """Train ``model`` for ``config.max_iter`` updates, cycling over ``data_loader``.
+
+    Args:
+        model: in train mode, ``loss_fn(model, batch)`` must return a dict of scalar losses.
+            It is moved to the config's device.
+        data_loader: a ``DataLoader`` (or any re-iterable of batches); it is iterated again
+            at the end of each epoch, in an order fixed by ``(config.seed, epoch)`` (see the
+            module docstring). Batches are moved to the device with :func:`to_device`.
+        config: the :class:`TrainConfig`.
+        loss_fn: ``(model, batch) -> {name: scalar tensor}``; default
+            :func:`detection_loss`, i.e. ``model(images, targets)``. The loss minimised is
+            ``sum(config.loss_weights.get(name, 1) * loss)``; the logged terms are unweighted.
+        evaluate_fn: ``(model) -> {metric: value}``, called in eval mode without gradients
+            every ``config.eval_every`` steps and at ``max_iter`` (e.g. a wrapper around
+            :mod:`rcnn_steps.evaluation`).
+        optimizer: default :func:`build_optimizer`; the schedule is applied to it either way.
+        resume: continue from ``config.out_dir/last.pt`` if it exists (else start afresh).
+        stop_at: stop after this step (and checkpoint) although the schedule runs to
+            ``max_iter``: to train in pieces, e.g. over several notebook cells.
+
+    Steps are counted from 1: step ``k`` is the ``k``-th update, it uses the learning rate
+    ``config.lr * lr_factor(k - 1, config)``, and the records, evaluations and checkpoints
+    labelled ``k`` are taken after it.
+
+    Raises:
+        NonFiniteLossError: a loss term was NaN or infinite (the last checkpoint is kept).
+    """
+    t_call = time.perf_counter()
+    loss_fn = loss_fn or detection_loss
+    device = resolve_device(config.device)
+    use_amp = config.amp and device.type == "cuda"
+    stop = config.max_iter if stop_at is None else min(stop_at, config.max_iter)
+    out_dir = Path(config.out_dir) if config.out_dir is not None else None
+    last_path = out_dir / "last.pt" if out_dir else None
+    metrics_path = out_dir / "metrics.jsonl" if out_dir else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    model.to(device)
+    optimizer = optimizer or build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    # -- start afresh, or load the last checkpoint ---------------------------------------
+    step, epoch, position = 0, 0, 0  # updates done; current epoch; batches taken from it
+    elapsed_before = 0.0  # training seconds spent by earlier runs (for the "time" field)
+    eval_history: list[dict[str, Any]] = []
+    window: dict[str, Any] = {"n": 0, "seconds": 0.0, "sums": {}}  # since the last record
+    last_losses: dict[str, float] = {}
+    saved: str | None = None  # the last checkpoint written (or loaded)
+    rng = None
+    if resume and last_path is not None and last_path.exists():
+        ckpt = load_checkpoint(last_path)
+        _warn_config_changes(ckpt["config"], config)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        step, epoch, position = ckpt["step"], ckpt["epoch"], ckpt["position"]
+        elapsed_before, eval_history = ckpt["elapsed"], list(ckpt["eval_history"])
+        window, last_losses, rng = ckpt["window"], ckpt["losses"], ckpt["rng"]
+        saved = str(last_path)
+        _truncate_metrics(metrics_path, step)
+        if config.progress:
+            print(f"resuming from {last_path} at step {step}")
+    else:
+        if resume and config.progress:
+            print(f"no checkpoint in {out_dir}; starting from step 0")
+        seed_everything(config.seed)
+        if metrics_path is not None and metrics_path.exists():
+            metrics_path.unlink()
+
+    batches = epoch_iterator(data_loader, config.seed, epoch)
+    for i in range(position):  # skip what the checkpointed run already consumed
+        if next(batches, None) is None:
+            raise RuntimeError(
+                f"the data loader yields {i} batches per epoch, fewer than the {position} "
+                "the checkpointed run had taken: was the data set changed?"
+            )
+    if rng is not None:
+        set_rng_state(rng)  # after the skip: loading batches may draw random numbers
+
+    model.train()
+    history: list[dict[str, Any]] = []
+    steps_this_call, seconds_this_call = 0, 0.0
+    t_run = time.perf_counter()
+    bar = tqdm(total=config.max_iter, initial=step, disable=not config.progress, desc="train")
+    try:
+        while step < stop:
+            t_step = time.perf_counter()
+
+            # -- next batch, starting a new epoch when the loader is exhausted ---------------
+            batch = next(batches, None)
+            if batch is None:
+                epoch, position = epoch + 1, 0
+                batches = epoch_iterator(data_loader, config.seed, epoch)
+                batch = next(batches, None)
+                if batch is None:
+                    raise ValueError(
+                        f"the data loader yielded no batch in epoch {epoch} (fewer samples "
+                        "than the batch size with drop_last=True?)"
+                    )
+            position += 1
+            batch = to_device(batch, device)
+
+            # -- forward: a dict of named losses, and their (weighted) sum ------------------
+            with torch.autocast(device.type, enabled=use_amp):
+                losses = _as_loss_dict(loss_fn(model, batch))
+            total = _total_loss(losses, config.loss_weights)
+            values = torch.stack([v.detach().float() for v in [*losses.values(), total]])
+            values = dict(zip([*losses, "total_loss"], values.tolist(), strict=True))
+            if not all(math.isfinite(v) for v in values.values()):
+                raise NonFiniteLossError(step + 1, values, checkpoint=saved)
+
+            # -- backward and update --------------------------------------------------------
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            if config.grad_clip_norm is not None:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip_norm)
+                values["grad_norm"] = norm.item()  # the norm before clipping
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            last_losses = values
+
+            seconds = time.perf_counter() - t_step
+            steps_this_call, seconds_this_call = steps_this_call + 1, seconds_this_call + seconds
+            window["n"] += 1
+            window["seconds"] += seconds
+            for name, value in values.items():
+                window["sums"][name] = window["sums"].get(name, 0.0) + value
+
+            # -- log, evaluate, checkpoint --------------------------------------------------
+            record: dict[str, Any] = {}
+            if step % config.log_every == 0 or step == config.max_iter:
+                n = window["n"]
+                record["lr"] = lr
+                record.update({name: s / n for name, s in window["sums"].items()})
+                record["sec_per_iter"] = window["seconds"] / n
+                window = {"n": 0, "seconds": 0.0, "sums": {}}
+                bar.set_postfix(loss=f"{record['total_loss']:.4g}", lr=f"{lr:.3g}")
+            if evaluate_fn is not None and (
+                (config.eval_every and step % config.eval_every == 0) or step == config.max_iter
+            ):
+                metrics = _evaluate(model, evaluate_fn)
+                eval_history.append({"step": step, **metrics})
+                record.update({f"eval/{name}": value for name, value in metrics.items()})
+            if record:
+                elapsed = elapsed_before + time.perf_counter() - t_run
+                record = {"step": step, **record, "time": elapsed}
+                history.append(record)
+                _append_metrics(metrics_path, record)
+            if last_path is not None and (
+                (config.checkpoint_every and step % config.checkpoint_every == 0) or step == stop
+            ):
+                bad = _nonfinite_parameters(model)
+                if bad:
+                    raise NonFiniteLossError(step, values, checkpoint=saved, parameters=bad)
+                checkpoint = {
+                    "step": step,
+                    "epoch": epoch,
+                    "position": position,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "rng": get_rng_state(),
+                    "config": config.to_dict(),
+                    "window": window,
+                    "losses": last_losses,
+                    "eval_history": eval_history,
+                    "elapsed": elapsed_before + time.perf_counter() - t_run,
+                }
+                save_checkpoint(last_path, checkpoint)
+                if config.keep_checkpoints:
+                    save_checkpoint(out_dir / f"model_{step:07d}.pt", checkpoint)
+                saved = str(last_path)
+            bar.update(1)
+    finally:
+        bar.close()
+
+    return TrainResult(
+        step=step,
+        losses=last_losses,
+        eval_history=eval_history,
+        history=history,
+        wall_time_s=time.perf_counter() - t_call,
+        sec_per_iter=seconds_this_call / max(steps_this_call, 1),
+        out_dir=config.out_dir,
+        checkpoint=saved,
+    )
+
+
+# Fields that may change between a run and its resumption without changing the result.
+_HARMLESS_FIELDS = {
+    "progress",
+    "out_dir",
+    "device",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+}
+
+
+def _warn_config_changes(saved: dict[str, Any], config: TrainConfig) -> None:
+    now = config.to_dict()
+    changed = [
+        f"{k} ({saved.get(k)!r} -> {now[k]!r})"
+        for k in now
+        if k not in _HARMLESS_FIELDS and saved.get(k) != now[k]
+    ]
+    if changed:
+        warnings.warn(
+            "resuming with a config that differs from the checkpoint's in "
+            + ", ".join(changed)
+            + "; the result will differ from an uninterrupted run",
+            stacklevel=3,
+        )

@@ -1,0 +1,545 @@
+"""The training loop: exact resume, failure handling, schedules, logging, evaluation."""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from rcnn_steps import engine
+from rcnn_steps.engine import (
+    NonFiniteLossError,
+    TrainConfig,
+    build_optimizer,
+    build_scheduler,
+    classification_loss,
+    epoch_iterator,
+    load_checkpoint,
+    lr_factor,
+    read_metrics,
+    save_checkpoint,
+    to_device,
+    train,
+)
+
+# ----------------------------------------------------------------------------------------
+# Tiny models and data
+
+
+class ToyDetectionSet(Dataset):
+    """Images ``[3, 8, 8]`` with one target dict each (a label and a box), like COCO."""
+
+    def __init__(self, n=10, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.randn(n, 3, 8, 8, generator=g)
+        self.labels = torch.randint(0, 3, (n,), generator=g)
+        self.boxes = torch.rand(n, 4, generator=g)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        # a random augmentation drawn from the global RNG, as a flip would be
+        image = self.images[i] + 0.01 * torch.randn(3, 8, 8)
+        return image, {"labels": self.labels[i], "boxes": self.boxes[i]}
+
+
+def collate(batch):
+    return tuple(zip(*batch, strict=True))
+
+
+class FakeDetector(nn.Module):
+    """``forward(images, targets)`` returns two named losses, as torchvision's detectors.
+
+    ``bad_at=(k, value)`` makes ``loss_box`` equal ``value`` (NaN, inf) on the k-th call.
+    """
+
+    def __init__(self, bad_at=None):
+        super().__init__()
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(0.3),
+        )
+        self.cls_head = nn.Linear(4, 3)
+        self.box_head = nn.Linear(4, 4)
+        self.bad_at = bad_at
+        self.calls = 0
+
+    def forward(self, images, targets):
+        features = self.backbone(torch.stack(list(images)))
+        labels = torch.stack([t["labels"] for t in targets])
+        boxes = torch.stack([t["boxes"] for t in targets])
+        loss_box = F.smooth_l1_loss(self.box_head(features), boxes)
+        self.calls += 1
+        if self.bad_at is not None and self.calls == self.bad_at[0]:
+            loss_box = loss_box * 0 + self.bad_at[1]
+        return {"loss_cls": F.cross_entropy(self.cls_head(features), labels), "loss_box": loss_box}
+
+
+def detection_loader(n=10, batch_size=3, drop_last=True, num_workers=0):
+    return DataLoader(
+        ToyDetectionSet(n),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=drop_last,
+        collate_fn=collate,
+        num_workers=num_workers,
+    )
+
+
+def make_config(tmp_path, **changes):
+    defaults = dict(
+        max_iter=12,
+        lr=0.05,
+        warmup_steps=3,
+        lr_steps=(8,),
+        log_every=2,
+        out_dir=str(tmp_path),
+        progress=False,
+        seed=7,
+    )
+    return TrainConfig(**{**defaults, **changes})
+
+
+def fresh_detector(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return FakeDetector(**kwargs)
+
+
+def assert_same_state(a: nn.Module, b: nn.Module):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def without_times(records):
+    return [{k: v for k, v in r.items() if k not in ("time", "sec_per_iter")} for r in records]
+
+
+# ----------------------------------------------------------------------------------------
+# Configuration and helpers
+
+
+def test_config_display_prints_every_field(capsys):
+    config = TrainConfig(max_iter=5, lr_steps=[3, 4])
+    config.display()
+    out = capsys.readouterr().out
+    for name in config.to_dict():
+        assert name in out
+    assert config.lr_steps == (3, 4)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"schedule": "linear"}, {"lr_steps": (5, 3)}, {"max_iter": 0}, {"warmup_factor": 0.0}],
+)
+def test_config_rejects_bad_values(changes):
+    with pytest.raises(ValueError):
+        TrainConfig(**changes)
+
+
+def test_to_device_recurses_through_containers():
+    batch = ([torch.zeros(2)], {"boxes": torch.ones(1, 4), "name": "x"}, (torch.ones(1), 3))
+    moved = to_device(batch, torch.device("cpu"))
+    assert isinstance(moved[0], list) and isinstance(moved[2], tuple)
+    assert moved[1]["name"] == "x" and moved[2][1] == 3
+    assert torch.equal(moved[1]["boxes"], batch[1]["boxes"])
+
+
+def test_weight_decay_skips_biases_and_norm_layers():
+    model = FakeDetector()
+    optimizer = build_optimizer(model, TrainConfig(weight_decay=1e-4))
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 1e-4 and no_decay["weight_decay"] == 0.0
+    ids = {id(p) for p in no_decay["params"]}
+    assert id(model.backbone[1].weight) in ids and id(model.cls_head.bias) in ids
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+# ----------------------------------------------------------------------------------------
+# Learning-rate schedules
+
+
+def test_warmup_then_step_decay():
+    config = TrainConfig(
+        max_iter=40, warmup_steps=10, warmup_factor=0.1, lr_steps=(20, 30), gamma=0.1
+    )
+    expected = {0: 0.1, 5: 0.55, 9: 0.91, 10: 1.0, 19: 1.0, 20: 0.1, 29: 0.1, 30: 0.01}
+    for it, factor in expected.items():
+        assert lr_factor(it, config) == pytest.approx(factor), it
+    # the LambdaLR gives the same values, one step per update
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.02)
+    scheduler = build_scheduler(optimizer, config)
+    for it in range(40):
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02 * lr_factor(it, config))
+        optimizer.step()
+        scheduler.step()
+
+
+def test_cosine_schedule():
+    config = TrainConfig(max_iter=100, warmup_steps=10, warmup_factor=0.5, schedule="cosine")
+    assert lr_factor(0, config) == pytest.approx(0.5)
+    assert lr_factor(50, config) == pytest.approx(0.5)  # halfway down the cosine
+    assert lr_factor(100, config) == pytest.approx(0.0, abs=1e-12)
+    after = [lr_factor(it, config) for it in range(10, 100)]
+    assert all(a > b for a, b in zip(after, after[1:], strict=False))
+    no_warmup = TrainConfig(max_iter=100, warmup_steps=0, schedule="cosine")
+    assert lr_factor(0, no_warmup) == 1.0
+    assert lr_factor(25, no_warmup) == pytest.approx((1 + math.cos(math.pi / 4)) / 2)
+
+
+# ----------------------------------------------------------------------------------------
+# Exact resume
+
+
+@pytest.mark.parametrize("schedule", ["step", "cosine"])
+def test_resume_matches_straight_run(tmp_path, schedule):
+    # 10 samples, batches of 3 with drop_last: 3 batches per epoch, 12 steps = 4 epochs;
+    # the split at step 5 falls in the middle of epoch 1.
+    straight = fresh_detector()
+    train(straight, detection_loader(), make_config(tmp_path / "a", schedule=schedule))
+
+    first = fresh_detector()
+    config = make_config(tmp_path / "b", schedule=schedule)
+    result = train(first, detection_loader(), config, stop_at=5)
+    assert result.step == 5 and load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 5
+
+    # a new process, as it were: new model (other init), new loader, new optimizer
+    resumed = fresh_detector(seed=123)
+    result = train(resumed, detection_loader(), config, resume=True)
+    assert result.step == 12
+    assert_same_state(straight, resumed)
+    a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert without_times(a) == without_times(b)
+    assert [r["step"] for r in b] == [2, 4, 6, 8, 10, 12]
+
+
+def test_resume_matches_with_worker_processes(tmp_path):
+    # the augmentation runs in the workers, seeded from the loader's per-epoch generator
+    straight = fresh_detector()
+    train(straight, detection_loader(num_workers=2), make_config(tmp_path / "a", max_iter=6))
+    config = make_config(tmp_path / "b", max_iter=6)
+    train(fresh_detector(), detection_loader(num_workers=2), config, stop_at=4)
+    torch.rand(5)  # the resuming process's global RNG is elsewhere
+    resumed = fresh_detector(seed=5)
+    train(resumed, detection_loader(num_workers=2), config, resume=True)
+    assert_same_state(straight, resumed)
+
+
+def test_resume_after_a_crash_replays_from_the_last_checkpoint(tmp_path):
+    straight = fresh_detector()
+    train(straight, detection_loader(), make_config(tmp_path / "a", log_every=1))
+
+    calls = []
+
+    def crashing_loss(model, batch):
+        calls.append(1)
+        if len(calls) == 7:
+            raise RuntimeError("power cut")
+        return model(*batch)
+
+    config = make_config(tmp_path / "b", log_every=1, checkpoint_every=4)
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(fresh_detector(), detection_loader(), config, loss_fn=crashing_loss)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 4
+    assert [r["step"] for r in read_metrics(tmp_path / "b")] == [1, 2, 3, 4, 5, 6]
+
+    resumed = fresh_detector(seed=1)
+    train(resumed, detection_loader(), config, resume=True)
+    assert_same_state(straight, resumed)
+    records = read_metrics(tmp_path / "b")
+    assert [r["step"] for r in records] == list(range(1, 13))  # 5 and 6 not duplicated
+    assert without_times(records) == without_times(read_metrics(tmp_path / "a"))
+
+
+def test_resume_without_checkpoint_starts_fresh_and_finished_run_returns(tmp_path):
+    a, b = fresh_detector(), fresh_detector()
+    train(a, detection_loader(), make_config(tmp_path / "a"))
+    train(b, detection_loader(), make_config(tmp_path / "b"), resume=True)
+    assert_same_state(a, b)
+
+    def never(model, batch):
+        raise AssertionError("a finished run must not train again")
+
+    result = train(b, detection_loader(), make_config(tmp_path / "b"), resume=True, loss_fn=never)
+    assert result.step == 12 and set(result.losses) == {"loss_cls", "loss_box", "total_loss"}
+
+
+# ----------------------------------------------------------------------------------------
+# Failures: non-finite losses, crashes while saving
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, bad):
+    model = fresh_detector(bad_at=(6, bad))
+    config = make_config(tmp_path, checkpoint_every=2)
+    with pytest.raises(NonFiniteLossError) as info:
+        train(model, detection_loader(), config)
+    error = info.value
+    assert error.step == 6
+    assert "loss_box" in error.nonfinite and "loss_cls" not in error.nonfinite
+    message = str(error)
+    assert "step 6" in message and "loss_box" in message and str(bad) in message
+    assert "config.lr" in message and "grad_clip_norm" in message and "data" in message
+    assert str(tmp_path / "last.pt") in message
+
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ckpt["step"] == 4
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_checkpoint_write_crash_leaves_previous_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
+    before = path.read_bytes()
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"step": 2, "w": torch.zeros(3)})
+    monkeypatch.undo()
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(RuntimeError, match="killed"):
+        save_checkpoint(path, {"step": 3})
+    monkeypatch.undo()
+
+    assert path.read_bytes() == before
+    assert load_checkpoint(path)["step"] == 1
+    assert os.listdir(tmp_path) == ["last.pt"]  # no temporary file left behind
+
+
+def test_crash_while_checkpointing_during_training(tmp_path, monkeypatch):
+    real_replace = os.replace
+    replaced = []
+
+    def replace_once(src, dst):
+        replaced.append(dst)
+        if len(replaced) == 2:
+            raise OSError("killed while saving")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_once)
+    config = make_config(tmp_path, checkpoint_every=2, log_every=100)
+    with pytest.raises(OSError, match="killed while saving"):
+        train(fresh_detector(), detection_loader(), config)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["last.pt"]
+
+
+def test_keep_checkpoints_writes_step_numbered_files(tmp_path):
+    config = make_config(tmp_path, max_iter=6, checkpoint_every=3, keep_checkpoints=True)
+    result = train(fresh_detector(), detection_loader(), config)
+    assert result.checkpoint == str(tmp_path / "last.pt")
+    assert (tmp_path / "model_0000003.pt").exists() and (tmp_path / "model_0000006.pt").exists()
+    ckpt = load_checkpoint(tmp_path / "model_0000003.pt")
+    assert ckpt["step"] == 3
+    assert set(ckpt) >= {"model", "optimizer", "scheduler", "scaler", "rng", "config"}
+
+
+# ----------------------------------------------------------------------------------------
+# Gradient clipping, metrics, evaluation, loss weights
+
+
+def test_grad_clipping_bounds_the_update(tmp_path):
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 4) * 10, torch.randint(0, 2, (16,))
+    model = nn.Linear(4, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+    grad_norm = torch.nn.utils.get_total_norm(
+        torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+    )
+    assert grad_norm > 0.1  # so the clipping below is active
+
+    config = TrainConfig(
+        max_iter=1,
+        lr=1.0,
+        momentum=0.0,
+        weight_decay=0.0,
+        warmup_steps=0,
+        grad_clip_norm=0.01,
+        log_every=1,
+        progress=False,
+    )
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    result = train(model, loader, config, loss_fn=classification_loss)
+    step = torch.cat(
+        [(p.detach() - b).flatten() for p, b in zip(model.parameters(), before, strict=True)]
+    )
+    assert step.norm() <= 0.01 * (1 + 1e-5)  # lr * clipped gradient
+    assert result.history[0]["grad_norm"] == pytest.approx(grad_norm.item(), rel=1e-5)
+
+
+def test_metrics_jsonl(tmp_path):
+    config = make_config(tmp_path, max_iter=7, log_every=2)
+    result = train(fresh_detector(), detection_loader(), config)
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert records == json.loads(json.dumps(result.history))
+    assert [r["step"] for r in records] == [2, 4, 6, 7]
+    for r in records:
+        assert set(r) == {
+            "step",
+            "lr",
+            "loss_cls",
+            "loss_box",
+            "total_loss",
+            "sec_per_iter",
+            "time",
+        }
+        assert r["total_loss"] == pytest.approx(r["loss_cls"] + r["loss_box"])
+        assert r["lr"] == pytest.approx(0.05 * lr_factor(r["step"] - 1, config))
+    assert records[-1]["time"] >= records[0]["time"] > 0
+    assert result.losses["total_loss"] == pytest.approx(
+        result.losses["loss_cls"] + result.losses["loss_box"]
+    )
+    assert result.sec_per_iter > 0 and result.wall_time_s > 0
+
+    # a line cut short by a crash is ignored; a folder means its metrics.jsonl
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 8, "lr')
+    assert read_metrics(tmp_path) == records
+
+
+def test_loss_weights(tmp_path):
+    config = make_config(tmp_path, max_iter=2, log_every=1, loss_weights={"loss_box": 0.0})
+    result = train(fresh_detector(), detection_loader(), config)
+    assert result.losses["total_loss"] == pytest.approx(result.losses["loss_cls"])
+    with pytest.raises(ValueError, match="loss_bbox"):
+        bad = make_config(tmp_path, max_iter=2, loss_weights={"loss_bbox": 2.0})
+        train(fresh_detector(), detection_loader(), bad)
+
+
+def test_evaluate_fn_called_at_eval_steps_and_does_not_change_training(tmp_path):
+    calls = []
+
+    def evaluate(model):
+        assert not model.training and not torch.is_grad_enabled()
+        calls.append(model.cls_head.weight.detach().clone())
+        torch.rand(100)  # an evaluation that draws random numbers
+        return {"acc": torch.tensor(0.5 * len(calls)), "count": len(calls)}
+
+    model = fresh_detector()
+    config = make_config(tmp_path / "eval", max_iter=10, eval_every=4, log_every=5)
+    result = train(model, detection_loader(), config, evaluate_fn=evaluate)
+    assert len(calls) == 3
+    assert [e["step"] for e in result.eval_history] == [4, 8, 10]
+    assert result.eval_history[0] == {"step": 4, "acc": 0.5, "count": 1}
+    assert model.training
+    records = {r["step"]: r for r in read_metrics(tmp_path / "eval")}
+    assert sorted(records) == [4, 5, 8, 10]
+    assert records[8]["eval/acc"] == 1.0 and "loss_cls" not in records[8]
+    assert records[10]["eval/count"] == 3 and "loss_cls" in records[10]
+
+    plain = fresh_detector()
+    train(plain, detection_loader(), make_config(tmp_path / "plain", max_iter=10))
+    assert_same_state(model, plain)  # evaluation did not perturb the random streams
+
+
+def test_classifier_trains_through_the_same_loop():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (64,), generator=g)
+    images = torch.randn(64, 1, 4, 4, generator=g) + 2.0 * labels[:, None, None, None] - 1.0
+    loader = DataLoader(TensorDataset(images, labels), batch_size=16, shuffle=True)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2))
+    config = TrainConfig(max_iter=40, lr=0.1, warmup_steps=5, log_every=5, progress=False)
+    result = train(model, loader, config, loss_fn=classification_loss)
+    assert result.history[-1]["loss_cls"] < 0.5 * result.history[0]["loss_cls"]
+    accuracy = (model(images).argmax(1) == labels).float().mean()
+    assert accuracy > 0.9
+
+
+# ----------------------------------------------------------------------------------------
+# Data order: epochs cycled, a function of (seed, epoch)
+
+
+class IndexSet(Dataset):
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        return torch.tensor(float(i))
+
+
+def seen_batches(loader, seed, max_iter=5):
+    seen = []
+
+    def loss_fn(model, batch):
+        seen.append(batch.long().tolist())
+        return {"loss": (model(batch[:, None]) ** 2).mean()}
+
+    config = TrainConfig(max_iter=max_iter, seed=seed, warmup_steps=0, progress=False)
+    train(nn.Linear(1, 1), loader, config, loss_fn=loss_fn)
+    return seen
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_epochs_cycle_and_order_depends_on_seed_and_epoch_only(drop_last):
+    loader = DataLoader(IndexSet(), batch_size=4, shuffle=True, drop_last=drop_last)
+    per_epoch = 2 if drop_last else 3
+    seen = seen_batches(loader, seed=3, max_iter=2 * per_epoch + 1)
+    epochs = [sum(seen[e * per_epoch : (e + 1) * per_epoch], []) for e in range(2)]
+    for indices in epochs:
+        assert len(indices) == len(set(indices)) == (8 if drop_last else 10)
+    assert [len(b) for b in seen[:per_epoch]] == ([4, 4] if drop_last else [4, 4, 2])
+    assert epochs[0] != epochs[1]  # reshuffled each epoch
+    # the same batches from a fresh loader, and straight from epoch_iterator
+    assert (
+        seen_batches(
+            DataLoader(IndexSet(), batch_size=4, shuffle=True, drop_last=drop_last),
+            seed=3,
+            max_iter=2 * per_epoch + 1,
+        )
+        == seen
+    )
+    direct = [b.long().tolist() for b in epoch_iterator(loader, seed=3, epoch=1)]
+    assert direct == seen[per_epoch : 2 * per_epoch]
+    # another seed, another order
+    assert seen_batches(loader, seed=4, max_iter=per_epoch) != seen[:per_epoch]
+
+
+def test_empty_loader_is_a_clear_error():
+    loader = DataLoader(IndexSet(), batch_size=16, drop_last=True)
+    with pytest.raises(ValueError, match="no batch"):
+        seen_batches(loader, seed=0)
+
+
+# ----------------------------------------------------------------------------------------
+# CUDA with mixed precision
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_amp_training_and_resume(tmp_path):
+    config = make_config(tmp_path, device="cuda", amp=True, max_iter=20, checkpoint_every=5)
+    model = fresh_detector()
+    result = train(model, detection_loader(), config, stop_at=10)
+    assert next(model.parameters()).device.type == "cuda"
+    assert all(math.isfinite(v) for v in result.losses.values())
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["scaler"]["scale"] > 0 and len(ckpt["rng"]["cuda"]) >= 1
+    result = train(fresh_detector(), detection_loader(), config, resume=True)
+    assert result.step == 20
+
+
+def test_engine_never_calls_cuda_directly():
+    with open(engine.__file__) as f:
+        assert ".cuda(" not in f.read()
