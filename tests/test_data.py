@@ -379,3 +379,22 @@ def test_select_instances_keeps_per_instance_entries(tiny_synth):
     assert s["image_id"] == t["image_id"]
     for key in ("boxes", "labels", "masks", "keypoints", "area", "iscrowd"):
         assert torch.equal(s[key], t[key][1:2]), key
+
+
+def test_facing_cue_tells_left_from_right():
+    """A light face means the figure's left elbow is on the image's right of its neck."""
+    cfg = SynthConfig(size=128)
+    head, neck, left_elbow = (KEYPOINT_NAMES.index(k) for k in ("head", "neck", "left_elbow"))
+    checked = 0
+    for i in range(40):
+        image, anns = render_image(np.random.default_rng([5, i]), cfg)
+        for a in anns:
+            if "keypoints" not in a:
+                continue
+            kp = np.array(a["keypoints"]).reshape(-1, 3)
+            if kp[head, 2] != 2 or kp[neck, 2] == 0 or kp[left_elbow, 2] == 0:
+                continue
+            face_is_light = image[int(kp[head, 1]), int(kp[head, 0])].mean() > 150
+            assert face_is_light == (kp[left_elbow, 0] > kp[neck, 0])
+            checked += 1
+    assert checked >= 10

@@ -14,9 +14,12 @@ designed for the chapters that come later:
   distractors (rings, lines, crosses) that look like objects but are not annotated;
 - **keypoints** (chapter 07): ``person``, an articulated stick figure with 11 named
   keypoints, COCO visibility flags (0 outside the image, 1 hidden behind another object,
-  2 visible), a skeleton, left/right flip pairs and OKS sigmas. The figure's left limbs are
-  drawn darker than its right limbs so that left and right can be told apart even when the
-  figure is mirrored;
+  2 visible), a skeleton, left/right flip pairs and OKS sigmas. A figure faces the viewer
+  (a light face: its left limbs are on the image's right) or turns its back (a dark head:
+  its left limbs are on the image's left). The cue is mirror-symmetric on purpose: a
+  horizontal flip that swaps the left/right keypoint names (as COCO training does) turns a
+  correctly labelled figure into another correctly labelled one, as it would for a photo
+  of a person;
 - **crowds**: now and then a cluster of tiny discs is annotated as one ``iscrowd=1``
   region (uncompressed RLE, as in COCO), which evaluation ignores.
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -40,7 +44,7 @@ from pycocotools import mask as mask_utils
 
 #: Format version of the generator; stored in the annotation files so that
 #: :func:`ensure_synth` regenerates a set made by an older generator.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 SHAPE_NAMES = ("square", "bar", "pole", "disc", "triangle")
 
@@ -189,11 +193,14 @@ def _draw_shape(
     return _as_mask(img)
 
 
-def _person_joints(rng: np.random.Generator, height: float, cx: float, cy: float) -> np.ndarray:
-    """(11, 2) joint positions of a stick figure ``height`` px tall centred at (cx, cy).
+def _person_joints(
+    rng: np.random.Generator, height: float, cx: float, cy: float
+) -> tuple[np.ndarray, bool]:
+    """(11, 2) joint positions of a stick figure ``height`` px tall centred at (cx, cy),
+    and whether it faces the viewer.
 
-    The figure faces the viewer, so its left limbs are on the image's right, unless it is
-    mirrored (seen from behind), which happens half of the time.
+    Facing the viewer, its left limbs are on the image's right; seen from behind (half of
+    the time), on the image's left. Each limb stays on its own side of the body.
     """
 
     def limb(start: np.ndarray, angle: float, length: float) -> np.ndarray:
@@ -204,7 +211,8 @@ def _person_joints(rng: np.random.Generator, height: float, cx: float, cy: float
     head = top + np.array([0.0, 0.1 * height])
     neck = head + np.array([0.0, 0.14 * height])
     hip = limb(neck, rng.uniform(-0.15, 0.15), 0.3 * height)
-    side = 1.0 if rng.random() < 0.5 else -1.0  # +1: the figure's left is the image right
+    facing_viewer = bool(rng.random() < 0.5)
+    side = 1.0 if facing_viewer else -1.0  # +1: the figure's left is the image right
     joints = {"head": head, "neck": neck, "hip": hip}
     for name, s in (("left", side), ("right", -side)):
         upper = s * rng.uniform(0.2, 2.4)
@@ -217,27 +225,21 @@ def _person_joints(rng: np.random.Generator, height: float, cx: float, cy: float
         joints[f"{name}_foot"] = limb(
             joints[f"{name}_knee"], thigh + s * rng.uniform(-0.5, 0.3), 0.2 * height
         )
-    return np.stack([joints[k] for k in KEYPOINT_NAMES])
+    return np.stack([joints[k] for k in KEYPOINT_NAMES]), facing_viewer
 
 
-def _draw_person(
-    joints: np.ndarray, height: float, size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Masks of (the whole figure, its left limbs, the head) for the joints given."""
+def _draw_person(joints: np.ndarray, height: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of (the whole figure, its head) for the joints given."""
     width = max(1, round(0.07 * height))
     body_img, body = _canvas(size)
-    left_img, left = _canvas(size)
     head_img, head = _canvas(size)
     for a, b in SKELETON:
-        pa, pb = tuple(joints[a - 1]), tuple(joints[b - 1])
-        body.line([pa, pb], fill=1, width=width)
-        if KEYPOINT_NAMES[b - 1].startswith("left_"):
-            left.line([pa, pb], fill=1, width=width)
-    r = 0.09 * height
+        body.line([tuple(joints[a - 1]), tuple(joints[b - 1])], fill=1, width=width)
+    r = max(0.09 * height, 1.5)
     hx, hy = joints[0]
     head.ellipse([hx - r, hy - r, hx + r, hy + r], fill=1)
     body.ellipse([hx - r, hy - r, hx + r, hy + r], fill=1)
-    return _as_mask(body_img), _as_mask(left_img), _as_mask(head_img)
+    return _as_mask(body_img), _as_mask(head_img)
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
@@ -354,11 +356,11 @@ def render_image(rng: np.random.Generator, cfg: SynthConfig) -> tuple[np.ndarray
         for _attempt in range(20):
             category_id = int(rng.integers(1, len(CATEGORIES) + 1))
             cx, cy = rng.uniform(0.05 * size, 0.95 * size, size=2)
-            joints = left = head = None
+            joints = head = None
             if category_id == PERSON_CATEGORY_ID:
                 height = rng.uniform(0.25, 0.7) * size
-                joints = _person_joints(rng, height, cx, cy)
-                mask, left, head = _draw_person(joints, height, size)
+                joints, facing_viewer = _person_joints(rng, height, cx, cy)
+                mask, head = _draw_person(joints, height, size)
             else:
                 extent = _sample_extent(rng, cfg)
                 mask = _draw_shape(rng, SHAPE_NAMES[category_id - 1], extent, cx, cy, size)
@@ -377,9 +379,11 @@ def render_image(rng: np.random.Generator, cfg: SynthConfig) -> tuple[np.ndarray
             continue  # no room for this object; the image gets one fewer
         colour = _random_colour(rng)
         _paint(rng, img, mask, colour)
-        if left is not None:
-            _paint(rng, img, left, colour * 0.55)  # darker left limbs: left != right
-            _paint(rng, img, head, colour)
+        if head is not None:
+            # a light face towards the viewer, a dark head seen from behind: the cue that
+            # tells the figure's left from its right
+            face = np.array([240.0, 210.0, 175.0]) if facing_viewer else colour * 0.35
+            _paint(rng, img, head, face)
         for inst in instances:
             inst.mask = inst.mask & ~mask
         instances.append(_Instance(category_id, mask, area, joints=joints))
@@ -531,7 +535,16 @@ def ensure_synth(
         except (OSError, ValueError, KeyError, TypeError):
             ok = False
     if not ok:
-        generate(out, num_train=num_train, num_val=num_val, size=size, seed=seed, **overrides)
+        # write beside the target and swap folders at the end, so that an interrupted run
+        # or a reader in another process never sees a half-written set
+        staging = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        generate(staging, num_train=num_train, num_val=num_val, size=size, seed=seed, **overrides)
+        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        if out.exists():
+            os.replace(out, old)
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
     return out
 
 
