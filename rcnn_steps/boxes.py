@@ -1,0 +1,661 @@
+"""Boxes: areas, IoU, non-maximum suppression, clipping, formats, and box coding.
+
+Every detector in the book speaks in boxes, so this module comes first. All boxes are
+float tensors of shape ``(N, 4)`` in ``(x1, y1, x2, y2)`` order ("xyxy"): the top-left and
+bottom-right corners, in pixels, with ``x1 <= x2`` and ``y1 <= y2``. COCO annotations store
+``(x, y, w, h)`` ("xywh") and the regression targets think in centres and sizes
+("cxcywh"); the converters below move between the three.
+
+What is taught where:
+
+- chapter 00, "Objects, boxes and scores": :func:`box_area`, :func:`box_iou`, :func:`nms`,
+  :func:`batched_nms`, :func:`clip_boxes_to_image`, :func:`remove_small_boxes` and the
+  format converters.
+- chapters 01-04: :class:`BoxCoder`, the box-regression parameterisation of R-CNN
+  (appendix C), reused by Fast R-CNN's heads and by Faster R-CNN's RPN (eq. 2).
+
+Everything is written from scratch in vectorised PyTorch and is checked against
+``torchvision.ops`` and ``torchvision.models.detection._utils.BoxCoder`` by
+``tests/test_boxes.py``: same signatures (where torchvision has the function) and the same
+numbers, bit for bit on CPU. Nothing here moves a tensor to another device: outputs live
+on the inputs' device, in the inputs' dtype (integer and half inputs are widened for the
+arithmetic, as torchvision does).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from numbers import Real
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "BoxCoder",
+    "batched_nms",
+    "box_area",
+    "box_convert",
+    "box_iou",
+    "clip_boxes_to_image",
+    "cxcywh_to_xyxy",
+    "nms",
+    "remove_small_boxes",
+    "xywh_to_xyxy",
+    "xyxy_to_cxcywh",
+    "xyxy_to_xywh",
+]
+
+BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
+
+
+# ----------------------------------------------------------------------------------------
+# Input checks. Each names the function, the argument, what was expected, what came in,
+# and what to do about it: a reader's first mistake is usually a shape, not a formula.
+# ----------------------------------------------------------------------------------------
+
+
+def _check_tensor(fn: str, name: str, value: object) -> None:
+    if not isinstance(value, Tensor):
+        raise TypeError(
+            f"{fn}: {name} must be a torch.Tensor, got {type(value).__name__}; "
+            f"wrap it with torch.as_tensor({name}, dtype=torch.float32)."
+        )
+
+
+def _check_boxes(fn: str, name: str, boxes: object, batched: bool = False) -> None:
+    """``boxes`` must be a tensor of shape (N, 4), or (..., 4) when ``batched``."""
+    _check_tensor(fn, name, boxes)
+    assert isinstance(boxes, Tensor)  # for type checkers; _check_tensor raised otherwise
+    ndim_ok = boxes.dim() >= 1 if batched else boxes.dim() == 2
+    if not (ndim_ok and boxes.shape[-1] == 4):
+        expected = "(..., 4)" if batched else "(N, 4)"
+        hint = (
+            " A single box needs a leading dimension: boxes[None] or boxes.reshape(-1, 4)."
+            if boxes.dim() == 1 and boxes.shape[0] == 4
+            else " Each box is one row of four numbers, (x1, y1, x2, y2)."
+        )
+        raise ValueError(
+            f"{fn}: {name} must have shape {expected}, got {tuple(boxes.shape)}.{hint}"
+        )
+    if boxes.is_complex() or boxes.dtype == torch.bool:
+        raise TypeError(
+            f"{fn}: {name} must hold real numbers, got dtype {boxes.dtype}; use {name}.float()."
+        )
+
+
+def _check_per_box(fn: str, name: str, values: object, boxes: Tensor, what: str) -> None:
+    """``values`` must be a 1-D tensor with one entry per box, on the boxes' device."""
+    _check_tensor(fn, name, values)
+    assert isinstance(values, Tensor)
+    if values.dim() != 1:
+        raise ValueError(
+            f"{fn}: {name} must be 1-D with one {what} per box, got shape "
+            f"{tuple(values.shape)}; flatten it with {name}.reshape(-1) if it is (N, 1)."
+        )
+    if values.shape[0] != boxes.shape[0]:
+        raise ValueError(
+            f"{fn}: boxes has {boxes.shape[0]} rows but {name} has {values.shape[0]} "
+            f"entries; give exactly one {what} per box."
+        )
+    if values.device != boxes.device:
+        raise ValueError(
+            f"{fn}: boxes are on {boxes.device} but {name} is on {values.device}; "
+            f"move both to one device, e.g. {name}.to(boxes.device)."
+        )
+
+
+def _widen(t: Tensor) -> Tensor:
+    """Half and 8/16-bit integer tensors are widened (to float32 / int32) before products,
+    which would otherwise overflow or round badly; float32/64 and int32/64 stay as they are.
+    This is torchvision's ``_upcast``, so our areas and IoUs have the same dtype as theirs."""
+    if t.is_floating_point():
+        return t if t.dtype in (torch.float32, torch.float64) else t.float()
+    return t if t.dtype in (torch.int32, torch.int64) else t.int()
+
+
+# ----------------------------------------------------------------------------------------
+# Areas and IoU (chapter 00)
+# ----------------------------------------------------------------------------------------
+
+
+def box_area(boxes: Tensor) -> Tensor:
+    """Area of each box: ``(x2 - x1) * (y2 - y1)``.
+
+    Taught in chapter 00 ("Objects, boxes and scores").
+
+    Args:
+        boxes: ``(..., 4)`` boxes in (x1, y1, x2, y2) order.
+
+    Returns:
+        ``(...)`` areas. Half/small-integer boxes give float32/int32 areas (see
+        :func:`_widen`); a zero-width or zero-height box has area 0. Equals
+        ``torchvision.ops.box_area``.
+    """
+    _check_boxes("box_area", "boxes", boxes, batched=True)
+    boxes = _widen(boxes)
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Intersection over union (the Jaccard index) of every pair of boxes.
+
+    ``IoU(A, B) = area(A ∩ B) / area(A ∪ B)``: the overlap criterion of PASCAL VOC
+    (Everingham et al., 2010, eq. 1) that R-CNN uses to label proposals, to suppress
+    duplicates (:func:`nms`) and that AP uses to match detections to ground truth.
+    Taught in chapter 00 ("Objects, boxes and scores").
+
+    Args:
+        boxes1: ``(N, 4)`` boxes in (x1, y1, x2, y2) order.
+        boxes2: ``(M, 4)`` boxes in (x1, y1, x2, y2) order.
+
+    Returns:
+        ``(N, M)`` IoUs in [0, 1]. Two boxes that do not touch have IoU 0. Two boxes that
+        both have zero area have ``0 / 0 = nan`` (torchvision returns the same); a nan
+        IoU never exceeds an NMS threshold, so such boxes never suppress each other.
+        Equals ``torchvision.ops.box_iou`` (which also takes ``fmt=`` and leading batch
+        dimensions; convert to xyxy and loop over images here).
+    """
+    _check_boxes("box_iou", "boxes1", boxes1)
+    _check_boxes("box_iou", "boxes2", boxes2)
+    if boxes1.device != boxes2.device:
+        raise ValueError(
+            f"box_iou: boxes1 is on {boxes1.device} but boxes2 is on {boxes2.device}; "
+            "move both to one device."
+        )
+    return _pairwise_iou(boxes1, boxes2)
+
+
+def _pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """:func:`box_iou` without the input checks, for the NMS loop."""
+    area1 = box_area(boxes1)  # (N,)
+    area2 = box_area(boxes2)  # (M,)
+    # One (N, M) tensor per coordinate (column by column) rather than torchvision's
+    # (N, M, 2) corner tensors: the same arithmetic, so the same bits, on contiguous
+    # memory, which is about twice as fast on CPU (benchmarks/bench_boxes.py).
+    x1, y1, x2, y2 = (c[:, None] for c in boxes1.unbind(1))  # each (N, 1)
+    xx1, yy1, xx2, yy2 = (c[None, :] for c in boxes2.unbind(1))  # each (1, M)
+    # The intersection is the box between the larger top-left and the smaller
+    # bottom-right corner; a negative side means the boxes miss each other on that axis.
+    inter_w = _widen(torch.minimum(x2, xx2) - torch.maximum(x1, xx1)).clamp(min=0)
+    inter_h = _widen(torch.minimum(y2, yy2) - torch.maximum(y1, yy1)).clamp(min=0)
+    inter = inter_w * inter_h  # (N, M)
+    union = area1[:, None] + area2[None, :] - inter  # inclusion-exclusion
+    return inter / union
+
+
+def _largest_at_most(threshold: float, dtype: torch.dtype) -> float:
+    """The largest number representable in ``dtype`` that is <= ``threshold``.
+
+    torchvision's NMS kernels compare a float32 IoU against the threshold as a double,
+    ``double(iou) > threshold``. A plain ``iou > threshold`` on a float32 tensor would
+    first round the threshold to float32, and 0.3 rounds *up* (to 0.30000001): a pair of
+    integer boxes with IoU exactly 3/10 is suppressed by torchvision but not by the naive
+    comparison. For a float32 ``iou``, ``double(iou) > t`` is the same test as
+    ``iou > (largest float32 <= t)``, so we compare against that instead.
+    """
+    if dtype == torch.float64:
+        return float(threshold)
+    t = torch.tensor(threshold, dtype=dtype)
+    if float(t) > threshold:  # rounded up: step one representable value down
+        t = torch.nextafter(t, torch.tensor(-math.inf, dtype=dtype))
+    return float(t)
+
+
+# ----------------------------------------------------------------------------------------
+# Non-maximum suppression (chapter 00)
+# ----------------------------------------------------------------------------------------
+
+#: How many score-ordered boxes :func:`nms` resolves at once on CPU. 256 measured fastest
+#: on a 2-core CPU (128 and 384 were slower at 1000-5000 boxes).
+NMS_BLOCK_SIZE_CPU = 256
+#: The same on an accelerator, where every round of the loop costs a host-device
+#: synchronisation while the (block x block) IoU work is nearly free, so bigger blocks
+#: (fewer rounds) should win. 1024 is a reasoned choice that no GPU has measured yet:
+#: ``benchmarks/bench_boxes.py --device cuda`` will.
+NMS_BLOCK_SIZE_ACCELERATOR = 1024
+
+
+def _iou_dtype(boxes: Tensor) -> torch.dtype:
+    """The dtype :func:`box_iou` returns for these boxes (float boxes after widening;
+    integer boxes divide into torch's default float dtype)."""
+    widened = _widen(boxes[:0])
+    return widened.dtype if widened.is_floating_point() else torch.get_default_dtype()
+
+
+def _greedy_nms_sorted(boxes: Tensor, iou_threshold: float, labels: Tensor | None) -> Tensor:
+    """Greedy NMS on boxes already in the order they are to be considered.
+
+    Args:
+        boxes: ``(N, 4)`` boxes, highest score first (for per-class NMS: grouped by class,
+            highest score first within each class).
+        iou_threshold: a box is dropped when its IoU with a kept box is > this.
+        labels: ``(N,)`` sorted class ids, or None for one class. Boxes of different
+            classes never suppress each other.
+
+    Returns:
+        ``(N,)`` bool, True for the kept boxes.
+
+    Greedy NMS walks the boxes in order and keeps a box unless a box it already kept
+    overlaps it by more than the threshold. Written as one equation, box j is kept iff
+
+        keep[j] = not any(keep[i] and IoU(i, j) > t for i < j)                      (*)
+
+    The obvious code is a Python loop over boxes, which is slow, and computing the whole
+    (N, N) IoU matrix first costs N^2 time and memory (100 MB of float32 IoUs at
+    N = 5000, several times that in temporaries). We go block by block in score order,
+    B boxes at a time, and do two vectorised steps per block:
+
+    1. Drop the block's boxes that overlap a box kept in an earlier block: one (K, B) IoU,
+       K = boxes kept so far. Earlier blocks are final, so this part is exact at once.
+    2. Solve (*) inside the block by fixed-point iteration: start from "every survivor of
+       step 1 is kept", then recompute keep from (*) with the (B, B) IoU until nothing
+       changes. keep[j] depends only on keep[i] for i < j, so after r rounds the first r
+       boxes are right and a fixed point is the greedy answer; the loop ends after at most
+       B rounds, in practice after a few (the length of the longest chain "a suppresses
+       b, which would otherwise suppress c, ...").
+
+    The total work is about (kept boxes + B) x N IoUs, like torchvision's CPU kernel, and
+    Python only loops over blocks and rounds, never over boxes. Measured on a 2-core CPU
+    (one thread, 5000 clustered boxes, IoU 0.5, benchmarks/bench_boxes.py's data), the
+    alternatives were: the full IoU matrix plus a loop over kept boxes, or plus the
+    fixed point on the whole matrix, about 200 ms each; this blocked version 10 ms,
+    level with torchvision's C++ kernel. Its worst case is a chain as long as a block
+    (every box suppressing the next): then a block takes B rounds, about 10 ms per block
+    of 256 on that CPU.
+    """
+    n = boxes.shape[0]
+    keep = torch.zeros(n, dtype=torch.bool, device=boxes.device)
+    if n == 0:
+        return keep
+    # Thresholds are compared in the IoU's dtype, rounded the way torchvision's are.
+    threshold = _largest_at_most(iou_threshold, _iou_dtype(boxes))
+    cpu = boxes.device.type == "cpu"
+    block = NMS_BLOCK_SIZE_CPU if cpu else NMS_BLOCK_SIZE_ACCELERATOR
+    if labels is not None:
+        # class_start[p]: the first position of p's class (labels are sorted).
+        class_start = torch.searchsorted(labels, labels)
+
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        block_boxes = boxes[start:stop]  # (B, 4)
+
+        # Step 1: kept boxes of earlier blocks that can suppress this block. With classes,
+        # only the block's first class has boxes before it (the order is class-major), so
+        # we look back no further than where that class starts.
+        first = 0 if labels is None else int(class_start[start])
+        earlier = boxes[first:start][keep[first:start]]  # (K, 4)
+        suppressed = (_pairwise_iou(earlier, block_boxes) > threshold).any(dim=0)  # (B,)
+        if labels is not None:
+            suppressed &= labels[start:stop] == labels[start]
+        survivors = (~suppressed).nonzero().squeeze(1)  # block positions, (S,)
+
+        # Step 2: greedy NMS among the survivors, by fixed-point iteration of (*).
+        cand = block_boxes[survivors]
+        # overlaps[i, j]: i comes before j and would suppress j if kept.
+        overlaps = (_pairwise_iou(cand, cand) > threshold).triu_(diagonal=1)
+        if labels is not None:
+            cand_labels = labels[start:stop][survivors]
+            overlaps &= cand_labels[:, None] == cand_labels[None, :]
+        cand_keep = torch.ones(len(survivors), dtype=torch.bool, device=boxes.device)
+        while True:
+            new_keep = ~overlaps[cand_keep].any(dim=0)
+            if torch.equal(new_keep, cand_keep):
+                break
+            cand_keep = new_keep
+        keep[start + survivors[cand_keep]] = True
+    return keep
+
+
+def _check_nms_inputs(fn: str, boxes: Tensor, scores: Tensor, iou_threshold: float) -> None:
+    _check_boxes(fn, "boxes", boxes)
+    _check_per_box(fn, "scores", scores, boxes, "score")
+    if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, Real):
+        raise TypeError(f"{fn}: iou_threshold must be a number such as 0.5, got {iou_threshold!r}.")
+    if math.isnan(iou_threshold):
+        raise ValueError(f"{fn}: iou_threshold is nan; pass a number such as 0.5.")
+
+
+def _score_order(scores: Tensor) -> Tensor:
+    """Indices that sort ``scores`` from highest to lowest; equal scores keep their input
+    order (a stable sort), which is what torchvision's NMS kernels do on CPU."""
+    return torch.sort(scores, descending=True, stable=True).indices
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy non-maximum suppression.
+
+    R-CNN (section 2.2): "greedy non-maximum suppression ... rejects a region if it has an
+    intersection-over-union (IoU) overlap with a higher scoring selected region larger
+    than a learned threshold." Taught in chapter 00 ("Objects, boxes and scores"); see
+    :func:`_greedy_nms_sorted` for how it is computed without a loop over boxes.
+
+    Args:
+        boxes: ``(N, 4)`` boxes in (x1, y1, x2, y2) order.
+        scores: ``(N,)`` one score per box (any real dtype; only its order matters).
+        iou_threshold: a box is dropped when its IoU with a kept, higher-scoring box is
+            strictly greater than this.
+
+    Returns:
+        ``(K,)`` int64 indices into ``boxes`` of the kept boxes, by decreasing score. Of
+        two boxes with the same score the one that comes first in ``boxes`` is considered
+        first, as in torchvision's CPU kernel (torchvision documents that its GPU kernel
+        may pick the other one). Equals ``torchvision.ops.nms``, which also requires
+        ``scores`` to have the boxes' dtype; we do not.
+    """
+    _check_nms_inputs("nms", boxes, scores, iou_threshold)
+    order = _score_order(scores)
+    keep = _greedy_nms_sorted(boxes[order], iou_threshold, labels=None)
+    return order[keep]
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """Non-maximum suppression run independently per class ("category").
+
+    R-CNN applies NMS "for each class independently" (section 2.2): a dog box never
+    suppresses a cat box. Taught in chapter 00 ("Objects, boxes and scores").
+
+    Args:
+        boxes: ``(N, 4)`` boxes in (x1, y1, x2, y2) order.
+        scores: ``(N,)`` one score per box.
+        idxs: ``(N,)`` the class (or image, or level) of each box; boxes with different
+            ``idxs`` never suppress each other.
+        iou_threshold: a box is dropped when its IoU with a kept, higher-scoring box *of
+            the same class* is strictly greater than this.
+
+    Returns:
+        ``(K,)`` int64 indices of the kept boxes, by decreasing score; equal scores in
+        input order. The same boxes as ``torchvision.ops.batched_nms``. Two differences,
+        both at torchvision's expense: above 1000 CPU boxes torchvision sorts its result
+        with an unstable sort, so boxes with equal scores can come out in either order;
+        and below that it uses the coordinate trick (below), which can mix classes when
+        coordinates are below -1.
+    """
+    _check_nms_inputs("batched_nms", boxes, scores, iou_threshold)
+    _check_per_box("batched_nms", "idxs", idxs, boxes, "class index")
+    # The well-known shortcut (torchvision, Detectron) is the *coordinate trick*: shift
+    # every box by class_id * (max coordinate + 1), so boxes of different classes land
+    # in disjoint regions and can no longer overlap, then run one plain NMS. It is short
+    # but has two catches: the shift assumes coordinates >= -1 (torchvision's offset
+    # uses only the maximum), and adding large offsets rounds float32 coordinates, which
+    # moves IoUs that sit right at the threshold. We instead put the boxes in class-major
+    # order (by class, then by score) and tell the greedy loop the classes: a box is only
+    # ever compared with boxes of its own class, so the result is exactly per-class NMS,
+    # and the look-back of step 1 stays within one class (less work than the trick).
+    # Class ids as int64 0..C-1, whatever dtype idxs has (int, float, bool, uint8).
+    class_ids = torch.unique(idxs, return_inverse=True)[1]
+    order = _score_order(scores)
+    order = order[torch.sort(class_ids[order], stable=True).indices]  # class-major
+    keep = _greedy_nms_sorted(boxes[order], iou_threshold, labels=class_ids[order])
+    # Back to "by decreasing score, ties in input order": sort the kept indices, then
+    # stable-sort them by score.
+    kept = order[keep].sort().values
+    return kept[_score_order(scores[kept])]
+
+
+# ----------------------------------------------------------------------------------------
+# Clipping and filtering (chapter 00; used by the RPN in chapter 04)
+# ----------------------------------------------------------------------------------------
+
+
+def clip_boxes_to_image(boxes: Tensor, size: Sequence[int]) -> Tensor:
+    """Clip boxes to lie inside an image: x into [0, width], y into [0, height].
+
+    Taught in chapter 00 ("Objects, boxes and scores"); the RPN (chapter 04) clips its
+    proposals before NMS, as Faster R-CNN (section 3.3) does at test time.
+
+    Args:
+        boxes: ``(..., 4)`` boxes in (x1, y1, x2, y2) order.
+        size: ``(height, width)`` of the image (torch's order, not PIL's ``(w, h)``).
+
+    Returns:
+        ``(..., 4)`` clipped boxes, same dtype. A box entirely outside the image becomes
+        a zero-area box on the border (drop it with :func:`remove_small_boxes`). Equals
+        ``torchvision.ops.clip_boxes_to_image``.
+    """
+    _check_boxes("clip_boxes_to_image", "boxes", boxes, batched=True)
+    if isinstance(size, Tensor):
+        size = size.tolist()
+    if not isinstance(size, Sequence) or len(size) != 2:
+        raise ValueError(
+            f"clip_boxes_to_image: size must be (height, width), got {size!r}; for a "
+            "(C, H, W) image tensor pass image.shape[-2:]."
+        )
+    height, width = size
+    x = boxes[..., 0::2].clamp(min=0, max=width)  # (..., 2): x1, x2
+    y = boxes[..., 1::2].clamp(min=0, max=height)  # (..., 2): y1, y2
+    # Interleave back to x1, y1, x2, y2.
+    return torch.stack((x, y), dim=-1).reshape(boxes.shape)
+
+
+def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
+    """Indices of the boxes whose width and height are both at least ``min_size``.
+
+    Taught in chapter 00 ("Objects, boxes and scores"); the RPN (chapter 04) drops tiny
+    proposals with it.
+
+    Args:
+        boxes: ``(N, 4)`` boxes in (x1, y1, x2, y2) order.
+        min_size: smallest allowed side, in pixels. Boxes with a side exactly
+            ``min_size`` are kept (torchvision's docstring says "larger than" but its code
+            keeps ``>=``, as we do).
+
+    Returns:
+        ``(K,)`` int64 indices of the boxes kept, in input order. Equals
+        ``torchvision.ops.remove_small_boxes``.
+    """
+    _check_boxes("remove_small_boxes", "boxes", boxes)
+    widths = boxes[:, 2] - boxes[:, 0]
+    heights = boxes[:, 3] - boxes[:, 1]
+    return torch.where((widths >= min_size) & (heights >= min_size))[0]
+
+
+# ----------------------------------------------------------------------------------------
+# Formats (chapter 00). Each equals torchvision.ops.box_convert for its pair of formats.
+# ----------------------------------------------------------------------------------------
+
+
+def xyxy_to_xywh(boxes: Tensor) -> Tensor:
+    """``(..., 4)`` corners (x1, y1, x2, y2) to COCO's (x, y, w, h): top-left and size.
+    Taught in chapter 00 ("Objects, boxes and scores")."""
+    _check_boxes("xyxy_to_xywh", "boxes", boxes, batched=True)
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack((x1, y1, x2 - x1, y2 - y1), dim=-1)
+
+
+def xywh_to_xyxy(boxes: Tensor) -> Tensor:
+    """``(..., 4)`` COCO's (x, y, w, h) to corners (x1, y1, x2, y2).
+    Taught in chapter 00 ("Objects, boxes and scores")."""
+    _check_boxes("xywh_to_xyxy", "boxes", boxes, batched=True)
+    x, y, w, h = boxes.unbind(-1)
+    return torch.stack((x, y, x + w, y + h), dim=-1)
+
+
+def xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
+    """``(..., 4)`` corners (x1, y1, x2, y2) to centre and size (cx, cy, w, h), the
+    coordinates box regression works in (:class:`BoxCoder`).
+    Taught in chapter 00 ("Objects, boxes and scores")."""
+    _check_boxes("xyxy_to_cxcywh", "boxes", boxes, batched=True)
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1), dim=-1)
+
+
+def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
+    """``(..., 4)`` centre and size (cx, cy, w, h) to corners (x1, y1, x2, y2).
+    Taught in chapter 00 ("Objects, boxes and scores")."""
+    _check_boxes("cxcywh_to_xyxy", "boxes", boxes, batched=True)
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
+
+
+_CONVERTERS = {
+    ("xyxy", "xywh"): (xyxy_to_xywh,),
+    ("xywh", "xyxy"): (xywh_to_xyxy,),
+    ("xyxy", "cxcywh"): (xyxy_to_cxcywh,),
+    ("cxcywh", "xyxy"): (cxcywh_to_xyxy,),
+    ("xywh", "cxcywh"): (xywh_to_xyxy, xyxy_to_cxcywh),
+    ("cxcywh", "xywh"): (cxcywh_to_xyxy, xyxy_to_xywh),
+}
+
+
+def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
+    """Convert ``(..., 4)`` boxes between "xyxy", "xywh" and "cxcywh" (via xyxy).
+
+    Taught in chapter 00 ("Objects, boxes and scores"). Equals
+    ``torchvision.ops.box_convert`` for these three formats (torchvision also converts
+    rotated boxes). Same format in and out returns a copy, as torchvision does.
+    """
+    for name, fmt in (("in_fmt", in_fmt), ("out_fmt", out_fmt)):
+        if fmt not in BOX_FORMATS:
+            raise ValueError(f"box_convert: {name} must be one of {BOX_FORMATS}, got {fmt!r}.")
+    _check_boxes("box_convert", "boxes", boxes, batched=True)
+    if in_fmt == out_fmt:
+        return boxes.clone()
+    for step in _CONVERTERS[(in_fmt, out_fmt)]:
+        boxes = step(boxes)
+    return boxes
+
+
+# ----------------------------------------------------------------------------------------
+# Box coding (chapters 01-04)
+# ----------------------------------------------------------------------------------------
+
+
+class BoxCoder:
+    """Encode boxes as regression targets relative to reference boxes, and decode back.
+
+    The parameterisation of R-CNN (appendix C, eqs. 6-9) and Faster R-CNN (eq. 2): with a
+    reference box P (a proposal, or an anchor in the RPN) of centre (px, py) and size
+    (pw, ph), and a ground-truth box G of centre (gx, gy) and size (gw, gh), the target is
+
+        tx = wx * (gx - px) / pw        ty = wy * (gy - py) / ph
+        tw = ww * log(gw / pw)          th = wh * log(gh / ph)
+
+    Centre offsets are measured in units of the reference size, so the target does not
+    depend on the image scale; sizes are in log space, so growing and shrinking by the
+    same factor are symmetric. Decoding inverts it (R-CNN appendix C, eqs. 1-4):
+    gx = px + pw * tx / wx, ..., gw = pw * exp(tw / ww), ...
+
+    Taught in chapters 01-04: bounding-box regression first appears with R-CNN (chapter
+    02), is a head of Fast R-CNN (chapter 03) and the RPN's output (chapter 04).
+
+    Args:
+        weights: (wx, wy, ww, wh) that scale the targets. Use (1, 1, 1, 1) for the RPN
+            and (10, 10, 5, 5) for the RoI box heads: the latter is Fast R-CNN's target
+            normalisation (divide by standard deviations 0.1, 0.1, 0.2, 0.2), so the
+            smooth-L1 loss sees targets of about unit scale.
+        bbox_xform_clip: upper clamp on the decoded log-size terms tw / ww and th / wh
+            before the exp, so an untrained network cannot overflow it. The default
+            log(1000 / 16) (from Detectron) lets a side grow at most 62.5x the reference.
+
+    Matches ``torchvision.models.detection._utils.BoxCoder``: our :meth:`encode` and
+    :meth:`decode` are its ``encode_single`` and ``decode_single`` (one tensor of boxes,
+    not a list per image; ``torch.cat`` the images first), with the same arithmetic in
+    the same order, so the numbers agree bit for bit.
+    """
+
+    def __init__(
+        self,
+        weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+        bbox_xform_clip: float = math.log(1000.0 / 16),
+    ) -> None:
+        if len(weights) != 4:
+            raise ValueError(
+                f"BoxCoder: weights must be four numbers (wx, wy, ww, wh), got {weights!r}; "
+                "use (1, 1, 1, 1) for the RPN and (10, 10, 5, 5) for RoI heads."
+            )
+        self.weights = tuple(float(w) for w in weights)
+        self.bbox_xform_clip = float(bbox_xform_clip)
+
+    def __repr__(self) -> str:
+        return f"BoxCoder(weights={self.weights}, bbox_xform_clip={self.bbox_xform_clip:.4f})"
+
+    def encode(self, gt_boxes: Tensor, ref_boxes: Tensor) -> Tensor:
+        """Regression targets that move each reference box onto its ground-truth box.
+
+        Args:
+            gt_boxes: ``(N, 4)`` ground-truth boxes G, xyxy (row i is matched to row i of
+                ``ref_boxes``).
+            ref_boxes: ``(N, 4)`` reference boxes P (proposals or anchors), xyxy, with
+                positive width and height.
+
+        Returns:
+            ``(N, 4)`` targets (tx, ty, tw, th), in the dtype of ``gt_boxes`` /
+            ``ref_boxes`` (promoted if they differ).
+        """
+        _check_boxes("BoxCoder.encode", "gt_boxes", gt_boxes)
+        _check_boxes("BoxCoder.encode", "ref_boxes", ref_boxes)
+        if gt_boxes.shape[0] != ref_boxes.shape[0]:
+            raise ValueError(
+                f"BoxCoder.encode: gt_boxes has {gt_boxes.shape[0]} rows but ref_boxes has "
+                f"{ref_boxes.shape[0]}; pass the matched ground truth of every reference box "
+                "(e.g. gt_boxes[matched_idxs])."
+            )
+        # Weights as a tensor of the ground truth's dtype, as torchvision does, so the
+        # products round the same way.
+        wx, wy, ww, wh = torch.as_tensor(self.weights, dtype=gt_boxes.dtype, device=gt_boxes.device)
+        ref_w = ref_boxes[:, 2] - ref_boxes[:, 0]
+        ref_h = ref_boxes[:, 3] - ref_boxes[:, 1]
+        ref_cx = ref_boxes[:, 0] + 0.5 * ref_w
+        ref_cy = ref_boxes[:, 1] + 0.5 * ref_h
+        gt_w = gt_boxes[:, 2] - gt_boxes[:, 0]
+        gt_h = gt_boxes[:, 3] - gt_boxes[:, 1]
+        gt_cx = gt_boxes[:, 0] + 0.5 * gt_w
+        gt_cy = gt_boxes[:, 1] + 0.5 * gt_h
+
+        tx = wx * (gt_cx - ref_cx) / ref_w
+        ty = wy * (gt_cy - ref_cy) / ref_h
+        tw = ww * torch.log(gt_w / ref_w)
+        th = wh * torch.log(gt_h / ref_h)
+        return torch.stack((tx, ty, tw, th), dim=1)
+
+    def decode(self, deltas: Tensor, ref_boxes: Tensor) -> Tensor:
+        """Apply regression deltas to reference boxes.
+
+        Args:
+            deltas: ``(N, 4 * K)`` deltas (tx, ty, tw, th) per box, K >= 1 groups of four:
+                K = 1 for the RPN or a class-agnostic head, K = number of classes for a
+                class-specific box head (Fast R-CNN), whose group k refines box i for
+                class k.
+            ref_boxes: ``(N, 4)`` reference boxes, xyxy.
+
+        Returns:
+            ``(N, 4 * K)`` decoded boxes, xyxy, group k in columns 4k..4k+3, in the dtype
+            of ``deltas``. ``tw / ww`` and ``th / wh`` are clamped at ``bbox_xform_clip``
+            first. Not clipped to the image: use :func:`clip_boxes_to_image`.
+        """
+        _check_tensor("BoxCoder.decode", "deltas", deltas)
+        _check_boxes("BoxCoder.decode", "ref_boxes", ref_boxes)
+        if deltas.dim() != 2 or deltas.shape[1] == 0 or deltas.shape[1] % 4 != 0:
+            raise ValueError(
+                f"BoxCoder.decode: deltas must have shape (N, 4 * K) with K >= 1 groups of "
+                f"(tx, ty, tw, th), got {tuple(deltas.shape)}; for a (N, K, 4) tensor pass "
+                "deltas.reshape(N, -1)."
+            )
+        if deltas.shape[0] != ref_boxes.shape[0]:
+            raise ValueError(
+                f"BoxCoder.decode: deltas has {deltas.shape[0]} rows but ref_boxes has "
+                f"{ref_boxes.shape[0]}; give one row of deltas per reference box."
+            )
+        ref_boxes = ref_boxes.to(deltas.dtype)
+        ref_w = ref_boxes[:, 2] - ref_boxes[:, 0]
+        ref_h = ref_boxes[:, 3] - ref_boxes[:, 1]
+        ref_cx = ref_boxes[:, 0] + 0.5 * ref_w
+        ref_cy = ref_boxes[:, 1] + 0.5 * ref_h
+
+        wx, wy, ww, wh = self.weights
+        # Every 4th column from an offset picks that coordinate of all K groups: (N, K).
+        dx = deltas[:, 0::4] / wx
+        dy = deltas[:, 1::4] / wy
+        dw = (deltas[:, 2::4] / ww).clamp(max=self.bbox_xform_clip)
+        dh = (deltas[:, 3::4] / wh).clamp(max=self.bbox_xform_clip)
+
+        cx = dx * ref_w[:, None] + ref_cx[:, None]
+        cy = dy * ref_h[:, None] + ref_cy[:, None]
+        w = torch.exp(dw) * ref_w[:, None]
+        h = torch.exp(dh) * ref_h[:, None]
+        # Half sizes as a 0-d tensor times the size: the same rounding as torchvision.
+        half_w = torch.tensor(0.5, dtype=w.dtype, device=w.device) * w
+        half_h = torch.tensor(0.5, dtype=h.dtype, device=h.device) * h
+        boxes = torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=2)
+        return boxes.flatten(1)  # (N, K, 4) -> (N, 4K)
