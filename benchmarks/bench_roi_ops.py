@@ -1,0 +1,252 @@
+"""Time rcnn_steps.roi_ops against torchvision's compiled RoIPool and RoIAlign kernels.
+
+    python benchmarks/bench_roi_ops.py                       # CPU, and CUDA when present
+    python benchmarks/bench_roi_ops.py --device cpu --threads 1 --repeats 7
+    python benchmarks/bench_roi_ops.py --device cpu --profile   # where our time goes
+    python benchmarks/bench_roi_ops.py --device cpu --ours-threads 2  # ours on 2 threads
+
+The sizes are a detector's RoI heads: two 800 x 800 images at stride 16 (a 50 x 50 map,
+256 channels, as a ResNet-FPN level or a C4 map after the channel reduction), 256 RoIs
+each (512 in all) with sides log-uniform between 32 and 512 pixels (2 to 32 cells),
+pooled to 7 x 7 for the box head and 14 x 14 for the mask head. RoIAlign runs with
+``aligned=True`` and both a fixed 2 x 2 grid (``sampling_ratio=2``) and the adaptive one
+(``-1``), as torchvision's and Detectron2's heads use them.
+
+torchvision's CPU RoI kernels are single-threaded C++ loops; ours are a few dozen PyTorch
+ops each, run on ``rcnn_steps.roi_ops.CPU_THREADS`` threads (1 by default, for the reason
+its comment gives; ``--ours-threads`` changes it). ``--threads`` is torch's own setting.
+
+Each row prints the median time of ours and of torchvision's forward (no gradient), and
+of forward plus backward (the input requires grad; a fixed dense upstream gradient, as a
+head's first layer would send), their ratio (ours / torchvision; < 1 means we are
+faster), and whether the outputs and input gradients agree: "exact" (bit for bit) or
+"close" with the largest difference. Ours and theirs alternate in rounds, so a busy spell
+of a shared machine hits both; the best round's median is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import torch
+import torchvision
+import torchvision.ops as tv_ops
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from rcnn_steps import roi_ops as ours  # noqa: E402
+from rcnn_steps.utils import machine_info, set_threads  # noqa: E402
+
+IMAGE_SIZE = 800
+STRIDE = 16
+
+
+def detection_like_rois(
+    num_images: int = 2, per_image: int = 256, seed: int = 0, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """``(num_images * per_image, 5)`` RoIs (batch index, x1, y1, x2, y2) in an
+    ``IMAGE_SIZE`` square image: centres uniform, sides log-uniform in [32, 512] px,
+    clipped to the image (what sampled proposals look like)."""
+    gen = torch.Generator().manual_seed(seed)
+    k = num_images * per_image
+    centre = torch.rand(k, 2, generator=gen) * IMAGE_SIZE
+    side = 32 * 16 ** torch.rand(k, 2, generator=gen)  # log-uniform in [32, 512]
+    boxes = torch.cat((centre - side / 2, centre + side / 2), 1).clamp(0, IMAGE_SIZE)
+    batch = torch.arange(num_images).repeat_interleave(per_image).float()[:, None]
+    return torch.cat((batch, boxes), 1).to(device)
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> float:
+    """Median wall time of ``fn()`` in milliseconds, after ``warmup`` untimed calls."""
+    cuda = device.type == "cuda"
+    for _ in range(warmup):
+        fn()
+    if cuda:
+        torch.cuda.synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if cuda:  # kernels run asynchronously: wait for them before stopping the clock
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def cases() -> list[tuple[str, Callable, Callable, tuple]]:
+    """(label, ours, torchvision's, arguments after (input, rois)) for every row."""
+    scale = 1 / STRIDE
+    rows = []
+    for size in (7, 14):
+        rows.append((f"roi_pool {size}x{size}", ours.roi_pool, tv_ops.roi_pool, (size, scale)))
+    for size in (7, 14):
+        for ratio in (2, -1):
+            rows.append(
+                (
+                    f"roi_align {size}x{size} sr={ratio}",
+                    ours.roi_align,
+                    tv_ops.roi_align,
+                    (size, scale, ratio, True),
+                )
+            )
+    return rows
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> str:
+    if torch.equal(a, b):
+        return "exact"
+    diff = (a - b).abs().max().item()
+    return (
+        f"close ({diff:.0e})" if torch.allclose(a, b, rtol=1e-4, atol=1e-5) else f"NO ({diff:.1e})"
+    )
+
+
+def run(device: torch.device, repeats: int, warmup: int, rounds: int, seed: int) -> None:
+    print(
+        f"\n## {device.type}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    )
+    gen = torch.Generator().manual_seed(seed)
+    feature_size = IMAGE_SIZE // STRIDE
+    x = torch.randn(2, 256, feature_size, feature_size, generator=gen).to(device)
+    rois = detection_like_rois(seed=seed, device=device)
+    header = (
+        f"{'case':<26}{'fwd ours':>10}{'tv':>9}{'ratio':>7}{'f+b ours':>11}{'tv':>9}"
+        f"{'ratio':>7}  same (output / gradient)"
+    )
+    print(header)
+    print("-" * len(header))
+    for label, fn_ours, fn_tv, args in cases():
+        out = fn_ours(x, rois, *args)
+        grad = torch.randn(out.shape, generator=gen).to(device)
+        xg = x.clone().requires_grad_(True)
+
+        def forward(fn, args=args):
+            with torch.no_grad():
+                return fn(x, rois, *args)
+
+        def forward_backward(fn, args=args, grad=grad, xg=xg):
+            xg.grad = None
+            fn(xg, rois, *args).backward(grad)
+            return xg.grad
+
+        calls = {
+            "fwd ours": partial(forward, fn_ours),
+            "fwd tv": partial(forward, fn_tv),
+            "f+b ours": partial(forward_backward, fn_ours),
+            "f+b tv": partial(forward_backward, fn_tv),
+        }
+        times = {name: [] for name in calls}
+        for _ in range(rounds):
+            for name, call in calls.items():
+                times[name].append(median_ms(call, repeats, warmup, device))
+        fo, ft, bo, bt = (min(t) for t in times.values())
+        same_out = agreement(calls["fwd ours"](), calls["fwd tv"]())
+        same_grad = agreement(calls["f+b ours"]().clone(), calls["f+b tv"]().clone())
+        print(
+            f"{label:<26}{fo:>10.1f}{ft:>9.1f}{fo / ft:>7.2f}{bo:>11.1f}{bt:>9.1f}"
+            f"{bo / bt:>7.2f}  {same_out} / {same_grad}"
+        )
+
+
+def profile(device: torch.device, seed: int) -> None:
+    """Our top operators (self time) for each case, forward and forward + backward."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    gen = torch.Generator().manual_seed(seed)
+    feature_size = IMAGE_SIZE // STRIDE
+    x = torch.randn(2, 256, feature_size, feature_size, generator=gen).to(device)
+    rois = detection_like_rois(seed=seed, device=device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for label, fn, _, args in cases():
+        out = fn(x, rois, *args)
+        grad = torch.randn(out.shape, generator=gen).to(device)
+        xg = x.clone().requires_grad_(True)
+
+        def forward(fn=fn, args=args):
+            return fn(x, rois, *args)
+
+        def forward_backward(fn=fn, args=args, grad=grad, xg=xg):
+            fn(xg, rois, *args).backward(grad)
+
+        for what, call in (("forward", forward), ("forward + backward", forward_backward)):
+            call()
+            with torch_profile(activities=activities) as prof:
+                call()
+            print(f"\n### ours, {label}, {what}")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages: a busy machine slows both columns, not always
+    equally, so the table says how busy it was."""
+    if not hasattr(os, "getloadavg"):
+        return "n/a"
+    return " ".join(f"{load:.2f}" for load in os.getloadavg()) + f" on {os.cpu_count()} cores"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; best kept")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument(
+        "--ours-threads",
+        type=int,
+        default=ours.CPU_THREADS,
+        help="rcnn_steps.roi_ops.CPU_THREADS: threads our layers may use, at most --threads "
+        f"(default {ours.CPU_THREADS}, the library's; 0 means all of --threads)",
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true", help="print our top operators too")
+    args = parser.parse_args(argv)
+
+    set_threads(args.threads)
+    ours.CPU_THREADS = args.ours_threads or None
+    info = machine_info()
+    print("# rcnn_steps.roi_ops vs torchvision.ops (compiled kernels)")
+    print(
+        f"machine: {info['cpu']} ({info['cpu_count']} cores), torch threads: "
+        f"{torch.get_num_threads()} (torchvision's CPU RoI kernels use one), ours: "
+        f"CPU_THREADS={ours.CPU_THREADS}" + (f", GPU: {info['gpu']}" if "gpu" in info else "")
+    )
+    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}")
+    print(f"load average at start: {load_average()}")
+    print(
+        "inputs: 2 images x 256 channels x 50 x 50 (800 px at stride 16), 512 RoIs of 32-512 px;"
+        " RoIAlign aligned=True"
+    )
+    print(
+        f"time (ms): best of {args.rounds} alternating rounds, each the median of "
+        f"{args.repeats} calls after {args.warmup} warm-up call(s)"
+    )
+
+    devices = []
+    if args.device in ("cpu", "all"):
+        devices.append(torch.device("cpu"))
+    if args.device in ("cuda", "all"):
+        if torch.cuda.is_available():
+            devices.append(torch.device("cuda"))
+        elif args.device == "cuda":
+            parser.error("--device cuda: no CUDA device is available")
+        else:
+            print("(no CUDA device: GPU section skipped)")
+    for device in devices:
+        run(device, args.repeats, args.warmup, args.rounds, args.seed)
+        if args.profile:
+            profile(device, args.seed)
+    print(f"\nload average at end: {load_average()}")
+
+
+if __name__ == "__main__":
+    main()
