@@ -52,8 +52,11 @@ format: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab book/
 
+# Our ops beside torchvision's (and selective search beside OpenCV's), timed in one run.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_boxes.py
+	$(BIN)/python benchmarks/bench_roi_ops.py
+	$(BIN)/python benchmarks/bench_selective_search.py
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache .hypothesis

@@ -188,3 +188,20 @@ def test_dense_equals_naive_on_cuda():
     torch.testing.assert_close(dense, naive, atol=1e-3, rtol=1e-3)
     (det,) = sw.detect(model, image, config)
     assert det["boxes"].device.type == "cuda"
+
+
+def test_multiply_adds_counts_conv_and_linear_layers():
+    from torch import nn
+
+    from rcnn_steps.sliding_window import multiply_adds
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    # conv: 4*6*6 outputs x 3*3*3 each; linear: 5 outputs x 144 each
+    assert multiply_adds(net, (1, 3, 8, 8)) == 4 * 6 * 6 * 27 + 5 * 144
+
+
+def test_dense_detection_does_less_work_than_naive():
+    from rcnn_steps.sliding_window import CropClassifier, WindowConfig, detection_cost
+
+    cost = detection_cost(CropClassifier(num_classes=6), (128, 128), WindowConfig())
+    assert cost["dense_macs"] > 0 and cost["ratio"] > 3.0

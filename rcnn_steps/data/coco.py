@@ -208,6 +208,14 @@ class CocoDataset(torch.utils.data.Dataset):
             self.oks_sigmas = [0.05] * self.num_keypoints
 
     @property
+    def fingerprint(self) -> str:
+        """A short hash of the annotation file's bytes: caches built from this dataset (such
+        as chapter 02's proposals) store it, so a cache made from other data is caught."""
+        import hashlib
+
+        return hashlib.sha256(self.annotation_file.read_bytes()).hexdigest()[:16]
+
+    @property
     def num_classes(self) -> int:
         """Number of object categories (background not counted)."""
         return len(self.categories)
