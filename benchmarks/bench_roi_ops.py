@@ -13,8 +13,8 @@ pooled to 7 x 7 for the box head and 14 x 14 for the mask head. RoIAlign runs wi
 (``-1``), as torchvision's and Detectron2's heads use them.
 
 torchvision's CPU RoI kernels are single-threaded C++ loops; ours are a few dozen PyTorch
-ops each, run on ``rcnn_steps.roi_ops.CPU_THREADS`` threads (1 by default, for the reason
-its comment gives; ``--ours-threads`` changes it). ``--threads`` is torch's own setting.
+ops each, run on ``rcnn_steps.roi_ops.CPU_THREADS`` threads (torch's setting by default; see
+its comment; ``--ours-threads`` changes it). ``--threads`` is torch's own setting.
 
 Each row prints the median time of ours and of torchvision's forward (no gradient), and
 of forward plus backward (the input requires grad; a fixed dense upstream gradient, as a

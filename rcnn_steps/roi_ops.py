@@ -39,7 +39,8 @@ backward (RoIPool bit for bit, RoIAlign to rounding), and ``benchmarks/bench_roi
 times them against torchvision's compiled kernels. How each is computed, and why that way,
 is in the docstrings of :func:`_roi_pool_forward` and :func:`_roi_align_avg_plan`. Outputs live
 on the input's device, in its dtype; no gradient flows into the boxes (as in torchvision).
-On CPU the layers use :data:`CPU_THREADS` threads (one by default; its comment says why).
+On CPU the layers' feature work uses :data:`CPU_THREADS` threads (torch's setting by
+default; its comment says when to lower it).
 """
 
 from __future__ import annotations
@@ -81,16 +82,15 @@ MODES = ("avg", "max")
 FLT_MAX = float(torch.finfo(torch.float32).max)
 
 #: How many CPU threads these layers' work on the features may use (None: torch's own
-#: setting). One by default, like torchvision's CPU kernels, for a measured reason: each
-#: layer is a few dozen PyTorch ops, and PyTorch runs most of them on its thread pool
-#: (some, like rounding or sorting along a dimension, whatever their size). On a quiet
-#: machine that costs microseconds per op; on the busy, shared 2-core machine this book
-#: is developed on, each op often waited for a scheduler time slice, ~8-12 ms, which made
-#: the layers 4-20x slower with 2 threads than with 1. When that machine was briefly
-#: quiet, 2 threads made RoIPool ~2x faster (benchmarks/bench_roi_ops.py --ours-threads
-#: 2): on a machine of your own, None may pay. ``torch.set_num_threads`` is process-wide:
-#: while a layer runs, other Python threads' torch ops also see the lower count.
-CPU_THREADS: int | None = 1
+#: setting, the default). Each layer is a few dozen PyTorch ops that run on torch's thread
+#: pool. On a quiet 2-core machine, 2 threads make RoIPool and RoIAlign about 1.5x faster
+#: than 1 (benchmarks/bench_roi_ops.py --ours-threads 0 vs 1). On an oversubscribed
+#: machine (several jobs sharing the cores) it is the other way round: each op may wait for
+#: a scheduler time slice, ~8-12 ms, which made the layers 4-20x slower with 2 threads than
+#: with 1 while this book was being written; set 1 there. ``torch.set_num_threads`` is
+#: process-wide: while a layer runs with a limit, other Python threads' torch ops also see
+#: the lower count.
+CPU_THREADS: int | None = None
 
 #: Upper bound on the memory of RoIPool's max tables (see :func:`_roi_pool_forward`); the
 #: channels are processed in slices when the tables of all channels would not fit.
