@@ -49,8 +49,9 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# (JupyterLab refuses to run as root unless told; containers often run as root)
 lab: $(STAMP)
-	$(BIN)/jupyter lab book/
+	$(BIN)/jupyter lab book/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # Our ops beside torchvision's (and selective search beside OpenCV's), timed in one run.
 bench: $(STAMP)
