@@ -496,6 +496,18 @@ class TrainResult:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def summary(self, digits: int = 4) -> dict[str, Any]:
+        """The part of a run that results files keep: seconds per update, the last losses
+        and the logged loss history, rounded to ``digits``."""
+        return {
+            "train_sec_per_iter": round(self.sec_per_iter, digits),
+            "final_losses": {k: round(v, digits) for k, v in self.losses.items()},
+            "loss_history": [
+                {k: (round(v, digits) if isinstance(v, float) else v) for k, v in r.items()}
+                for r in self.history
+            ],
+        }
+
 
 def _evaluate(model: nn.Module, evaluate_fn: Callable[[nn.Module], dict]) -> dict[str, Any]:
     """Call ``evaluate_fn(model)`` in eval mode, without gradients, and with the random

@@ -705,12 +705,7 @@ def _evaluate_command(args) -> int:
             float(np.mean([min(len(val_props[int(i)]), config.max_proposals) for i in eval_ids])), 1
         ),
         "train_seconds": round(train_seconds, 1),
-        "train_sec_per_iter": round(result.sec_per_iter, 4),
-        "final_losses": {k: round(v, 4) for k, v in result.losses.items()},
-        "loss_history": [
-            {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
-            for r in result.history
-        ],
+        **result.summary(),
     }
     write_results(args.out, results, preset=args.preset, seeds=[config.seed], started=started)
     if not args.no_evolution:

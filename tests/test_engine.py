@@ -543,3 +543,21 @@ def test_cuda_amp_training_and_resume(tmp_path):
 def test_engine_never_calls_cuda_directly():
     with open(engine.__file__) as f:
         assert ".cuda(" not in f.read()
+
+
+def test_train_result_summary_rounds_what_results_files_keep():
+    from rcnn_steps.engine import TrainResult
+
+    result = TrainResult(
+        step=2,
+        losses={"loss": 0.123456},
+        eval_history=[],
+        history=[{"step": 1, "loss": 0.987654}],
+        wall_time_s=1.0,
+        sec_per_iter=0.0512345,
+    )
+    assert result.summary() == {
+        "train_sec_per_iter": 0.0512,
+        "final_losses": {"loss": 0.1235},
+        "loss_history": [{"step": 1, "loss": 0.9877}],
+    }
