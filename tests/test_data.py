@@ -398,3 +398,16 @@ def test_facing_cue_tells_left_from_right():
             assert face_is_light == (kp[left_elbow, 0] > kp[neck, 0])
             checked += 1
     assert checked >= 10
+
+
+def test_boxes_only_mode_skips_masks(tiny_synth):
+    ann = tiny_synth / "annotations" / "instances_train.json"
+    full = CocoDataset(tiny_synth / "train", ann)
+    lean = CocoDataset(tiny_synth / "train", ann, load_masks=False)
+    for i in range(len(full)):
+        (image_f, t_f), (image_l, t_l) = full[i], lean[i]
+        assert "masks" not in t_l and torch.equal(image_f, image_l)
+        for key in ("boxes", "labels", "keypoints", "area", "iscrowd"):
+            assert torch.equal(t_f[key], t_l[key]), key
+    flipped = horizontal_flip(*lean[0], lean.flip_pairs)  # transforms cope without masks
+    assert "masks" not in flipped[1]

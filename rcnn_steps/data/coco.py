@@ -148,6 +148,10 @@ class CocoDataset(torch.utils.data.Dataset):
 
     ``transforms``: a callable ``(image, target) -> (image, target)``, e.g.
     :class:`rcnn_steps.data.transforms.RandomHorizontalFlip`.
+
+    ``load_masks=False`` leaves ``masks`` out of the target: decoding every mask costs
+    about as much as reading the image, and box-only detectors (chapters 01-06) never use
+    them.
     """
 
     def __init__(
@@ -157,6 +161,7 @@ class CocoDataset(torch.utils.data.Dataset):
         transforms: Callable | None = None,
         include_crowd: bool = False,
         on_invalid_box: str = "raise",
+        load_masks: bool = True,
     ) -> None:
         self.images_dir = Path(images_dir)
         self.annotation_file = Path(annotation_file)
@@ -187,6 +192,7 @@ class CocoDataset(torch.utils.data.Dataset):
             self.coco.createIndex()
         self.transforms = transforms
         self.include_crowd = include_crowd
+        self.load_masks = load_masks
         self.image_ids = sorted(self.coco.imgs)
         categories = sorted(data["categories"], key=lambda c: c["id"])
         self.categories = categories
@@ -243,6 +249,23 @@ class CocoDataset(torch.utils.data.Dataset):
             ) from e
         return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
 
+    def _decode_mask(self, ann: dict, image_id: int, height: int, width: int) -> torch.Tensor:
+        """(H, W) uint8 mask of one annotation: its segmentation (polygons or RLE) decoded,
+        or, for an annotation without one, its box filled in (the best mask there is)."""
+        if not ann.get("segmentation"):
+            x, y, w, h = ann["bbox"]
+            mask = torch.zeros((height, width), dtype=torch.uint8)
+            mask[int(y) : int(np.ceil(y + h)), int(x) : int(np.ceil(x + w))] = 1
+            return mask
+        try:
+            return torch.from_numpy(self.coco.annToMask(ann))
+        except Exception as e:  # pycocotools raises bare errors on bad input
+            raise DatasetError(
+                f"{self.annotation_file}: annotation {ann['id']} (image {image_id}) "
+                f"has a segmentation pycocotools cannot decode ({e!r}); it must be "
+                "a list of polygons or an RLE dict with 'size' and 'counts'"
+            ) from e
+
     def load_target(self, image_id: int, height: int, width: int) -> dict[str, Any]:
         """The target dict for one image (see the class docstring for shapes)."""
         anns = self.coco.imgToAnns.get(image_id, [])
@@ -250,27 +273,18 @@ class CocoDataset(torch.utils.data.Dataset):
             anns = [a for a in anns if not a.get("iscrowd", 0)]
         n, k = len(anns), self.num_keypoints
         boxes = torch.zeros((n, 4), dtype=torch.float32)
-        masks = torch.zeros((n, height, width), dtype=torch.uint8)
+        masks = torch.zeros((n, height, width) if self.load_masks else (0,), dtype=torch.uint8)
         keypoints = torch.zeros((n, k, 3), dtype=torch.float32)
         for i, ann in enumerate(anns):
             x, y, w, h = ann["bbox"]
             boxes[i] = torch.tensor([x, y, x + w, y + h])
-            if ann.get("segmentation"):
-                try:
-                    masks[i] = torch.from_numpy(self.coco.annToMask(ann))
-                except Exception as e:  # pycocotools raises bare errors on bad input
-                    raise DatasetError(
-                        f"{self.annotation_file}: annotation {ann['id']} (image {image_id}) "
-                        f"has a segmentation pycocotools cannot decode ({e!r}); it must be "
-                        "a list of polygons or an RLE dict with 'size' and 'counts'"
-                    ) from e
-            else:  # no segmentation: the box is the best mask we have
-                masks[i, int(y) : int(np.ceil(y + h)), int(x) : int(np.ceil(x + w))] = 1
+            if self.load_masks:
+                masks[i] = self._decode_mask(ann, image_id, height, width)
             kps = ann.get("keypoints")
             if kps:
                 kp = torch.tensor(kps, dtype=torch.float32).reshape(-1, 3)
                 keypoints[i, : kp.shape[0]] = kp
-        return {
+        target = {
             "boxes": boxes,
             "labels": torch.tensor(
                 [self.category_id_to_label[a["category_id"]] for a in anns], dtype=torch.int64
@@ -283,6 +297,9 @@ class CocoDataset(torch.utils.data.Dataset):
             "iscrowd": torch.tensor([a.get("iscrowd", 0) for a in anns], dtype=torch.int64),
             "image_id": int(image_id),
         }
+        if not self.load_masks:
+            del target["masks"]
+        return target
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         image_id = self.image_ids[index]
