@@ -190,7 +190,8 @@ class DetectorConfig:
 #: batch 8 of 128 px images. Measured (cpu preset, one seed, first 50 val images, the
 #: COCO loader, 2 threads on a shared 2-core CPU): box AP / AP50 0.19 / 0.44 after 750
 #: iterations, 0.34 / 0.63 after 1500, in 425 s (~0.28 s per iteration, evaluation and
-#: loading included). The earlier cpu preset (stride 16, width 16, lr 0.02) reached 0.04
+#: loading included, while other jobs loaded the machine; on the same machine when quiet,
+#: 84 s: ~0.056 s per iteration, box AP / AP50 0.337 / 0.662). The earlier cpu preset (stride 16, width 16, lr 0.02) reached 0.04
 #: / 0.10 after 600 iterations, and torchvision's FasterRCNN built from the same parts
 #: did no better (0.013 / 0.037 vs our 0.012 / 0.030 after 200).
 PRESET_TRAINING: dict[str, dict[str, Any]] = {
