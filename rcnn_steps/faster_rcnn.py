@@ -191,9 +191,10 @@ class DetectorConfig:
 #: COCO loader, 2 threads on a shared 2-core CPU): box AP / AP50 0.19 / 0.44 after 750
 #: iterations, 0.34 / 0.63 after 1500, in 425 s (~0.28 s per iteration, evaluation and
 #: loading included, while other jobs loaded the machine; on the same machine when quiet,
-#: 84 s: ~0.056 s per iteration, box AP / AP50 0.337 / 0.662). The earlier cpu preset (stride 16, width 16, lr 0.02) reached 0.04
-#: / 0.10 after 600 iterations, and torchvision's FasterRCNN built from the same parts
-#: did no better (0.013 / 0.037 vs our 0.012 / 0.030 after 200).
+#: 84 s: ~0.056 s per iteration, box AP / AP50 0.337 / 0.662). The earlier cpu preset
+#: (stride 16, width 16, lr 0.02) reached 0.04 / 0.10 after 600 iterations, and
+#: torchvision's FasterRCNN built from the same parts did no better (0.013 / 0.037 vs our
+#: 0.012 / 0.030 after 200).
 PRESET_TRAINING: dict[str, dict[str, Any]] = {
     "ci": dict(max_iter=30, lr=0.02, warmup_steps=5, log_every=10),
     "cpu": dict(max_iter=1500, lr=0.05, warmup_steps=50, lr_steps=(1200,), log_every=50),
