@@ -21,7 +21,6 @@ heavy overlap it sees in a detector rather than uniformly scattered boxes.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -35,7 +34,12 @@ import torchvision.ops as tv_ops
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from rcnn_steps import boxes as ours  # noqa: E402
-from rcnn_steps.utils import machine_info, set_threads  # noqa: E402
+from rcnn_steps.utils import (  # noqa: E402
+    benchmark_devices,
+    load_average,
+    machine_info,
+    set_threads,
+)
 
 
 def detection_like_boxes(
@@ -140,14 +144,6 @@ def run(device: torch.device, repeats: int, warmup: int, seed: int) -> None:
         print(f"{label:<32}{ms_ours:>10.3f}{ms_tv:>10.3f}{ms_ours / ms_tv:>9.2f}  {same}")
 
 
-def load_average() -> str:
-    """The 1/5/15-minute load averages: a busy machine slows both columns, not always
-    equally, so the table says how busy it was."""
-    if not hasattr(os, "getloadavg"):
-        return "n/a"
-    return " ".join(f"{load:.2f}" for load in os.getloadavg()) + f" on {os.cpu_count()} cores"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15, help="timed calls per measurement")
@@ -171,16 +167,10 @@ def main(argv: list[str] | None = None) -> None:
         f"after {args.warmup} warm-up calls"
     )
 
-    devices = []
-    if args.device in ("cpu", "all"):
-        devices.append(torch.device("cpu"))
-    if args.device in ("cuda", "all"):
-        if torch.cuda.is_available():
-            devices.append(torch.device("cuda"))
-        elif args.device == "cuda":
-            parser.error("--device cuda: no CUDA device is available")
-        else:
-            print("(no CUDA device: GPU section skipped)")
+    try:
+        devices = benchmark_devices(args.device)
+    except ValueError as e:
+        parser.error(str(e))
     for device in devices:
         run(device, args.repeats, args.warmup, args.seed)
     print(f"\nload average at end: {load_average()}")

@@ -27,7 +27,6 @@ of a shared machine hits both; the best round's median is reported.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -42,7 +41,12 @@ import torchvision.ops as tv_ops
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from rcnn_steps import roi_ops as ours  # noqa: E402
-from rcnn_steps.utils import machine_info, set_threads  # noqa: E402
+from rcnn_steps.utils import (  # noqa: E402
+    benchmark_devices,
+    load_average,
+    machine_info,
+    set_threads,
+)
 
 IMAGE_SIZE = 800
 STRIDE = 16
@@ -185,14 +189,6 @@ def profile(device: torch.device, seed: int) -> None:
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
 
 
-def load_average() -> str:
-    """The 1/5/15-minute load averages: a busy machine slows both columns, not always
-    equally, so the table says how busy it was."""
-    if not hasattr(os, "getloadavg"):
-        return "n/a"
-    return " ".join(f"{load:.2f}" for load in os.getloadavg()) + f" on {os.cpu_count()} cores"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
@@ -231,16 +227,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.repeats} calls after {args.warmup} warm-up call(s)"
     )
 
-    devices = []
-    if args.device in ("cpu", "all"):
-        devices.append(torch.device("cpu"))
-    if args.device in ("cuda", "all"):
-        if torch.cuda.is_available():
-            devices.append(torch.device("cuda"))
-        elif args.device == "cuda":
-            parser.error("--device cuda: no CUDA device is available")
-        else:
-            print("(no CUDA device: GPU section skipped)")
+    try:
+        devices = benchmark_devices(args.device)
+    except ValueError as e:
+        parser.error(str(e))
     for device in devices:
         run(device, args.repeats, args.warmup, args.rounds, args.seed)
         if args.profile:

@@ -40,8 +40,33 @@ def set_threads(n: int = 2) -> None:
 
 
 def default_device() -> torch.device:
-    """CUDA when one is present, else CPU. Code takes a device; it never calls ``.cuda()``."""
+    """CUDA when one is present, else CPU. Library code takes a device argument rather
+    than moving tensors to a fixed GPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def benchmark_devices(choice: str = "all") -> list[torch.device]:
+    """The devices a benchmark runs on: ``"cpu"``, ``"cuda"`` or ``"all"`` (CPU, plus CUDA
+    when one is present, saying so when it is not). ``"cuda"`` without one is an error."""
+    if choice not in ("cpu", "cuda", "all"):
+        raise ValueError(f"--device must be cpu, cuda or all, got {choice!r}")
+    devices = [torch.device("cpu")] if choice in ("cpu", "all") else []
+    if choice in ("cuda", "all"):
+        if torch.cuda.is_available():
+            devices.append(torch.device("cuda"))
+        elif choice == "cuda":
+            raise ValueError("--device cuda: no CUDA device is available")
+        else:
+            print("(no CUDA device: GPU section skipped)")
+    return devices
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages, printed by the benchmarks: a busy machine slows
+    ours and the reference, not always equally, so each table says how busy it was."""
+    if not hasattr(os, "getloadavg"):
+        return "n/a"
+    return " ".join(f"{load:.2f}" for load in os.getloadavg()) + f" on {os.cpu_count()} cores"
 
 
 def data_dir() -> Path:

@@ -22,3 +22,18 @@ def test_missing_metrics_and_missing_file(tmp_path):
         evolution.add_row("01", "x", {"AP": 0.1}, 1.0, path=tmp_path / "e.json")
     with pytest.raises(FileNotFoundError, match="written by the chapters"):
         evolution.read_table(tmp_path / "none.json")
+
+
+def test_benchmark_devices_and_load_average():
+    import torch
+
+    from rcnn_steps.utils import benchmark_devices, load_average
+
+    assert benchmark_devices("cpu") == [torch.device("cpu")]
+    assert torch.device("cpu") in benchmark_devices("all")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            benchmark_devices("cuda")
+    with pytest.raises(ValueError, match="cpu, cuda or all"):
+        benchmark_devices("tpu")
+    assert "cores" in load_average() or load_average() == "n/a"
