@@ -17,6 +17,9 @@ closer analogue of VOC mAP):
   69.9.
 - ``table9``, Table 9 (lambda of the RPN loss, eq. 1, with the paper's normalisation):
   lambda 0.1 67.2, 1 68.9, 10 69.9, 100 69.1.
+- ``table6``, Table 6's question (and Table 3's rows): the same detector trained and
+  tested on selective search's proposals (up to 2000; Fast R-CNN) 66.9, or on its own
+  RPN's 300 (Faster R-CNN, shared features) 69.9; both on the same training images.
 
 Command (one results file per table)::
 
@@ -40,15 +43,19 @@ import torch
 from rcnn_steps.faster_rcnn import PRESET_TRAINING, DetectorConfig
 
 __all__ = [
+    "METHODS",
     "PAPER_METRIC",
     "TABLES",
+    "evaluate_detector",
     "faster_rcnn_grid",
     "load_datasets",
     "main",
     "run_grid",
     "run_key",
     "run_setting",
+    "selective_search_proposals",
     "summarise",
+    "timed_detections",
 ]
 
 #: What the papers' numbers beside each setting are.
@@ -60,12 +67,20 @@ PAPER_ANCHOR_SIZES = (128, 256, 512)
 ANCHOR_SCALE = 1 / 16
 OUR_ANCHOR_SIZES = tuple(int(s * ANCHOR_SCALE) for s in PAPER_ANCHOR_SIZES)  # (8, 16, 32)
 _RATIOS_1 = (1.0,)
+#: Training images of both Table 6 settings: the images chapter 02's proposal cache covers.
+TABLE6_TRAIN_IMAGES = 400
 _RATIOS_3 = (0.5, 1.0, 2.0)
 
-TABLES = ("table8", "table9")
+TABLES = ("table6", "table8", "table9")
+
+#: How a setting gets its proposals: its own RPN (Faster R-CNN) or selective search
+#: (Fast R-CNN on chapter 02's cached proposals).
+METHODS = ("rpn", "selective_search")
 
 #: Metrics copied from each run into the summary.
 SUMMARY_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+#: Per-run timings also summarised over the seeds.
+SUMMARY_TIMINGS = ("seconds_per_image", "network_seconds_per_image", "wall_time_s")
 
 
 def faster_rcnn_grid(table: str) -> dict[str, dict[str, Any]]:
@@ -98,6 +113,17 @@ def faster_rcnn_grid(table: str) -> dict[str, dict[str, Any]]:
     without gaps. The scales stay an octave apart and the ratios are the paper's. The
     RPN loss is left at the preset's (lambda 1, torchvision normalisation); the paper ran
     Table 8 with lambda 10 and its normalisation, which ``table9`` covers.
+
+    ``"table6"``, Table 6's question (the rows "SS 2000" and "RPN+VGG, shared 300" of
+    Tables 3 and 6, VOC07 test mAP 66.9 and 69.9): does a detector do as well with 300
+    proposals from its own RPN as with ~2000 from selective search? ``ss_2000`` trains
+    :class:`~rcnn_steps.fast_rcnn.FastRCNN` on the selective-search proposals chapter 02
+    cached (``python -m rcnn_steps.rcnn proposals``; the fast mode returns ~590 per
+    128 px image, all kept, up to 2000); ``rpn_300`` trains the whole Faster R-CNN and
+    tests on its 300 best proposals. Everything else is equal: the preset's detector
+    (backbone, RoI layer, head, RoI sampling), schedule and batch, and the training
+    images: the first :data:`TABLE6_TRAIN_IMAGES` (those the proposal cache covers).
+    Each run also records the proposals' and the network's seconds per image.
 
     ``"table9"``, Table 9 (lambda of eq. 1, with ``rpn_normalization="paper"``: the
     classification term averaged over the sampled anchors, the box term over the anchor
@@ -132,6 +158,23 @@ def faster_rcnn_grid(table: str) -> dict[str, dict[str, Any]]:
                 "label": f"lambda = {lam:g}",
             }
             for lam, paper in rows9
+        }
+    if table == "table6":
+        return {
+            "ss_2000": {
+                "method": "selective_search",
+                "overrides": {},
+                "num_train_images": TABLE6_TRAIN_IMAGES,
+                "paper": 66.9,
+                "label": "selective search, up to 2000 proposals (Fast R-CNN)",
+            },
+            "rpn_300": {
+                "method": "rpn",
+                "overrides": {"rpn_post_nms_top_n_test": 300},
+                "num_train_images": TABLE6_TRAIN_IMAGES,
+                "paper": 69.9,
+                "label": "RPN, 300 proposals (Faster R-CNN, shared features)",
+            },
         }
     raise ValueError(f"faster_rcnn_grid: unknown table {table!r}; one of {list(TABLES)}.")
 
@@ -181,21 +224,85 @@ def load_datasets(root: str | Path | None = None):
 
 
 @torch.no_grad()
-def evaluate_detector(model, dataset, image_ids: Sequence[int]) -> dict[str, float]:
-    """COCO box AP of ``model`` on ``image_ids`` of ``dataset`` (one image at a time)."""
-    from rcnn_steps.evaluation import coco_evaluate, detections_to_coco, subset_ground_truth
+def timed_detections(
+    model, dataset, image_ids: Sequence[int], proposals: dict[int, torch.Tensor] | None = None
+) -> tuple[list[dict[str, Any]], float]:
+    """Run ``model`` in eval mode on ``image_ids`` of ``dataset``, one image at a time as
+    at test time: ``(COCO-format detections, mean seconds per image)``. The time covers
+    the network only (preprocessing, backbone, RPN or RoI heads, NMS), not image loading.
+    ``proposals`` (``{image_id: (P, 4)}``) are passed to a
+    :class:`~rcnn_steps.fast_rcnn.FastRCNN`; a Faster R-CNN makes its own."""
+    from rcnn_steps.evaluation import detections_to_coco
 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     results: list[dict[str, Any]] = []
+    seconds: list[float] = []
     for image_id in image_ids:
-        det = model([dataset.load_image(image_id).to(device)])[0]
+        image = dataset.load_image(image_id).to(device)
+        if proposals is None:
+            t0 = time.perf_counter()
+            det = model([image])[0]
+        else:
+            boxes = proposals[int(image_id)].to(device)
+            t0 = time.perf_counter()
+            det = model([image], [boxes])[0]
+        seconds.append(time.perf_counter() - t0)
         results += detections_to_coco(
             image_id, det["boxes"], det["scores"], det["labels"], dataset.label_to_category_id
         )
     model.train(was_training)
+    return results, sum(seconds) / max(len(seconds), 1)
+
+
+def evaluate_detector(
+    model, dataset, image_ids: Sequence[int], proposals: dict[int, torch.Tensor] | None = None
+) -> dict[str, float]:
+    """COCO box AP of ``model`` on ``image_ids`` of ``dataset`` (one image at a time)."""
+    from rcnn_steps.evaluation import coco_evaluate, subset_ground_truth
+
+    results, _ = timed_detections(model, dataset, image_ids, proposals)
     return coco_evaluate(subset_ground_truth(dataset.coco, image_ids), results)
+
+
+def selective_search_proposals(
+    dataset, split: str, num_images: int, root: str | Path | None = None
+) -> tuple[dict[int, torch.Tensor], float]:
+    """Selective-search proposals for the first ``num_images`` images of ``dataset``:
+    ``({image_id: (P, 4)}, seconds per image it took)``.
+
+    For the book's set (``root`` None) they are chapter 02's cache
+    (``results/proposals_fast_<split>.npz``, made by ``python -m rcnn_steps.rcnn
+    proposals``; a missing or stale cache is an error that names that command). For any
+    other ``root`` they are made on first use and cached beside the data.
+    """
+    import numpy as np
+
+    from rcnn_steps.rcnn import load_proposals, make_proposals, proposals_path
+
+    if root is None:
+        path = proposals_path(split)
+    else:
+        path = Path(root) / f"proposals_fast_{split}.npz"
+        stale = False
+        if path.exists():
+            with np.load(path) as data:
+                stale = str(data["fingerprint"]) != dataset.fingerprint
+        if not path.exists() or stale:
+            make_proposals(dataset, num_images, path)
+    proposals = load_proposals(path, dataset)
+    with np.load(path) as data:
+        seconds = float(np.mean(data["seconds"])) if len(data["seconds"]) else 0.0
+    wanted = [int(i) for i in dataset.image_ids[:num_images]]
+    missing = [i for i in wanted if i not in proposals]
+    if missing:
+        raise ValueError(
+            f"{path} has no proposals for {len(missing)} of the first {num_images} {split} "
+            f"images (e.g. {missing[:3]}); remake it with `python -m rcnn_steps.rcnn "
+            f"proposals --split {split} --num-images {num_images}`"
+        )
+    return {i: proposals[i] for i in wanted}, seconds
 
 
 def run_setting(
@@ -205,51 +312,102 @@ def run_setting(
     preset: str,
     max_iter: int | None = None,
     *,
+    method: str = "rpn",
+    num_train_images: int | None = None,
     root: str | Path | None = None,
     batch_size: int = 8,
     num_eval_images: int | None = None,
     device: str = "auto",
     progress: bool = False,
+    timing_threads: int | None = None,
 ) -> dict[str, Any]:
-    """Train one Faster R-CNN (``preset``'s config with ``overrides``, seeded by ``seed``)
-    on the synthetic train set through :func:`rcnn_steps.engine.train`, and evaluate its
+    """Train one detector (``preset``'s config with ``overrides``, seeded by ``seed``) on
+    the synthetic train set through :func:`rcnn_steps.engine.train`, and evaluate its
     COCO box AP on :func:`~rcnn_steps.evolution.evaluation_image_ids` of the val set.
 
-    Returns a JSON-able dict: ``name, seed, preset, max_iter, overrides, metrics``
-    (rounded to 4 digits), ``num_eval_images, wall_time_s`` (training and evaluation),
-    ``train_seconds, eval_seconds`` and the :meth:`~rcnn_steps.engine.TrainResult.summary`
-    fields.
+    ``method="rpn"`` trains a :class:`~rcnn_steps.faster_rcnn.FasterRCNN` (its own
+    proposals); ``method="selective_search"`` a :class:`~rcnn_steps.fast_rcnn.FastRCNN`
+    with the same config on selective-search proposals
+    (:func:`selective_search_proposals`), no flips in either. ``num_train_images``
+    restricts training to the first images of the train set (default: all).
+    ``timing_threads`` sets torch's CPU thread count while the val images are detected
+    and timed (default: unchanged), so timings compare with chapter 02-03's 1-thread ones.
+
+    Returns a JSON-able dict: ``name, seed, preset, method, max_iter, overrides,
+    metrics`` (rounded to 4 digits), ``num_train_images, num_eval_images,
+    network_seconds_per_image, proposal_seconds_per_image`` (selective search's, from
+    the cache; 0 for the RPN, whose cost is inside the network's), ``seconds_per_image``,
+    ``wall_time_s`` (training and evaluation), ``train_seconds, eval_seconds`` and the
+    :meth:`~rcnn_steps.engine.TrainResult.summary` fields.
     """
     from rcnn_steps.data import collate_fn
     from rcnn_steps.engine import TrainConfig, train
+    from rcnn_steps.evaluation import coco_evaluate, subset_ground_truth
     from rcnn_steps.evolution import NUM_EVAL_IMAGES, evaluation_image_ids
     from rcnn_steps.faster_rcnn import FasterRCNN
     from rcnn_steps.utils import seed_everything
 
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; one of {list(METHODS)}.")
     t0 = time.perf_counter()
     config = detector_config(preset, overrides)
     train_set, val_set = load_datasets(root)
-    seed_everything(seed)
-    model = FasterRCNN(config)
-    loader = torch.utils.data.DataLoader(
-        train_set, batch_size=batch_size, shuffle=True, collate_fn=collate_fn
-    )
+    n_train = len(train_set) if num_train_images is None else min(num_train_images, len(train_set))
+    eval_ids = evaluation_image_ids(val_set, num_eval_images or NUM_EVAL_IMAGES)
     train_cfg = TrainConfig(
         **schedule(preset, max_iter), seed=seed, device=device, progress=progress
     )
-    result = train(model, loader, train_cfg)
+    seed_everything(seed)
+    if method == "rpn":
+        model = FasterRCNN(config)
+        data = torch.utils.data.Subset(train_set, range(n_train))
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=batch_size, shuffle=True, collate_fn=collate_fn
+        )
+        result = train(model, loader, train_cfg)
+        val_proposals, proposal_seconds = None, 0.0
+    else:
+        from rcnn_steps.fast_rcnn import (
+            FastRCNN,
+            ProposalDataset,
+            collate_proposals,
+            proposal_detection_loss,
+        )
+
+        train_props, _ = selective_search_proposals(train_set, "train", n_train, root)
+        val_proposals, proposal_seconds = selective_search_proposals(
+            val_set, "val", len(eval_ids), root
+        )
+        model = FastRCNN(config)
+        data = ProposalDataset(train_set, train_props, flip=False)
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=batch_size, shuffle=True, collate_fn=collate_proposals
+        )
+        result = train(model, loader, train_cfg, loss_fn=proposal_detection_loss)
     t1 = time.perf_counter()
-    eval_ids = evaluation_image_ids(val_set, num_eval_images or NUM_EVAL_IMAGES)
-    metrics = evaluate_detector(model, val_set, eval_ids)
+    threads = torch.get_num_threads()
+    if timing_threads is not None:
+        torch.set_num_threads(timing_threads)
+    try:
+        detections, network_seconds = timed_detections(model, val_set, eval_ids, val_proposals)
+    finally:
+        torch.set_num_threads(threads)
+    metrics = coco_evaluate(subset_ground_truth(val_set.coco, eval_ids), detections)
     t2 = time.perf_counter()
     return {
         "name": name,
         "seed": int(seed),
         "preset": preset,
+        "method": method,
         "max_iter": train_cfg.max_iter,
         "overrides": json.loads(json.dumps(overrides)),
         "metrics": {k: round(float(v), 4) for k, v in metrics.items()},
+        "num_train_images": n_train,
         "num_eval_images": len(eval_ids),
+        "network_seconds_per_image": round(network_seconds, 4),
+        "proposal_seconds_per_image": round(proposal_seconds, 4),
+        "seconds_per_image": round(network_seconds + proposal_seconds, 4),
+        "timing_threads": timing_threads or threads,
         "wall_time_s": round(t2 - t0, 2),
         "train_seconds": round(t1 - t0, 2),
         "eval_seconds": round(t2 - t1, 2),
@@ -294,7 +452,10 @@ def summarise(
                 values = [r["metrics"][metric] for r in done if metric in r["metrics"]]
                 if values:
                     entry[metric] = _spread(values)
-            entry["wall_time_s"] = _spread([r["wall_time_s"] for r in done])
+            for timing in SUMMARY_TIMINGS:
+                values = [r[timing] for r in done if timing in r]
+                if values:
+                    entry[timing] = _spread(values)
         summary[name] = entry
     return summary
 
@@ -374,6 +535,8 @@ def run_grid(
             seed,
             preset,
             max_iter,
+            method=grid[name].get("method", "rpn"),
+            num_train_images=grid[name].get("num_train_images"),
             root=root,
             num_eval_images=num_eval_images,
             device=device,
@@ -394,14 +557,18 @@ def run_grid(
 
 def _print_summary(results: dict[str, Any]) -> None:
     print(f"{results['table']} ({results['preset']}, {results['max_iter']} iterations)")
-    print(f"  {'setting':<12} {'paper':>6}  {'AP mean [min, max] std':<30} AP50 mean  n")
+    print(f"  {'setting':<12} {'paper':>6}  {'AP mean [min, max] std':<30} AP50 mean  s/image  n")
     for name, s in results["summary"].items():
         if not s["n"]:
             print(f"  {name:<12} {s['paper']:>6}  (not run)")
             continue
         ap, ap50 = s["AP"], s["AP50"]
         spread = f"{ap['mean']:.3f} [{ap['min']:.3f}, {ap['max']:.3f}] {ap['std']:.3f}"
-        print(f"  {name:<12} {s['paper']:>6}  {spread:<30} {ap50['mean']:.3f}     {s['n']}")
+        sec = s.get("seconds_per_image", {}).get("mean", float("nan"))
+        print(
+            f"  {name:<12} {s['paper']:>6}  {spread:<30} {ap50['mean']:.3f}     "
+            f"{sec:.4f}   {s['n']}"
+        )
 
 
 def _faster_rcnn_command(args) -> int:
@@ -427,7 +594,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rcnn_steps.ablations")
     sub = parser.add_subparsers(dest="command", required=True)
     fr = sub.add_parser(
-        "faster-rcnn", help="Faster R-CNN Table 8 (anchors) or Table 9 (lambda) grid"
+        "faster-rcnn",
+        help="Faster R-CNN Table 6 (proposals), Table 8 (anchors) or Table 9 (lambda) grid",
     )
     fr.add_argument("--table", choices=TABLES, required=True)
     fr.add_argument("--seeds", type=int, nargs="+", default=[0, 1])

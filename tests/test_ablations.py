@@ -154,3 +154,50 @@ def test_command(tmp_path, monkeypatch):
     results = read_results(out)["results"]
     assert results["table"] == "table9" and results["max_iter"] == 3
     assert results["summary"]["lambda_10"]["paper"] == 69.9
+
+
+def test_table6_grid():
+    grid = faster_rcnn_grid("table6")
+    assert list(grid) == ["ss_2000", "rpn_300"]
+    assert [s["paper"] for s in grid.values()] == [66.9, 69.9]
+    assert [s["method"] for s in grid.values()] == ["selective_search", "rpn"]
+    assert grid["rpn_300"]["overrides"] == {"rpn_post_nms_top_n_test": 300}
+    # both settings train on the same images: those chapter 02's proposal cache covers
+    assert {s["num_train_images"] for s in grid.values()} == {ablations.TABLE6_TRAIN_IMAGES}
+
+
+def test_run_setting_rejects_an_unknown_method():
+    with pytest.raises(ValueError, match="unknown method"):
+        ablations.run_setting("x", {}, 0, "ci", 1, method="edge_boxes")
+
+
+def test_table6_runs_both_methods(tiny_synth, tmp_path):
+    out = tmp_path / "t6.json"
+    results = run_grid(
+        "table6", [0], "ci", out, max_iter=2, root=tiny_synth, num_eval_images=3, verbose=False
+    )
+    ss, rpn = results["runs"]["ss_2000/seed0"], results["runs"]["rpn_300/seed0"]
+    assert ss["method"] == "selective_search" and rpn["method"] == "rpn"
+    # the proposals were made beside the data on first use, for the train images used
+    assert (tiny_synth / "proposals_fast_train.npz").exists()
+    assert ss["num_train_images"] == rpn["num_train_images"] == 24  # all 24 < 400
+    # selective search's cost is counted; the RPN's is inside the network's
+    assert ss["proposal_seconds_per_image"] > 0 and rpn["proposal_seconds_per_image"] == 0
+    assert ss["seconds_per_image"] == pytest.approx(
+        ss["proposal_seconds_per_image"] + ss["network_seconds_per_image"], abs=2e-4
+    )
+    summary = results["summary"]
+    assert summary["ss_2000"]["n"] == 1 and "seconds_per_image" in summary["rpn_300"]
+
+
+def test_selective_search_proposals_refuse_a_short_cache(tiny_synth, tmp_path):
+    from rcnn_steps.data import CocoDataset
+    from rcnn_steps.rcnn import make_proposals
+
+    val = CocoDataset(tiny_synth / "val", tiny_synth / "annotations" / "instances_val.json")
+    root = tmp_path / "copy"
+    root.mkdir()
+    make_proposals(val, 2, root / "proposals_fast_val.npz")
+    # a cache of 2 images of the same data is not stale but too short for 3 images
+    with pytest.raises(ValueError, match="remake it"):
+        ablations.selective_search_proposals(val, "val", 3, root)

@@ -148,3 +148,19 @@ def test_cuda_forward_train_and_eval():
     assert all(v.is_cuda and torch.isfinite(v) for v in losses.values())
     model.eval()
     assert model(images)[0]["boxes"].is_cuda
+
+
+def test_evaluate_command_writes_results(tiny_synth, tmp_path):
+    from rcnn_steps import faster_rcnn
+    from rcnn_steps.utils import read_results
+
+    out = tmp_path / "faster_rcnn.json"
+    argv = ["evaluate", "--preset", "ci", "--max-iter", "2", "--root", str(tiny_synth)]
+    argv += ["--num-eval-images", "3", "--out", str(out), "--no-evolution", "--threads", "1"]
+    assert faster_rcnn.main(argv) == 0
+    payload = read_results(out)
+    results = payload["results"]
+    assert results["method"] == "rpn" and results["max_iter"] == 2
+    assert results["num_eval_images"] == 3 and results["seconds_per_image"] > 0
+    assert results["config"]["preset"] == "ci" and 0 <= results["metrics"]["AP"] <= 1
+    assert payload["provenance"]["seeds"] == [0]
