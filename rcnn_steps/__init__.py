@@ -13,6 +13,8 @@ The modules read like the book's table of contents:
 - chapter 04: :mod:`rcnn_steps.image_list`, :mod:`rcnn_steps.anchors`,
   :mod:`rcnn_steps.matcher`, :mod:`rcnn_steps.sampler`, :mod:`rcnn_steps.backbones`,
   :mod:`rcnn_steps.rpn`, :mod:`rcnn_steps.roi_heads`, :mod:`rcnn_steps.faster_rcnn`;
+- chapter 05: :mod:`rcnn_steps.fpn` (the feature pyramid), :mod:`rcnn_steps.poolers`
+  (RoIs pooled from their level), and ResNet backbones in :mod:`rcnn_steps.backbones`;
 - shared plumbing: :mod:`rcnn_steps.utils` (seeds, threads, devices, results files),
   :mod:`rcnn_steps.evolution` (the table of every chapter's detector).
 """

@@ -26,7 +26,17 @@ Lin et al. 2017, section 3). Two seams are left open on purpose:
   R-CNN section 3.1 "Network Architecture") runs res5 on every pooled RoI instead of on
   the image (:class:`rcnn_steps.roi_heads.C5BoxHead`).
 
-Taught in chapter 03 (first use) and chapter 05 (the stages for FPN).
+For the GPU preset and for readers with pretrained weights, :class:`ResNetBackbone` wraps
+torchvision's ResNet-50/101 (built with ``weights=None``: nothing is downloaded; a local
+state dict can be loaded) behind the same interface: stages c2..c5 with ResNet's channels
+(256, 512, 1024, 2048), the same ``strides``, ``return_stages`` and ``split("c4")``, so
+the C4 design and the FPN of chapter 05 take either backbone. Detectors fine-tune a
+pretrained ResNet with its batch norm *frozen* (:class:`FrozenBatchNorm2d`: detection
+batches of one or two large images per GPU are too small for batch statistics; Mask
+R-CNN section 3.1 and Detectron) and its stem and first stage frozen
+(``trainable_layers``, torchvision's rule).
+
+Taught in chapter 03 (first use) and chapter 05 (the stages for FPN, the ResNet option).
 """
 
 from __future__ import annotations
@@ -34,9 +44,18 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
-__all__ = ["STAGES", "TinyBackbone", "conv_bn_relu"]
+__all__ = [
+    "RESNET_DEPTHS",
+    "STAGES",
+    "FrozenBatchNorm2d",
+    "ResNetBackbone",
+    "TinyBackbone",
+    "conv_bn_relu",
+    "freeze_batch_norm",
+]
 
 #: Stage names in order, and their strides in pixels.
 STAGES = ("c2", "c3", "c4", "c5")
@@ -164,3 +183,235 @@ class TinyBackbone(nn.Module):
         trunk = nn.Sequential(self.stages["stem"], *(self.stages[s] for s in STAGES[:cut]))
         head = nn.Sequential(*(self.stages[s] for s in STAGES[cut:]))
         return trunk, head
+
+
+# ----------------------------------------------------------------------------------------
+# ResNet-50/101 with frozen batch norm (chapter 05, GPU preset)
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """Batch norm turned into a fixed per-channel affine map (no statistics, no training).
+
+    At inference a ``BatchNorm2d`` computes ``y = (x - mean) / sqrt(var + eps) * gamma +
+    beta`` with its running ``mean``/``var``; this module always does, in train mode too,
+    and holds all four as buffers (not parameters), so the optimiser never sees them:
+
+        scale = gamma / sqrt(var + eps),   y = x * scale + (beta - mean * scale)
+
+    ``(N, C, H, W) -> (N, C, H, W)``. Why: detection trains on a few large images per
+    device, too few for reliable batch statistics, so the pretrained network's
+    ImageNet statistics and affine parameters are kept as they are (Mask R-CNN section
+    3.1, "Implementation Details"; Detectron's ``AffineChannel``). Equal to
+    ``torchvision.ops.FrozenBatchNorm2d`` (same buffer names and ``eps=1e-5``, so state
+    dicts load across; tests/test_backbones.py). A ``BatchNorm2d`` state dict loads too:
+    its ``num_batches_tracked`` entry is dropped.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    @classmethod
+    def from_batch_norm(cls, bn: nn.BatchNorm2d) -> FrozenBatchNorm2d:
+        """A frozen copy of ``bn``'s running statistics and affine parameters."""
+        frozen = cls(bn.num_features, bn.eps)
+        like = bn.weight if bn.affine else bn.running_mean
+        if like is not None:
+            frozen.to(device=like.device, dtype=like.dtype)
+        with torch.no_grad():
+            if bn.affine:
+                frozen.weight.copy_(bn.weight)
+                frozen.bias.copy_(bn.bias)
+            if bn.track_running_stats:
+                frozen.running_mean.copy_(bn.running_mean)
+                frozen.running_var.copy_(bn.running_var)
+        return frozen
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+        error_msgs,
+    ) -> None:  # fmt: skip
+        state_dict.pop(prefix + "num_batches_tracked", None)  # a BatchNorm2d's counter
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        shift = self.bias - self.running_mean * scale
+        return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+def freeze_batch_norm(module: nn.Module) -> nn.Module:
+    """Replace every ``BatchNorm2d`` inside ``module`` by a :class:`FrozenBatchNorm2d`
+    holding its current statistics (in place; returns ``module``, or the frozen copy if
+    ``module`` itself is a ``BatchNorm2d``)."""
+    if isinstance(module, nn.BatchNorm2d):
+        return FrozenBatchNorm2d.from_batch_norm(module)
+    for name, child in module.named_children():
+        setattr(module, name, freeze_batch_norm(child))
+    return module
+
+
+#: ResNet depths with a torchvision constructor (Bottleneck blocks, stages 3/4/6|23/3).
+RESNET_DEPTHS = (50, 101)
+
+#: ResNet stages from the top (the last trained first), for ``trainable_layers``.
+_TRAIN_ORDER = ("c5", "c4", "c3", "c2", "stem")
+
+
+class ResNetBackbone(nn.Module):
+    """torchvision's ResNet-50/101 as stages c2..c5, the interface of :class:`TinyBackbone`.
+
+    =====  ======  ========  =====================================================
+    stage  stride  channels  torchvision module
+    =====  ======  ========  =====================================================
+    stem   4       64        conv1 (7x7, stride 2), bn1, relu, maxpool (stride 2)
+    c2     4       256       layer1 (conv2_x, He et al. 2016 Table 1)
+    c3     8       512       layer2 (conv3_x)
+    c4     16      1024      layer3 (conv4_x): the map of the C4 design
+    c5     32      2048      layer4 (conv5_x): "res5", the C4 box head
+    =====  ======  ========  =====================================================
+
+    Args:
+        depth: 50 or 101.
+        return_stages: as :class:`TinyBackbone`'s (the forward pass stops after the last).
+        weights_path: a local state dict of ``torchvision.models.resnet50/101`` (e.g. the
+            ImageNet weights saved with ``torch.save(model.state_dict(), path)``), read
+            with ``torch.load(..., weights_only=True)``; ``fc.*`` entries are ignored. None
+            (the default): random initialisation; nothing is ever downloaded.
+        trainable_layers: how many of (c5, c4, c3, c2, stem), counted from the top, keep
+            ``requires_grad``; the rest are frozen (torchvision's ``trainable_layers``
+            of ``resnet_fpn_backbone``: 3 freezes the stem and c2, as Detectron does).
+            None: 3 with ``weights_path``, 5 (all) without, torchvision's rule (frozen
+            random layers would never learn).
+        frozen_bn: :class:`FrozenBatchNorm2d` (True) or ``nn.BatchNorm2d`` (False). None:
+            frozen with ``weights_path``, trainable batch norm without (torchvision's
+            rule for detectors built without pretrained weights).
+
+    ``forward``: ``(N, 3, H, W)`` -> ``OrderedDict`` of the requested stages, stage ``s`` of
+    shape ``(N, out_channels[s], ceil(H / strides[s]), ceil(W / strides[s]))`` (for H a
+    multiple of 32). ResNet-50 has 23.5 M parameters without its classifier; a 64 x 64
+    image is enough for the tests (c5 is 2 x 2).
+    """
+
+    def __init__(
+        self,
+        depth: int = 50,
+        return_stages: Sequence[str] = STAGES,
+        weights_path: str | None = None,
+        trainable_layers: int | None = None,
+        frozen_bn: bool | None = None,
+    ) -> None:
+        super().__init__()
+        from torchvision.models import resnet
+
+        fn = "ResNetBackbone"
+        if depth not in RESNET_DEPTHS:
+            raise ValueError(f"{fn}: depth must be one of {RESNET_DEPTHS}, got {depth!r}.")
+        if isinstance(return_stages, str):
+            return_stages = (return_stages,)
+        unknown = [s for s in return_stages if s not in STAGES]
+        if unknown or not return_stages:
+            raise ValueError(
+                f"{fn}: return_stages must name stages among {STAGES}, got "
+                f"{tuple(return_stages)!r}."
+            )
+        if trainable_layers is None:
+            trainable_layers = 3 if weights_path is not None else 5
+        if isinstance(trainable_layers, bool) or trainable_layers not in range(6):
+            raise ValueError(
+                f"{fn}: trainable_layers must be an int in 0..5 (stages trained from the "
+                f"top: c5, c4, c3, c2, stem), got {trainable_layers!r}."
+            )
+        if frozen_bn is None:
+            frozen_bn = weights_path is not None
+        norm_layer = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
+        builder = resnet.resnet50 if depth == 50 else resnet.resnet101
+        net = builder(weights=None, norm_layer=norm_layer)  # never downloads
+        if weights_path is not None:
+            _load_resnet_weights(net, weights_path)
+        self.depth = depth
+        self.in_channels = 3
+        self.frozen_bn = bool(frozen_bn)
+        self.trainable_layers = trainable_layers
+        self.return_stages = tuple(sorted(set(return_stages), key=STAGES.index))
+        self.out_channels = {"c2": 256, "c3": 512, "c4": 1024, "c5": 2048}
+        self.strides = dict(STRIDES)
+        self.stages = nn.ModuleDict(
+            {
+                "stem": nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool),
+                "c2": net.layer1,
+                "c3": net.layer2,
+                "c4": net.layer3,
+                "c5": net.layer4,
+            }
+        )
+        for name in _TRAIN_ORDER[trainable_layers:]:
+            self.stages[name].requires_grad_(False)
+
+    def extra_repr(self) -> str:
+        return (
+            f"depth={self.depth}, return_stages={self.return_stages}, "
+            f"trainable_layers={self.trainable_layers}, frozen_bn={self.frozen_bn}"
+        )
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"ResNetBackbone: expected a batch (N, {self.in_channels}, H, W), got "
+                f"{tuple(x.shape)}."
+            )
+        out: OrderedDict[str, Tensor] = OrderedDict()
+        x = self.stages["stem"](x)
+        last = self.return_stages[-1]
+        for name in STAGES:
+            x = self.stages[name](x)
+            if name in self.return_stages:
+                out[name] = x
+            if name == last:
+                break
+        return out
+
+    def split(self, stage: str = "c4") -> tuple[nn.Sequential, nn.Sequential]:
+        """As :meth:`TinyBackbone.split`: ``split("c4")[1]`` is res5 for
+        :class:`rcnn_steps.roi_heads.C5BoxHead` (the C4 design of He et al. 2016)."""
+        if stage not in STAGES:
+            raise ValueError(f"ResNetBackbone.split: stage must be one of {STAGES}, got {stage!r}.")
+        cut = STAGES.index(stage) + 1
+        trunk = nn.Sequential(self.stages["stem"], *(self.stages[s] for s in STAGES[:cut]))
+        head = nn.Sequential(*(self.stages[s] for s in STAGES[cut:]))
+        return trunk, head
+
+
+def _load_resnet_weights(net: nn.Module, path: str) -> None:
+    """Load a local torchvision ResNet state dict into ``net``, ignoring the classifier."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"ResNetBackbone: {path} holds a {type(state).__name__}, not a state dict; save "
+            "one with torch.save(model.state_dict(), path)."
+        )
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    advice = "it must be a torchvision resnet50/resnet101 state dict of the same depth."
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shapes that do not match
+        raise ValueError(
+            f"ResNetBackbone: {path} does not fit this ResNet ({error}); {advice}"
+        ) from error
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ValueError(
+            f"ResNetBackbone: {path} does not fit this ResNet: {len(missing)} missing keys "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); "
+            f"{advice}"
+        )

@@ -4,18 +4,20 @@ The whole detector of chapter 04, read top to bottom:
 
 1. :class:`DetectorConfig`: every switch in one plain dataclass (``config.display()``
    prints them all), with presets by scale (:meth:`DetectorConfig.ci`,
-   :meth:`DetectorConfig.cpu`) and the training settings that go with them
+   :meth:`DetectorConfig.cpu`, and chapter 05's :meth:`DetectorConfig.cpu_fpn`,
+   :meth:`DetectorConfig.gpu`) and the training settings that go with them
    (:func:`train_config`).
 2. :func:`build_backbone`, :func:`build_rpn`, :func:`build_roi_heads`: the parts, built
-   from the config (the FPN of chapter 05 replaces the backbone's single map).
+   from the config (with ``fpn=True``, chapter 05's feature pyramid replaces the
+   backbone's single map: :mod:`rcnn_steps.fpn`, :mod:`rcnn_steps.poolers`).
 3. :class:`FasterRCNN`: ``forward(images, targets)`` in torchvision's convention (a dict
    of losses in training, a list of ``{boxes, labels, scores}`` in eval) and
    :meth:`FasterRCNN.inspect`, every stage's named intermediates for drawing
    (matterport Mask_RCNN's inspect notebooks).
 
 Images are float ``(3, H, W)`` in [0, 1], any size (the synthetic set's are 128 x 128);
-they are normalised, padded to a multiple of 32 (:class:`~rcnn_steps.image_list.ImageList`)
-and never resized, so boxes stay in the image's pixels.
+they are normalised, padded to a multiple of 32 (64 with FPN's P6;
+:class:`~rcnn_steps.image_list.ImageList`) and never resized, so boxes stay in the image's pixels.
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ import torch
 from torch import Tensor, nn
 
 from rcnn_steps.anchors import AnchorGenerator
-from rcnn_steps.backbones import STAGES, TinyBackbone
+from rcnn_steps.backbones import STAGES, ResNetBackbone, TinyBackbone
 from rcnn_steps.engine import TrainConfig
+from rcnn_steps.fpn import BackboneWithFPN, check_levels, level_number
 from rcnn_steps.image_list import ImageList
+from rcnn_steps.poolers import MultiScaleRoIPooler
 from rcnn_steps.roi_heads import (
     C5BoxHead,
     FastRCNNPredictor,
@@ -56,26 +60,39 @@ __all__ = [
     "train_config",
 ]
 
+#: The ``backbone`` names :class:`DetectorConfig` accepts.
+BACKBONES = ("tiny", "resnet50", "resnet101")
+
 
 @dataclass
 class DetectorConfig:
-    """Every hyper-parameter of the detectors of chapters 03-04 (and later, via the same
+    """Every hyper-parameter of the detectors of chapters 03-05 (and later, via the same
     fields: ``roi_op`` switches RoIPool to RoIAlign in chapter 06).
 
     Defaults are the papers' / torchvision's values scaled to 128 px images; the presets
-    (:meth:`ci`, :meth:`cpu`) change what they must. ``num_classes`` counts object
+    (:meth:`ci`, :meth:`cpu`, :meth:`cpu_fpn`, :meth:`gpu`) change what they must. With
+    ``fpn=True`` the ``fpn_*`` and ``roi_canonical_*`` fields replace ``feature_stage``
+    and ``anchor_sizes`` (which are then unused). ``num_classes`` counts object
     classes only (the synthetic set has 6); the predictor adds background.
     """
 
     # -- data and backbone ------------------------------------------------------------
     num_classes: int = 6  #: object classes (background not counted)
+    #: "tiny" (TinyBackbone) | "resnet50" | "resnet101" (ResNetBackbone, chapter 05)
+    backbone: str = "tiny"
     backbone_width: int = 32  #: TinyBackbone width (channels of c2; c4 has 4x)
-    feature_stage: str = "c4"  #: the single feature map of the RPN and RoI pooling
+    backbone_weights: str | None = None  #: ResNet only: a local state dict (never downloaded)
+    #: ResNet only: stages trained, from the top (c5, c4, c3, c2, stem), 0..5; None: 3
+    #: with backbone_weights (and frozen batch norm), 5 without (torchvision's rule)
+    backbone_trainable_layers: int | None = None
+    feature_stage: str = "c4"  #: the single feature map of the RPN and RoI pooling (no FPN)
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  #: normalisation
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    size_divisible: int = 32  #: pad batches to a multiple of this (the largest stride)
+    #: pad batches to a multiple of this; None: the largest stride (32, 64 with FPN's P6)
+    size_divisible: int | None = None
     # -- anchors and RPN (Faster R-CNN section 3) -------------------------------------
-    anchor_sizes: tuple[int, ...] = (16, 32, 64)  #: sqrt(area), pixels (paper: 128-512)
+    #: sqrt(area), pixels (paper: 128-512), all on the single map (FPN: fpn_anchor_sizes)
+    anchor_sizes: tuple[int, ...] = (16, 32, 64)
     anchor_aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  #: h / w
     rpn_fg_iou_thresh: float = 0.7
     rpn_bg_iou_thresh: float = 0.3
@@ -91,10 +108,21 @@ class DetectorConfig:
     rpn_lambda: float = 1.0  #: lambda of eq. (1); 10 with normalization "paper"
     rpn_normalization: str = "torchvision"  #: "torchvision" or "paper" (losses.rpn_loss)
     rpn_ignore_cross_boundary: bool = False  #: section 3.3's training rule
+    # -- feature pyramid (FPN, Lin et al. 2017; chapter 05) ---------------------------
+    fpn: bool = False  #: RPN and RoI pooling on P2..P6 instead of one feature_stage
+    fpn_channels: int = 64  #: d, the channels of every level (paper: 256)
+    fpn_levels: tuple[str, ...] = ("p2", "p3", "p4", "p5", "p6")  #: the RPN's levels
+    #: one anchor size per level of fpn_levels (paper: 32..512 on P2..P6; see cpu_fpn)
+    fpn_anchor_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)
+    fpn_roi_levels: tuple[str, ...] = ("p2", "p3", "p4", "p5")  #: RoIs pooled from these
+    #: s0 and k0 of FPN eq. (1): paper 224 at level 4; scaled as the anchors (/4)
+    roi_canonical_size: float = 56.0
+    roi_canonical_level: int = 4
     # -- RoI heads (Fast R-CNN) -------------------------------------------------------
     roi_op: str = "roipool"  #: roipool | roiwarp_max | roiwarp_avg | roialign_max | roialign_avg
     pooled_size: int = 7
     sampling_ratio: int = 2  #: RoIWarp/RoIAlign sampling points per bin side
+    roi_aligned: bool = False  #: RoIWarp/RoIAlign half-pixel shift (paper: False)
     #: "mlp" (fc6, fc7) or "c5" (res5 on each RoI, the C4 design; the paper pools 14 x 14)
     box_head: str = "mlp"
     box_head_size: int = 256  #: width of fc6/fc7 (torchvision: 1024)
@@ -114,6 +142,7 @@ class DetectorConfig:
             raise ValueError(f"feature_stage must be one of {STAGES}, got {self.feature_stage!r}.")
         if self.box_head not in ("mlp", "c5"):
             raise ValueError(f"box_head must be 'mlp' or 'c5', got {self.box_head!r}.")
+        self._check_backbone_and_fpn()
         if self.box_head == "c5" and self.feature_stage != "c4":
             raise ValueError(
                 "box_head='c5' runs res5 on RoIs pooled from c4: set feature_stage='c4'."
@@ -122,6 +151,67 @@ class DetectorConfig:
             raise ValueError(f"num_classes must be >= 1 (object classes), got {self.num_classes}.")
         self.anchor_sizes = tuple(self.anchor_sizes)
         self.anchor_aspect_ratios = tuple(self.anchor_aspect_ratios)
+
+    def _check_backbone_and_fpn(self) -> None:
+        """Validate the backbone and FPN fields and resolve ``size_divisible=None``."""
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}.")
+        if self.backbone == "tiny" and (
+            self.backbone_weights is not None or self.backbone_trainable_layers is not None
+        ):
+            raise ValueError(
+                "backbone_weights and backbone_trainable_layers apply to the ResNet backbones "
+                "(backbone='resnet50' or 'resnet101'); TinyBackbone always trains from scratch."
+            )
+        if self.backbone_weights is not None:
+            self.backbone_weights = str(self.backbone_weights)
+        layers = self.backbone_trainable_layers
+        if layers is not None and (isinstance(layers, bool) or layers not in range(6)):
+            raise ValueError(
+                f"backbone_trainable_layers must be None or an int in 0..5 (stages trained "
+                f"from the top: c5, c4, c3, c2, stem), got {layers!r}."
+            )
+        self.fpn_levels = tuple(self.fpn_levels)
+        self.fpn_anchor_sizes = tuple(self.fpn_anchor_sizes)
+        self.fpn_roi_levels = tuple(self.fpn_roi_levels)
+        largest_stride = 32
+        if self.fpn:
+            if self.box_head == "c5":
+                raise ValueError(
+                    "box_head='c5' is the C4 design (res5 runs on every RoI pooled from c4) "
+                    "and does not combine with fpn=True: with FPN, c5 runs once on the whole "
+                    "image to build P5 and RoIs are pooled from P2..P5 with fpn_channels "
+                    "channels; use box_head='mlp', the FPN paper's two-fc head (section 4.2)."
+                )
+            check_levels(self.fpn_levels, "fpn_levels")
+            check_levels(self.fpn_roi_levels, "fpn_roi_levels", reach_p5=False)
+            if not set(self.fpn_roi_levels) <= set(self.fpn_levels):
+                raise ValueError(
+                    f"fpn_roi_levels {self.fpn_roi_levels} must be among fpn_levels "
+                    f"{self.fpn_levels} (the pyramid the backbone builds)."
+                )
+            if len(self.fpn_anchor_sizes) != len(self.fpn_levels):
+                raise ValueError(
+                    f"fpn_anchor_sizes needs one size per level of fpn_levels {self.fpn_levels} "
+                    f"(FPN section 4.1: one scale per level), got {self.fpn_anchor_sizes}."
+                )
+            if self.fpn_channels < 1:
+                raise ValueError(f"fpn_channels must be >= 1, got {self.fpn_channels}.")
+            if not self.roi_canonical_size > 0:
+                raise ValueError(
+                    f"roi_canonical_size (s0 of FPN eq. 1) must be > 0, got "
+                    f"{self.roi_canonical_size}."
+                )
+            largest_stride = 2 ** level_number(self.fpn_levels[-1])
+        if self.size_divisible is None:
+            self.size_divisible = largest_stride
+        elif self.fpn and self.size_divisible % largest_stride:
+            raise ValueError(
+                f"size_divisible={self.size_divisible} is not a multiple of the pyramid's "
+                f"largest stride {largest_stride} ({self.fpn_levels[-1]}): the coarsest "
+                "level's cells would not line up with the image (its anchors would be laid "
+                f"at a wrong stride); use {largest_stride} or None (automatic)."
+            )
 
     # -- presets ----------------------------------------------------------------------
 
@@ -138,6 +228,7 @@ class DetectorConfig:
             rpn_post_nms_top_n_test=50,
             roi_batch_size_per_image=32,
             rpn_batch_size_per_image=64,
+            fpn_channels=16,  # used with fpn=True only
             preset="ci",
         )
         return cls(**{**values, **overrides})
@@ -175,6 +266,73 @@ class DetectorConfig:
         )
         return cls(**{**values, **overrides})
 
+    @classmethod
+    def cpu_fpn(cls, **overrides: Any) -> DetectorConfig:
+        """:meth:`cpu` with a feature pyramid (chapter 05): the same width-32
+        TinyBackbone, RPN sampling, RoI batch, 7 x 7 pooling and fc6/fc7 of 128, with
+        ``fpn_channels=64`` (so the RoI head reads 64 x 7 x 7 features as the cpu
+        preset's c3 does), and the same schedule (``train_config("cpu_fpn")`` equals
+        ``train_config("cpu")``): single map vs pyramid on the same budget.
+
+        Anchors: one size per level, 8, 16, 32, 64, 128 px on P2..P6 (strides 4..64), 3
+        ratios each: the paper's 32..512 (section 4.1) divided by 4. Not by 16 as chapter
+        04 scaled Faster R-CNN's 128..512 (that gives 2..32 px, anchors narrower than the
+        cells of their own level: size = stride leaves objects between two anchors at
+        IoU 1/3, and 4..64 px on P2..P6 covers only 21% of the val objects at IoU >= 0.5),
+        and not by the image ratio (x0.16, 5..82 px: the same problem at P2). A size of
+        twice the level's stride is the smallest that tiles each level (as 8 px on the
+        stride-8 map of :meth:`cpu`), 8 px is the objects' lower quartile (sqrt(area)
+        quartiles 9 / 17 / 33, 5th-95th percentile 5-52 px) and the five octaves span
+        them with one to spare at the top, as the paper's 32..512 span COCO's. The
+        divisor also fixes s0 of eq. (1), ``roi_canonical_size = 224 / 4 = 56`` at
+        ``roi_canonical_level = 4`` (:mod:`rcnn_steps.poolers`).
+
+        Measured on the 634 val objects of the synthetic set (128 px; an object counts
+        if some anchor reaches the IoU): this choice puts an anchor at IoU >= 0.5 on 72%
+        of them, the cpu preset's (8, 16, 32, 64) on stride 8 on 66% (at IoU >= 0.7:
+        12% vs 17%). By COCO's scaled size classes (small < 6.4 px, large > 19.2 px):
+        small 8% vs 2%, medium 84% vs 52%, large 74% vs 94%: the pyramid's finer P2
+        places the small and medium anchors more densely, the single stride-8 map places
+        its large anchors more densely than P4/P5 do.
+
+        Cost (``torch.utils.flop_counter``, one 128 px image with two objects): 600 M
+        multiply-adds per training step (forward and backward) vs the cpu preset's 229 M,
+        216 M vs 92 M in eval (backbone + FPN 122 M vs 40 M: the cpu preset stops at c3),
+        1.83 M vs 1.65 M parameters. "The same budget" is the same schedule and heads,
+        not the same arithmetic.
+        """
+        values = dict(fpn=True, fpn_channels=64, preset="cpu_fpn")
+        return cls.cpu(**{**values, **overrides})
+
+    @classmethod
+    def gpu(cls, **overrides: Any) -> DetectorConfig:
+        """ResNet-50-FPN at the paper's sizes, for the synthetic set at 512 px
+        (``python -m rcnn_steps.data synth --size 512 ...``; objects scale with the
+        image, so 4x those at 128 px): anchors 32..512 on P2..P6 and ``s0 = 224`` at
+        ``k0 = 4`` exactly as in FPN section 4 (:meth:`cpu_fpn` divided by 4 because
+        its images are 4x smaller; these anchors put one at IoU >= 0.5 on 93% of the
+        val objects scaled to 512 px, 41% at 0.7), ``d = 256``, fc6/fc7 of 1024, 512
+        RoIs and 256 anchors per image, the RPN's 0.7 / 0.3 and top-n as torchvision's
+        (the defaults). RoIPool, as the FPN paper (chapter 06 switches ``roi_op``).
+
+        Without ``backbone_weights`` the ResNet trains from scratch with ordinary batch
+        norm and every stage trainable; with a local ImageNet state dict
+        (``backbone_weights=path``) batch norm is frozen and the stem and c2 too
+        (torchvision's rule, :class:`~rcnn_steps.backbones.ResNetBackbone`). Not trained
+        in this repository; it needs a GPU.
+        """
+        values = dict(
+            backbone="resnet50",
+            fpn=True,
+            fpn_channels=256,
+            fpn_anchor_sizes=(32, 64, 128, 256, 512),
+            roi_canonical_size=224.0,
+            box_head_size=1024,
+            roi_batch_size_per_image=512,
+            preset="gpu",
+        )
+        return cls(**{**values, **overrides})
+
     # -- printing ---------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -203,6 +361,8 @@ PRESET_TRAINING: dict[str, dict[str, Any]] = {
     "ci": dict(max_iter=30, lr=0.02, warmup_steps=5, log_every=10),
     "cpu": dict(max_iter=1500, lr=0.05, warmup_steps=50, lr_steps=(1200,), log_every=50),
 }
+#: The FPN preset trains on the cpu preset's schedule: the comparison is on the same budget.
+PRESET_TRAINING["cpu_fpn"] = dict(PRESET_TRAINING["cpu"])
 
 
 def train_config(preset: str = "cpu", **overrides: Any) -> TrainConfig:
@@ -218,15 +378,43 @@ def train_config(preset: str = "cpu", **overrides: Any) -> TrainConfig:
 # Building the parts
 
 
-def build_backbone(config: DetectorConfig) -> TinyBackbone:
-    """The backbone, returning only ``config.feature_stage``."""
-    return TinyBackbone(config.backbone_width, return_stages=(config.feature_stage,))
+def build_backbone(config: DetectorConfig) -> nn.Module:
+    """The backbone (``config.backbone``): without FPN it returns only
+    ``config.feature_stage``; with ``config.fpn`` it is a
+    :class:`~rcnn_steps.fpn.BackboneWithFPN` returning the levels ``config.fpn_levels``,
+    each ``config.fpn_channels`` wide. Either has ``out_channels`` and ``strides`` dicts
+    by map name."""
+    if config.fpn:
+        numbers = [level_number(n) for n in config.fpn_levels]
+        stages = tuple(f"c{k}" for k in numbers if k <= 5)
+    else:
+        stages = (config.feature_stage,)
+    if config.backbone == "tiny":
+        body: nn.Module = TinyBackbone(config.backbone_width, return_stages=stages)
+    else:
+        body = ResNetBackbone(
+            int(config.backbone.removeprefix("resnet")),
+            return_stages=stages,
+            weights_path=config.backbone_weights,
+            trainable_layers=config.backbone_trainable_layers,
+        )
+    if not config.fpn:
+        return body
+    return BackboneWithFPN(body, config.fpn_channels, config.fpn_levels)
 
 
 def build_rpn(config: DetectorConfig, in_channels: int) -> RegionProposalNetwork:
-    anchor_generator = AnchorGenerator(
-        (tuple(config.anchor_sizes),), (tuple(config.anchor_aspect_ratios),)
-    )
+    """The RPN: on one map, every size of ``config.anchor_sizes`` at every ratio; with
+    FPN, one size of ``config.fpn_anchor_sizes`` per level at every ratio (FPN section
+    4.1) and one head shared by all levels (its weights slide over every level, as the
+    paper's; per-level top-k then NMS in :meth:`RegionProposalNetwork.filter_proposals`)."""
+    ratios = tuple(config.anchor_aspect_ratios)
+    if config.fpn:
+        sizes = tuple((s,) for s in config.fpn_anchor_sizes)
+        anchor_generator = AnchorGenerator(sizes, (ratios,) * len(sizes))
+    else:
+        anchor_generator = AnchorGenerator((tuple(config.anchor_sizes),), (ratios,))
+    # Every level has the same number of anchors per cell, so one head serves them all.
     head = RPNHead(in_channels, anchor_generator.num_anchors_per_location()[0])
     return RegionProposalNetwork(
         anchor_generator,
@@ -252,10 +440,28 @@ def build_rpn(config: DetectorConfig, in_channels: int) -> RegionProposalNetwork
     )
 
 
-def build_roi_heads(config: DetectorConfig, backbone: TinyBackbone) -> RoIHeads:
-    """The box branch reading ``config.feature_stage`` of ``backbone``."""
-    channels = backbone.out_channels[config.feature_stage]
-    pooler = RoIPooler(config.roi_op, config.pooled_size, config.sampling_ratio)
+def build_roi_heads(config: DetectorConfig, backbone: nn.Module) -> RoIHeads:
+    """The box branch reading ``config.feature_stage`` of ``backbone``, or with FPN the
+    levels ``config.fpn_roi_levels``, each RoI from the level of FPN eq. (1)
+    (:class:`~rcnn_steps.poolers.MultiScaleRoIPooler`) into fc6/fc7 on ``fpn_channels x 7
+    x 7`` (the FPN paper's 2-fc head, section 4.2)."""
+    pooler: nn.Module
+    if config.fpn:
+        channels = config.fpn_channels
+        pooler = MultiScaleRoIPooler(
+            config.roi_op,
+            config.pooled_size,
+            config.sampling_ratio,
+            aligned=config.roi_aligned,
+            canonical_size=config.roi_canonical_size,
+            canonical_level=config.roi_canonical_level,
+            levels=config.fpn_roi_levels,
+        )
+    else:
+        channels = backbone.out_channels[config.feature_stage]
+        pooler = RoIPooler(
+            config.roi_op, config.pooled_size, config.sampling_ratio, aligned=config.roi_aligned
+        )
     if config.box_head == "c5":
         box_head: nn.Module = C5BoxHead(backbone.split("c4")[1], backbone.out_channels["c5"])
     else:
@@ -324,8 +530,10 @@ def preprocess(
 
 
 class FasterRCNN(nn.Module):
-    """Faster R-CNN with a single feature map (the "C4" design): backbone -> RPN ->
-    RoI heads, all built from one :class:`DetectorConfig`.
+    """Faster R-CNN: backbone -> RPN -> RoI heads, all built from one
+    :class:`DetectorConfig`, on a single feature map (``config.feature_stage``; the "C4"
+    design with ``box_head="c5"``) or, with ``config.fpn``, on a feature pyramid (chapter
+    05: the RPN over P2..P6, each RoI pooled from its level of P2..P5).
 
     ``model.train(); losses = model(images, targets)`` returns ``{"loss_objectness",
     "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}`` (the four terms of
@@ -339,7 +547,10 @@ class FasterRCNN(nn.Module):
         super().__init__()
         self.config = config or DetectorConfig.cpu()
         self.backbone = build_backbone(self.config)
-        channels = self.backbone.out_channels[self.config.feature_stage]
+        if self.config.fpn:
+            channels = self.config.fpn_channels
+        else:
+            channels = self.backbone.out_channels[self.config.feature_stage]
         self.rpn = build_rpn(self.config, channels)
         self.roi_heads = build_roi_heads(self.config, self.backbone)
 
@@ -350,18 +561,34 @@ class FasterRCNN(nn.Module):
         intermediates: dict | None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         image_list, targets = preprocess(images, targets, self.config)
-        feature = self.backbone(image_list.tensors)[self.config.feature_stage]
-        proposals, rpn_losses = self.rpn(image_list, [feature], targets, intermediates)
+        features = self.backbone(image_list.tensors)
+        if self.config.fpn:
+            rpn_maps = [features[n] for n in self.config.fpn_levels]
+            roi_maps: Tensor | Mapping[str, Tensor] = features  # the pooler picks its levels
+        else:
+            rpn_maps = [features[self.config.feature_stage]]
+            roi_maps = rpn_maps[0]
+        image_shape = image_list.tensors.shape[-2:]
+        proposals, rpn_losses = self.rpn(image_list, rpn_maps, targets, intermediates)
         detections, roi_losses = self.roi_heads(
-            feature,
-            proposals,
-            image_list.image_sizes,
-            image_list.tensors.shape[-2:],
-            targets,
-            intermediates,
+            roi_maps, proposals, image_list.image_sizes, image_shape, targets, intermediates
         )
         if intermediates is not None:
-            intermediates.update(image_sizes=image_list.image_sizes, feature=feature.detach())
+            intermediates.update(
+                image_sizes=image_list.image_sizes,
+                features={k: v.detach() for k, v in features.items()},
+            )
+            if self.config.fpn:
+                pooler = self.roi_heads.pooler
+                intermediates["proposal_levels"] = pooler.assign_levels(
+                    features, proposals, image_shape
+                )
+                if "sampled_rois" in intermediates:
+                    intermediates["sampled_roi_levels"] = pooler.assign_levels(
+                        features, intermediates["sampled_rois"], image_shape
+                    )
+            else:
+                intermediates["feature"] = rpn_maps[0].detach()
         return detections, {**rpn_losses, **roi_losses}
 
     def forward(
@@ -389,7 +616,9 @@ class FasterRCNN(nn.Module):
 
         Returns a dict with (per-image lists unless noted):
 
-        - ``feature`` (N, C, H/16, W/16); ``image_sizes``;
+        - ``features``: the backbone's maps by name, ``{feature_stage: (N, C, H/s, W/s)}``
+          or with FPN ``{"p2": (N, d, H/4, W/4), ..., "p6": (N, d, H/64, W/64)}``;
+          without FPN also ``feature``, that one map; ``image_sizes``;
         - RPN: ``anchors`` (A_total, 4), ``num_anchors_per_level``, ``feature_sizes``,
           ``objectness`` (N, A_total) logits, ``rpn_deltas`` (N, A_total, 4),
           ``proposals_before_nms`` + ``proposal_scores_before_nms``, ``proposals`` +
@@ -399,6 +628,10 @@ class FasterRCNN(nn.Module):
           ``sampled_regression_targets``; ``pooled_features`` (R, C, 7, 7) (of the
           sampled RoIs with targets, else of all proposals); in eval mode
           ``class_logits``, ``box_regression``, ``detections``;
+        - FPN only: ``proposal_levels`` and (with targets) ``sampled_roi_levels``,
+          ``(P_i,)`` / ``(R_i,)`` int64, the level k (2..5 for P2..P5) each proposal /
+          sampled RoI is pooled from (eq. 1); the RPN's levels are in
+          ``num_anchors_per_level`` and ``feature_sizes``, in ``config.fpn_levels``'s order;
         - ``losses`` (with targets).
         """
         intermediates: dict[str, Any] = {}

@@ -199,7 +199,8 @@ class RoIHeads(nn.Module):
     """The box branch: sample RoIs, pool, head, predictor, loss or detections.
 
     Args:
-        pooler: a :class:`RoIPooler`.
+        pooler: a :class:`RoIPooler` (one map) or a
+            :class:`rcnn_steps.poolers.MultiScaleRoIPooler` (a feature pyramid, chapter 05).
         box_head: :class:`TwoMLPHead` or :class:`C5BoxHead`.
         box_predictor: :class:`FastRCNNPredictor`.
         fg_iou_thresh: RoIs with IoU >= this with a ground truth are foreground (0.5).
@@ -217,7 +218,7 @@ class RoIHeads(nn.Module):
 
     def __init__(
         self,
-        pooler: RoIPooler,
+        pooler: nn.Module,
         box_head: nn.Module,
         box_predictor: FastRCNNPredictor,
         fg_iou_thresh: float = 0.5,
@@ -351,7 +352,7 @@ class RoIHeads(nn.Module):
 
     def forward(
         self,
-        feature: Tensor,
+        feature: Tensor | Sequence[Tensor] | Mapping[str, Tensor],
         proposals: Sequence[Tensor],
         image_sizes: Sequence[tuple[int, int]],
         image_shape: Sequence[int],
@@ -361,7 +362,9 @@ class RoIHeads(nn.Module):
         """Losses (given targets) and detections (in eval mode).
 
         Args:
-            feature: ``(N, C, H, W)`` the feature map the RoIs are pooled from.
+            feature: ``(N, C, H, W)`` the feature map the RoIs are pooled from, or the
+                maps of a pyramid (a list or dict) for a multi-level pooler; it is
+                handed to the pooler as it is.
             proposals: per image ``(P_i, 4)`` boxes in image pixels.
             image_sizes: true ``(h, w)`` per image (detections are clipped to it).
             image_shape: ``(H, W)`` of the padded batch (for the feature's stride).
