@@ -668,42 +668,62 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     )
     config = detector_config(args.preset, {})
     results = {**run, "config": config.to_dict()}
-    write_results(args.out, results, preset=args.preset, seeds=[args.seed], started=started)
+    out = args.out or results_path(config)
+    write_results(out, results, preset=args.preset, seeds=[args.seed], started=started)
     metrics, seconds = run["metrics"], run["seconds_per_image"]
     if not args.no_evolution:
+        chapter, detector = ("05", "Faster R-CNN + FPN") if config.fpn else ("04", "Faster R-CNN")
+        stride = 2 ** int(config.feature_stage[1])
+        features = (
+            "FPN levels P2-P6"
+            if config.fpn
+            else f"shared {config.feature_stage} features (stride {stride})"
+        )
         add_row(
-            "04",
-            "Faster R-CNN",
+            chapter,
+            detector,
             {"AP": metrics["AP"], "AP50": metrics["AP50"]},
             seconds,
             notes=(
-                f"RPN ({config.rpn_post_nms_top_n_test} proposals) + RoIPool "
-                f"{config.pooled_size}x{config.pooled_size} on shared stride-8 features, "
-                f"trained jointly, preset {args.preset}"
+                f"RPN ({config.rpn_post_nms_top_n_test} proposals) + {config.roi_op} "
+                f"{config.pooled_size}x{config.pooled_size} on {features}, trained jointly, "
+                f"preset {args.preset}"
             ),
             extra={"network_seconds_per_image": seconds, "proposal_seconds_per_image": 0.0},
         )
     print(
         f"AP {metrics['AP']:.3f} AP50 {metrics['AP50']:.3f}; {seconds:.4f} s/image "
         f"({run['timing_threads']} thread(s)); trained {run['train_seconds']:.0f} s; "
-        f"wrote {args.out}"
+        f"wrote {out}"
     )
     return 0
+
+
+def results_path(config: DetectorConfig) -> Path:
+    """Where ``evaluate`` writes by default: ``results/faster_rcnn.json``, or
+    ``results/faster_rcnn_fpn.json`` for an FPN config."""
+    from rcnn_steps.utils import results_dir
+
+    return results_dir() / ("faster_rcnn_fpn.json" if config.fpn else "faster_rcnn.json")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m rcnn_steps.faster_rcnn evaluate``: train the preset's Faster R-CNN on
     the synthetic train set, measure box AP and seconds per image on the evolution
-    table's val images, write ``results/faster_rcnn.json`` and the table's row."""
-    from rcnn_steps.utils import results_dir
-
+    table's val images, write ``results/faster_rcnn.json`` (``--preset cpu_fpn``:
+    ``results/faster_rcnn_fpn.json``) and the table's row."""
     parser = argparse.ArgumentParser(prog="python -m rcnn_steps.faster_rcnn")
     sub = parser.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("evaluate", help="train, evaluate, write results and the table row")
     ev.add_argument("--preset", choices=sorted(PRESET_TRAINING), default="cpu")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--max-iter", type=int, default=None, help="default: the preset's")
-    ev.add_argument("--out", type=Path, default=results_dir() / "faster_rcnn.json")
+    ev.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default results/faster_rcnn.json (results/faster_rcnn_fpn.json with FPN)",
+    )
     ev.add_argument(
         "--root", type=Path, default=None, help="a synthetic/COCO-format set (default: the book's)"
     )

@@ -400,3 +400,10 @@ def test_cuda_fpn_forward_train_and_eval():
     model.eval()
     out = model.inspect(images, targets)
     assert out["detections"][0]["boxes"].is_cuda and out["proposal_levels"][0].is_cuda
+
+
+def test_evaluate_writes_fpn_results_to_their_own_file():
+    from rcnn_steps.faster_rcnn import results_path
+
+    assert results_path(DetectorConfig.cpu()).name == "faster_rcnn.json"
+    assert results_path(DetectorConfig.cpu_fpn()).name == "faster_rcnn_fpn.json"
