@@ -1,4 +1,4 @@
-"""The ablation grids of chapter 04: the Faster R-CNN paper's tables, at small scale.
+"""The ablation grids of chapters 04 and 06: the papers' tables, at small scale.
 
 Each grid is a list of named settings (overrides of
 :class:`~rcnn_steps.faster_rcnn.DetectorConfig`), each with the paper's number beside it
@@ -21,10 +21,34 @@ closer analogue of VOC mAP):
   tested on selective search's proposals (up to 2000; Fast R-CNN) 66.9, or on its own
   RPN's 300 (Faster R-CNN, shared features) 69.9; both on the same training images.
 
+And the RoI-layer tables of He et al. 2017, "Mask R-CNN" (COCO minival, ResNet-50; the
+paper's numbers are AP / AP50 / AP75 in %, we report the same three, box AP, for a
+Faster R-CNN whose only change is its RoI layer):
+
+- ``table2c``, Table 2(c) (RoI layer, R50-C4, stride 16; mask AP): RoIPool
+  26.9/48.8/26.4, RoIWarp max 27.2/49.2/27.1, RoIWarp avg 27.1/48.9/27.1, RoIAlign max
+  30.2/51.0/31.8, RoIAlign avg 30.3/51.2/31.5; plus RoIAlign avg with the half-pixel
+  correction (``roi_aligned=True``), which the paper did not run.
+- ``table2d``, Table 2(d) (stride 32, R50-C5): RoIPool box 28.2/52.7/26.9 (mask
+  23.6/46.5/21.6), RoIAlign box 34.0/55.3/36.4 (mask 30.9/51.8/32.1).
+
+And chapter 05's single map vs feature pyramid, Lin et al. 2017, "Feature Pyramid
+Networks", Table 3 (Faster R-CNN, RPN and detector on the same features, ResNet-50, COCO
+minival box AP@0.5 / AP / APs / APm / APl in %):
+
+- ``fpn_table3``: (a) C4 with a res5 head 53.1/31.6/13.2/35.6/47.1, (b) C5 with a 2-fc
+  head 51.7/28.0/9.6/31.9/43.1, (c) FPN 56.9/33.9/17.8/37.7/45.8; plus our ``cpu``
+  preset's single stride-8 map (chapters 03-04), which the paper did not run.
+
+:data:`PAPER_METRIC` says, per table, what the paper's numbers beside the settings are.
+
 Command (one results file per table)::
 
     python -m rcnn_steps.ablations faster-rcnn --table table8 --seeds 0 1 --preset cpu \\
         --out results/ablation_table8.json
+
+(``faster-rcnn`` because every grid trains a box-only Faster R-CNN, the Mask R-CNN tables
+included: they change its RoI layer, and no mask head is trained.)
 """
 
 from __future__ import annotations
@@ -58,8 +82,26 @@ __all__ = [
     "timed_detections",
 ]
 
-#: What the papers' numbers beside each setting are.
-PAPER_METRIC = "Faster R-CNN (VGG-16), PASCAL VOC 2007 test mAP at IoU 0.5, %"
+_VOC_MAP = "Faster R-CNN (VGG-16), PASCAL VOC 2007 test mAP at IoU 0.5, %"
+#: What the papers' numbers beside each table's settings are (``results["paper_metric"]``).
+PAPER_METRIC: dict[str, str] = {
+    "table6": _VOC_MAP,
+    "table8": _VOC_MAP,
+    "table9": _VOC_MAP,
+    "table2c": (
+        "Mask R-CNN (ResNet-50-C4, stride 16), COCO minival MASK AP / AP50 / AP75, %; "
+        "we measure box AP: the paper's box-level evidence is table2d"
+    ),
+    "table2d": (
+        "Mask R-CNN (ResNet-50-C5, stride 32), COCO minival box AP / AP50 / AP75, % "
+        "('paper'; mask AP / AP50 / AP75 in 'paper_mask')"
+    ),
+    "fpn_table3": (
+        "FPN (Lin et al. 2017) Table 3: Faster R-CNN, ResNet-50, COCO minival box AP / "
+        "AP@0.5 / APs / APm / APl, % ('paper'; Table 2, Fast R-CNN on fixed FPN "
+        "proposals, in 'paper_table2')"
+    ),
+}
 
 #: The paper's anchor sizes (sqrt of the area, pixels on ~600 px images) and ours: the
 #: paper's divided by 16 (see :func:`faster_rcnn_grid`).
@@ -71,7 +113,29 @@ _RATIOS_1 = (1.0,)
 TABLE6_TRAIN_IMAGES = 400
 _RATIOS_3 = (0.5, 1.0, 2.0)
 
-TABLES = ("table6", "table8", "table9")
+TABLES = ("table6", "table8", "table9", "table2c", "table2d", "fpn_table3")
+
+#: Anchor sizes of ``table2d`` (stride 32): the cpu preset's, see :func:`faster_rcnn_grid`.
+TABLE2D_ANCHOR_SIZES = (8, 16, 32, 64)
+
+#: FPN paper (Lin et al. 2017), ResNet-50, COCO minival, % (AP, AP50, APs, APm, APl):
+#: Table 3 (Faster R-CNN, each detector's RPN on its own features) and Table 2 (Fast
+#: R-CNN on the fixed proposals of the FPN RPN), rows (a) C4 + res5 head, (b) C5 + 2fc,
+#: (c) FPN + 2fc. (c) is the same in both tables.
+_FPN_METRICS = ("AP", "AP50", "APs", "APm", "APl")
+_PAPER_FPN_T3 = {
+    "c4": (31.6, 53.1, 13.2, 35.6, 47.1),
+    "c5_2fc": (28.0, 51.7, 9.6, 31.9, 43.1),
+    "fpn": (33.9, 56.9, 17.8, 37.7, 45.8),
+}
+_PAPER_FPN_T2 = {
+    "c4": (31.9, 54.7, 15.7, 36.5, 45.5),
+    "c5_2fc": (28.8, 52.9, 11.9, 32.4, 43.4),
+    "fpn": (33.9, 56.9, 17.8, 37.7, 45.8),
+}
+#: Anchors of the single-map rows of ``fpn_table3``: the FPN paper's five scales 32..512
+#: (its C4 and C5 baselines use them too), divided by 4 as ``cpu_fpn``'s P2..P6 anchors.
+FPN_TABLE3_ANCHOR_SIZES = (8, 16, 32, 64, 128)
 
 #: How a setting gets its proposals: its own RPN (Faster R-CNN) or selective search
 #: (Fast R-CNN on chapter 02's cached proposals).
@@ -79,6 +143,23 @@ METHODS = ("rpn", "selective_search")
 
 #: Metrics copied from each run into the summary.
 SUMMARY_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+#: The paper's numbers of the Mask R-CNN tables, (AP, AP50, AP75) in %.
+_PAPER_2C = {
+    "roipool": (26.9, 48.8, 26.4),
+    "roiwarp_max": (27.2, 49.2, 27.1),
+    "roiwarp_avg": (27.1, 48.9, 27.1),
+    "roialign_max": (30.2, 51.0, 31.8),
+    "roialign_avg": (30.3, 51.2, 31.5),
+}
+_PAPER_2D_BOX = {"roipool": (28.2, 52.7, 26.9), "roialign_avg": (34.0, 55.3, 36.4)}
+_PAPER_2D_MASK = {"roipool": (23.6, 46.5, 21.6), "roialign_avg": (30.9, 51.8, 32.1)}
+_ROI_LABELS = {
+    "roipool": "RoIPool",
+    "roiwarp_max": "RoIWarp, max",
+    "roiwarp_avg": "RoIWarp, avg",
+    "roialign_max": "RoIAlign, max",
+    "roialign_avg": "RoIAlign, avg",
+}
 #: Per-run timings also summarised over the seeds.
 SUMMARY_TIMINGS = ("seconds_per_image", "network_seconds_per_image", "wall_time_s")
 
@@ -130,7 +211,102 @@ def faster_rcnn_grid(table: str) -> dict[str, dict[str, Any]]:
     locations, lambda 10 balancing the two; VOC07 test mAP, VGG-16): ``lambda_0.1`` 67.2,
     ``lambda_1`` 68.9, ``lambda_10`` 69.9, ``lambda_100`` 69.1. The anchors are the
     preset's.
+
+    The Mask R-CNN tables (He et al. 2017) give ``"paper"`` as ``{"AP", "AP50", "AP75"}``
+    in %, because the paper reports all three and AP75, the strict-localisation metric,
+    is where RoIAlign's gain is largest:
+
+    ``"table2c"``, Table 2(c) (RoI layer; ResNet-50-C4 at stride 16, COCO minival mask
+    AP): the preset's detector with ``roi_op`` set to each row (``roipool`` 26.9/48.8/26.4,
+    ``roiwarp_max`` 27.2/49.2/27.1, ``roiwarp_avg`` 27.1/48.9/27.1, ``roialign_max``
+    30.2/51.0/31.8, ``roialign_avg`` 30.3/51.2/31.5), all on the ``cpu`` preset's single
+    stride-8 map (``feature_stage="c3"``), 7 x 7 bins, 2 x 2 sampling points per bin (the
+    paper's "four regular locations"). The paper's numbers are mask AP and we measure box
+    AP (no mask head is trained): the direction, not the size, is what can carry over;
+    ``table2d`` has the paper's box-level numbers. ``aligned`` stays False in the five
+    rows: the paper's RoIAlign (Detectron) had no half-pixel shift; Detectron2's
+    correction (``roi_aligned=True``, torchvision's ``aligned=True``) is a sixth row,
+    ``roialign_avg_aligned``, with no paper number (``"paper": None``).
+
+    ``"table2d"``, Table 2(d) (stride 32, ResNet-50-C5; box AP beside the paper's box
+    numbers, ``"paper_mask"`` holds its mask AP): ``roipool`` 28.2/52.7/26.9 vs
+    ``roialign_avg`` 34.0/55.3/36.4, with ``feature_stage="c5"``: a 4 x 4 map on 128 px
+    images, where a median object (16 px) is half a cell, so RoIPool's rounding moves a
+    box by up to 16 px. The RPN reads the same map. Its anchors stay the preset's
+    (:data:`TABLE2D_ANCHOR_SIZES`, 8-64 px, 3 ratios): at stride 32 the anchor *spacing*
+    is what limits how well they cover the synthetic set's objects, not their sizes
+    (measured on the first 500 train images, 1503 objects: an anchor at IoU >= 0.5 for
+    13% of the objects with sizes (8, 16, 32, 64), (16, 32, 64) or (16, 32, 64, 128),
+    12% with (24, 48, 96), 11% with (32, 64, 128); 64% with the preset's at stride 8), so
+    no other set does better, and keeping them changes only the stride between the two
+    tables. The RPN's weak proposals are the same for both rows (and the ground-truth
+    boxes join the proposals in training), so the comparison is still of the RoI layer.
+
+    ``"fpn_table3"``, Table 3 of the FPN paper (Lin et al. 2017; Faster R-CNN whose RPN
+    and detector read the same features; ``"paper"`` is ``{"AP", "AP50", "APs", "APm",
+    "APl"}`` in %, ``"paper_table2"`` the same rows of Table 2, Fast R-CNN on the FPN
+    RPN's fixed proposals). Every row keeps the grid preset's schedule, batch, RPN and RoI
+    sampling, RoIPool at 7 x 7 and fc width: only the features and the head change ("the
+    same budget" is the same schedule, not the same arithmetic):
+
+    - ``c4``, row (a) 31.6/53.1/13.2/35.6/47.1: the C4 design (He et al. 2016): the RPN
+      and RoI pooling on c4 (stride 16, an 8 x 8 map on 128 px images) and the
+      backbone's res5 stage run on every pooled RoI as the head (``box_head="c5"``,
+      :class:`~rcnn_steps.roi_heads.C5BoxHead`: res5, whose first conv has stride 2,
+      then a global average). Pooled 7 x 7, not the paper's 14 x 14: the paper pools
+      14 x 14 so that its canonical 224 px RoI gets one bin per stride-16 cell; our
+      objects span one or two cells at stride 16 (median sqrt(area) 16 px, canonical
+      RoI 56 px = 3.5 cells), so 7 x 7 RoIPool bins already repeat each cell several
+      times and 14 x 14 would add no information for 4x the cost of res5 on 64 RoIs per
+      image, already the dearest part of the model; 7 x 7 is also every other row's
+      pooled size. Anchors :data:`FPN_TABLE3_ANCHOR_SIZES` (8..128 px, 3 ratios, all on
+      the one map): the paper's 32..512, which its C4 and C5 baselines share with FPN
+      (section 5.2.2), divided by 4 as ``cpu_fpn``'s P2..P6 anchors. At stride 16 the
+      anchors' spacing, not their sizes, limits how many objects they reach: of the 634
+      val objects, 39% have an anchor at IoU >= 0.5 with these sizes or with (8, 16, 32,
+      64), 37% with (16, 32, 64) (7% at IoU >= 0.7), against 66% for the ``cpu`` preset
+      at stride 8 and 72% for ``cpu_fpn``'s pyramid.
+    - ``c5_2fc``, row (b) 28.0/51.7/9.6/31.9/43.1: the RPN and RoI pooling on c5
+      (stride 32, 4 x 4) with the 2-fc head (fc6/fc7 on 256 x 7 x 7), the same anchors
+      (an anchor at IoU >= 0.5 for 12% of the val objects).
+    - ``fpn``, row (c) 33.9/56.9/17.8/37.7/45.8: ``fpn=True`` on the grid's preset, which
+      on ``cpu`` *is* the ``cpu_fpn`` preset (equal configs, tests/test_ablations.py):
+      the RPN on P2..P6 with one anchor size per level, RoIs pooled from P2..P5 by FPN
+      eq. (1), the 2-fc head on 64 x 7 x 7.
+    - ``c3_2fc``, not in the paper (``"paper": None``): the ``cpu`` preset unchanged,
+      the detector of chapters 03-04: RPN and RoI pooling on one stride-8 map (c3),
+      anchors 8..64 px, the 2-fc head. At our scale it, not C4, is the strong single
+      map (a finer map, as the paper's C4 is finer than its C5), so the pyramid is
+      tested against it too.
     """
+    if table == "fpn_table3":
+        paper_rows = {
+            "c4": (
+                {"feature_stage": "c4", "box_head": "c5", "anchor_sizes": FPN_TABLE3_ANCHOR_SIZES},
+                "(a) C4 (stride 16), res5 head",
+            ),
+            "c5_2fc": (
+                {"feature_stage": "c5", "anchor_sizes": FPN_TABLE3_ANCHOR_SIZES},
+                "(b) C5 (stride 32), 2-fc head",
+            ),
+            "fpn": ({"fpn": True}, "(c) FPN P2-P6, 2-fc head"),
+        }
+        grid3: dict[str, dict[str, Any]] = {
+            name: {
+                "overrides": overrides,
+                "paper": dict(zip(_FPN_METRICS, _PAPER_FPN_T3[name], strict=True)),
+                "paper_table2": dict(zip(_FPN_METRICS, _PAPER_FPN_T2[name], strict=True)),
+                "label": label,
+            }
+            for name, (overrides, label) in paper_rows.items()
+        }
+        grid3["c3_2fc"] = {
+            "overrides": {"feature_stage": "c3"},
+            "paper": None,
+            "paper_table2": None,
+            "label": "C3 (stride 8), 2-fc head: chapters 03-04 (not in the paper)",
+        }
+        return grid3
     if table == "table8":
         s128, s256 = OUR_ANCHOR_SIZES[:2]
         rows = [
@@ -176,12 +352,51 @@ def faster_rcnn_grid(table: str) -> dict[str, dict[str, Any]]:
                 "label": "RPN, 300 proposals (Faster R-CNN, shared features)",
             },
         }
+    if table == "table2c":
+        grid2c = {
+            op: {
+                "overrides": {"roi_op": op},
+                "paper": _ap_triple(paper),
+                "label": _ROI_LABELS[op],
+            }
+            for op, paper in _PAPER_2C.items()
+        }
+        grid2c["roialign_avg_aligned"] = {
+            "overrides": {"roi_op": "roialign_avg", "roi_aligned": True},
+            "paper": None,
+            "label": "RoIAlign, avg, aligned (half-pixel shift; not in the paper)",
+        }
+        return grid2c
+    if table == "table2d":
+        return {
+            op: {
+                "overrides": {
+                    "roi_op": op,
+                    "feature_stage": "c5",
+                    "anchor_sizes": TABLE2D_ANCHOR_SIZES,
+                },
+                "paper": _ap_triple(_PAPER_2D_BOX[op]),
+                "paper_mask": _ap_triple(_PAPER_2D_MASK[op]),
+                "label": f"{_ROI_LABELS[op]}, stride 32 (c5)",
+            }
+            for op in ("roipool", "roialign_avg")
+        }
     raise ValueError(f"faster_rcnn_grid: unknown table {table!r}; one of {list(TABLES)}.")
 
 
+def _ap_triple(values: tuple[float, float, float]) -> dict[str, float]:
+    return dict(zip(("AP", "AP50", "AP75"), values, strict=True))
+
+
 def detector_config(preset: str, overrides: dict[str, Any]) -> DetectorConfig:
-    """The preset's :class:`DetectorConfig` (``ci`` or ``cpu``) with ``overrides``."""
-    presets = {"ci": DetectorConfig.ci, "cpu": DetectorConfig.cpu}
+    """The preset's :class:`DetectorConfig` (``ci``, ``cpu``, ``cpu_fpn`` or ``gpu``) with
+    ``overrides``."""
+    presets = {
+        "ci": DetectorConfig.ci,
+        "cpu": DetectorConfig.cpu,
+        "cpu_fpn": DetectorConfig.cpu_fpn,
+        "gpu": DetectorConfig.gpu,
+    }
     if preset not in presets:
         raise ValueError(f"unknown preset {preset!r}; one of {sorted(presets)}.")
     return presets[preset](**overrides)
@@ -473,11 +688,14 @@ def run_grid(
     device: str = "auto",
     progress: bool = False,
     verbose: bool = True,
+    timing_threads: int | None = None,
 ) -> dict[str, Any]:
     """Run every (setting, seed) of ``table`` with :func:`run_setting`, writing the
     results file ``out`` after each run (atomically, with :func:`rcnn_steps.utils.
     write_results`'s provenance) and skipping the runs it already holds, so an interrupted
-    grid resumes where it stopped. ``settings`` restricts the grid to some names.
+    grid resumes where it stopped. ``settings`` restricts the grid to some names;
+    ``timing_threads`` is passed to every :func:`run_setting` (threads while the val
+    images are timed).
 
     The file's ``results`` hold ``table, preset, max_iter, paper_metric, settings`` (the
     grid), ``runs`` (``{run_key(name, seed): run}``) and ``summary`` (:func:`summarise`).
@@ -516,7 +734,7 @@ def run_grid(
             "table": table,
             "preset": preset,
             "max_iter": iters,
-            "paper_metric": PAPER_METRIC,
+            "paper_metric": PAPER_METRIC[table],
             "settings": json.loads(json.dumps(full_grid)),
             "runs": dict(sorted(runs.items())),
             "summary": summarise(full_grid, runs),
@@ -541,6 +759,7 @@ def run_grid(
             num_eval_images=num_eval_images,
             device=device,
             progress=progress,
+            timing_threads=timing_threads,
         )
         runs[key] = run
         write_results(out, results(), preset=preset, seeds=all_seeds, started=started)
@@ -548,26 +767,42 @@ def run_grid(
             m = run["metrics"]
             print(
                 f"[{i}/{len(todo)}] {key}: AP {m['AP']:.3f} AP50 {m['AP50']:.3f} "
-                f"in {run['wall_time_s']:.0f} s (paper {grid[name]['paper']})"
+                f"in {run['wall_time_s']:.0f} s (paper {_paper_text(grid[name]['paper'])})"
             )
     final = results()
     write_results(out, final, preset=preset, seeds=all_seeds, started=started)
     return final
 
 
+def _paper_text(paper: Any) -> str:
+    """A setting's paper number(s) for printing: ``69.9``, ``30.3/51.2/31.5`` or ``-``."""
+    if paper is None:
+        return "-"
+    if isinstance(paper, dict):
+        return "/".join(f"{v:.1f}" for v in paper.values())
+    return f"{paper:g}"
+
+
 def _print_summary(results: dict[str, Any]) -> None:
     print(f"{results['table']} ({results['preset']}, {results['max_iter']} iterations)")
-    print(f"  {'setting':<12} {'paper':>6}  {'AP mean [min, max] std':<30} AP50 mean  s/image  n")
+    print(f"  paper: {PAPER_METRIC.get(results['table'], '')}")
+    names = max([12, *(len(n) for n in results["summary"])])
+    papers = max([6, *(len(_paper_text(s["paper"])) for s in results["summary"].values())])
+    print(
+        f"  {'setting':<{names}} {'paper':>{papers}}  {'AP mean [min, max] std':<30} "
+        "AP50 mean  AP75 mean  s/image  n"
+    )
     for name, s in results["summary"].items():
+        paper = _paper_text(s["paper"])
         if not s["n"]:
-            print(f"  {name:<12} {s['paper']:>6}  (not run)")
+            print(f"  {name:<{names}} {paper:>{papers}}  (not run)")
             continue
-        ap, ap50 = s["AP"], s["AP50"]
+        ap, ap50, ap75 = s["AP"], s["AP50"], s.get("AP75", {"mean": float("nan")})
         spread = f"{ap['mean']:.3f} [{ap['min']:.3f}, {ap['max']:.3f}] {ap['std']:.3f}"
         sec = s.get("seconds_per_image", {}).get("mean", float("nan"))
         print(
-            f"  {name:<12} {s['paper']:>6}  {spread:<30} {ap50['mean']:.3f}     "
-            f"{sec:.4f}   {s['n']}"
+            f"  {name:<{names}} {paper:>{papers}}  {spread:<30} {ap50['mean']:.3f}      "
+            f"{ap75['mean']:.3f}      {sec:.4f}   {s['n']}"
         )
 
 
@@ -584,6 +819,7 @@ def _faster_rcnn_command(args) -> int:
         settings=args.settings,
         num_eval_images=args.num_eval_images,
         progress=args.progress,
+        timing_threads=args.timing_threads,
     )
     _print_summary(results)
     print(f"wrote {args.out}")
@@ -595,7 +831,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     fr = sub.add_parser(
         "faster-rcnn",
-        help="Faster R-CNN Table 6 (proposals), Table 8 (anchors) or Table 9 (lambda) grid",
+        help=(
+            "Faster R-CNN Table 6 (proposals), 8 (anchors) or 9 (lambda), or Mask R-CNN "
+            "Table 2(c)/(d) (RoI layer, box AP), or FPN Table 3 (C4 vs FPN) grid"
+        ),
     )
     fr.add_argument("--table", choices=TABLES, required=True)
     fr.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -609,6 +848,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     fr.add_argument("--out", type=Path, default=None, help="default results/ablation_<table>.json")
     fr.add_argument("--threads", type=int, default=2)
+    fr.add_argument(
+        "--timing-threads",
+        type=int,
+        default=None,
+        help="threads while the val images are timed (default --threads)",
+    )
     fr.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
     if args.out is None:

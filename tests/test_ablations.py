@@ -2,6 +2,7 @@ import json
 import statistics
 
 import pytest
+import torch
 
 from rcnn_steps import ablations
 from rcnn_steps.ablations import faster_rcnn_grid, run_grid, run_key, schedule
@@ -201,3 +202,199 @@ def test_selective_search_proposals_refuse_a_short_cache(tiny_synth, tmp_path):
     # a cache of 2 images of the same data is not stale but too short for 3 images
     with pytest.raises(ValueError, match="remake it"):
         ablations.selective_search_proposals(val, "val", 3, root)
+
+
+# -- Mask R-CNN Table 2(c) and 2(d): the RoI layer --------------------------------------
+
+
+def test_table2c_grid():
+    grid = faster_rcnn_grid("table2c")
+    paper_rows = ["roipool", "roiwarp_max", "roiwarp_avg", "roialign_max", "roialign_avg"]
+    assert list(grid) == [*paper_rows, "roialign_avg_aligned"]
+    assert [grid[n]["overrides"] for n in paper_rows] == [{"roi_op": n} for n in paper_rows]
+    papers = [tuple(grid[n]["paper"].values()) for n in paper_rows]
+    assert papers == [
+        (26.9, 48.8, 26.4),
+        (27.2, 49.2, 27.1),
+        (27.1, 48.9, 27.1),
+        (30.2, 51.0, 31.8),
+        (30.3, 51.2, 31.5),
+    ]
+    assert all(list(grid[n]["paper"]) == ["AP", "AP50", "AP75"] for n in paper_rows)
+    # the half-pixel correction is our extra row: no paper number
+    extra = grid["roialign_avg_aligned"]
+    assert extra["overrides"] == {"roi_op": "roialign_avg", "roi_aligned": True}
+    assert extra["paper"] is None
+    assert "MASK AP" in ablations.PAPER_METRIC["table2c"]
+
+
+def test_table2d_grid():
+    grid = faster_rcnn_grid("table2d")
+    assert list(grid) == ["roipool", "roialign_avg"]
+    assert grid["roipool"]["paper"] == {"AP": 28.2, "AP50": 52.7, "AP75": 26.9}
+    assert grid["roialign_avg"]["paper"] == {"AP": 34.0, "AP50": 55.3, "AP75": 36.4}
+    assert grid["roipool"]["paper_mask"] == {"AP": 23.6, "AP50": 46.5, "AP75": 21.6}
+    assert grid["roialign_avg"]["paper_mask"] == {"AP": 30.9, "AP50": 51.8, "AP75": 32.1}
+    for setting in grid.values():
+        assert setting["overrides"]["feature_stage"] == "c5"  # stride 32
+        assert setting["overrides"]["anchor_sizes"] == ablations.TABLE2D_ANCHOR_SIZES
+    # only the RoI layer differs between the two rows
+    a, b = (dict(s["overrides"]) for s in grid.values())
+    assert a.pop("roi_op") == "roipool" and b.pop("roi_op") == "roialign_avg" and a == b
+
+
+def test_paper_metric_per_table():
+    assert set(ablations.PAPER_METRIC) == set(ablations.TABLES)
+    assert "VOC" in ablations.PAPER_METRIC["table8"]
+    assert "box AP" in ablations.PAPER_METRIC["table2d"]
+
+
+@pytest.mark.parametrize("table", ["table2c", "table2d"])
+def test_roi_layer_overrides_build_the_right_model(table):
+    from rcnn_steps.roi_ops import RoIOp
+
+    stride = {"table2c": 8, "table2d": 32}[table]
+    for setting in faster_rcnn_grid(table).values():
+        overrides = setting["overrides"]
+        config = DetectorConfig.cpu(**overrides)
+        for key, value in overrides.items():
+            assert getattr(config, key) == value
+        # the ci preset's small model, at the stride the cpu preset runs the grid at
+        model = FasterRCNN(
+            DetectorConfig.ci(**{"feature_stage": config.feature_stage, **overrides})
+        )
+        expected = RoIOp(overrides["roi_op"], overrides.get("roi_aligned", False))
+        assert model.roi_heads.pooler.roi_op == expected
+        feature = model.backbone(torch.zeros(1, 3, 64, 64))[model.config.feature_stage]
+        assert 64 // feature.shape[-1] == stride
+
+
+def test_roi_aligned_reaches_the_pooler():
+    model = FasterRCNN(DetectorConfig.ci(roi_op="roialign_avg", roi_aligned=True))
+    assert model.roi_heads.pooler.roi_op.aligned
+    assert not FasterRCNN(DetectorConfig.ci(roi_op="roialign_avg")).roi_heads.pooler.roi_op.aligned
+
+
+def test_table2d_runs_and_keeps_paper_numbers(tiny_synth, tmp_path):
+    out = tmp_path / "t2d.json"
+    results = run_grid(
+        "table2d", [0], "ci", out, max_iter=2, root=tiny_synth, num_eval_images=3, verbose=False
+    )
+    payload = read_results(out)["results"]
+    assert payload["paper_metric"] == ablations.PAPER_METRIC["table2d"]
+    assert sorted(payload["runs"]) == ["roialign_avg/seed0", "roipool/seed0"]
+    for name, setting in faster_rcnn_grid("table2d").items():
+        s = results["summary"][name]
+        assert s["n"] == 1 and s["paper"] == setting["paper"]
+        assert "AP75" in s and 0.0 <= s["AP75"]["mean"] <= 1.0
+        assert payload["settings"][name]["paper_mask"] == setting["paper_mask"]
+
+
+def test_command_prints_table2c_with_its_extra_row(tmp_path, monkeypatch, capsys):
+    grid = faster_rcnn_grid("table2c")
+    aps = {run_key(n, 0): 0.3 for n in grid}
+    calls: list[str] = []
+    monkeypatch.setattr(ablations, "run_setting", _fake_run(aps, calls))
+    out = tmp_path / "t2c.json"
+    argv = ["faster-rcnn", "--table", "table2c", "--seeds", "0", "--preset", "ci"]
+    assert ablations.main([*argv, "--max-iter", "3", "--out", str(out)]) == 0
+    assert calls == [run_key(n, 0) for n in grid]
+    printed = capsys.readouterr().out
+    assert "30.3/51.2/31.5" in printed and "roialign_avg_aligned" in printed
+    results = read_results(out)["results"]
+    assert results["summary"]["roialign_avg_aligned"]["paper"] is None
+    assert results["paper_metric"] == ablations.PAPER_METRIC["table2c"]
+
+
+# -- FPN Table 3: single map (C4, C5, our C3) vs feature pyramid ------------------------
+
+
+def test_fpn_table3_grid_and_paper_numbers():
+    grid = faster_rcnn_grid("fpn_table3")
+    assert list(grid) == ["c4", "c5_2fc", "fpn", "c3_2fc"]
+    # FPN paper Table 3 (Faster R-CNN), ResNet-50, COCO minival: AP, AP50, APs, APm, APl
+    t3 = {n: tuple(grid[n]["paper"].values()) for n in ("c4", "c5_2fc", "fpn")}
+    assert t3 == {
+        "c4": (31.6, 53.1, 13.2, 35.6, 47.1),
+        "c5_2fc": (28.0, 51.7, 9.6, 31.9, 43.1),
+        "fpn": (33.9, 56.9, 17.8, 37.7, 45.8),
+    }
+    assert list(grid["c4"]["paper"]) == ["AP", "AP50", "APs", "APm", "APl"]
+    # Table 2 (Fast R-CNN on fixed proposals) kept beside it
+    assert tuple(grid["c4"]["paper_table2"].values()) == (31.9, 54.7, 15.7, 36.5, 45.5)
+    assert tuple(grid["c5_2fc"]["paper_table2"].values()) == (28.8, 52.9, 11.9, 32.4, 43.4)
+    assert grid["fpn"]["paper_table2"] == grid["fpn"]["paper"]
+    assert grid["c3_2fc"]["paper"] is None and grid["c3_2fc"]["paper_table2"] is None
+    assert "Table 3" in ablations.PAPER_METRIC["fpn_table3"]
+    assert "FPN" in ablations.PAPER_METRIC["fpn_table3"]
+
+
+def test_fpn_table3_settings_are_the_presets_and_designs():
+    from rcnn_steps.ablations import detector_config
+
+    grid = faster_rcnn_grid("fpn_table3")
+    configs = {n: detector_config("cpu", s["overrides"]) for n, s in grid.items()}
+    # the pyramid row is the cpu_fpn preset, the stride-8 row the cpu preset (chapters 03-04)
+    assert configs["fpn"] == DetectorConfig.cpu_fpn()
+    assert configs["c3_2fc"] == DetectorConfig.cpu()
+    # the single-map paper rows: C4 with res5 as the head, C5 with the 2-fc head
+    assert (configs["c4"].feature_stage, configs["c4"].box_head) == ("c4", "c5")
+    assert (configs["c5_2fc"].feature_stage, configs["c5_2fc"].box_head) == ("c5", "mlp")
+    for name in ("c4", "c5_2fc"):
+        assert configs[name].anchor_sizes == ablations.FPN_TABLE3_ANCHOR_SIZES
+        assert configs[name].anchor_sizes == DetectorConfig.cpu_fpn().fpn_anchor_sizes
+    # everything else is the preset's: same RPN and RoI sampling, pooling and fc width
+    for config in configs.values():
+        assert config.pooled_size == 7 and config.roi_op == "roipool"
+        assert config.box_head_size == DetectorConfig.cpu().box_head_size
+        assert config.roi_batch_size_per_image == DetectorConfig.cpu().roi_batch_size_per_image
+
+
+@pytest.mark.parametrize(
+    "name, strides, head",
+    [
+        ("c4", {"c4": 16}, "C5BoxHead"),
+        ("c5_2fc", {"c5": 32}, "TwoMLPHead"),
+        ("fpn", {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}, "TwoMLPHead"),
+        ("c3_2fc", {"c3": 8}, "TwoMLPHead"),
+    ],
+)
+def test_fpn_table3_settings_build_the_right_model(name, strides, head):
+    overrides = faster_rcnn_grid("fpn_table3")[name]["overrides"]
+    model = FasterRCNN(DetectorConfig.ci(**overrides))  # the ci preset's small widths
+    assert type(model.roi_heads.box_head).__name__ == head
+    features = model.backbone(torch.zeros(1, 3, 128, 128))
+    assert {k: 128 // v.shape[-1] for k, v in features.items()} == strides
+    levels = len(strides) if name == "fpn" else 1
+    assert len(model.rpn.anchor_generator.num_anchors_per_location()) == levels
+
+
+def test_fpn_table3_runs_with_timing_threads(tiny_synth, tmp_path):
+    out = tmp_path / "fpn3.json"
+    kwargs = dict(root=tiny_synth, num_eval_images=3, verbose=False, timing_threads=1)
+    results = run_grid("fpn_table3", [0], "ci", out, max_iter=2, settings=["c4", "fpn"], **kwargs)
+    payload = read_results(out)["results"]
+    assert payload["paper_metric"] == ablations.PAPER_METRIC["fpn_table3"]
+    assert sorted(payload["runs"]) == ["c4/seed0", "fpn/seed0"]
+    for run in payload["runs"].values():
+        assert run["timing_threads"] == 1 and run["seconds_per_image"] > 0
+        assert {"APs", "APm", "APl"} <= set(run["metrics"])
+    assert payload["settings"]["c4"]["paper_table2"]["AP"] == 31.9
+    assert results["summary"]["c5_2fc"]["n"] == 0
+
+
+def test_command_passes_timing_threads(tmp_path, monkeypatch):
+    seen = []
+
+    def fake(name, overrides, seed, preset, max_iter=None, **kwargs):
+        seen.append(kwargs["timing_threads"])
+        metrics = {"AP": 0.1, "AP50": 0.2}
+        return {"name": name, "seed": seed, "metrics": metrics, "wall_time_s": 1.0}
+
+    monkeypatch.setattr(ablations, "run_setting", fake)
+    out = tmp_path / "fpn3.json"
+    argv = ["faster-rcnn", "--table", "fpn_table3", "--seeds", "0", "--preset", "ci"]
+    assert ablations.main([*argv, "--timing-threads", "1", "--out", str(out)]) == 0
+    assert seen == [1, 1, 1, 1]
+    assert ablations.main([*argv, "--settings", "fpn", "--out", str(tmp_path / "b.json")]) == 0
+    assert seen[-1] is None  # unchanged by default
