@@ -745,7 +745,7 @@ def run_grid(
         key = run_key(name, seed)
         if key in runs:
             if verbose:
-                print(f"[{i}/{len(todo)}] {key}: already in {out}, skipped")
+                print(f"[{i}/{len(todo)}] {key}: already in {out}, skipped", flush=True)
             continue
         run = run_setting(
             name,
@@ -767,7 +767,8 @@ def run_grid(
             m = run["metrics"]
             print(
                 f"[{i}/{len(todo)}] {key}: AP {m['AP']:.3f} AP50 {m['AP50']:.3f} "
-                f"in {run['wall_time_s']:.0f} s (paper {_paper_text(grid[name]['paper'])})"
+                f"in {run['wall_time_s']:.0f} s (paper {_paper_text(grid[name]['paper'])})",
+                flush=True,  # a grid runs for an hour: show progress in a redirected log
             )
     final = results()
     write_results(out, final, preset=preset, seeds=all_seeds, started=started)

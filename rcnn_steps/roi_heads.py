@@ -113,13 +113,14 @@ class RoIPooler(nn.Module):
         super().__init__()
         self.roi_op_name = roi_op
         self.roi_op = get_roi_op(roi_op, aligned=aligned)
+        self.aligned = aligned
         self.output_size = output_size
         self.sampling_ratio = sampling_ratio
 
     def extra_repr(self) -> str:
         return (
             f"roi_op={self.roi_op_name!r}, output_size={self.output_size}, "
-            f"sampling_ratio={self.sampling_ratio}"
+            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}"
         )
 
     def forward(

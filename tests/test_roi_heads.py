@@ -111,3 +111,9 @@ def test_fast_rcnn_background_range():
     _, labels, _, _ = heads.select_training_samples([far], targets)
     # The far box (IoU 0) is neither foreground nor background; the near one is background.
     assert sorted(labels[0].tolist()) == [0, 1]
+
+
+def test_pooler_repr_shows_every_setting():
+    text = repr(RoIPooler("roialign_avg", 7, 2, aligned=True))
+    assert "roi_op='roialign_avg'" in text and "aligned=True" in text
+    assert "aligned=False" in repr(RoIPooler("roipool", 7))
