@@ -74,7 +74,65 @@ def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Seq
     )
 
 
-class TinyBackbone(nn.Module):
+class _StagedBackbone(nn.Module):
+    """What both backbones share: a ``stem`` then stages c2..c5 in ``self.stages`` (an
+    ``nn.ModuleDict``), run up to the last of ``self.return_stages``, and split into a
+    trunk and a head for the C4 design. Subclasses build the stages and set
+    ``in_channels``, ``return_stages``, ``out_channels`` and ``strides``."""
+
+    in_channels: int
+    return_stages: tuple[str, ...]
+
+    def _set_return_stages(self, return_stages: Sequence[str] | str) -> None:
+        if isinstance(return_stages, str):
+            return_stages = (return_stages,)
+        unknown = [s for s in return_stages if s not in STAGES]
+        if unknown or not return_stages:
+            raise ValueError(
+                f"{type(self).__name__}: return_stages must name stages among {STAGES}, got "
+                f"{tuple(return_stages)!r}; ('c4',) is single-level Faster R-CNN."
+            )
+        self.return_stages = tuple(sorted(set(return_stages), key=STAGES.index))
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        """``(N, C, H, W)`` images -> ``OrderedDict`` of the requested stages, stage ``s``
+        of shape ``(N, out_channels[s], ceil(H / strides[s]), ceil(W / strides[s]))`` (a
+        multiple-of-32 image size makes every division exact)."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__}: expected a batch (N, {self.in_channels}, H, W), got "
+                f"{tuple(x.shape)}."
+            )
+        out: OrderedDict[str, Tensor] = OrderedDict()
+        x = self.stages["stem"](x)
+        last = self.return_stages[-1]
+        for name in STAGES:
+            x = self.stages[name](x)
+            if name in self.return_stages:
+                out[name] = x
+            if name == last:
+                break
+        return out
+
+    def split(self, stage: str = "c4") -> tuple[nn.Sequential, nn.Sequential]:
+        """``(trunk, head)``: the network up to and including ``stage``, and the stages
+        after it, as two ``nn.Sequential`` that *share* this backbone's modules.
+
+        ``split("c4")`` is the C4 design: ``trunk`` maps images to the stride-16 map the
+        RPN and RoI pooling read, ``head`` is "res5" (c5) that the RoI head runs on every
+        pooled region (:class:`rcnn_steps.roi_heads.C5BoxHead`).
+        """
+        if stage not in STAGES:
+            raise ValueError(
+                f"{type(self).__name__}.split: stage must be one of {STAGES}, got {stage!r}."
+            )
+        cut = STAGES.index(stage) + 1
+        trunk = nn.Sequential(self.stages["stem"], *(self.stages[s] for s in STAGES[:cut]))
+        head = nn.Sequential(*(self.stages[s] for s in STAGES[cut:]))
+        return trunk, head
+
+
+class TinyBackbone(_StagedBackbone):
     """A ResNet-shaped conv-BN-ReLU backbone with stages c2..c5 (strides 4, 8, 16, 32).
 
     Args:
@@ -100,19 +158,11 @@ class TinyBackbone(nn.Module):
         blocks_per_stage: int = 1,
     ) -> None:
         super().__init__()
-        if isinstance(return_stages, str):
-            return_stages = (return_stages,)
-        unknown = [s for s in return_stages if s not in STAGES]
-        if unknown or not return_stages:
-            raise ValueError(
-                f"TinyBackbone: return_stages must name stages among {STAGES}, got "
-                f"{tuple(return_stages)!r}; ('c4',) is single-level Faster R-CNN."
-            )
+        self._set_return_stages(return_stages)
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"TinyBackbone: width must be a positive int, got {width!r}.")
         self.width = width
         self.in_channels = in_channels
-        self.return_stages = tuple(sorted(set(return_stages), key=STAGES.index))
         self.out_channels = {"c2": width, "c3": 2 * width, "c4": 4 * width, "c5": 8 * width}
         self.strides = dict(STRIDES)
 
@@ -148,41 +198,6 @@ class TinyBackbone(nn.Module):
 
     def extra_repr(self) -> str:
         return f"width={self.width}, return_stages={self.return_stages}"
-
-    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        """``(N, C, H, W)`` images -> ``OrderedDict`` of the requested stages, stage ``s``
-        of shape ``(N, out_channels[s], ceil(H / strides[s]), ceil(W / strides[s]))`` (a
-        multiple-of-32 image size makes every division exact)."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"TinyBackbone: expected a batch (N, {self.in_channels}, H, W), got "
-                f"{tuple(x.shape)}."
-            )
-        out: OrderedDict[str, Tensor] = OrderedDict()
-        x = self.stages["stem"](x)
-        last = self.return_stages[-1]
-        for name in STAGES:
-            x = self.stages[name](x)
-            if name in self.return_stages:
-                out[name] = x
-            if name == last:
-                break
-        return out
-
-    def split(self, stage: str = "c4") -> tuple[nn.Sequential, nn.Sequential]:
-        """``(trunk, head)``: the network up to and including ``stage``, and the stages
-        after it, as two ``nn.Sequential`` that *share* this backbone's modules.
-
-        ``split("c4")`` is the C4 design: ``trunk`` maps images to the stride-16 map the
-        RPN and RoI pooling read, ``head`` is "res5" (c5) that the RoI head runs on every
-        pooled region (:class:`rcnn_steps.roi_heads.C5BoxHead`).
-        """
-        if stage not in STAGES:
-            raise ValueError(f"TinyBackbone.split: stage must be one of {STAGES}, got {stage!r}.")
-        cut = STAGES.index(stage) + 1
-        trunk = nn.Sequential(self.stages["stem"], *(self.stages[s] for s in STAGES[:cut]))
-        head = nn.Sequential(*(self.stages[s] for s in STAGES[cut:]))
-        return trunk, head
 
 
 # ----------------------------------------------------------------------------------------
@@ -268,7 +283,7 @@ RESNET_DEPTHS = (50, 101)
 _TRAIN_ORDER = ("c5", "c4", "c3", "c2", "stem")
 
 
-class ResNetBackbone(nn.Module):
+class ResNetBackbone(_StagedBackbone):
     """torchvision's ResNet-50/101 as stages c2..c5, the interface of :class:`TinyBackbone`.
 
     =====  ======  ========  =====================================================
@@ -317,14 +332,7 @@ class ResNetBackbone(nn.Module):
         fn = "ResNetBackbone"
         if depth not in RESNET_DEPTHS:
             raise ValueError(f"{fn}: depth must be one of {RESNET_DEPTHS}, got {depth!r}.")
-        if isinstance(return_stages, str):
-            return_stages = (return_stages,)
-        unknown = [s for s in return_stages if s not in STAGES]
-        if unknown or not return_stages:
-            raise ValueError(
-                f"{fn}: return_stages must name stages among {STAGES}, got "
-                f"{tuple(return_stages)!r}."
-            )
+        self._set_return_stages(return_stages)
         if trainable_layers is None:
             trainable_layers = 3 if weights_path is not None else 5
         if isinstance(trainable_layers, bool) or trainable_layers not in range(6):
@@ -343,7 +351,6 @@ class ResNetBackbone(nn.Module):
         self.in_channels = 3
         self.frozen_bn = bool(frozen_bn)
         self.trainable_layers = trainable_layers
-        self.return_stages = tuple(sorted(set(return_stages), key=STAGES.index))
         self.out_channels = {"c2": 256, "c3": 512, "c4": 1024, "c5": 2048}
         self.strides = dict(STRIDES)
         self.stages = nn.ModuleDict(
@@ -363,33 +370,6 @@ class ResNetBackbone(nn.Module):
             f"depth={self.depth}, return_stages={self.return_stages}, "
             f"trainable_layers={self.trainable_layers}, frozen_bn={self.frozen_bn}"
         )
-
-    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"ResNetBackbone: expected a batch (N, {self.in_channels}, H, W), got "
-                f"{tuple(x.shape)}."
-            )
-        out: OrderedDict[str, Tensor] = OrderedDict()
-        x = self.stages["stem"](x)
-        last = self.return_stages[-1]
-        for name in STAGES:
-            x = self.stages[name](x)
-            if name in self.return_stages:
-                out[name] = x
-            if name == last:
-                break
-        return out
-
-    def split(self, stage: str = "c4") -> tuple[nn.Sequential, nn.Sequential]:
-        """As :meth:`TinyBackbone.split`: ``split("c4")[1]`` is res5 for
-        :class:`rcnn_steps.roi_heads.C5BoxHead` (the C4 design of He et al. 2016)."""
-        if stage not in STAGES:
-            raise ValueError(f"ResNetBackbone.split: stage must be one of {STAGES}, got {stage!r}.")
-        cut = STAGES.index(stage) + 1
-        trunk = nn.Sequential(self.stages["stem"], *(self.stages[s] for s in STAGES[:cut]))
-        head = nn.Sequential(*(self.stages[s] for s in STAGES[cut:]))
-        return trunk, head
 
 
 def _load_resnet_weights(net: nn.Module, path: str) -> None:
