@@ -86,3 +86,15 @@ def read_table(path: str | os.PathLike | None = None) -> list[dict[str, Any]]:
         )
     rows = json.loads(path.read_text())["rows"].values()
     return sorted(rows, key=lambda r: (r["chapter"], r["detector"]))
+
+
+def add_evaluate_arguments(parser) -> None:
+    """The options every detector's ``evaluate`` command shares (an
+    ``argparse.ArgumentParser``): ``--threads`` (training), ``--timing-threads`` (test
+    time, so rows are timed alike), ``--progress`` and ``--no-evolution``."""
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--timing-threads", type=int, default=None, help="threads at test time (default --threads)"
+    )
+    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--no-evolution", action="store_true", help="do not add the table row")

@@ -414,6 +414,7 @@ def _evaluate_command(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from rcnn_steps.evolution import add_evaluate_arguments
     from rcnn_steps.utils import results_dir
 
     parser = argparse.ArgumentParser(prog="python -m rcnn_steps.fast_rcnn")
@@ -421,12 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ev = sub.add_parser("evaluate", help="train, evaluate, write results and the table row")
     ev.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     ev.add_argument("--out", type=Path, default=results_dir() / "fast_rcnn.json")
-    ev.add_argument("--threads", type=int, default=2)
-    ev.add_argument(
-        "--timing-threads", type=int, default=None, help="threads at test time (default --threads)"
-    )
-    ev.add_argument("--progress", action="store_true")
-    ev.add_argument("--no-evolution", action="store_true", help="do not add the table row")
+    add_evaluate_arguments(ev)
     args = parser.parse_args(argv)
     return _evaluate_command(args)
 

@@ -712,6 +712,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     the synthetic train set, measure box AP and seconds per image on the evolution
     table's val images, write ``results/faster_rcnn.json`` (``--preset cpu_fpn``:
     ``results/faster_rcnn_fpn.json``) and the table's row."""
+    from rcnn_steps.evolution import add_evaluate_arguments
+
     parser = argparse.ArgumentParser(prog="python -m rcnn_steps.faster_rcnn")
     sub = parser.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("evaluate", help="train, evaluate, write results and the table row")
@@ -730,12 +732,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ev.add_argument(
         "--num-eval-images", type=int, default=None, help="default: the evolution table's 50"
     )
-    ev.add_argument("--threads", type=int, default=2)
-    ev.add_argument(
-        "--timing-threads", type=int, default=None, help="threads at test time (default --threads)"
-    )
-    ev.add_argument("--progress", action="store_true")
-    ev.add_argument("--no-evolution", action="store_true", help="do not add the table row")
+    add_evaluate_arguments(ev)
     args = parser.parse_args(argv)
     return _evaluate_command(args)
 
