@@ -39,6 +39,16 @@ from rcnn_steps.backbones import STAGES, ResNetBackbone, TinyBackbone
 from rcnn_steps.engine import TrainConfig
 from rcnn_steps.fpn import BackboneWithFPN, check_levels, level_number
 from rcnn_steps.image_list import ImageList
+from rcnn_steps.keypoint_head import KeypointBranch, KeypointRCNNHeads, KeypointRCNNPredictor
+from rcnn_steps.mask_head import (
+    MASK_HEADS,
+    MASK_LOSSES,
+    MaskBranch,
+    MaskMLPHead,
+    MaskMLPPredictor,
+    MaskRCNNHeads,
+    MaskRCNNPredictor,
+)
 from rcnn_steps.poolers import MultiScaleRoIPooler
 from rcnn_steps.roi_heads import (
     C5BoxHead,
@@ -48,12 +58,17 @@ from rcnn_steps.roi_heads import (
     TwoMLPHead,
     check_targets,
 )
+from rcnn_steps.roi_ops import ROI_OP_NAMES
 from rcnn_steps.rpn import RegionProposalNetwork, RPNHead
+from rcnn_steps.utils import StageClock
 
 __all__ = [
     "DetectorConfig",
     "FasterRCNN",
     "build_backbone",
+    "build_keypoint_branch",
+    "build_mask_branch",
+    "build_pooler",
     "build_roi_heads",
     "build_rpn",
     "preprocess",
@@ -133,7 +148,30 @@ class DetectorConfig:
     roi_positive_fraction: float = 0.25
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
-    detections_per_img: int = 100
+    detections_per_img: int = 100  #: kept per image; only these get masks and keypoints
+    # -- mask branch (Mask R-CNN, He et al. 2017; chapter 07) --------------------------
+    masks: bool = False  #: add the mask branch (Mask R-CNN); False: Faster R-CNN
+    #: "fcn" (4 convs + deconv, Figure 4 right), "c5" (the C4 design: the box head's
+    #: res5 + deconv, Figure 4 left; needs box_head="c5") or "mlp" (Table 2e)
+    mask_head: str = "fcn"
+    #: "sigmoid" (per-class binary masks, section 3) or "softmax" (Table 2b)
+    mask_loss: str = "sigmoid"
+    mask_class_agnostic: bool = False  #: one mask per RoI instead of one per class
+    mask_roi_op: str | None = None  #: the mask branch's RoI layer; None: roi_op
+    mask_pooled_size: int = 14  #: RoI features of the mask head (masks are twice that)
+    mask_head_channels: int = 256  #: width of the FCN convs and the deconv (paper: 256)
+    mask_head_convs: int = 4  #: 3x3 convs of the FCN head (paper: 4)
+    mask_mlp_layers: int = 2  #: "mlp" head: hidden fc layers (Table 2e: 2, or 3)
+    mask_mlp_size: int = 1024  #: "mlp" head: their width (paper: 1024)
+    # -- keypoint branch (Mask R-CNN section 5; chapter 07) ----------------------------
+    keypoints: bool = False  #: add the keypoint branch
+    #: one keypoint count per class (0: no keypoints), e.g. keypoint_counts_of(dataset
+    #: .categories); the synthetic set: (0, 0, 0, 0, 0, 11), its person has 11
+    keypoint_counts: tuple[int, ...] = (0, 0, 0, 0, 0, 11)
+    keypoint_roi_op: str | None = None  #: the keypoint branch's RoI layer; None: roi_op
+    keypoint_pooled_size: int = 14  #: RoI features (heatmaps are 4x: 56 x 56)
+    keypoint_head_channels: int = 512  #: width of the convs (paper: 512)
+    keypoint_head_convs: int = 8  #: 3x3 convs (paper: 8)
     # -- bookkeeping ------------------------------------------------------------------
     preset: str = field(default="default", compare=False)
 
@@ -151,6 +189,71 @@ class DetectorConfig:
             raise ValueError(f"num_classes must be >= 1 (object classes), got {self.num_classes}.")
         self.anchor_sizes = tuple(self.anchor_sizes)
         self.anchor_aspect_ratios = tuple(self.anchor_aspect_ratios)
+        self._check_branches()
+
+    def _check_branches(self) -> None:
+        """Validate the mask and keypoint fields (chapter 07)."""
+        self.keypoint_counts = tuple(int(c) for c in self.keypoint_counts)
+        for name in ("roi_op", "mask_roi_op", "keypoint_roi_op"):
+            value = getattr(self, name)
+            if value is not None and value not in ROI_OP_NAMES:
+                raise ValueError(f"{name} must be one of {ROI_OP_NAMES}, got {value!r}.")
+        if self.mask_head not in MASK_HEADS:
+            raise ValueError(f"mask_head must be one of {MASK_HEADS}, got {self.mask_head!r}.")
+        if self.mask_loss not in MASK_LOSSES:
+            raise ValueError(f"mask_loss must be one of {MASK_LOSSES}, got {self.mask_loss!r}.")
+        if self.masks and self.mask_head == "c5" and self.box_head != "c5":
+            raise ValueError(
+                "mask_head='c5' is the C4 design's mask head: it reuses the box head's res5 "
+                "stage, so it needs box_head='c5' (and feature_stage='c4'); with another box "
+                "head use mask_head='fcn'."
+            )
+        if self.masks and self.mask_loss == "softmax" and self.mask_class_agnostic:
+            raise ValueError(
+                "mask_loss='softmax' makes the classes compete at every pixel, which needs "
+                "one mask per class; class-agnostic masks (one per RoI) go with "
+                "mask_loss='sigmoid'."
+            )
+        if self.keypoints:
+            counts = self.keypoint_counts
+            if len(counts) != self.num_classes or min(counts) < 0 or max(counts) == 0:
+                raise ValueError(
+                    f"keypoint_counts must hold one count >= 0 per class ({self.num_classes} "
+                    f"classes), at least one above 0, got {counts}; for a COCO-format "
+                    "dataset use rcnn_steps.keypoint_head.keypoint_counts_of(dataset."
+                    "categories), or set keypoints=False for data without keypoints."
+                )
+        for name in (
+            "mask_pooled_size",
+            "keypoint_pooled_size",
+            "mask_head_channels",
+            "keypoint_head_channels",
+            "mask_mlp_size",
+            "mask_mlp_layers",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")  # fmt: skip
+        if self.mask_head_convs < 0 or self.keypoint_head_convs < 1:
+            raise ValueError(
+                "mask_head_convs must be >= 0 and keypoint_head_convs >= 1, got "
+                f"{self.mask_head_convs} and {self.keypoint_head_convs}."
+            )
+        if self.mask_head == "c5" and self.mask_pooled_size % 2:
+            raise ValueError(
+                "mask_head='c5' halves the RoI features (res5 has stride 2) and the deconv "
+                f"doubles them back: mask_pooled_size must be even, got {self.mask_pooled_size}."
+            )
+
+    @property
+    def mask_resolution(self) -> int:
+        """M, the side of the predicted masks: twice the pooled size for "fcn" and "mlp"
+        (14 -> 28); the pooled size for "c5" (res5 halves it, the deconv doubles it)."""
+        return self.mask_pooled_size * (1 if self.mask_head == "c5" else 2)
+
+    @property
+    def heatmap_size(self) -> int:
+        """m, the side of the keypoint heatmaps: 4x the pooled size (14 -> 56)."""
+        return self.keypoint_pooled_size * 4
 
     def _check_backbone_and_fpn(self) -> None:
         """Validate the backbone and FPN fields and resolve ``size_divisible=None``."""
@@ -333,6 +436,50 @@ class DetectorConfig:
         )
         return cls(**{**values, **overrides})
 
+    # -- Mask R-CNN presets (chapter 07) ------------------------------------------------
+
+    @classmethod
+    def ci_mask(cls, **overrides: Any) -> DetectorConfig:
+        """:meth:`ci` with slim mask and keypoint branches, for tests and shape cells."""
+        values = dict(
+            masks=True,
+            keypoints=True,
+            roi_op="roialign_avg",
+            mask_head_channels=8,
+            keypoint_head_channels=8,
+            keypoint_head_convs=2,
+            mask_mlp_size=32,
+            preset="ci_mask",
+        )
+        return cls.ci(**{**values, **overrides})
+
+    @classmethod
+    def cpu_mask(cls, **overrides: Any) -> DetectorConfig:
+        """Mask R-CNN for a 2-core laptop: chapter 05's :meth:`cpu_fpn` detector with
+        RoIAlign (chapter 06) in every branch, plus the FCN mask head (four 3x3 convs,
+        deconv to 28 x 28, per-class sigmoid masks) and the keypoint head (eight 3x3
+        convs, deconv + 2x up to 56 x 56) on 14 x 14 RoIs, as the paper's ResNet-FPN
+        Mask R-CNN, both heads slimmed from the paper's 256 / 512 channels to 64 / 64
+        (``train_config("cpu_mask")`` is its schedule). RoIAlign without the half-pixel
+        shift (``roi_aligned=False``), as the paper and torchvision's Mask R-CNN."""
+        values = dict(
+            roi_op="roialign_avg",
+            masks=True,
+            keypoints=True,
+            mask_head_channels=64,
+            keypoint_head_channels=64,
+            preset="cpu_mask",
+        )
+        return cls.cpu_fpn(**{**values, **overrides})
+
+    @classmethod
+    def gpu_mask(cls, **overrides: Any) -> DetectorConfig:
+        """:meth:`gpu` (ResNet-50-FPN at the paper's sizes, for 512 px images) as Mask
+        R-CNN: RoIAlign, the paper's FCN mask head (256 channels) and keypoint head (512
+        channels, 8 convs). Not trained in this repository; it needs a GPU."""
+        values = dict(roi_op="roialign_avg", masks=True, keypoints=True, preset="gpu_mask")
+        return cls.gpu(**{**values, **overrides})
+
     # -- printing ---------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -346,6 +493,10 @@ class DetectorConfig:
         for key, value in items.items():
             if key != "preset":
                 print(f"  {key:<{width}}  {value!r}")
+        if self.masks:
+            print(f"  {'(mask resolution M)':<{width}}  {self.mask_resolution}")
+        if self.keypoints:
+            print(f"  {'(heatmap size m)':<{width}}  {self.heatmap_size}")
 
 
 #: The training schedule that goes with each preset (engine.TrainConfig fields), for
@@ -363,6 +514,9 @@ PRESET_TRAINING: dict[str, dict[str, Any]] = {
 }
 #: The FPN preset trains on the cpu preset's schedule: the comparison is on the same budget.
 PRESET_TRAINING["cpu_fpn"] = dict(PRESET_TRAINING["cpu"])
+#: Mask R-CNN (chapter 07) on the same budget again: the heads are what changes.
+PRESET_TRAINING["ci_mask"] = dict(PRESET_TRAINING["ci"])
+PRESET_TRAINING["cpu_mask"] = dict(PRESET_TRAINING["cpu"])
 
 
 def train_config(preset: str = "cpu", **overrides: Any) -> TrainConfig:
@@ -440,28 +594,69 @@ def build_rpn(config: DetectorConfig, in_channels: int) -> RegionProposalNetwork
     )
 
 
-def build_roi_heads(config: DetectorConfig, backbone: nn.Module) -> RoIHeads:
-    """The box branch reading ``config.feature_stage`` of ``backbone``, or with FPN the
-    levels ``config.fpn_roi_levels``, each RoI from the level of FPN eq. (1)
-    (:class:`~rcnn_steps.poolers.MultiScaleRoIPooler`) into fc6/fc7 on ``fpn_channels x 7
-    x 7`` (the FPN paper's 2-fc head, section 4.2)."""
-    pooler: nn.Module
+def build_pooler(config: DetectorConfig, roi_op: str, output_size: int) -> nn.Module:
+    """A RoI pooler with the config's RoI layer settings: from ``config.feature_stage``,
+    or with FPN each RoI from its level of ``config.fpn_roi_levels`` (FPN eq. 1,
+    :class:`~rcnn_steps.poolers.MultiScaleRoIPooler`). The box, mask and keypoint
+    branches each have one (7, 14 and 14 bins)."""
     if config.fpn:
-        channels = config.fpn_channels
-        pooler = MultiScaleRoIPooler(
-            config.roi_op,
-            config.pooled_size,
+        return MultiScaleRoIPooler(
+            roi_op,
+            output_size,
             config.sampling_ratio,
             aligned=config.roi_aligned,
             canonical_size=config.roi_canonical_size,
             canonical_level=config.roi_canonical_level,
             levels=config.fpn_roi_levels,
         )
+    return RoIPooler(roi_op, output_size, config.sampling_ratio, aligned=config.roi_aligned)
+
+
+def build_mask_branch(config: DetectorConfig, in_channels: int, box_head: nn.Module) -> MaskBranch:
+    """Mask R-CNN's mask branch (Figure 4): ``config.mask_head`` on ``config.mask_pooled_size``
+    RoI features of ``in_channels`` channels, one mask per class (K + 1 channels, as
+    torchvision's) or one for all (``mask_class_agnostic``). ``"c5"`` shares the C4 box
+    head's res5 stage (``box_head.stage``)."""
+    num_masks = 1 if config.mask_class_agnostic else config.num_classes + 1
+    pooler = build_pooler(config, config.mask_roi_op or config.roi_op, config.mask_pooled_size)
+    width = config.mask_head_channels
+    head: nn.Module
+    if config.mask_head == "fcn":
+        head = MaskRCNNHeads(in_channels, (width,) * config.mask_head_convs)
+        predictor: nn.Module = MaskRCNNPredictor(head.out_channels, width, num_masks)
+    elif config.mask_head == "c5":
+        head = box_head.stage  # the same res5 modules the box head runs
+        predictor = MaskRCNNPredictor(box_head.out_channels, width, num_masks)
     else:
-        channels = backbone.out_channels[config.feature_stage]
-        pooler = RoIPooler(
-            config.roi_op, config.pooled_size, config.sampling_ratio, aligned=config.roi_aligned
+        head = MaskMLPHead(
+            in_channels * config.mask_pooled_size**2, config.mask_mlp_size, config.mask_mlp_layers
         )
+        predictor = MaskMLPPredictor(config.mask_mlp_size, num_masks, config.mask_resolution)
+    return MaskBranch(pooler, head, predictor, config.mask_loss)
+
+
+def build_keypoint_branch(config: DetectorConfig, in_channels: int) -> KeypointBranch:
+    """Mask R-CNN's keypoint branch (section 5): ``keypoint_head_convs`` 3x3 convs of
+    ``keypoint_head_channels`` on ``keypoint_pooled_size`` RoI features, deconv + 2x
+    up to heatmaps, one group of channels per keypoint class (``keypoint_counts``)."""
+    pooler = build_pooler(
+        config, config.keypoint_roi_op or config.roi_op, config.keypoint_pooled_size
+    )
+    head = KeypointRCNNHeads(
+        in_channels, (config.keypoint_head_channels,) * config.keypoint_head_convs
+    )
+    predictor = KeypointRCNNPredictor(head.out_channels, sum(config.keypoint_counts))
+    return KeypointBranch(pooler, head, predictor, config.keypoint_counts)
+
+
+def build_roi_heads(config: DetectorConfig, backbone: nn.Module) -> RoIHeads:
+    """The box branch reading ``config.feature_stage`` of ``backbone``, or with FPN the
+    levels ``config.fpn_roi_levels``, each RoI from the level of FPN eq. (1)
+    (:class:`~rcnn_steps.poolers.MultiScaleRoIPooler`) into fc6/fc7 on ``fpn_channels x 7
+    x 7`` (the FPN paper's 2-fc head, section 4.2); with ``config.masks`` /
+    ``config.keypoints`` also the mask and keypoint branches (Mask R-CNN)."""
+    channels = config.fpn_channels if config.fpn else backbone.out_channels[config.feature_stage]
+    pooler = build_pooler(config, config.roi_op, config.pooled_size)
     if config.box_head == "c5":
         box_head: nn.Module = C5BoxHead(backbone.split("c4")[1], backbone.out_channels["c5"])
     else:
@@ -478,6 +673,8 @@ def build_roi_heads(config: DetectorConfig, backbone: nn.Module) -> RoIHeads:
         score_thresh=config.box_score_thresh,
         nms_thresh=config.box_nms_thresh,
         detections_per_img=config.detections_per_img,
+        mask_branch=build_mask_branch(config, channels, box_head) if config.masks else None,
+        keypoint_branch=build_keypoint_branch(config, channels) if config.keypoints else None,
     )
 
 
@@ -541,6 +738,16 @@ class FasterRCNN(nn.Module):
     model(images)`` returns per image ``{"boxes" (D, 4) xyxy, "labels" (D,) in 1..K,
     "scores" (D,)}``. Targets: per image ``{"boxes" (G, 4) float xyxy, "labels" (G,)
     int64 in 1..K}``, G may be 0.
+
+    **Mask R-CNN is this model with its branches on** (chapter 07): with
+    ``config.masks`` the RoI heads grow a mask branch, with ``config.keypoints`` a
+    keypoint branch (:func:`build_mask_branch`, :func:`build_keypoint_branch`). Training
+    adds ``"loss_mask"`` / ``"loss_keypoint"`` (targets then need ``"masks"`` (G, H, W)
+    and ``"keypoints"`` (G, K, 3)); detections add ``"masks"`` (D, 1, h, w)
+    probabilities pasted into the image, ``"keypoints"`` (D, K, 3) and
+    ``"keypoints_scores"`` (D, K), as torchvision's ``MaskRCNN`` / ``KeypointRCNN``.
+    :class:`rcnn_steps.mask_rcnn.MaskRCNN` is the same class with a Mask R-CNN preset
+    by default.
     """
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
@@ -561,7 +768,10 @@ class FasterRCNN(nn.Module):
         intermediates: dict | None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         image_list, targets = preprocess(images, targets, self.config)
+        clock = StageClock(intermediates, image_list.tensors.device)
+        clock.start()
         features = self.backbone(image_list.tensors)
+        clock.lap("backbone")
         if self.config.fpn:
             rpn_maps = [features[n] for n in self.config.fpn_levels]
             roi_maps: Tensor | Mapping[str, Tensor] = features  # the pooler picks its levels
@@ -569,7 +779,9 @@ class FasterRCNN(nn.Module):
             rpn_maps = [features[self.config.feature_stage]]
             roi_maps = rpn_maps[0]
         image_shape = image_list.tensors.shape[-2:]
+        clock.start()
         proposals, rpn_losses = self.rpn(image_list, rpn_maps, targets, intermediates)
+        clock.lap("rpn")
         detections, roi_losses = self.roi_heads(
             roi_maps, proposals, image_list.image_sizes, image_shape, targets, intermediates
         )

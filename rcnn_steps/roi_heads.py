@@ -17,6 +17,13 @@ Fast R-CNN (Girshick 2015, section 2) in four small parts:
    time softmax, decode, clip, score threshold and per-class NMS (Fast R-CNN section
    2.4, with R-CNN section 2.2's NMS), :meth:`RoIHeads.postprocess_detections`.
 
+5. **Branches** (chapter 07, Mask R-CNN): an optional mask branch
+   (:class:`rcnn_steps.mask_head.MaskBranch`) and keypoint branch
+   (:class:`rcnn_steps.keypoint_head.KeypointBranch`). "Training in parallel, testing in
+   cascade": in training they run on the positive RoIs the box branch sampled, so the
+   three losses come from the same RoIs; at test time they run on the detections only,
+   after classification, regression and NMS (Mask R-CNN section 3.1).
+
 Taught in chapter 03 (Fast R-CNN) and reused by chapter 04 (Faster R-CNN), 06 and 07.
 Parameter names equal torchvision's (``fc6``, ``fc7``, ``cls_score``, ``bbox_pred``) and
 ``postprocess_detections`` equals ``torchvision``'s ``RoIHeads.postprocess_detections``
@@ -26,6 +33,7 @@ Parameter names equal torchvision's (``fc6``, ``fc7``, ``cls_score``, ``bbox_pre
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +44,7 @@ from rcnn_steps.losses import fastrcnn_loss
 from rcnn_steps.matcher import Matcher, label_anchors
 from rcnn_steps.roi_ops import get_roi_op
 from rcnn_steps.sampler import BalancedPositiveNegativeSampler
+from rcnn_steps.utils import StageClock
 
 __all__ = [
     "C5BoxHead",
@@ -215,6 +224,8 @@ class RoIHeads(nn.Module):
         score_thresh, nms_thresh, detections_per_img: postprocessing (0.05, 0.5, 100).
         min_size: detections smaller than this (pixels) are dropped (1e-2: empty boxes).
         sampler_generator: a ``torch.Generator`` for the sampler (None: global).
+        mask_branch: a :class:`rcnn_steps.mask_head.MaskBranch` (Mask R-CNN), or None.
+        keypoint_branch: a :class:`rcnn_steps.keypoint_head.KeypointBranch`, or None.
     """
 
     def __init__(
@@ -233,6 +244,8 @@ class RoIHeads(nn.Module):
         detections_per_img: int = 100,
         min_size: float = 1e-2,
         sampler_generator: torch.Generator | None = None,
+        mask_branch: nn.Module | None = None,
+        keypoint_branch: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.pooler = pooler
@@ -248,6 +261,8 @@ class RoIHeads(nn.Module):
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
         self.min_size = min_size
+        self.mask_branch = mask_branch
+        self.keypoint_branch = keypoint_branch
 
     def extra_repr(self) -> str:
         return (
@@ -369,22 +384,42 @@ class RoIHeads(nn.Module):
             proposals: per image ``(P_i, 4)`` boxes in image pixels.
             image_sizes: true ``(h, w)`` per image (detections are clipped to it).
             image_shape: ``(H, W)`` of the padded batch (for the feature's stride).
-            targets: per image ``boxes`` and ``labels``; required in training mode.
+            targets: per image ``boxes`` and ``labels`` (and ``masks`` (G, H, W) with a
+                mask branch, ``keypoints`` (G, K, 3) with a keypoint branch); required in
+                training mode.
             intermediates: a dict to fill: with targets ``sampled_rois``,
                 ``sampled_labels``, ``sampled_regression_targets``, ``pooled_features``
                 (sum R_i, C, ph, pw); in eval mode ``class_logits``, ``box_regression``
-                (and ``pooled_features`` when there are no targets), ``detections``.
+                (and ``pooled_features`` when there are no targets), ``detections``,
+                ``stage_seconds`` (the time of each test-time stage). With a mask
+                branch and targets: ``mask_rois`` (per image, the positive sampled RoIs),
+                ``mask_labels`` (R,), ``mask_matched_idxs``, ``mask_targets`` (R, M, M),
+                ``mask_logits`` (R, num_masks, M, M), ``mask_accuracy``; in eval mode
+                ``detection_mask_logits``, ``detection_masks`` (per image (D_i, 1, M, M)
+                probabilities before pasting). With a keypoint branch and targets:
+                ``keypoint_rois`` (per image, positive RoIs of keypoint classes),
+                ``keypoint_labels``, ``keypoint_matched_idxs``, ``keypoint_targets`` and
+                ``keypoint_valid`` (per image (R_i, K) cell index and 0/1),
+                ``keypoint_logits`` (R, K, m, m); in eval mode ``detection_heatmaps``
+                (D', K, m, m) of the detections of keypoint classes
+                (``detection_has_keypoints``, per image (D_i,) bool).
 
         Returns:
             ``(detections, losses)``: detections (eval mode; ``[]`` in training) are per
-            image ``{"boxes" (D, 4), "labels" (D,), "scores" (D,)}``; losses ``{
-            "loss_classifier", "loss_box_reg"}`` when targets are given, else ``{}``.
+            image ``{"boxes" (D, 4), "labels" (D,), "scores" (D,)}``, plus ``masks``
+            (D, 1, h, w) probabilities pasted into the image and ``keypoints`` (D, K, 3),
+            ``keypoints_scores`` (D, K) with the branches; losses ``{"loss_classifier",
+            "loss_box_reg"}`` (+ ``loss_mask``, ``loss_keypoint``) when targets are
+            given, else ``{}``.
         """
         if self.training and targets is None:
             raise ValueError("RoIHeads: targets are required in training mode.")
         losses: dict[str, Tensor] = {}
+        clock = StageClock(intermediates, proposals[0].device if proposals else None)
         if targets is not None:
-            rois, labels, regression_targets, _ = self.select_training_samples(proposals, targets)
+            rois, labels, regression_targets, matched = self.select_training_samples(
+                proposals, targets
+            )
             pooled = self.pooler(feature, rois, image_shape)
             class_logits, box_regression = self.box_predictor(self.box_head(pooled))
             loss_cls, loss_box = fastrcnn_loss(
@@ -398,8 +433,13 @@ class RoIHeads(nn.Module):
                     sampled_regression_targets=regression_targets,
                     pooled_features=pooled.detach(),
                 )
+            losses.update(
+                self._branch_losses(feature, rois, labels, matched, targets, image_shape,
+                                    intermediates)
+            )  # fmt: skip
         detections: list[dict[str, Tensor]] = []
         if not self.training:
+            clock.start()
             pooled = self.pooler(feature, proposals, image_shape)
             class_logits, box_regression = self.box_predictor(self.box_head(pooled))
             boxes, scores, labels = self.postprocess_detections(
@@ -409,6 +449,7 @@ class RoIHeads(nn.Module):
                 {"boxes": b, "labels": lb, "scores": s}
                 for b, s, lb in zip(boxes, scores, labels, strict=True)
             ]
+            clock.lap("box_head_and_nms")
             if intermediates is not None:
                 intermediates.setdefault("pooled_features", pooled.detach())
                 intermediates.update(
@@ -416,4 +457,105 @@ class RoIHeads(nn.Module):
                     box_regression=box_regression.detach(),
                     detections=detections,
                 )
+            self._branch_predictions(feature, detections, image_sizes, image_shape,
+                                     intermediates, clock)  # fmt: skip
         return detections, losses
+
+    # -- the mask and keypoint branches (chapter 07) -----------------------------------
+
+    def _branch_losses(
+        self,
+        feature: Any,
+        rois: Sequence[Tensor],
+        labels: Sequence[Tensor],
+        matched: Sequence[Tensor],
+        targets: Sequence[Mapping[str, Tensor]],
+        image_shape: Sequence[int],
+        intermediates: dict | None,
+    ) -> dict[str, Tensor]:
+        """Training in parallel: the branches' losses on the *positive* sampled RoIs (the
+        same RoIs the box loss used), each with the object it matched."""
+        losses: dict[str, Tensor] = {}
+        if self.mask_branch is None and self.keypoint_branch is None:
+            return losses
+        positive = [lab > 0 for lab in labels]
+        pos_rois = [r[p] for r, p in zip(rois, positive, strict=True)]
+        pos_matched = [m[p] for m, p in zip(matched, positive, strict=True)]
+        pos_labels = [lab[p] for lab, p in zip(labels, positive, strict=True)]
+        if self.mask_branch is not None:
+            logits = self.mask_branch(feature, pos_rois, image_shape)
+            losses["loss_mask"] = self.mask_branch.loss(logits, pos_rois, pos_matched, targets)
+            if intermediates is not None:
+                from rcnn_steps.mask_head import mask_accuracy, mask_targets
+
+                gt = [t["masks"] for t in targets]
+                gt_labels = [t["labels"] for t in targets]
+                cls, mask_t = mask_targets(pos_rois, gt, gt_labels, pos_matched, logits.shape[-1])
+                intermediates.update(
+                    mask_rois=pos_rois,
+                    mask_labels=cls,
+                    mask_matched_idxs=pos_matched,
+                    mask_targets=mask_t,
+                    mask_logits=logits.detach(),
+                    mask_accuracy=mask_accuracy(
+                        logits.detach(), cls, mask_t, self.mask_branch.loss_name
+                    ),
+                )
+        if self.keypoint_branch is not None:
+            branch = self.keypoint_branch
+            with_kp = [branch.has_keypoints(lab) for lab in pos_labels]
+            kp_rois = [r[k] for r, k in zip(pos_rois, with_kp, strict=True)]
+            kp_matched = [m[k] for m, k in zip(pos_matched, with_kp, strict=True)]
+            kp_labels = torch.cat([lab[k] for lab, k in zip(pos_labels, with_kp, strict=True)])
+            logits = branch(feature, kp_rois, image_shape)
+            losses["loss_keypoint"] = branch.loss(logits, kp_labels, kp_rois, kp_matched, targets)
+            if intermediates is not None:
+                from rcnn_steps.keypoint_head import keypoints_to_heatmap
+
+                heatmaps, valid = [], []
+                for r, m, t in zip(kp_rois, kp_matched, targets, strict=True):
+                    kps = t["keypoints"][m][:, : branch.num_keypoints]
+                    h, v = keypoints_to_heatmap(kps, r, logits.shape[-1])
+                    heatmaps.append(h)
+                    valid.append(v)
+                intermediates.update(
+                    keypoint_rois=kp_rois,
+                    keypoint_labels=kp_labels,
+                    keypoint_matched_idxs=kp_matched,
+                    keypoint_targets=heatmaps,
+                    keypoint_valid=valid,
+                    keypoint_logits=branch.select(logits.detach(), kp_labels),
+                )
+        return losses
+
+    def _branch_predictions(
+        self,
+        feature: Any,
+        detections: list[dict[str, Tensor]],
+        image_sizes: Sequence[tuple[int, int]],
+        image_shape: Sequence[int],
+        intermediates: dict | None,
+        clock: StageClock,
+    ) -> None:
+        """Testing in cascade: masks and keypoints for the kept detections only (added to
+        each image's dict: ``masks``; ``keypoints``, ``keypoints_scores``)."""
+        boxes = [d["boxes"] for d in detections]
+        if self.mask_branch is not None:
+            clock.start()
+            logits = self.mask_branch(feature, boxes, image_shape)
+            probs = self.mask_branch.predict(logits, detections, image_sizes)
+            clock.lap("mask_head_and_paste")
+            if intermediates is not None:
+                intermediates.update(detection_mask_logits=logits.detach(), detection_masks=probs)
+        if self.keypoint_branch is not None:
+            clock.start()
+            branch = self.keypoint_branch
+            with_kp = [branch.has_keypoints(d["labels"]) for d in detections]
+            kp_boxes = [b[k] for b, k in zip(boxes, with_kp, strict=True)]
+            logits = branch(feature, kp_boxes, image_shape)
+            maps = branch.predict(logits, detections, torch.cat(with_kp))
+            clock.lap("keypoint_head")
+            if intermediates is not None:
+                intermediates.update(
+                    detection_heatmaps=maps.detach(), detection_has_keypoints=with_kp
+                )

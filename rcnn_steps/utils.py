@@ -183,3 +183,29 @@ def read_results(path: str | os.PathLike) -> dict[str, Any]:
             "(the chapter names it) and try again"
         )
     return json.loads(path.read_text())
+
+
+class StageClock:
+    """Seconds per stage of a model's forward pass, written into
+    ``intermediates["stage_seconds"][name]`` by ``start()`` / ``lap(name)`` pairs, and
+    only when ``intermediates`` is a dict (a model's inspect path; otherwise it does
+    nothing). On CUDA it waits for the device at each reading, because its work runs
+    asynchronously."""
+
+    def __init__(self, intermediates: dict | None, device: torch.device | None) -> None:
+        self.out = None if intermediates is None else intermediates.setdefault("stage_seconds", {})
+        self.cuda = device is not None and device.type == "cuda"
+        self.t0 = 0.0
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def start(self) -> None:
+        if self.out is not None:
+            self.t0 = self._now()
+
+    def lap(self, name: str) -> None:
+        if self.out is not None:
+            self.out[name] = self._now() - self.t0

@@ -1,0 +1,268 @@
+import copy
+
+import pytest
+import torch
+
+from rcnn_steps.faster_rcnn import DetectorConfig, FasterRCNN
+from rcnn_steps.mask_rcnn import MaskRCNN, copy_weights_to_torchvision, torchvision_mask_rcnn
+
+LOSSES = {
+    "loss_objectness",
+    "loss_rpn_box_reg",
+    "loss_classifier",
+    "loss_box_reg",
+    "loss_mask",
+    "loss_keypoint",
+}
+
+
+def _batch(label=1, size=64):
+    """Two images: two objects (one a person with keypoints on, an edge and hidden) and
+    one object, with masks and 11 keypoints each."""
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, size, size, generator=g) for _ in range(2)]
+    masks = torch.zeros(2, size, size, dtype=torch.uint8)
+    masks[0, 10:40, 8:30] = 1
+    masks[1, 20:36, 34:60] = 1
+    kps = torch.zeros(2, 11, 3)
+    kps[0, :, 0] = torch.linspace(8, 30, 11)  # first and last on the box's edges
+    kps[0, :, 1] = torch.linspace(12, 38, 11)
+    kps[0, :, 2] = 2
+    kps[1, :, 0] = torch.linspace(36, 58, 11)
+    kps[1, :, 1] = torch.linspace(22, 34, 11)
+    kps[1, ::2, 2] = 1  # every other one labelled (hidden), the rest unlabelled
+    targets = [
+        {"boxes": torch.tensor([[8.0, 10.0, 30.0, 40.0], [34.0, 20.0, 60.0, 36.0]]),
+         "labels": torch.tensor([label, label]), "masks": masks, "keypoints": kps},
+        {"boxes": torch.tensor([[20.0, 16.0, 50.0, 50.0]]), "labels": torch.tensor([label]),
+         "masks": masks[:1].roll(5, 2), "keypoints": kps[:1] + 3},
+    ]  # fmt: skip
+    return images, targets
+
+
+def _ours_and_torchvision(**overrides):
+    torch.manual_seed(0)
+    config = DetectorConfig.ci_mask(**overrides)
+    ours = FasterRCNN(config)
+    with torch.no_grad():  # larger weights than the init: proposals move, scores differ
+        for p in ours.rpn.head.parameters():
+            p.normal_(std=0.2)
+        for p in ours.roi_heads.box_predictor.parameters():
+            p.normal_(std=0.1)
+    theirs = torchvision_mask_rcnn(config, copy.deepcopy(ours.backbone))
+    copy_weights_to_torchvision(ours, theirs)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("fpn", [True, False])
+def test_drop_in_equal_to_torchvision_mask_and_keypoint_rcnn(fpn):
+    """torchvision's MaskRCNN (with KeypointRCNN's branch attached) and ours, same config
+    and weights: the same six losses on the same sampled RoIs, and the same boxes, masks
+    and keypoints in eval mode."""
+    ours, theirs = _ours_and_torchvision(num_classes=1, keypoint_counts=(11,), fpn=fpn)
+    images, targets = _batch()
+    torch.manual_seed(5)
+    losses = ours(images, targets)
+    torch.manual_seed(5)
+    tv_losses = theirs(images, [dict(t) for t in targets])
+    assert set(losses) == set(tv_losses) == LOSSES
+    for key in losses:
+        torch.testing.assert_close(losses[key], tv_losses[key])
+    ours.eval()
+    theirs.eval()
+    with torch.no_grad():
+        detections, tv_detections = ours(images), theirs(images)
+    for a, b in zip(detections, tv_detections, strict=True):
+        assert a["boxes"].shape[0] > 20 and a["masks"].shape[1:] == (1, 64, 64)
+        for key in ("boxes", "scores", "labels", "masks", "keypoints_scores"):
+            torch.testing.assert_close(a[key], b[key])
+        # a keypoint is an arg-max: where two heatmap cells tie to float rounding (the
+        # RoIAlign sums run in another order) it may land one cell away
+        same = (a["keypoints"] - b["keypoints"]).abs().amax(dim=2) < 1e-4
+        assert same.float().mean() > 0.99
+
+
+def test_equal_to_torchvision_with_keypoints_on_one_class_of_several():
+    """The synthetic set's case: six classes, only the person has keypoints. torchvision
+    runs its keypoint branch on every positive RoI (the others have no labelled
+    keypoints); ours on the person RoIs only. The losses agree; so do the persons'
+    keypoints."""
+    ours, theirs = _ours_and_torchvision()
+    images, targets = _batch(label=6)
+    targets[0]["labels"] = torch.tensor([6, 2])
+    targets[0]["keypoints"][1, :, 2] = 0  # a shape has no keypoints
+    torch.manual_seed(5)
+    losses = ours(images, targets)
+    torch.manual_seed(5)
+    tv_losses = theirs(images, [dict(t) for t in targets])
+    for key in losses:
+        torch.testing.assert_close(losses[key], tv_losses[key])
+    ours.eval()
+    theirs.eval()
+    with torch.no_grad():
+        detections, tv_detections = ours(images), theirs(images)
+    for a, b in zip(detections, tv_detections, strict=True):
+        person = a["labels"] == 6
+        assert person.any() and (~person).any()
+        torch.testing.assert_close(a["keypoints_scores"][person], b["keypoints_scores"][person])
+        assert (a["keypoints"][~person] == 0).all()
+
+
+def test_torchvision_counterpart_refuses_what_it_cannot_express():
+    for overrides in ({"mask_loss": "softmax"}, {"roi_op": "roipool"}, {"mask_head": "mlp"}):
+        config = DetectorConfig.ci_mask(**overrides)
+        with pytest.raises(ValueError, match="torchvision's models cannot express"):
+            torchvision_mask_rcnn(config, FasterRCNN(config).backbone)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"fpn": True},
+        {"mask_head": "mlp", "mask_mlp_layers": 3},
+        {"mask_loss": "softmax"},
+        {"mask_class_agnostic": True},
+        {"box_head": "c5", "mask_head": "c5"},
+        {"mask_roi_op": "roipool", "keypoint_roi_op": "roiwarp_max"},
+        {"keypoints": False},
+        {"masks": False},
+    ],
+)
+def test_every_switch_builds_trains_and_predicts(overrides):
+    torch.manual_seed(0)
+    model = FasterRCNN(DetectorConfig.ci_mask(**overrides))
+    images, targets = _batch(label=6)
+    losses = model(images, targets)
+    expected = set(LOSSES)
+    if not model.config.masks:
+        expected.discard("loss_mask")
+    if not model.config.keypoints:
+        expected.discard("loss_keypoint")
+    assert set(losses) == expected
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        det = model(images)[0]
+    n = det["boxes"].shape[0]
+    if model.config.masks:
+        assert det["masks"].shape == (n, 1, 64, 64)
+        assert det["masks"].min() >= 0 and det["masks"].max() <= 1
+    if model.config.keypoints:
+        assert det["keypoints"].shape == (n, 11, 3)
+
+
+def test_c5_mask_head_shares_the_box_heads_res5():
+    model = FasterRCNN(DetectorConfig.ci_mask(box_head="c5", mask_head="c5"))
+    assert model.roi_heads.mask_branch.head is model.roi_heads.box_head.stage
+    assert model.config.mask_resolution == 14
+
+
+def test_images_without_objects_and_without_detections():
+    torch.manual_seed(0)
+    model = MaskRCNN(DetectorConfig.ci_mask())
+    images, _ = _batch()
+    empty = {
+        "boxes": torch.zeros(0, 4),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "masks": torch.zeros(0, 64, 64, dtype=torch.uint8),
+        "keypoints": torch.zeros(0, 11, 3),
+    }
+    losses = model(images, [empty, empty])
+    assert losses["loss_mask"].item() == 0 and losses["loss_keypoint"].item() == 0
+    sum(losses.values()).backward()
+    model.config.box_score_thresh = 1.0  # nothing passes: the branches see no boxes
+    model.roi_heads.score_thresh = 1.0
+    model.eval()
+    with torch.no_grad():
+        det = model(images)[0]
+    assert det["boxes"].shape == (0, 4) and det["masks"].shape == (0, 1, 64, 64)
+    assert det["keypoints"].shape == (0, 11, 3)
+
+
+def test_objects_without_visible_keypoints_train():
+    torch.manual_seed(0)
+    model = MaskRCNN(DetectorConfig.ci_mask())
+    images, targets = _batch(label=6)
+    for t in targets:
+        t["keypoints"][..., 2] = 0
+    losses = model(images, targets)
+    assert losses["loss_keypoint"].item() == 0 and losses["loss_mask"] > 0
+
+
+def test_missing_targets_are_clear_errors():
+    model = MaskRCNN(DetectorConfig.ci_mask())
+    images, targets = _batch(label=6)
+    no_masks = [{k: v for k, v in t.items() if k != "masks"} for t in targets]
+    with pytest.raises(ValueError, match=r"'masks'.*load_masks=True.*masks=False"):
+        model(images, no_masks)
+    no_kps = [{k: v for k, v in t.items() if k != "keypoints"} for t in targets]
+    with pytest.raises(ValueError, match=r"'keypoints'.*keypoints=False"):
+        model(images, no_kps)
+
+
+def test_inspect_shows_every_stage_of_both_branches():
+    torch.manual_seed(0)
+    model = MaskRCNN(DetectorConfig.ci_mask()).eval()
+    images, targets = _batch(label=6)
+    out = model.inspect(images, targets)
+    r = sum(len(x) for x in out["mask_rois"])
+    assert r > 0 and out["mask_targets"].shape == (r, 28, 28)
+    assert out["mask_logits"].shape == (r, 7, 28, 28) and out["mask_labels"].shape == (r,)
+    assert set(out["mask_accuracy"]) == {"accuracy", "false_positive", "false_negative"}
+    rk = sum(len(x) for x in out["keypoint_rois"])
+    assert rk > 0 and out["keypoint_logits"].shape == (rk, 11, 56, 56)
+    pairs = zip(out["keypoint_targets"], out["keypoint_valid"], strict=True)
+    assert all(t.shape == v.shape for t, v in pairs)
+    assert (out["keypoint_labels"] == 6).all()
+    d = sum(len(x["boxes"]) for x in out["detections"])
+    assert out["detection_mask_logits"].shape == (d, 7, 28, 28)
+    assert sum(len(x) for x in out["detection_masks"]) == d
+    kp = int(sum(h.sum() for h in out["detection_has_keypoints"]))
+    assert out["detection_heatmaps"].shape == (kp, 11, 56, 56)
+    stages = out["stage_seconds"]
+    assert list(stages) == ["backbone", "rpn", "box_head_and_nms", "mask_head_and_paste",
+                            "keypoint_head"]  # fmt: skip
+    assert all(s > 0 for s in stages.values())
+
+
+def test_config_validation_and_presets(capsys):
+    with pytest.raises(ValueError, match="mask_head='c5'.*needs box_head='c5'"):
+        DetectorConfig.ci_mask(mask_head="c5")
+    with pytest.raises(ValueError, match="class-agnostic masks.*sigmoid"):
+        DetectorConfig.ci_mask(mask_loss="softmax", mask_class_agnostic=True)
+    with pytest.raises(ValueError, match="keypoint_counts must hold one count"):
+        DetectorConfig.ci_mask(keypoint_counts=(11,))
+    with pytest.raises(ValueError, match="mask_head must be one of"):
+        DetectorConfig.ci_mask(mask_head="unet")
+    with pytest.raises(ValueError, match="mask_roi_op must be one of"):
+        DetectorConfig.ci_mask(mask_roi_op="roialign")
+    DetectorConfig.ci_mask(keypoints=False, keypoint_counts=())  # unused when off
+    cpu = DetectorConfig.cpu_mask()
+    assert cpu.fpn and cpu.masks and cpu.keypoints and cpu.roi_op == "roialign_avg"
+    assert cpu.mask_resolution == 28 and cpu.heatmap_size == 56
+    gpu = DetectorConfig.gpu_mask()
+    assert gpu.backbone == "resnet50" and gpu.mask_head_channels == 256
+    assert gpu.keypoint_head_channels == 512 and gpu.keypoint_head_convs == 8
+    cpu.display()
+    out = capsys.readouterr().out
+    assert "mask_loss" in out and "keypoint_counts" in out and "(mask resolution M)" in out
+    assert isinstance(MaskRCNN(), FasterRCNN) and MaskRCNN().config.preset == "cpu_mask"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_mask_rcnn_trains_and_predicts():
+    torch.manual_seed(0)
+    model = MaskRCNN(DetectorConfig.ci_mask(fpn=True)).cuda()
+    images, targets = _batch(label=6)
+    images = [i.cuda() for i in images]
+    targets = [{k: v.cuda() for k, v in t.items()} for t in targets]
+    losses = model(images, targets)
+    assert all(v.is_cuda and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        det = model(images)[0]
+    assert det["masks"].is_cuda and det["keypoints"].is_cuda
