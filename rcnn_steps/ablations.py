@@ -62,24 +62,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from rcnn_steps.faster_rcnn import PRESET_TRAINING, DetectorConfig
+from rcnn_steps.runner import (
+    METHODS,
+    detector_config,
+    load_datasets,
+    run_setting,
+    schedule,
+    selective_search_proposals,
+)
 
 __all__ = [
     "METHODS",
     "PAPER_METRIC",
     "TABLES",
-    "evaluate_detector",
+    "detector_config",
     "faster_rcnn_grid",
     "load_datasets",
     "main",
     "run_grid",
     "run_key",
     "run_setting",
+    "schedule",
     "selective_search_proposals",
     "summarise",
-    "timed_detections",
 ]
 
 _VOC_MAP = "Faster R-CNN (VGG-16), PASCAL VOC 2007 test mAP at IoU 0.5, %"
@@ -136,10 +141,6 @@ _PAPER_FPN_T2 = {
 #: Anchors of the single-map rows of ``fpn_table3``: the FPN paper's five scales 32..512
 #: (its C4 and C5 baselines use them too), divided by 4 as ``cpu_fpn``'s P2..P6 anchors.
 FPN_TABLE3_ANCHOR_SIZES = (8, 16, 32, 64, 128)
-
-#: How a setting gets its proposals: its own RPN (Faster R-CNN) or selective search
-#: (Fast R-CNN on chapter 02's cached proposals).
-METHODS = ("rpn", "selective_search")
 
 #: Metrics copied from each run into the summary.
 SUMMARY_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
@@ -386,248 +387,6 @@ def faster_rcnn_grid(table: str) -> dict[str, dict[str, Any]]:
 
 def _ap_triple(values: tuple[float, float, float]) -> dict[str, float]:
     return dict(zip(("AP", "AP50", "AP75"), values, strict=True))
-
-
-def detector_config(preset: str, overrides: dict[str, Any]) -> DetectorConfig:
-    """The preset's :class:`DetectorConfig` (``ci``, ``cpu``, ``cpu_fpn`` or ``gpu``) with
-    ``overrides``."""
-    presets = {
-        "ci": DetectorConfig.ci,
-        "cpu": DetectorConfig.cpu,
-        "cpu_fpn": DetectorConfig.cpu_fpn,
-        "gpu": DetectorConfig.gpu,
-    }
-    if preset not in presets:
-        raise ValueError(f"unknown preset {preset!r}; one of {sorted(presets)}.")
-    return presets[preset](**overrides)
-
-
-def schedule(preset: str, max_iter: int | None = None) -> dict[str, Any]:
-    """The preset's training schedule (:data:`~rcnn_steps.faster_rcnn.PRESET_TRAINING`),
-    shortened to ``max_iter`` when given: the learning-rate milestones scale with it (the
-    ``cpu`` preset's drop at 1200 of 1500 becomes 480 of 600) and the warm-up is capped at
-    half the run, so a short run keeps the schedule's shape."""
-    base = dict(PRESET_TRAINING[preset])
-    if max_iter is None or max_iter == base["max_iter"]:
-        return base
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be at least 1, got {max_iter}")
-    factor = max_iter / base["max_iter"]
-    steps = tuple(s for s in (round(s * factor) for s in base.get("lr_steps", ())) if s > 0)
-    return dict(
-        base,
-        max_iter=max_iter,
-        lr_steps=steps,
-        warmup_steps=min(base.get("warmup_steps", 0), max_iter // 2),
-        log_every=min(base.get("log_every", 20), max_iter),
-    )
-
-
-def load_datasets(root: str | Path | None = None):
-    """The synthetic (train, val) sets, box-only (``load_masks=False``): ``root`` is a
-    folder written by :func:`rcnn_steps.data.generate`, default the book's set (generated
-    first if missing)."""
-    from rcnn_steps.data import CocoDataset, ensure_synth
-
-    root = Path(root) if root is not None else ensure_synth()
-    return tuple(
-        CocoDataset(
-            root / split, root / "annotations" / f"instances_{split}.json", load_masks=False
-        )
-        for split in ("train", "val")
-    )
-
-
-@torch.no_grad()
-def timed_detections(
-    model, dataset, image_ids: Sequence[int], proposals: dict[int, torch.Tensor] | None = None
-) -> tuple[list[dict[str, Any]], float]:
-    """Run ``model`` in eval mode on ``image_ids`` of ``dataset``, one image at a time as
-    at test time: ``(COCO-format detections, mean seconds per image)``. The time covers
-    the network only (preprocessing, backbone, RPN or RoI heads, NMS), not image loading.
-    ``proposals`` (``{image_id: (P, 4)}``) are passed to a
-    :class:`~rcnn_steps.fast_rcnn.FastRCNN`; a Faster R-CNN makes its own."""
-    from rcnn_steps.evaluation import detections_to_coco
-
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    results: list[dict[str, Any]] = []
-    seconds: list[float] = []
-    for image_id in image_ids:
-        image = dataset.load_image(image_id).to(device)
-        if proposals is None:
-            t0 = time.perf_counter()
-            det = model([image])[0]
-        else:
-            boxes = proposals[int(image_id)].to(device)
-            t0 = time.perf_counter()
-            det = model([image], [boxes])[0]
-        seconds.append(time.perf_counter() - t0)
-        results += detections_to_coco(
-            image_id, det["boxes"], det["scores"], det["labels"], dataset.label_to_category_id
-        )
-    model.train(was_training)
-    return results, sum(seconds) / max(len(seconds), 1)
-
-
-def evaluate_detector(
-    model, dataset, image_ids: Sequence[int], proposals: dict[int, torch.Tensor] | None = None
-) -> dict[str, float]:
-    """COCO box AP of ``model`` on ``image_ids`` of ``dataset`` (one image at a time)."""
-    from rcnn_steps.evaluation import coco_evaluate, subset_ground_truth
-
-    results, _ = timed_detections(model, dataset, image_ids, proposals)
-    return coco_evaluate(subset_ground_truth(dataset.coco, image_ids), results)
-
-
-def selective_search_proposals(
-    dataset, split: str, num_images: int, root: str | Path | None = None
-) -> tuple[dict[int, torch.Tensor], float]:
-    """Selective-search proposals for the first ``num_images`` images of ``dataset``:
-    ``({image_id: (P, 4)}, seconds per image it took)``.
-
-    For the book's set (``root`` None) they are chapter 02's cache
-    (``results/proposals_fast_<split>.npz``, made by ``python -m rcnn_steps.rcnn
-    proposals``; a missing or stale cache is an error that names that command). For any
-    other ``root`` they are made on first use and cached beside the data.
-    """
-    import numpy as np
-
-    from rcnn_steps.rcnn import load_proposals, make_proposals, proposals_path
-
-    if root is None:
-        path = proposals_path(split)
-    else:
-        path = Path(root) / f"proposals_fast_{split}.npz"
-        stale = False
-        if path.exists():
-            with np.load(path) as data:
-                stale = str(data["fingerprint"]) != dataset.fingerprint
-        if not path.exists() or stale:
-            make_proposals(dataset, num_images, path)
-    proposals = load_proposals(path, dataset)
-    with np.load(path) as data:
-        seconds = float(np.mean(data["seconds"])) if len(data["seconds"]) else 0.0
-    wanted = [int(i) for i in dataset.image_ids[:num_images]]
-    missing = [i for i in wanted if i not in proposals]
-    if missing:
-        raise ValueError(
-            f"{path} has no proposals for {len(missing)} of the first {num_images} {split} "
-            f"images (e.g. {missing[:3]}); remake it with `python -m rcnn_steps.rcnn "
-            f"proposals --split {split} --num-images {num_images}`"
-        )
-    return {i: proposals[i] for i in wanted}, seconds
-
-
-def run_setting(
-    name: str,
-    overrides: dict[str, Any],
-    seed: int,
-    preset: str,
-    max_iter: int | None = None,
-    *,
-    method: str = "rpn",
-    num_train_images: int | None = None,
-    root: str | Path | None = None,
-    batch_size: int = 8,
-    num_eval_images: int | None = None,
-    device: str = "auto",
-    progress: bool = False,
-    timing_threads: int | None = None,
-) -> dict[str, Any]:
-    """Train one detector (``preset``'s config with ``overrides``, seeded by ``seed``) on
-    the synthetic train set through :func:`rcnn_steps.engine.train`, and evaluate its
-    COCO box AP on :func:`~rcnn_steps.evolution.evaluation_image_ids` of the val set.
-
-    ``method="rpn"`` trains a :class:`~rcnn_steps.faster_rcnn.FasterRCNN` (its own
-    proposals); ``method="selective_search"`` a :class:`~rcnn_steps.fast_rcnn.FastRCNN`
-    with the same config on selective-search proposals
-    (:func:`selective_search_proposals`), no flips in either. ``num_train_images``
-    restricts training to the first images of the train set (default: all).
-    ``timing_threads`` sets torch's CPU thread count while the val images are detected
-    and timed (default: unchanged), so timings compare with chapter 02-03's 1-thread ones.
-
-    Returns a JSON-able dict: ``name, seed, preset, method, max_iter, overrides,
-    metrics`` (rounded to 4 digits), ``num_train_images, num_eval_images,
-    network_seconds_per_image, proposal_seconds_per_image`` (selective search's, from
-    the cache; 0 for the RPN, whose cost is inside the network's), ``seconds_per_image``,
-    ``wall_time_s`` (training and evaluation), ``train_seconds, eval_seconds`` and the
-    :meth:`~rcnn_steps.engine.TrainResult.summary` fields.
-    """
-    from rcnn_steps.data import collate_fn
-    from rcnn_steps.engine import TrainConfig, train
-    from rcnn_steps.evaluation import coco_evaluate, subset_ground_truth
-    from rcnn_steps.evolution import NUM_EVAL_IMAGES, evaluation_image_ids
-    from rcnn_steps.faster_rcnn import FasterRCNN
-    from rcnn_steps.utils import seed_everything
-
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; one of {list(METHODS)}.")
-    t0 = time.perf_counter()
-    config = detector_config(preset, overrides)
-    train_set, val_set = load_datasets(root)
-    n_train = len(train_set) if num_train_images is None else min(num_train_images, len(train_set))
-    eval_ids = evaluation_image_ids(val_set, num_eval_images or NUM_EVAL_IMAGES)
-    train_cfg = TrainConfig(
-        **schedule(preset, max_iter), seed=seed, device=device, progress=progress
-    )
-    seed_everything(seed)
-    if method == "rpn":
-        model = FasterRCNN(config)
-        data = torch.utils.data.Subset(train_set, range(n_train))
-        loader = torch.utils.data.DataLoader(
-            data, batch_size=batch_size, shuffle=True, collate_fn=collate_fn
-        )
-        result = train(model, loader, train_cfg)
-        val_proposals, proposal_seconds = None, 0.0
-    else:
-        from rcnn_steps.fast_rcnn import (
-            FastRCNN,
-            ProposalDataset,
-            collate_proposals,
-            proposal_detection_loss,
-        )
-
-        train_props, _ = selective_search_proposals(train_set, "train", n_train, root)
-        val_proposals, proposal_seconds = selective_search_proposals(
-            val_set, "val", len(eval_ids), root
-        )
-        model = FastRCNN(config)
-        data = ProposalDataset(train_set, train_props, flip=False)
-        loader = torch.utils.data.DataLoader(
-            data, batch_size=batch_size, shuffle=True, collate_fn=collate_proposals
-        )
-        result = train(model, loader, train_cfg, loss_fn=proposal_detection_loss)
-    t1 = time.perf_counter()
-    threads = torch.get_num_threads()
-    if timing_threads is not None:
-        torch.set_num_threads(timing_threads)
-    try:
-        detections, network_seconds = timed_detections(model, val_set, eval_ids, val_proposals)
-    finally:
-        torch.set_num_threads(threads)
-    metrics = coco_evaluate(subset_ground_truth(val_set.coco, eval_ids), detections)
-    t2 = time.perf_counter()
-    return {
-        "name": name,
-        "seed": int(seed),
-        "preset": preset,
-        "method": method,
-        "max_iter": train_cfg.max_iter,
-        "overrides": json.loads(json.dumps(overrides)),
-        "metrics": {k: round(float(v), 4) for k, v in metrics.items()},
-        "num_train_images": n_train,
-        "num_eval_images": len(eval_ids),
-        "network_seconds_per_image": round(network_seconds, 4),
-        "proposal_seconds_per_image": round(proposal_seconds, 4),
-        "seconds_per_image": round(network_seconds + proposal_seconds, 4),
-        "timing_threads": timing_threads or threads,
-        "wall_time_s": round(t2 - t0, 2),
-        "train_seconds": round(t1 - t0, 2),
-        "eval_seconds": round(t2 - t1, 2),
-        **result.summary(),
-    }
 
 
 def run_key(name: str, seed: int) -> str:

@@ -15,7 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rcnn_steps.utils import atomic_write_bytes, git_commit, machine_info, results_dir
+from rcnn_steps.utils import (
+    atomic_write_bytes,
+    code_diff_hash,
+    git_commit,
+    machine_info,
+    results_dir,
+)
 
 #: The papers' test-time speeds, for the table in chapter 08 (seconds per image, GPU).
 PAPER_SECONDS_PER_IMAGE = {
@@ -68,6 +74,7 @@ def add_row(
         "provenance": {
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "commit": git_commit(),
+            "code_diff_sha256": code_diff_hash(),
             "machine": machine_info(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         },

@@ -22,13 +22,9 @@ they are normalised, padded to a multiple of 32 (64 with FPN's P6;
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -853,101 +849,3 @@ class FasterRCNN(nn.Module):
         if not self.training:
             intermediates["detections"] = detections
         return intermediates
-
-
-# ----------------------------------------------------------------------------------------
-# Command line
-
-
-def _evaluate_command(args: argparse.Namespace) -> int:
-    from rcnn_steps.ablations import detector_config, run_setting
-    from rcnn_steps.evolution import add_row
-    from rcnn_steps.utils import set_threads, write_results
-
-    started = time.time()
-    set_threads(args.threads)
-    run = run_setting(
-        "faster_rcnn",
-        {},
-        args.seed,
-        args.preset,
-        args.max_iter,
-        method="rpn",
-        root=args.root,
-        num_eval_images=args.num_eval_images,
-        progress=args.progress,
-        timing_threads=args.timing_threads,
-    )
-    config = detector_config(args.preset, {})
-    results = {**run, "config": config.to_dict()}
-    out = args.out or results_path(config)
-    write_results(out, results, preset=args.preset, seeds=[args.seed], started=started)
-    metrics, seconds = run["metrics"], run["seconds_per_image"]
-    if not args.no_evolution:
-        chapter, detector = ("05", "Faster R-CNN + FPN") if config.fpn else ("04", "Faster R-CNN")
-        stride = 2 ** int(config.feature_stage[1])
-        features = (
-            "FPN levels P2-P6"
-            if config.fpn
-            else f"shared {config.feature_stage} features (stride {stride})"
-        )
-        add_row(
-            chapter,
-            detector,
-            {"AP": metrics["AP"], "AP50": metrics["AP50"]},
-            seconds,
-            notes=(
-                f"RPN ({config.rpn_post_nms_top_n_test} proposals) + {config.roi_op} "
-                f"{config.pooled_size}x{config.pooled_size} on {features}, trained jointly, "
-                f"preset {args.preset}"
-            ),
-            extra={"network_seconds_per_image": seconds, "proposal_seconds_per_image": 0.0},
-        )
-    print(
-        f"AP {metrics['AP']:.3f} AP50 {metrics['AP50']:.3f}; {seconds:.4f} s/image "
-        f"({run['timing_threads']} thread(s)); trained {run['train_seconds']:.0f} s; "
-        f"wrote {out}"
-    )
-    return 0
-
-
-def results_path(config: DetectorConfig) -> Path:
-    """Where ``evaluate`` writes by default: ``results/faster_rcnn.json``, or
-    ``results/faster_rcnn_fpn.json`` for an FPN config."""
-    from rcnn_steps.utils import results_dir
-
-    return results_dir() / ("faster_rcnn_fpn.json" if config.fpn else "faster_rcnn.json")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m rcnn_steps.faster_rcnn evaluate``: train the preset's Faster R-CNN on
-    the synthetic train set, measure box AP and seconds per image on the evolution
-    table's val images, write ``results/faster_rcnn.json`` (``--preset cpu_fpn``:
-    ``results/faster_rcnn_fpn.json``) and the table's row."""
-    from rcnn_steps.evolution import add_evaluate_arguments
-
-    parser = argparse.ArgumentParser(prog="python -m rcnn_steps.faster_rcnn")
-    sub = parser.add_subparsers(dest="command", required=True)
-    ev = sub.add_parser("evaluate", help="train, evaluate, write results and the table row")
-    ev.add_argument("--preset", choices=sorted(PRESET_TRAINING), default="cpu")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--max-iter", type=int, default=None, help="default: the preset's")
-    ev.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="default results/faster_rcnn.json (results/faster_rcnn_fpn.json with FPN)",
-    )
-    ev.add_argument(
-        "--root", type=Path, default=None, help="a synthetic/COCO-format set (default: the book's)"
-    )
-    ev.add_argument(
-        "--num-eval-images", type=int, default=None, help="default: the evolution table's 50"
-    )
-    add_evaluate_arguments(ev)
-    args = parser.parse_args(argv)
-    return _evaluate_command(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -87,19 +87,56 @@ def results_dir() -> Path:
     return Path.cwd() / "results"
 
 
-def git_commit(cwd: Path | None = None) -> str:
-    """The checkout's commit (with ``-dirty`` when there are uncommitted changes)."""
+#: What a result depends on: the library, the benchmarks and scripts, and the pins.
+#: Results files and notebooks are outputs, not inputs: a change to them does not make
+#: the tree "dirty" for provenance (otherwise every run after the first would be).
+CODE_PATHS = (
+    "rcnn_steps",
+    "benchmarks",
+    "scripts",
+    "requirements.txt",
+    "pyproject.toml",
+    "environment.yml",
+    "Makefile",
+)
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
-            cwd=cwd or REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return out.stdout.strip() or "unknown"
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def code_diff_hash(cwd: Path | None = None) -> str | None:
+    """A short SHA-256 of the uncommitted changes to :data:`CODE_PATHS` (the diff
+    against HEAD plus the untracked files there), or None when the code is committed
+    (or this is not a git checkout)."""
+    import hashlib
+
+    cwd = cwd or REPO_ROOT
+    status = _git(["status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS], cwd)
+    if not status or not status.strip():
+        return None
+    digest = hashlib.sha256((_git(["diff", "HEAD", "--", *CODE_PATHS], cwd) or "").encode())
+    for line in sorted(status.splitlines()):
+        if line.startswith("??"):
+            path = cwd / line[3:].strip()
+            digest.update(line.encode())
+            if path.is_file():
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    """The checkout's commit, with ``-dirty`` when the code (:data:`CODE_PATHS`) has
+    uncommitted changes; results files and notebooks do not count."""
+    cwd = cwd or REPO_ROOT
+    head = _git(["rev-parse", "--short=12", "HEAD"], cwd)
+    if not head:
         return "unknown"
+    return head.strip() + ("-dirty" if code_diff_hash(cwd) else "")
 
 
 def machine_info() -> dict[str, Any]:
@@ -163,6 +200,7 @@ def write_results(
         "provenance": {
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "commit": git_commit(),
+            "code_diff_sha256": code_diff_hash(),
             "preset": preset,
             "seeds": seeds,
             "machine": machine_info(),

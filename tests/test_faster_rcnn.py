@@ -151,13 +151,13 @@ def test_cuda_forward_train_and_eval():
 
 
 def test_evaluate_command_writes_results(tiny_synth, tmp_path):
-    from rcnn_steps import faster_rcnn
+    from rcnn_steps import cli
     from rcnn_steps.utils import read_results
 
     out = tmp_path / "faster_rcnn.json"
     argv = ["evaluate", "--preset", "ci", "--max-iter", "2", "--root", str(tiny_synth)]
     argv += ["--num-eval-images", "3", "--out", str(out), "--no-evolution", "--threads", "1"]
-    assert faster_rcnn.main(argv) == 0
+    assert cli.main(argv) == 0
     payload = read_results(out)
     results = payload["results"]
     assert results["method"] == "rpn" and results["max_iter"] == 2
@@ -403,7 +403,8 @@ def test_cuda_fpn_forward_train_and_eval():
 
 
 def test_evaluate_writes_fpn_results_to_their_own_file():
-    from rcnn_steps.faster_rcnn import results_path
+    from rcnn_steps.cli import evaluate_results_path
 
-    assert results_path(DetectorConfig.cpu()).name == "faster_rcnn.json"
-    assert results_path(DetectorConfig.cpu_fpn()).name == "faster_rcnn_fpn.json"
+    assert evaluate_results_path("cpu").name == "faster_rcnn.json"
+    assert evaluate_results_path("cpu_fpn").name == "faster_rcnn_fpn.json"
+    assert evaluate_results_path("cpu_mask").name == "mask_rcnn.json"

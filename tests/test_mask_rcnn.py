@@ -266,3 +266,37 @@ def test_cuda_mask_rcnn_trains_and_predicts():
     with torch.no_grad():
         det = model(images)[0]
     assert det["masks"].is_cuda and det["keypoints"].is_cuda
+
+
+def test_evaluate_command_reports_box_mask_and_keypoint_ap_beside_torchvision(tiny_synth, tmp_path):
+    from rcnn_steps import cli
+    from rcnn_steps.utils import read_results
+
+    out = tmp_path / "mask_rcnn.json"
+    argv = ["evaluate", "--preset", "ci_mask", "--max-iter", "2", "--root", str(tiny_synth)]
+    argv += ["--num-eval-images", "4", "--out", str(out), "--no-evolution", "--threads", "1"]
+    assert cli.main([*argv, "--baseline-torchvision"]) == 0
+    results = read_results(out)["results"]
+    for run in (results, results["torchvision"]):
+        assert run["num_eval_images"] == 4 and run["max_iter"] == 2
+        for key in ("metrics", "segm_metrics", "keypoint_metrics"):
+            assert -1 <= run[key]["AP"] <= 1
+    assert results["config"]["masks"] and results["config"]["keypoints"]
+    assert {"loss_mask", "loss_keypoint"} <= set(results["final_losses"])
+
+
+def test_detect_writes_masks_and_per_class_keypoints(tiny_synth):
+    from rcnn_steps.runner import detect, evaluate, load_datasets
+
+    torch.manual_seed(0)
+    model = MaskRCNN(DetectorConfig.ci_mask())
+    _, val = load_datasets(tiny_synth, masks=True)
+    ids = val.image_ids[:3]
+    results, seconds = detect(model, val, ids)
+    assert seconds > 0 and results
+    person = val.label_to_category_id[6]
+    for r in results:
+        assert "segmentation" in r and "counts" in r["segmentation"]
+        assert len(r["keypoints"]) == (33 if r["category_id"] == person else 0)
+    metrics = evaluate(val, ids, results)
+    assert set(metrics) == {"bbox", "segm", "keypoints"}

@@ -22,6 +22,7 @@ from rcnn_steps.data.synth import (
 from rcnn_steps.data.transforms import (
     Compose,
     RandomHorizontalFlip,
+    flip_pairs_by_label,
     horizontal_flip,
     select_instances,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "collate_fn",
     "dataset_statistics",
     "ensure_synth",
+    "flip_pairs_by_label",
     "generate",
     "horizontal_flip",
     "load_coco_json",

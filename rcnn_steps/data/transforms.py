@@ -3,12 +3,18 @@ keypoints. Each is a callable ``(image, target) -> (image, target)``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["Compose", "RandomHorizontalFlip", "horizontal_flip", "select_instances"]
+__all__ = [
+    "Compose",
+    "RandomHorizontalFlip",
+    "flip_pairs_by_label",
+    "horizontal_flip",
+    "select_instances",
+]
 
 
 def select_instances(target: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
@@ -22,15 +28,42 @@ def select_instances(target: dict[str, Any], keep: torch.Tensor) -> dict[str, An
     }
 
 
+FlipPairs = Sequence[tuple[int, int]] | Mapping[int, Sequence[tuple[int, int]]]
+
+
+def flip_pairs_by_label(categories: Sequence[Mapping]) -> dict[int, list[tuple[int, int]]]:
+    """Each keypoint category's 0-based (left, right) pairs, by the class label
+    :class:`~rcnn_steps.data.CocoDataset` gives it (1..C in the order of the category
+    ids): a category's ``flip_pairs`` field, else its ``left_X``/``right_X`` names.
+    For :class:`RandomHorizontalFlip` on data whose categories have different keypoint
+    sets."""
+    from rcnn_steps.data.coco import _flip_pairs_from
+
+    ordered = sorted(categories, key=lambda c: c["id"])
+    return {
+        label: _flip_pairs_from(c) for label, c in enumerate(ordered, start=1) if c.get("keypoints")
+    }
+
+
+def _swap_order(k: int, pairs: Sequence[tuple[int, int]]) -> list[int]:
+    order = list(range(k))
+    for left, right in pairs:
+        order[left], order[right] = right, left
+    return order
+
+
 def horizontal_flip(
-    image: torch.Tensor, target: dict[str, Any], flip_pairs: Sequence[tuple[int, int]] = ()
+    image: torch.Tensor, target: dict[str, Any], flip_pairs: FlipPairs = ()
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Mirror an image (3, H, W) and its target left to right.
 
     Boxes: x1' = W - x2, x2' = W - x1. Masks: flipped along the width. Keypoints:
     x' = W - x for labelled points, and each (left, right) pair in ``flip_pairs`` swapped,
     because after the flip the figure's left hand is where its right hand was drawn.
-    Unlabelled keypoints (visibility 0) stay at (0, 0, 0).
+    ``flip_pairs`` is one list of 0-based pairs for every object, or a mapping from a
+    class label to that class's pairs (when categories have different keypoint sets;
+    objects of other labels keep their order). Unlabelled keypoints (visibility 0) stay
+    at (0, 0, 0).
     """
     width = image.shape[-1]
     image = image.flip(-1)
@@ -45,23 +78,32 @@ def horizontal_flip(
         kps = target["keypoints"].clone()
         labelled = kps[..., 2] > 0
         kps[..., 0] = torch.where(labelled, width - kps[..., 0], kps[..., 0])
-        if flip_pairs:
-            order = list(range(kps.shape[1]))
-            for left, right in flip_pairs:
-                order[left], order[right] = right, left
-            kps = kps[:, order]
+        k = kps.shape[1]
+        if isinstance(flip_pairs, Mapping):
+            labels = target["labels"].tolist()
+            for i, label in enumerate(labels):
+                if flip_pairs.get(label):
+                    kps[i] = kps[i, _swap_order(k, flip_pairs[label])]
+        elif flip_pairs:
+            kps = kps[:, _swap_order(k, flip_pairs)]
         target["keypoints"] = kps
     return image, target
 
 
 class RandomHorizontalFlip:
     """Flip with probability ``p``. Pass the dataset's ``flip_pairs`` so that keypoints
-    keep their meaning: ``RandomHorizontalFlip(0.5, dataset.flip_pairs)``. Draws from
-    torch's global generator, so a seeded run flips the same images."""
+    keep their meaning: ``RandomHorizontalFlip(0.5, dataset.flip_pairs)`` (or a mapping
+    from class label to pairs, see :func:`horizontal_flip`). Draws from torch's global
+    generator, so a seeded run flips the same images."""
 
-    def __init__(self, p: float = 0.5, flip_pairs: Sequence[tuple[int, int]] = ()) -> None:
+    def __init__(self, p: float = 0.5, flip_pairs: FlipPairs = ()) -> None:
         self.p = p
-        self.flip_pairs = [tuple(pair) for pair in flip_pairs]
+        if isinstance(flip_pairs, Mapping):
+            self.flip_pairs: FlipPairs = {
+                int(k): [tuple(p) for p in v] for k, v in flip_pairs.items()
+            }
+        else:
+            self.flip_pairs = [tuple(pair) for pair in flip_pairs]
 
     def __call__(self, image, target):
         if torch.rand(()) < self.p:

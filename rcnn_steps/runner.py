@@ -1,0 +1,392 @@
+"""Training and evaluating any detector of the book on a COCO-format folder: the top of
+the library.
+
+The models (:mod:`rcnn_steps.faster_rcnn`, :mod:`rcnn_steps.fast_rcnn`,
+:mod:`rcnn_steps.mask_rcnn`) know how to compute losses and detections; the engine
+(:mod:`rcnn_steps.engine`) knows how to take SGD steps; the evaluation module knows COCO
+AP. This module puts them together, and everything that *runs* a detector goes through
+it: the chapters' ``evaluate`` commands, the ablation grids (:mod:`rcnn_steps.ablations`)
+and ``python -m rcnn_steps train`` on your own data. Nothing below imports it.
+
+- presets: :func:`detector_config` (a :class:`~rcnn_steps.faster_rcnn.DetectorConfig` by
+  name, with overrides) and :func:`schedule` (its training schedule);
+- data: :func:`load_datasets`, the (train, val) pair of a folder laid out as the
+  synthetic set (``train/``, ``val/``, ``annotations/instances_{train,val}.json``);
+- test time: :func:`detect` (one image at a time, as deployed: COCO result dicts with
+  boxes, masks and keypoints as the model gives them, and seconds per image) and
+  :func:`evaluate` (pycocotools' AP for each);
+- :func:`run_setting`: train one detector and evaluate it, returning a JSON-able record
+  (one run of a results file or of a grid).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rcnn_steps.faster_rcnn import PRESET_TRAINING, DetectorConfig
+
+__all__ = [
+    "METHODS",
+    "PRESETS",
+    "detect",
+    "detector_config",
+    "evaluate",
+    "load_datasets",
+    "run_setting",
+    "schedule",
+    "selective_search_proposals",
+    "thread_count",
+]
+
+#: The detector presets by name (:class:`DetectorConfig` class methods).
+PRESETS: dict[str, Callable[..., DetectorConfig]] = {
+    "ci": DetectorConfig.ci,
+    "cpu": DetectorConfig.cpu,
+    "cpu_fpn": DetectorConfig.cpu_fpn,
+    "gpu": DetectorConfig.gpu,
+    "ci_mask": DetectorConfig.ci_mask,
+    "cpu_mask": DetectorConfig.cpu_mask,
+    "gpu_mask": DetectorConfig.gpu_mask,
+}
+
+#: How a run gets its proposals: its own RPN (Faster / Mask R-CNN) or selective search
+#: (Fast R-CNN on chapter 02's cached proposals).
+METHODS = ("rpn", "selective_search")
+
+
+def detector_config(preset: str, overrides: dict[str, Any] | None = None) -> DetectorConfig:
+    """The preset's :class:`DetectorConfig` (one of :data:`PRESETS`) with ``overrides``."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; one of {sorted(PRESETS)}.")
+    return PRESETS[preset](**(overrides or {}))
+
+
+def schedule(preset: str, max_iter: int | None = None) -> dict[str, Any]:
+    """The preset's training schedule (:data:`~rcnn_steps.faster_rcnn.PRESET_TRAINING`),
+    shortened to ``max_iter`` when given: the learning-rate milestones scale with it (the
+    ``cpu`` preset's drop at 1200 of 1500 becomes 480 of 600) and the warm-up is capped at
+    half the run, so a short run keeps the schedule's shape."""
+    if preset not in PRESET_TRAINING:
+        raise ValueError(
+            f"preset {preset!r} has no training schedule; one of {sorted(PRESET_TRAINING)}."
+        )
+    base = dict(PRESET_TRAINING[preset])
+    if max_iter is None or max_iter == base["max_iter"]:
+        return base
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be at least 1, got {max_iter}")
+    factor = max_iter / base["max_iter"]
+    steps = tuple(s for s in (round(s * factor) for s in base.get("lr_steps", ())) if s > 0)
+    return dict(
+        base,
+        max_iter=max_iter,
+        lr_steps=steps,
+        warmup_steps=min(base.get("warmup_steps", 0), max_iter // 2),
+        log_every=min(base.get("log_every", 20), max_iter),
+    )
+
+
+def load_datasets(
+    root: str | Path | None = None,
+    *,
+    masks: bool = False,
+    flip: bool = False,
+    splits: tuple[str, str] = ("train", "val"),
+):
+    """The (train, val) :class:`~rcnn_steps.data.CocoDataset` pair of a folder holding
+    ``<split>/`` image folders and ``annotations/instances_<split>.json`` (the synthetic
+    set's layout; real COCO 2017's with ``splits=("train2017", "val2017")``). ``root``
+    None is the book's synthetic set (generated first if missing).
+
+    ``masks``: decode the masks (Mask R-CNN needs them; box-only detectors load faster
+    without). ``flip``: random horizontal flips on the train set, keypoints swapped by
+    their categories' flip pairs."""
+    from rcnn_steps.data import CocoDataset, ensure_synth
+    from rcnn_steps.data.transforms import RandomHorizontalFlip, flip_pairs_by_label
+
+    root = Path(root) if root is not None else ensure_synth()
+    datasets = []
+    for i, split in enumerate(splits):
+        dataset = CocoDataset(
+            root / split, root / "annotations" / f"instances_{split}.json", load_masks=masks
+        )
+        if flip and i == 0:
+            dataset.transforms = RandomHorizontalFlip(0.5, flip_pairs_by_label(dataset.categories))
+        datasets.append(dataset)
+    return tuple(datasets)
+
+
+# ----------------------------------------------------------------------------------------
+# Test time
+
+
+@torch.no_grad()
+def detect(
+    model: torch.nn.Module,
+    dataset,
+    image_ids: Sequence[int],
+    proposals: dict[int, torch.Tensor] | None = None,
+) -> tuple[list[dict[str, Any]], float]:
+    """Run ``model`` in eval mode on ``image_ids`` of ``dataset``, one image at a time as
+    at test time: ``(COCO result dicts, mean seconds per image)``.
+
+    Each result has ``bbox`` and ``score``, plus ``segmentation`` (an RLE of the mask
+    binarised at 0.5) when the model returns ``masks`` and ``keypoints`` when it returns
+    them (trimmed to each class's own keypoint count). The time covers the network only
+    (preprocessing, backbone, RPN or RoI heads, NMS, masks and keypoints), not image
+    loading or the RLE encoding. ``proposals`` (``{image_id: (P, 4)}``) are passed to a
+    :class:`~rcnn_steps.fast_rcnn.FastRCNN`; the other models make their own.
+    """
+    from rcnn_steps.evaluation import detections_to_coco
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    counts = getattr(getattr(model, "config", None), "keypoint_counts", None)
+    results: list[dict[str, Any]] = []
+    seconds: list[float] = []
+    for image_id in image_ids:
+        image = dataset.load_image(image_id).to(device)
+        args = ([image],) if proposals is None else ([image], [proposals[int(image_id)].to(device)])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        det = model(*args)[0]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds.append(time.perf_counter() - t0)
+        found = detections_to_coco(
+            image_id,
+            det["boxes"],
+            det["scores"],
+            det["labels"],
+            dataset.label_to_category_id,
+            masks=det.get("masks"),
+            keypoints=det.get("keypoints"),
+        )
+        if "keypoints" in det and counts:
+            for result, label in zip(found, det["labels"].tolist(), strict=True):
+                k = counts[label - 1] if label - 1 < len(counts) else 0
+                result["keypoints"] = result["keypoints"][: 3 * k]
+        results += found
+    model.train(was_training)
+    return results, sum(seconds) / max(len(seconds), 1)
+
+
+def evaluate(
+    dataset, image_ids: Sequence[int], results: Sequence[dict[str, Any]]
+) -> dict[str, dict[str, float]]:
+    """COCO AP of ``results`` (from :func:`detect`) on ``image_ids`` of ``dataset``:
+    ``{"bbox": metrics}``, plus ``"segm"`` when the results have masks and
+    ``"keypoints"`` when they have keypoints and the data has a keypoint category
+    (:func:`rcnn_steps.evaluation.coco_evaluate`)."""
+    from rcnn_steps.evaluation import coco_evaluate, subset_ground_truth
+
+    kinds = ["bbox"]
+    if results and "segmentation" in results[0]:
+        kinds.append("segm")
+    keypoint_ids = {c["id"] for c in dataset.categories if c.get("keypoints")}
+    if results and "keypoints" in results[0] and keypoint_ids:
+        kinds.append("keypoints")
+    out = {}
+    for kind in kinds:
+        chosen = results
+        if kind == "keypoints":
+            chosen = [r for r in results if r["category_id"] in keypoint_ids]
+        gt = subset_ground_truth(dataset.coco, image_ids)
+        out[kind] = {k: round(float(v), 4) for k, v in coco_evaluate(gt, chosen, kind).items()}
+    return out
+
+
+def thread_count(threads: int | None):
+    """A context manager: torch's CPU thread count set to ``threads`` inside (None: left
+    as it is), restored after. Test-time timings are taken with a fixed count so that
+    rows measured by different commands compare."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def scope():
+        before = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    return scope()
+
+
+def selective_search_proposals(
+    dataset, split: str, num_images: int, root: str | Path | None = None
+) -> tuple[dict[int, torch.Tensor], float]:
+    """Selective-search proposals for the first ``num_images`` images of ``dataset``:
+    ``({image_id: (P, 4)}, seconds per image it took)``.
+
+    For the book's set (``root`` None) they are chapter 02's cache
+    (``results/proposals_fast_<split>.npz``, made by ``python -m rcnn_steps.rcnn
+    proposals``; a missing or stale cache is an error that names that command). For any
+    other ``root`` they are made on first use and cached beside the data.
+    """
+    import numpy as np
+
+    from rcnn_steps.rcnn import load_proposals, make_proposals, proposals_path
+
+    if root is None:
+        path = proposals_path(split)
+    else:
+        path = Path(root) / f"proposals_fast_{split}.npz"
+        stale = False
+        if path.exists():
+            with np.load(path) as data:
+                stale = str(data["fingerprint"]) != dataset.fingerprint
+        if not path.exists() or stale:
+            make_proposals(dataset, num_images, path)
+    proposals = load_proposals(path, dataset)
+    with np.load(path) as data:
+        seconds = float(np.mean(data["seconds"])) if len(data["seconds"]) else 0.0
+    wanted = [int(i) for i in dataset.image_ids[:num_images]]
+    missing = [i for i in wanted if i not in proposals]
+    if missing:
+        raise ValueError(
+            f"{path} has no proposals for {len(missing)} of the first {num_images} {split} "
+            f"images (e.g. {missing[:3]}); remake it with `python -m rcnn_steps.rcnn "
+            f"proposals --split {split} --num-images {num_images}`"
+        )
+    return {i: proposals[i] for i in wanted}, seconds
+
+
+# ----------------------------------------------------------------------------------------
+# One run: train, then evaluate
+
+
+def run_setting(
+    name: str,
+    overrides: dict[str, Any],
+    seed: int,
+    preset: str,
+    max_iter: int | None = None,
+    *,
+    method: str = "rpn",
+    num_train_images: int | None = None,
+    root: str | Path | None = None,
+    batch_size: int = 8,
+    num_eval_images: int | None = None,
+    device: str = "auto",
+    progress: bool = False,
+    timing_threads: int | None = None,
+    flip: bool = False,
+    model_builder: Callable[[DetectorConfig], torch.nn.Module] | None = None,
+    out_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train one detector (``preset``'s config with ``overrides``, seeded by ``seed``) on
+    the train split of ``root`` (default: the book's synthetic set) with
+    :func:`rcnn_steps.engine.train`, and evaluate it on the first ``num_eval_images``
+    val images (default :data:`rcnn_steps.evolution.NUM_EVAL_IMAGES`): COCO box AP, and
+    mask and keypoint AP when the config has those branches.
+
+    ``method="rpn"`` trains a :class:`~rcnn_steps.faster_rcnn.FasterRCNN` (with its mask
+    and keypoint branches if the config turns them on); ``method="selective_search"`` a
+    :class:`~rcnn_steps.fast_rcnn.FastRCNN` with the same config on selective-search
+    proposals (:func:`selective_search_proposals`). ``num_train_images`` restricts
+    training to the first images of the train set (default: all); ``flip`` adds random
+    horizontal flips. ``timing_threads`` sets torch's CPU thread count while the val
+    images are detected and timed. ``model_builder(config)`` replaces the model (e.g.
+    :func:`rcnn_steps.mask_rcnn.torchvision_mask_rcnn` for a baseline trained the same
+    way); ``out_dir`` keeps the run's checkpoint and ``metrics.jsonl``.
+
+    Returns a JSON-able dict: ``name, seed, preset, method, max_iter, overrides,
+    metrics`` (box; rounded to 4 digits), ``segm_metrics`` / ``keypoint_metrics`` (with
+    those branches), ``num_train_images, num_eval_images, network_seconds_per_image,
+    proposal_seconds_per_image`` (selective search's, from the cache; 0 for the RPN),
+    ``seconds_per_image``, ``timing_threads``, ``wall_time_s``, ``train_seconds,
+    eval_seconds`` and the :meth:`~rcnn_steps.engine.TrainResult.summary` fields.
+    """
+    from rcnn_steps.data import collate_fn
+    from rcnn_steps.engine import TrainConfig, train
+    from rcnn_steps.evolution import NUM_EVAL_IMAGES, evaluation_image_ids
+    from rcnn_steps.faster_rcnn import FasterRCNN
+    from rcnn_steps.utils import seed_everything
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; one of {list(METHODS)}.")
+    t0 = time.perf_counter()
+    config = detector_config(preset, overrides)
+    masks = config.masks and method == "rpn"
+    train_set, val_set = load_datasets(root, masks=masks, flip=flip)
+    n_train = len(train_set) if num_train_images is None else min(num_train_images, len(train_set))
+    eval_ids = evaluation_image_ids(val_set, num_eval_images or NUM_EVAL_IMAGES)
+    train_cfg = TrainConfig(
+        **schedule(preset, max_iter),
+        seed=seed,
+        device=device,
+        progress=progress,
+        out_dir=None if out_dir is None else str(out_dir),
+    )
+    seed_everything(seed)
+    if method == "rpn":
+        model = (model_builder or FasterRCNN)(config)
+        data = torch.utils.data.Subset(train_set, range(n_train))
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=batch_size, shuffle=True, collate_fn=collate_fn
+        )
+        result = train(model, loader, train_cfg)
+        val_proposals, proposal_seconds = None, 0.0
+    else:
+        from rcnn_steps.fast_rcnn import (
+            FastRCNN,
+            ProposalDataset,
+            collate_proposals,
+            proposal_detection_loss,
+        )
+
+        train_props, _ = selective_search_proposals(train_set, "train", n_train, root)
+        val_proposals, proposal_seconds = selective_search_proposals(
+            val_set, "val", len(eval_ids), root
+        )
+        model = FastRCNN(config)
+        data = ProposalDataset(train_set, train_props, flip=flip)
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=batch_size, shuffle=True, collate_fn=collate_proposals
+        )
+        result = train(model, loader, train_cfg, loss_fn=proposal_detection_loss)
+    t1 = time.perf_counter()
+    with thread_count(timing_threads):
+        threads = torch.get_num_threads()
+        detections, network_seconds = detect(model, val_set, eval_ids, val_proposals)
+    metrics = evaluate(val_set, eval_ids, detections)
+    t2 = time.perf_counter()
+    record = {
+        "name": name,
+        "seed": int(seed),
+        "preset": preset,
+        "method": method,
+        "max_iter": train_cfg.max_iter,
+        "overrides": json.loads(json.dumps(overrides)),
+        "metrics": metrics["bbox"],
+    }
+    if "segm" in metrics:
+        record["segm_metrics"] = metrics["segm"]
+    if "keypoints" in metrics:
+        record["keypoint_metrics"] = metrics["keypoints"]
+    record.update(
+        {
+            "num_train_images": n_train,
+            "num_eval_images": len(eval_ids),
+            "network_seconds_per_image": round(network_seconds, 4),
+            "proposal_seconds_per_image": round(proposal_seconds, 4),
+            "seconds_per_image": round(network_seconds + proposal_seconds, 4),
+            "timing_threads": threads,
+            "wall_time_s": round(t2 - t0, 2),
+            "train_seconds": round(t1 - t0, 2),
+            "eval_seconds": round(t2 - t1, 2),
+            **result.summary(),
+        }
+    )
+    return record

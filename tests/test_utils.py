@@ -1,0 +1,50 @@
+import subprocess
+
+import torch
+
+from rcnn_steps.utils import StageClock, code_diff_hash, git_commit
+
+
+def _git(repo, *args):
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+def test_provenance_is_dirty_for_code_changes_only(tmp_path):
+    repo = tmp_path
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "a@b.c")
+    _git(repo, "config", "user.name", "t")
+    (repo / "rcnn_steps").mkdir()
+    (repo / "results").mkdir()
+    (repo / "rcnn_steps" / "model.py").write_text("x = 1\n")
+    (repo / "results" / "r.json").write_text("{}\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "one")
+    head = git_commit(repo)
+    assert len(head) == 12 and not head.endswith("-dirty") and code_diff_hash(repo) is None
+    # results files and notebooks are outputs: writing them leaves the provenance clean
+    (repo / "results" / "r.json").write_text('{"AP": 1}\n')
+    (repo / "results" / "new.json").write_text("{}\n")
+    assert git_commit(repo) == head
+    # a change to the code is dirty, and its hash names the change
+    (repo / "rcnn_steps" / "model.py").write_text("x = 2\n")
+    first = code_diff_hash(repo)
+    assert git_commit(repo) == head + "-dirty" and first
+    (repo / "rcnn_steps" / "model.py").write_text("x = 3\n")
+    assert code_diff_hash(repo) not in (None, first)
+    (repo / "rcnn_steps" / "model.py").write_text("x = 1\n")
+    (repo / "rcnn_steps" / "extra.py").write_text("y = 1\n")  # an untracked module counts
+    assert git_commit(repo).endswith("-dirty")
+    assert git_commit(tmp_path / "results" / "..") == git_commit(repo)
+    assert git_commit(tmp_path.parent / "not-a-repo-here") == "unknown"
+
+
+def test_stage_clock_writes_only_when_asked():
+    inter = {}
+    clock = StageClock(inter, torch.device("cpu"))
+    clock.start()
+    clock.lap("a")
+    assert set(inter["stage_seconds"]) == {"a"} and inter["stage_seconds"]["a"] >= 0
+    silent = StageClock(None, torch.device("cpu"))
+    silent.start()
+    silent.lap("a")  # nothing to write into, nothing raised
