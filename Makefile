@@ -53,11 +53,12 @@ format: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab book/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
-# Our ops beside torchvision's (and selective search beside OpenCV's), timed in one run.
+# Our ops and models beside torchvision's (and selective search beside OpenCV's), timed in one run.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_boxes.py
 	$(BIN)/python benchmarks/bench_roi_ops.py
 	$(BIN)/python benchmarks/bench_selective_search.py
+	$(BIN)/python benchmarks/bench_models.py
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache .hypothesis
