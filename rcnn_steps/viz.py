@@ -21,11 +21,16 @@ __all__ = [
     "class_colour",
     "draw_boxes",
     "draw_detections",
+    "draw_instances",
+    "draw_keypoint_targets",
     "draw_keypoints",
+    "draw_mask_target",
     "draw_masks",
     "draw_target",
-    "show_image",
     "image_grid",
+    "plot_mask_probabilities",
+    "plot_stage_times",
+    "show_image",
 ]
 
 # tab10 without grey, so that every class colour stands out from a grey-ish background
@@ -237,6 +242,149 @@ def draw_detections(
         _np(detections["scores"])[keep],
         class_names,
     )
+    return ax
+
+
+# ----------------------------------------------------------------------------------------
+# Chapter 07: masks and keypoints
+
+
+def draw_instances(
+    image: torch.Tensor,
+    detections: dict[str, Any],
+    class_names: Sequence[str] | None = None,
+    score_threshold: float = 0.5,
+    skeleton: Sequence[tuple[int, int]] = (),
+    keypoint_names: Sequence[str] | None = None,
+    keypoint_labels: Sequence[int] = (),
+    ax: Axes | None = None,
+    title: str = "",
+) -> Axes:
+    """A Mask R-CNN's output on an image: for each detection above ``score_threshold``,
+    its mask (probabilities cut at 0.5) in its class colour, its box and caption, and,
+    for detections whose label is in ``keypoint_labels``, its keypoints and skeleton."""
+    keep = _np(detections["scores"]) >= score_threshold
+    kept = {k: _np(v)[keep] for k, v in detections.items() if hasattr(v, "__len__")}
+    ax = show_image(image, ax=ax, title=title)
+    if "masks" in kept:
+        masks = kept["masks"]
+        draw_masks(ax, masks[:, 0] if masks.ndim == 4 else masks, kept["labels"])
+    draw_boxes(ax, kept["boxes"], kept["labels"], kept["scores"], class_names)
+    if "keypoints" in kept and len(keypoint_labels):
+        person = np.isin(kept["labels"], list(keypoint_labels))
+        draw_keypoints(ax, kept["keypoints"][person], skeleton, names=keypoint_names)
+    return ax
+
+
+def draw_mask_target(
+    image: torch.Tensor,
+    box: torch.Tensor | np.ndarray,
+    gt_mask: torch.Tensor | np.ndarray,
+    target: torch.Tensor | np.ndarray,
+    label: int = 1,
+    pasted: torch.Tensor | np.ndarray | None = None,
+) -> plt.Figure:
+    """How a mask target is made (Mask R-CNN section 3): left, the image with a RoI (the
+    box) and the ground-truth mask of the object it matched; middle, the ``M x M`` target
+    (the mask cut out along the RoI and resized by RoIAlign; grey levels are fractions of
+    a bin covered); right (with ``pasted``), the target pasted back into the image."""
+    panels = 3 if pasted is not None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(2.6 * panels, 2.6), dpi=80)
+    show_image(image, ax=axes[0], title="RoI and its object's mask")
+    draw_masks(axes[0], _np(gt_mask)[None], [label], alpha=0.45)
+    draw_boxes(axes[0], _np(box)[None], colour="yellow")
+    t = _np(target)
+    im = axes[1].imshow(t, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    axes[1].set_title(f"{t.shape[0]} x {t.shape[1]} target", fontsize=9)
+    axes[1].set_xticks([])
+    axes[1].set_yticks([])
+    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04)
+    if pasted is not None:
+        show_image(image, ax=axes[2], title="target pasted back")
+        draw_masks(axes[2], _np(pasted)[None], [label], alpha=0.6)
+        draw_boxes(axes[2], _np(box)[None], colour="yellow")
+    fig.tight_layout()
+    return fig
+
+
+def plot_mask_probabilities(
+    sigmoid: torch.Tensor | np.ndarray,
+    softmax: torch.Tensor | np.ndarray,
+    classes: Sequence[int],
+    class_names: Sequence[str] | None = None,
+) -> plt.Figure:
+    """The same mask logits of one RoI read two ways (Mask R-CNN Table 2b): top row the
+    per-class sigmoid (each class's mask on its own, in [0, 1]), bottom row the per-pixel
+    softmax over the classes (the classes share each pixel's probability). ``sigmoid``
+    and ``softmax`` are ``(C, M, M)`` probabilities; ``classes`` the channels to show."""
+    n = len(classes)
+    fig, axes = plt.subplots(2, n, figsize=(1.9 * n + 0.8, 4.0), dpi=80, squeeze=False)
+    for row, (probs, name) in enumerate(((sigmoid, "sigmoid"), (softmax, "softmax"))):
+        p = _np(probs)
+        for col, k in enumerate(classes):
+            ax = axes[row, col]
+            im = ax.imshow(p[k], cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+            label = class_names[k] if class_names is not None else str(k)
+            ax.set_title(f"{name}: {label}", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.colorbar(im, ax=list(axes.ravel()), fraction=0.03, pad=0.02, label="probability")
+    return fig
+
+
+def draw_keypoint_targets(
+    image: torch.Tensor,
+    roi: torch.Tensor | np.ndarray,
+    keypoints: torch.Tensor | np.ndarray,
+    cells: torch.Tensor | np.ndarray,
+    valid: torch.Tensor | np.ndarray,
+    heatmap_size: int,
+    names: Sequence[str] | None = None,
+    decoded: torch.Tensor | np.ndarray | None = None,
+    show: Sequence[int] = (0, 4, 9),
+) -> plt.Figure:
+    """Keypoints as one-hot ``m x m`` targets (Mask R-CNN section 5): left, the image with
+    the RoI and the object's keypoints; then, for the keypoints ``show``, the RoI's
+    ``m x m`` grid with the one target cell lit (``cells``: flat indices, ``valid``:
+    whether the keypoint has a target). With ``decoded`` (``(K, 3)`` keypoints read back
+    from the one-hot maps), crosses mark them on the image."""
+    roi = _np(roi)
+    kps = _np(keypoints)
+    fig, axes = plt.subplots(1, 1 + len(show), figsize=(2.5 * (1 + len(show)), 2.6), dpi=80)
+    show_image(image, ax=axes[0], title="RoI and keypoints")
+    draw_boxes(axes[0], roi[None], colour="yellow")
+    draw_keypoints(axes[0], kps[None], names=names, markersize=2.5)
+    if decoded is not None:
+        d = _np(decoded)
+        axes[0].plot(d[:, 0] - 0.5, d[:, 1] - 0.5, "x", color="yellow", markersize=3)
+    x1, y1, x2, y2 = roi
+    axes[0].set_xlim(x1 - 8, x2 + 8)
+    axes[0].set_ylim(y2 + 8, y1 - 8)
+    for ax, k in zip(axes[1:], show, strict=True):
+        grid = np.zeros(heatmap_size * heatmap_size)
+        if int(_np(valid)[k]):
+            grid[int(_np(cells)[k])] = 1.0
+        ax.imshow(grid.reshape(heatmap_size, heatmap_size), cmap="gray", interpolation="nearest")
+        name = names[k] if names is not None else str(k)
+        ax.set_title(f"{name}: one-hot {heatmap_size}x{heatmap_size}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def plot_stage_times(stage_seconds: dict[str, float], ax: Axes | None = None) -> Axes:
+    """Horizontal bars: milliseconds per test-time stage (a model's ``inspect()``
+    ``stage_seconds``), in the order the stages run."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.0, 0.45 * len(stage_seconds) + 0.8), dpi=80)
+    names = list(stage_seconds)[::-1]
+    ms = [stage_seconds[n] * 1e3 for n in names]
+    ax.barh(names, ms, color="tab:blue")
+    for y, v in enumerate(ms):
+        ax.text(v, y, f" {v:.1f}", va="center", fontsize=8)
+    ax.set_xlabel("milliseconds per image")
+    ax.set_xlim(0, max(ms) * 1.25 if ms else 1)
     return ax
 
 
