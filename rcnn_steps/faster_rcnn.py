@@ -153,6 +153,9 @@ class DetectorConfig:
     #: "sigmoid" (per-class binary masks, section 3) or "softmax" (Table 2b)
     mask_loss: str = "sigmoid"
     mask_class_agnostic: bool = False  #: one mask per RoI instead of one per class
+    #: pixel convention of mask targets and pasting: False torchvision's (the paper's
+    #: code's), True Detectron2's exact one (mask_head.paste_masks_in_image; chapter 07)
+    mask_aligned: bool = False
     mask_roi_op: str | None = None  #: the mask branch's RoI layer; None: roi_op
     mask_pooled_size: int = 14  #: RoI features of the mask head (masks are twice that)
     mask_head_channels: int = 256  #: width of the FCN convs and the deconv (paper: 256)
@@ -633,7 +636,7 @@ def build_mask_branch(config: DetectorConfig, in_channels: int, box_head: nn.Mod
             in_channels * config.mask_pooled_size**2, config.mask_mlp_size, config.mask_mlp_layers
         )
         predictor = MaskMLPPredictor(config.mask_mlp_size, num_masks, config.mask_resolution)
-    return MaskBranch(pooler, head, predictor, config.mask_loss)
+    return MaskBranch(pooler, head, predictor, config.mask_loss, config.mask_aligned)
 
 
 def build_keypoint_branch(config: DetectorConfig, in_channels: int) -> KeypointBranch:

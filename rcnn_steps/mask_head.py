@@ -69,7 +69,9 @@ MASK_LOSSES = ("sigmoid", "softmax")
 # 1. Targets
 
 
-def project_masks_on_boxes(gt_masks: Tensor, boxes: Tensor, matched_idxs: Tensor, M: int) -> Tensor:
+def project_masks_on_boxes(
+    gt_masks: Tensor, boxes: Tensor, matched_idxs: Tensor, M: int, aligned: bool = False
+) -> Tensor:
     """The ``M x M`` mask target of each RoI: its matched ground-truth mask, cut out along
     the RoI and resized, by RoIAlign on the mask (one "image" per object, one channel).
 
@@ -78,17 +80,22 @@ def project_masks_on_boxes(gt_masks: Tensor, boxes: Tensor, matched_idxs: Tensor
         boxes: ``(R, 4)`` RoIs, xyxy in image pixels.
         matched_idxs: ``(R,)`` int64, the object (row of ``gt_masks``) each RoI matched.
         M: the target's side (28 for the FCN head).
+        aligned: RoIAlign's half-pixel correction (chapter 06). False (torchvision's and
+            the paper's code) samples the mask half a pixel up and left of where the RoI
+            is, since pixel ``j`` has its centre at ``j + 0.5``; True samples it where the
+            RoI is (Detectron2's choice; see :func:`paste_masks_in_image`).
 
     Returns:
         ``(R, M, M)`` float targets in [0, 1] (fractional where a bin straddles the mask's
-        edge; the sigmoid loss takes them as they are). Equals torchvision's
-        ``project_masks_on_boxes`` (RoIAlign with adaptive sampling, ``aligned=False``).
+        edge; the sigmoid loss takes them as they are). With ``aligned=False`` equals
+        torchvision's ``project_masks_on_boxes`` (RoIAlign with adaptive sampling).
     """
     if boxes.shape[0] == 0:
         return boxes.new_zeros((0, M, M))
     rois = torch.cat([matched_idxs.to(boxes)[:, None], boxes], dim=1)
     masks = gt_masks[:, None].to(rois)
-    return roi_align(masks, rois, (M, M), 1.0, sampling_ratio=-1, aligned=False)[:, 0]
+    targets = roi_align(masks, rois, (M, M), 1.0, sampling_ratio=-1, aligned=aligned)[:, 0]
+    return targets.clamp(0, 1)  # 1 + a rounding error is still 1
 
 
 def mask_targets(
@@ -97,12 +104,13 @@ def mask_targets(
     gt_labels: Sequence[Tensor],
     mask_matched_idxs: Sequence[Tensor],
     M: int,
+    aligned: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """The class and mask target of every positive RoI of a batch: ``(labels (R,),
     targets (R, M, M))``, images concatenated (lists have one entry per image)."""
     labels = [lab[idx] for lab, idx in zip(gt_labels, mask_matched_idxs, strict=True)]
     targets = [
-        project_masks_on_boxes(m, p, i, M)
+        project_masks_on_boxes(m, p, i, M, aligned)
         for m, p, i in zip(gt_masks, proposals, mask_matched_idxs, strict=True)
     ]
     return torch.cat(labels), torch.cat(targets)
@@ -210,6 +218,7 @@ def maskrcnn_loss(
     gt_masks: Sequence[Tensor],
     gt_labels: Sequence[Tensor],
     mask_matched_idxs: Sequence[Tensor],
+    aligned: bool = False,
 ) -> Tensor:
     """L_mask of Mask R-CNN section 3: the per-pixel binary cross-entropy of the
     sigmoid, averaged over the ``M x M`` pixels of every positive RoI, on the mask of the
@@ -222,13 +231,14 @@ def maskrcnn_loss(
         gt_masks: per image ``(G_i, H, W)`` ground-truth masks.
         gt_labels: per image ``(G_i,)`` classes.
         mask_matched_idxs: per image ``(R_i,)`` the object each RoI matched.
+        aligned: how the targets are cut out (:func:`project_masks_on_boxes`).
 
     Returns:
-        A scalar. Equals torchvision's ``maskrcnn_loss`` (which has no class-agnostic
-        case); 0 (with a graph) when there are no positive RoIs.
+        A scalar. With ``aligned=False`` equals torchvision's ``maskrcnn_loss`` (which
+        has no class-agnostic case); 0 (with a graph) when there are no positive RoIs.
     """
     labels, targets = mask_targets(
-        proposals, gt_masks, gt_labels, mask_matched_idxs, mask_logits.shape[-1]
+        proposals, gt_masks, gt_labels, mask_matched_idxs, mask_logits.shape[-1], aligned
     )
     if targets.numel() == 0:
         return _empty_loss(mask_logits)
@@ -244,6 +254,7 @@ def maskrcnn_softmax_loss(
     gt_masks: Sequence[Tensor],
     gt_labels: Sequence[Tensor],
     mask_matched_idxs: Sequence[Tensor],
+    aligned: bool = False,
 ) -> Tensor:
     """Mask R-CNN Table 2(b)'s "softmax" alternative: a per-pixel multinomial over the
     K + 1 channels (background included), so the classes compete at every pixel, as in
@@ -263,7 +274,7 @@ def maskrcnn_softmax_loss(
             "go with the sigmoid loss (maskrcnn_loss)."
         )
     labels, targets = mask_targets(
-        proposals, gt_masks, gt_labels, mask_matched_idxs, mask_logits.shape[-1]
+        proposals, gt_masks, gt_labels, mask_matched_idxs, mask_logits.shape[-1], aligned
     )
     if targets.numel() == 0:
         return _empty_loss(mask_logits)
@@ -349,34 +360,49 @@ def _resize_matrix(start: Tensor, stop: Tensor, src_size: int, out_size: int) ->
 
 
 def paste_masks_in_image(
-    masks: Tensor, boxes: Tensor, img_shape: Sequence[int], padding: int = 1
+    masks: Tensor,
+    boxes: Tensor,
+    img_shape: Sequence[int],
+    padding: int = 1,
+    aligned: bool = False,
 ) -> Tensor:
     """Resize each ``M x M`` mask to its box and paste it into an image-sized canvas.
 
-    The mask is first padded by ``padding`` zero pixels on every side and the box grown
-    by the same fraction, so the mask's border fades to 0 outside the box rather than
-    being cut off; the box is then rounded to whole pixels (torchvision's rule: corners
-    truncated to integers, size ``x2 - x1 + 1``) and the mask bilinearly resized to it.
+    ``aligned=False`` (torchvision's rule, from the paper's Detectron code): the mask is
+    first padded by ``padding`` zero pixels on every side and the box grown by the same
+    fraction, so the mask's border fades to 0 outside the box rather than being cut off;
+    the box is then rounded to whole pixels (corners truncated to integers, size ``x2 -
+    x1 + 1``: one pixel wider and taller than the box) and the mask bilinearly resized to
+    it. A bilinear resize is separable, so for every mask it is two small matrix
+    products, ``R_y @ mask @ R_x^T`` (:func:`_resize_matrix`; rows outside the box are
+    0): one batched product for all masks, no loop over detections.
 
-    A bilinear resize is separable, so for every mask it is two small matrix products,
-    ``R_y @ mask @ R_x^T`` (:func:`_resize_matrix`; rows outside the box are 0): one
-    batched product for all masks, no loop over detections.
+    ``aligned=True`` (Detectron2's rule) rounds nothing: image pixel ``(x, y)``, whose
+    centre is ``(x + 0.5, y + 0.5)``, reads the mask bilinearly at that point's position
+    in the box, ``M (x + 0.5 - x1) / (x2 - x1)`` cells from its left edge (cell ``i``
+    having its centre at ``i + 0.5``), and 0 beyond the mask's outer cell centres fading
+    to 0 half a cell out. With targets cut out by ``project_masks_on_boxes(...,
+    aligned=True)`` a mask survives the round trip nearly exactly (chapter 07 measures
+    both rules). ``padding`` is unused here.
 
     Args:
         masks: ``(D, 1, M, M)`` probabilities (or logits: any values).
         boxes: ``(D, 4)`` xyxy in image pixels.
         img_shape: ``(H, W)`` of the image.
-        padding: pixels of zero border added around each mask first.
+        padding: pixels of zero border added around each mask first (``aligned=False``).
+        aligned: the pixel convention, see above.
 
     Returns:
-        ``(D, 1, H, W)``. Equals torchvision's ``paste_masks_in_image`` up to float
-        rounding (its per-mask ``F.interpolate`` sums the same four products in another
-        order).
+        ``(D, 1, H, W)``. With ``aligned=False`` equals torchvision's
+        ``paste_masks_in_image`` up to float rounding (its per-mask ``F.interpolate`` sums
+        the same four products in another order).
     """
     h, w = int(img_shape[0]), int(img_shape[1])
     d = masks.shape[0]
     if d == 0:
         return masks.new_zeros((0, 1, h, w))
+    if aligned:
+        return _paste_aligned(masks, boxes, h, w)
     m = masks.shape[-1]
     padded = F.pad(masks[:, 0], (padding,) * 4)  # (D, M + 2p, M + 2p)
     scale = (m + 2 * padding) / m
@@ -388,6 +414,23 @@ def paste_masks_in_image(
     cols = _resize_matrix(corners[:, 0], corners[:, 2], src, w)  # (D, W, src)
     pasted = rows @ padded.to(rows.dtype) @ cols.transpose(1, 2)
     return pasted.to(masks.dtype)[:, None]
+
+
+def _paste_aligned(masks: Tensor, boxes: Tensor, h: int, w: int) -> Tensor:
+    """:func:`paste_masks_in_image` with ``aligned=True``: ``grid_sample`` at every pixel
+    centre, in coordinates where the box spans [-1, 1] (``align_corners=False``: -1 and 1
+    are the mask's outer edges, so cell centres sit where the box's bins' centres are)."""
+    d = masks.shape[0]
+    boxes = boxes.to(torch.float32)
+    xs = torch.arange(w, device=masks.device, dtype=torch.float32) + 0.5
+    ys = torch.arange(h, device=masks.device, dtype=torch.float32) + 0.5
+    widths = (boxes[:, 2:3] - boxes[:, 0:1]).clamp(min=1e-6)
+    heights = (boxes[:, 3:4] - boxes[:, 1:2]).clamp(min=1e-6)
+    gx = (xs[None] - boxes[:, 0:1]) / widths * 2 - 1  # (D, W)
+    gy = (ys[None] - boxes[:, 1:2]) / heights * 2 - 1  # (D, H)
+    grid = torch.stack([gx[:, None, :].expand(d, h, w), gy[:, :, None].expand(d, h, w)], dim=3)
+    pasted = F.grid_sample(masks.to(torch.float32), grid, align_corners=False)
+    return pasted.to(masks.dtype)
 
 
 # ----------------------------------------------------------------------------------------
@@ -408,10 +451,18 @@ class MaskBranch(nn.Module):
         predictor: :class:`MaskRCNNPredictor` or :class:`MaskMLPPredictor`.
         loss: ``"sigmoid"`` (:func:`maskrcnn_loss`) or ``"softmax"``
             (:func:`maskrcnn_softmax_loss`).
+        aligned: the pixel convention of the targets and of pasting
+            (:func:`project_masks_on_boxes`, :func:`paste_masks_in_image`); False is
+            torchvision's.
     """
 
     def __init__(
-        self, pooler: nn.Module, head: nn.Module, predictor: nn.Module, loss: str = "sigmoid"
+        self,
+        pooler: nn.Module,
+        head: nn.Module,
+        predictor: nn.Module,
+        loss: str = "sigmoid",
+        aligned: bool = False,
     ) -> None:
         super().__init__()
         if loss not in MASK_LOSSES:
@@ -420,9 +471,10 @@ class MaskBranch(nn.Module):
         self.head = head
         self.predictor = predictor
         self.loss_name = loss
+        self.aligned = aligned
 
     def extra_repr(self) -> str:
-        return f"loss={self.loss_name!r}"
+        return f"loss={self.loss_name!r}, aligned={self.aligned}"
 
     def forward(self, features, rois: Sequence[Tensor], image_shape: Sequence[int]) -> Tensor:
         """``(sum R_i, num_masks, M, M)`` mask logits of the RoIs (a list per image)."""
@@ -454,6 +506,7 @@ class MaskBranch(nn.Module):
             [t["masks"] for t in targets],
             [t["labels"] for t in targets],
             list(matched_idxs),
+            self.aligned,
         )
 
     def predict(
@@ -466,5 +519,5 @@ class MaskBranch(nn.Module):
         each image's detections; returns the ``(D_i, 1, M, M)`` probabilities."""
         probs = maskrcnn_inference(mask_logits, [d["labels"] for d in detections], self.loss_name)
         for det, prob, size in zip(detections, probs, image_sizes, strict=True):
-            det["masks"] = paste_masks_in_image(prob, det["boxes"], size)
+            det["masks"] = paste_masks_in_image(prob, det["boxes"], size, aligned=self.aligned)
         return probs

@@ -87,6 +87,7 @@ def _unsupported(config: DetectorConfig) -> list[str]:
         (config.masks and config.mask_head != "fcn", "mask_head must be 'fcn'"),
         (config.masks and config.mask_loss != "sigmoid", "mask_loss must be 'sigmoid'"),
         (config.masks and config.mask_class_agnostic, "masks must be per class"),
+        (config.masks and config.mask_aligned, "mask_aligned must be False"),
         (config.masks and config.mask_head_convs < 1, "mask_head_convs must be >= 1"),
         (
             config.keypoints and sum(c > 0 for c in config.keypoint_counts) > 1,

@@ -490,7 +490,9 @@ class RoIHeads(nn.Module):
 
                 gt = [t["masks"] for t in targets]
                 gt_labels = [t["labels"] for t in targets]
-                cls, mask_t = mask_targets(pos_rois, gt, gt_labels, pos_matched, logits.shape[-1])
+                cls, mask_t = mask_targets(
+                    pos_rois, gt, gt_labels, pos_matched, logits.shape[-1], self.mask_branch.aligned
+                )
                 intermediates.update(
                     mask_rois=pos_rois,
                     mask_labels=cls,

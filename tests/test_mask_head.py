@@ -202,3 +202,41 @@ def test_branch_checks_targets_and_reports_accuracy():
     assert inverted["false_negative"] == 1.0
     with pytest.raises(ValueError, match="loss must be one of"):
         MaskBranch(branch.pooler, branch.head, branch.predictor, loss="dice")
+
+
+def test_aligned_round_trip_keeps_a_mask_and_the_legacy_rule_shifts_it():
+    """A rectangle mask cut out along its own box and pasted back: exact with the
+    aligned rule; the legacy rule (a box one pixel too large) grows it."""
+    mask = torch.zeros(1, 40, 40, dtype=torch.uint8)
+    mask[0, 10:22, 5:30] = 1  # pixels 5..29 x 10..21: the box [5, 10, 30, 22]
+    box = torch.tensor([[5.0, 10.0, 30.0, 22.0]])
+    results = {}
+    for aligned in (True, False):
+        target = project_masks_on_boxes(mask, box, torch.zeros(1, dtype=torch.long), 28, aligned)
+        back = paste_masks_in_image(target[:, None], box, (40, 40), aligned=aligned)[0, 0] >= 0.5
+        truth = mask[0].bool()
+        results[aligned] = float((back & truth).sum() / (back | truth).sum())
+    assert results[True] == 1.0
+    assert results[False] < 0.97
+    # aligned pasting of an all-ones mask fills exactly the box's pixels (at 0.5)
+    ones = paste_masks_in_image(torch.ones(1, 1, 28, 28), box, (40, 40), aligned=True)[0, 0]
+    assert torch.equal(ones >= 0.5, mask[0].bool())
+    assert paste_masks_in_image(torch.ones(0, 1, 28, 28), box[:0], (8, 8), aligned=True).shape == (
+        0,
+        1,
+        8,
+        8,
+    )
+
+
+def test_aligned_targets_are_the_half_pixel_shifted_roi_align():
+    from rcnn_steps.roi_ops import roi_align
+
+    g = torch.Generator().manual_seed(9)
+    masks = _masks(g)
+    boxes = _boxes(g, 10, 0, 40)
+    idx = torch.randint(0, 3, (10,), generator=g)
+    ours = project_masks_on_boxes(masks, boxes, idx, 14, aligned=True)
+    rois = torch.cat([idx[:, None].float(), boxes], dim=1)
+    expected = roi_align(masks[:, None].float(), rois, 14, 1.0, -1, aligned=True)[:, 0]
+    torch.testing.assert_close(ours, expected.clamp(0, 1))

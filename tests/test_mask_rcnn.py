@@ -109,7 +109,9 @@ def test_equal_to_torchvision_with_keypoints_on_one_class_of_several():
 
 
 def test_torchvision_counterpart_refuses_what_it_cannot_express():
-    for overrides in ({"mask_loss": "softmax"}, {"roi_op": "roipool"}, {"mask_head": "mlp"}):
+    refused = ({"mask_loss": "softmax"}, {"roi_op": "roipool"}, {"mask_head": "mlp"},
+               {"mask_aligned": True})  # fmt: skip
+    for overrides in refused:
         config = DetectorConfig.ci_mask(**overrides)
         with pytest.raises(ValueError, match="torchvision's models cannot express"):
             torchvision_mask_rcnn(config, FasterRCNN(config).backbone)
@@ -123,6 +125,7 @@ def test_torchvision_counterpart_refuses_what_it_cannot_express():
         {"mask_head": "mlp", "mask_mlp_layers": 3},
         {"mask_loss": "softmax"},
         {"mask_class_agnostic": True},
+        {"mask_aligned": True},
         {"box_head": "c5", "mask_head": "c5"},
         {"mask_roi_op": "roipool", "keypoint_roi_op": "roiwarp_max"},
         {"keypoints": False},
