@@ -59,6 +59,12 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     from rcnn_steps.utils import set_threads, write_results
 
     started = time.time()
+    overrides = _parse_overrides(args.set)
+    if overrides and args.out is None:
+        raise SystemExit(
+            "evaluate: with --set, name the results file with --out (the preset's default "
+            f"file, {evaluate_results_path(args.preset)}, is for the preset as it is)"
+        )
     set_threads(args.threads)
     common: dict[str, Any] = dict(
         method="rpn",
@@ -67,13 +73,13 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         progress=args.progress,
         timing_threads=args.timing_threads,
     )
-    run = run_setting("ours", {}, args.seed, args.preset, args.max_iter, **common)
-    config = detector_config(args.preset, {})
+    run = run_setting("ours", overrides, args.seed, args.preset, args.max_iter, **common)
+    config = detector_config(args.preset, overrides)
     results: dict[str, Any] = {**run, "config": config.to_dict()}
     if args.baseline_torchvision:
         results["torchvision"] = run_setting(
             "torchvision",
-            {},
+            overrides,
             args.seed,
             args.preset,
             args.max_iter,
@@ -84,7 +90,9 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     write_results(out, results, preset=args.preset, seeds=[args.seed], started=started)
     metrics, seconds = run["metrics"], run["seconds_per_image"]
     chapter, detector, _ = EVALUATE_PRESETS[args.preset]
-    if not args.no_evolution:
+    if overrides:
+        print("(a preset with --set overrides is not a row of the evolution table)")
+    elif not args.no_evolution:
         if config.fpn:
             features = "FPN levels P2-P6"
         else:
@@ -132,6 +140,30 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["mask_aligned=True", "roi_op=roipool"]`` -> ``{"mask_aligned": True, "roi_op":
+    "roipool"}``: values are Python literals where they parse as one, else strings."""
+    import ast
+    import dataclasses
+
+    from rcnn_steps.faster_rcnn import DetectorConfig
+
+    fields = {f.name for f in dataclasses.fields(DetectorConfig)}
+    overrides: dict[str, Any] = {}
+    for item in items or ():
+        name, sep, text = item.partition("=")
+        if not sep or name not in fields:
+            raise SystemExit(
+                f"evaluate: --set takes FIELD=VALUE with a DetectorConfig field, got {item!r}"
+                + ("" if not sep else f"; {name!r} is not a field")
+            )
+        try:
+            overrides[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            overrides[name] = text
+    return overrides
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m rcnn_steps evaluate --preset P``: train the preset's detector on the
     synthetic train set, measure box (and mask, keypoint) AP and seconds per image on the
@@ -163,6 +195,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--baseline-torchvision",
         action="store_true",
         help="also train torchvision's model at the same config, schedule and seed",
+    )
+    ev.add_argument(
+        "--set",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="override a DetectorConfig field of the preset (repeatable; needs --out)",
     )
     add_evaluate_arguments(ev)
     args = parser.parse_args(argv)

@@ -303,3 +303,23 @@ def test_detect_writes_masks_and_per_class_keypoints(tiny_synth):
         assert len(r["keypoints"]) == (33 if r["category_id"] == person else 0)
     metrics = evaluate(val, ids, results)
     assert set(metrics) == {"bbox", "segm", "keypoints"}
+
+
+def test_evaluate_overrides_need_their_own_results_file(tiny_synth, tmp_path):
+    from rcnn_steps import cli
+    from rcnn_steps.utils import read_results
+
+    base = ["evaluate", "--preset", "ci_mask", "--max-iter", "1", "--root", str(tiny_synth)]
+    base += ["--num-eval-images", "2", "--threads", "1"]
+    with pytest.raises(SystemExit, match="--out"):
+        cli.main([*base, "--set", "mask_aligned=True"])
+    with pytest.raises(SystemExit, match="not a field"):
+        cli.main([*base, "--set", "mask_alinged=True", "--out", str(tmp_path / "x.json")])
+    out = tmp_path / "aligned.json"
+    assert cli.main([*base, "--set", "mask_aligned=True", "--set", "roi_op=roialign_max",
+                     "--out", str(out)]) == 0  # fmt: skip
+    results = read_results(out)["results"]
+    assert (
+        results["config"]["mask_aligned"] is True and results["config"]["roi_op"] == "roialign_max"
+    )
+    assert results["overrides"] == {"mask_aligned": True, "roi_op": "roialign_max"}
