@@ -55,13 +55,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rcnn_steps.grid import summarise
 from rcnn_steps.runner import (
     METHODS,
     detector_config,
@@ -108,6 +108,18 @@ PAPER_METRIC: dict[str, str] = {
     ),
 }
 
+#: Our metric that sits beside each table's paper metric: Faster R-CNN's VOC tables report
+#: mAP at IoU 0.5, which is our AP50; the Mask R-CNN and FPN tables report COCO AP (with
+#: AP50 / AP75 or the sizes beside it), which is our AP.
+COMPARABLE_METRIC: dict[str, str] = {
+    "table6": "AP50",
+    "table8": "AP50",
+    "table9": "AP50",
+    "table2c": "AP",
+    "table2d": "AP",
+    "fpn_table3": "AP",
+}
+
 #: The paper's anchor sizes (sqrt of the area, pixels on ~600 px images) and ours: the
 #: paper's divided by 16 (see :func:`faster_rcnn_grid`).
 PAPER_ANCHOR_SIZES = (128, 256, 512)
@@ -119,6 +131,8 @@ TABLE6_TRAIN_IMAGES = 400
 _RATIOS_3 = (0.5, 1.0, 2.0)
 
 TABLES = ("table6", "table8", "table9", "table2c", "table2d", "fpn_table3")
+#: Val images every grid run is evaluated on: the synthetic set's whole val split.
+GRID_EVAL_IMAGES = 200
 
 #: Anchor sizes of ``table2d`` (stride 32): the cpu preset's, see :func:`faster_rcnn_grid`.
 TABLE2D_ANCHOR_SIZES = (8, 16, 32, 64)
@@ -389,149 +403,358 @@ def _ap_triple(values: tuple[float, float, float]) -> dict[str, float]:
     return dict(zip(("AP", "AP50", "AP75"), values, strict=True))
 
 
+# ----------------------------------------------------------------------------------------
+# Mask R-CNN's own tables (chapter 08): masks and keypoints
+
+#: The Mask R-CNN paper's numbers (COCO minival, %): (AP, AP50, AP75) of masks unless said.
+_PAPER_2A = {
+    "c4": (30.3, 51.2, 31.5),  # R50-C4
+    "c4_deep": (32.7, 54.2, 34.3),  # R101-C4
+    "fpn": (33.6, 55.2, 35.3),  # R50-FPN
+    "fpn_deep": (35.4, 57.3, 37.5),  # R101-FPN
+}
+_PAPER_2E = {"mlp": (31.5, 53.7, 32.8), "mlp3": (31.5, 54.0, 32.6), "fcn": (33.6, 55.2, 35.3)}
+
+#: The base of every Mask R-CNN table: the ``cpu_mask`` preset (FPN, RoIAlign, the FCN mask
+#: head, per-class sigmoid masks) without the keypoint branch, as the paper's Table 2
+#: models (the keypoint tables turn it back on).
+MASK_BASE: dict[str, Any] = {"keypoints": False}
+
+#: Which of our metric families each Mask R-CNN table compares with the paper's.
+MASK_TABLES = (
+    "mrcnn_2a",
+    "mrcnn_2b",
+    "mrcnn_2c",
+    "mrcnn_2d",
+    "mrcnn_2e",
+    "mrcnn_3",
+    "mrcnn_5",
+    "mrcnn_6",
+    "mrcnn_pixels",
+)
+#: Our metric beside each Mask R-CNN table's paper numbers (``segm``: mask AP, ``bbox``:
+#: box AP, ``keypoints``: keypoint AP), as :func:`rcnn_steps.runner.evaluate` names them.
+MASK_TABLE_METRIC = {
+    "mrcnn_2a": "segm",
+    "mrcnn_2b": "segm",
+    "mrcnn_2c": "segm",
+    "mrcnn_2d": "segm",
+    "mrcnn_2e": "segm",
+    "mrcnn_3": "bbox",
+    "mrcnn_5": "keypoints",
+    "mrcnn_6": "keypoints",
+    "mrcnn_pixels": "segm",
+}
+PAPER_METRIC.update(
+    {
+        "mrcnn_2a": "Mask R-CNN Table 2(a) (backbone), COCO minival mask AP / AP50 / AP75, %",
+        "mrcnn_2b": "Mask R-CNN Table 2(b) (ResNet-50-C4), COCO minival mask AP / AP50 / AP75, %",
+        "mrcnn_2c": "Mask R-CNN Table 2(c) (ResNet-50-C4), COCO minival mask AP / AP50 / AP75, %",
+        "mrcnn_2d": (
+            "Mask R-CNN Table 2(d) (ResNet-50-C5, stride 32), COCO minival mask AP / AP50 / "
+            "AP75, % ('paper'; box AP / AP50 / AP75 in 'paper_box')"
+        ),
+        "mrcnn_2e": "Mask R-CNN Table 2(e) (ResNet-50-FPN), COCO minival mask AP / AP50 / AP75, %",
+        "mrcnn_3": "Mask R-CNN Table 3 (ResNet-101-FPN), COCO test-dev box AP, %",
+        "mrcnn_5": "Mask R-CNN Table 5 (ResNet-50-FPN), COCO minival person keypoint AP, %",
+        "mrcnn_6": "Mask R-CNN Table 6 (ResNet-50-FPN), COCO minival person keypoint AP, %",
+        "mrcnn_pixels": "not in the paper: the pixel convention of mask targets and pasting",
+    }
+)
+COMPARABLE_METRIC.update({t: "AP" for t in MASK_TABLES})
+
+
+def _mask_setting(overrides: dict[str, Any], paper: Any, label: str, **extra: Any) -> dict:
+    return {"overrides": {**MASK_BASE, **overrides}, "paper": paper, "label": label, **extra}
+
+
+def mask_rcnn_grid(table: str) -> dict[str, dict[str, Any]]:
+    """The named settings of one of Mask R-CNN's tables (He et al. 2017), each an override
+    of the ``cpu_mask`` preset without keypoints (:data:`MASK_BASE`: FPN on the width-32
+    TinyBackbone, RoIAlign, the FCN mask head of four 3x3 convs of 64 channels, per-class
+    sigmoid masks), in the paper's order, with the paper's numbers (% on COCO) beside:
+
+    - ``mrcnn_2a`` (backbone; mask AP): ``c4`` (R50-C4: the RPN and RoIs on c4, stride 16,
+      res5 as the box head, and the mask head of the C4 design, res5 + deconv, 14 x 14
+      masks), ``c4_deep`` (R101-C4), ``fpn`` (R50-FPN, the base), ``fpn_deep``
+      (R101-FPN). "Deeper" is our TinyBackbone with two 3x3 convs per stage after the
+      strided one instead of one (``backbone_blocks=2``: 1.6x the backbone's
+      parameters, as R-101 has 1.7x R-50's); the C4 rows use chapter 05's C4 anchors.
+    - ``mrcnn_2b`` (mask loss): ``sigmoid`` (the base), ``softmax`` (a per-pixel softmax
+      over the classes), ``agnostic`` (one sigmoid mask per RoI). The paper ran it on
+      R50-C4 (30.3 / 24.8 / 29.7 AP); we run it on the base.
+    - ``mrcnn_2c`` (RoI layer of every branch): RoIPool, RoIWarp max/avg, RoIAlign
+      max/avg (the base), on the base (the paper: R50-C4).
+    - ``mrcnn_2d`` (stride 32): ``roipool`` and ``roialign_avg`` on c5 (no FPN; the
+      RPN, box and mask heads all read the 4 x 4 map of a 128 px image), masks and
+      boxes (``paper_box`` holds the paper's box numbers); chapter 06's Table 2(d)
+      anchors.
+    - ``mrcnn_2e`` (mask head): ``mlp`` (two fc layers of 256, then an fc to the 28 x 28
+      masks: the paper's 1024 scaled as our FCN's 256 channels are to 64), ``mlp3``
+      (three), ``fcn`` (the base).
+    - ``mrcnn_3`` (multi-task; box AP): ``faster`` (the base without the mask branch:
+      Faster R-CNN with RoIAlign, 37.3) vs ``mask`` (the base, 38.2).
+    - ``mrcnn_5`` (keypoint AP of the persons): ``kp_only`` (keypoints, no masks, 64.2)
+      vs ``kp_mask`` (both branches: the ``cpu_mask`` preset as it is, 64.7).
+    - ``mrcnn_6`` (keypoint AP): ``kp_roipool`` (keypoint-only with RoIPool in every
+      branch, 59.8) vs ``kp_roialign`` (= ``kp_only``, 64.2).
+    - ``mrcnn_pixels`` (not in the paper; mask AP): ``torchvision`` (the base: mask
+      targets by RoIAlign without the half-pixel shift, masks pasted into a box rounded
+      a pixel too large) vs ``exact`` (``mask_aligned=True``, Detectron2's convention;
+      chapter 07 measures what the round trip loses with each).
+    """
+    if table == "mrcnn_2a":
+        c4 = {"fpn": False, "feature_stage": "c4", "box_head": "c5", "mask_head": "c5",
+              "anchor_sizes": FPN_TABLE3_ANCHOR_SIZES}  # fmt: skip
+        rows = {
+            "c4": (c4, "C4 (stride 16), res5 heads, width 32, 1 conv per stage (R50-C4)"),
+            "c4_deep": ({**c4, "backbone_blocks": 2}, "C4, 2 convs per stage (R101-C4)"),
+            "fpn": ({}, "FPN P2-P6, FCN mask head, 1 conv per stage (R50-FPN)"),
+            "fpn_deep": ({"backbone_blocks": 2}, "FPN, 2 convs per stage (R101-FPN)"),
+        }
+        return {n: _mask_setting(o, _ap_triple(_PAPER_2A[n]), lab) for n, (o, lab) in rows.items()}
+    if table == "mrcnn_2b":
+        return {
+            "softmax": _mask_setting(
+                {"mask_loss": "softmax"}, _ap_triple((24.8, 44.1, 25.1)), "softmax over classes"
+            ),
+            "sigmoid": _mask_setting({}, _ap_triple((30.3, 51.2, 31.5)), "per-class sigmoid"),
+            "agnostic": _mask_setting(
+                {"mask_class_agnostic": True}, {"AP": 29.7}, "class-agnostic sigmoid"
+            ),
+        }
+    if table == "mrcnn_2c":
+        return {
+            op: _mask_setting(
+                {} if op == "roialign_avg" else {"roi_op": op}, _ap_triple(paper), _ROI_LABELS[op]
+            )
+            for op, paper in _PAPER_2C.items()
+        }
+    if table == "mrcnn_2d":
+        c5 = {"fpn": False, "feature_stage": "c5", "anchor_sizes": TABLE2D_ANCHOR_SIZES}
+        return {
+            op: _mask_setting(
+                {**c5, "roi_op": op},
+                _ap_triple(_PAPER_2D_MASK[op]),
+                f"{_ROI_LABELS[op]}, stride 32 (c5)",
+                paper_box=_ap_triple(_PAPER_2D_BOX[op]),
+            )
+            for op in ("roipool", "roialign_avg")
+        }
+    if table == "mrcnn_2e":
+        mlp = {"mask_head": "mlp", "mask_mlp_size": 256}
+        return {
+            "mlp": _mask_setting(
+                {**mlp, "mask_mlp_layers": 2}, _ap_triple(_PAPER_2E["mlp"]), "MLP, 2 fc of 256"
+            ),
+            "mlp3": _mask_setting(
+                {**mlp, "mask_mlp_layers": 3}, _ap_triple(_PAPER_2E["mlp3"]), "MLP, 3 fc of 256"
+            ),
+            "fcn": _mask_setting({}, _ap_triple(_PAPER_2E["fcn"]), "FCN, 4 convs of 64"),
+        }
+    if table == "mrcnn_3":
+        return {
+            "faster": _mask_setting(
+                {"masks": False}, {"AP": 37.3}, "Faster R-CNN with RoIAlign (no mask branch)"
+            ),
+            "mask": _mask_setting({}, {"AP": 38.2}, "Mask R-CNN (box and mask branches)"),
+        }
+    if table == "mrcnn_5":
+        return {
+            "kp_only": _mask_setting(
+                {"masks": False, "keypoints": True}, {"AP": 64.2}, "keypoint branch only"
+            ),
+            "kp_mask": _mask_setting({"keypoints": True}, {"AP": 64.7}, "keypoints and masks"),
+        }
+    if table == "mrcnn_6":
+        kp = {"masks": False, "keypoints": True}
+        return {
+            "kp_roipool": _mask_setting({**kp, "roi_op": "roipool"}, {"AP": 59.8}, "RoIPool"),
+            "kp_roialign": _mask_setting(kp, {"AP": 64.2}, "RoIAlign"),
+        }
+    if table == "mrcnn_pixels":
+        return {
+            "torchvision": _mask_setting({}, None, "torchvision's pixel convention"),
+            "exact": _mask_setting({"mask_aligned": True}, None, "exact (Detectron2's)"),
+        }
+    raise ValueError(f"mask_rcnn_grid: unknown table {table!r}; one of {list(MASK_TABLES)}.")
+
+
+ALL_TABLES = TABLES + MASK_TABLES
+
+
+def table_grid(table: str) -> dict[str, dict[str, Any]]:
+    """The settings of any table (:func:`faster_rcnn_grid` or :func:`mask_rcnn_grid`)."""
+    return mask_rcnn_grid(table) if table in MASK_TABLES else faster_rcnn_grid(table)
+
+
+def table_preset(table: str, scale: str = "cpu") -> str:
+    """The preset a table's settings override: ``cpu`` (box tables) or ``cpu_mask``, at
+    ``scale`` "cpu", or their ``ci`` versions at scale "ci"."""
+    if scale not in ("ci", "cpu"):
+        raise ValueError(f"scale must be 'ci' or 'cpu', got {scale!r}")
+    return scale + ("_mask" if table in MASK_TABLES else "")
+
+
+# ----------------------------------------------------------------------------------------
+# Running tables
+
+
 def run_key(name: str, seed: int) -> str:
     """The key of one run in a results file: ``"<setting>/seed<seed>"``."""
     return f"{name}/seed{int(seed)}"
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return {
-        "mean": round(mean, 4),
-        "min": round(min(values), 4),
-        "max": round(max(values), 4),
-        "std": round(std, 4),
-    }
+def _specs(table, settings, seeds, preset, max_iter, root, num_eval_images, timing_threads):
+    from rcnn_steps.grid import RunSpec
+
+    return [
+        RunSpec(
+            name=name,
+            seed=int(seed),
+            preset=preset,
+            overrides=setting["overrides"],
+            method=setting.get("method", "rpn"),
+            num_train_images=setting.get("num_train_images"),
+            max_iter=max_iter,
+            num_eval_images=num_eval_images,
+            root=None if root is None else str(root),
+            timing_threads=timing_threads,
+        )
+        for name, setting in settings.items()
+        for seed in seeds
+    ]
 
 
-def summarise(
-    grid: dict[str, dict[str, Any]], runs: dict[str, dict[str, Any]]
-) -> dict[str, dict[str, Any]]:
-    """Per setting of ``grid``, over the seeds run so far: ``{"paper", "label", "seeds",
-    "n", metric: {"mean", "min", "max", "std"}}`` for :data:`SUMMARY_METRICS` and
-    ``wall_time_s``. ``std`` is the sample standard deviation (0 for one seed)."""
-    summary: dict[str, dict[str, Any]] = {}
-    for name, setting in grid.items():
-        done = sorted((r for r in runs.values() if r["name"] == name), key=lambda r: r["seed"])
-        entry: dict[str, Any] = {
-            "paper": setting["paper"],
-            "label": setting["label"],
-            "seeds": [r["seed"] for r in done],
-            "n": len(done),
-        }
-        if done:
-            for metric in SUMMARY_METRICS:
-                values = [r["metrics"][metric] for r in done if metric in r["metrics"]]
-                if values:
-                    entry[metric] = _spread(values)
-            for timing in SUMMARY_TIMINGS:
-                values = [r[timing] for r in done if timing in r]
-                if values:
-                    entry[timing] = _spread(values)
-        summary[name] = entry
-    return summary
-
-
-def run_grid(
-    table: str,
+def run_tables(
+    tables: Sequence[str],
     seeds: Sequence[int],
-    preset: str,
-    out: str | Path,
+    scale: str,
+    out_dir: str | Path,
     max_iter: int | None = None,
     *,
     settings: Sequence[str] | None = None,
     root: str | Path | None = None,
     num_eval_images: int | None = None,
-    device: str = "auto",
-    progress: bool = False,
-    verbose: bool = True,
     timing_threads: int | None = None,
-) -> dict[str, Any]:
-    """Run every (setting, seed) of ``table`` with :func:`run_setting`, writing the
-    results file ``out`` after each run (atomically, with :func:`rcnn_steps.utils.
-    write_results`'s provenance) and skipping the runs it already holds, so an interrupted
-    grid resumes where it stopped. ``settings`` restricts the grid to some names;
-    ``timing_threads`` is passed to every :func:`run_setting` (threads while the val
-    images are timed).
+    workers: int = 2,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    verbose: bool = True,
+    paths: dict[str, str | Path] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run every (setting, seed) of ``tables`` (:func:`rcnn_steps.grid.run_specs`: in
+    ``workers`` processes of one thread, each run cached in ``cache_dir``, default
+    ``out_dir/runs``, so shared settings run once and a killed grid resumes), and write
+    ``out_dir/ablation_<table>.json`` for each table, updated after every run.
 
-    The file's ``results`` hold ``table, preset, max_iter, paper_metric, settings`` (the
-    grid), ``runs`` (``{run_key(name, seed): run}``) and ``summary`` (:func:`summarise`).
-    A file made with another table, preset or ``max_iter`` is refused rather than mixed.
-    Returns the ``results`` dict.
-    """
+    Each file's ``results`` hold ``table, preset, max_iter, num_eval_images,
+    paper_metric, comparable_metric, settings`` (the grid), ``runs`` (``{run_key(name,
+    seed): run}``) and ``summary`` (:func:`rcnn_steps.grid.summarise`). A file made with
+    another preset, ``max_iter`` or number of evaluation images is refused rather than
+    mixed. ``settings`` restricts the tables to some setting names. Returns ``{table:
+    results}``. ``paths`` names another file for some tables."""
+    from rcnn_steps.grid import run_specs, summarise
+    from rcnn_steps.runner import schedule
     from rcnn_steps.utils import read_results, write_results
 
     started = time.time()
-    grid = faster_rcnn_grid(table)
-    if settings is not None:
-        unknown = sorted(set(settings) - set(grid))
-        if unknown:
-            raise ValueError(f"unknown settings {unknown} for {table}; one of {list(grid)}")
-        grid = {k: v for k, v in grid.items() if k in set(settings)}
-    iters = schedule(preset, max_iter)["max_iter"]
-    out = Path(out)
-    runs: dict[str, dict[str, Any]] = {}
-    earlier_seeds: list[int] = []
-    if out.exists():
-        old = read_results(out)
-        held = old["results"]
-        for key, want in (("table", table), ("preset", preset), ("max_iter", iters)):
-            if held.get(key) != want:
-                raise ValueError(
-                    f"{out} holds runs with {key}={held.get(key)!r}, not {want!r}: pass "
-                    "another --out (or delete the file) rather than mix the two grids"
-                )
-        runs = dict(held.get("runs", {}))
-        earlier_seeds = list(old["provenance"].get("seeds") or [])
-    all_seeds = sorted({*earlier_seeds, *(int(s) for s in seeds)})
-    full_grid = faster_rcnn_grid(table)
+    out_dir = Path(out_dir)
+    cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / "runs"
+    plans: dict[str, dict[str, Any]] = {}
+    all_specs = []
+    for table in tables:
+        preset = table_preset(table, scale)
+        full = table_grid(table)
+        chosen = full
+        if settings is not None:
+            chosen = {k: v for k, v in full.items() if k in set(settings)}
+        iters = schedule(preset, max_iter)["max_iter"]
+        out = Path((paths or {}).get(table, out_dir / f"ablation_{table}.json"))
+        runs: dict[str, dict[str, Any]] = {}
+        earlier: list[int] = []
+        if out.exists():
+            old = read_results(out)
+            held = old["results"]
+            wanted = (("table", table), ("preset", preset), ("max_iter", iters),
+                      ("num_eval_images", num_eval_images))  # fmt: skip
+            for key, want in wanted:
+                if held.get(key, want if key == "num_eval_images" else None) != want:
+                    raise ValueError(
+                        f"{out} holds runs with {key}={held.get(key)!r}, not {want!r}: pass "
+                        "another output folder (or delete the file) rather than mix two grids"
+                    )
+            runs = dict(held.get("runs", {}))
+            earlier = list(old["provenance"].get("seeds") or [])
+        specs = _specs(table, chosen, seeds, preset, max_iter, root, num_eval_images,
+                       timing_threads)  # fmt: skip
+        all_specs += specs
+        plans[table] = dict(
+            preset=preset, full=full, iters=iters, out=out, runs=runs,
+            seeds=sorted({*earlier, *(int(s) for s in seeds)}),
+            keys={s.key(): s for s in specs},
+        )  # fmt: skip
 
-    def results() -> dict[str, Any]:
+    def results(table: str) -> dict[str, Any]:
+        plan = plans[table]
         return {
             "table": table,
-            "preset": preset,
-            "max_iter": iters,
+            "preset": plan["preset"],
+            "max_iter": plan["iters"],
+            "num_eval_images": num_eval_images,
             "paper_metric": PAPER_METRIC[table],
-            "settings": json.loads(json.dumps(full_grid)),
-            "runs": dict(sorted(runs.items())),
-            "summary": summarise(full_grid, runs),
+            "comparable_metric": COMPARABLE_METRIC[table],
+            "our_metric": MASK_TABLE_METRIC.get(table, "bbox"),
+            "settings": json.loads(json.dumps(plan["full"])),
+            "runs": dict(sorted(plan["runs"].items())),
+            "summary": summarise(plan["full"], plan["runs"]),
         }
 
-    todo = [(name, int(seed)) for name in grid for seed in seeds]
-    for i, (name, seed) in enumerate(todo, 1):
-        key = run_key(name, seed)
-        if key in runs:
-            if verbose:
-                print(f"[{i}/{len(todo)}] {key}: already in {out}, skipped", flush=True)
-            continue
-        run = run_setting(
-            name,
-            grid[name]["overrides"],
-            seed,
-            preset,
-            max_iter,
-            method=grid[name].get("method", "rpn"),
-            num_train_images=grid[name].get("num_train_images"),
-            root=root,
-            num_eval_images=num_eval_images,
-            device=device,
-            progress=progress,
-            timing_threads=timing_threads,
-        )
-        runs[key] = run
-        write_results(out, results(), preset=preset, seeds=all_seeds, started=started)
-        if verbose:
-            m = run["metrics"]
-            print(
-                f"[{i}/{len(todo)}] {key}: AP {m['AP']:.3f} AP50 {m['AP50']:.3f} "
-                f"in {run['wall_time_s']:.0f} s (paper {_paper_text(grid[name]['paper'])})",
-                flush=True,  # a grid runs for an hour: show progress in a redirected log
-            )
-    final = results()
-    write_results(out, final, preset=preset, seeds=all_seeds, started=started)
+    def write(table: str) -> None:
+        plan = plans[table]
+        write_results(plan["out"], results(table), preset=plan["preset"], seeds=plan["seeds"],
+                      started=started)  # fmt: skip
+
+    def collect(runs_by_key: dict[str, dict[str, Any]], table: str) -> bool:
+        changed = False
+        for key, spec in plans[table]["keys"].items():
+            if key in runs_by_key:
+                run = dict(runs_by_key[key], name=spec.name)
+                plans[table]["runs"][run_key(spec.name, spec.seed)] = run
+                changed = True
+        return changed
+
+    def on_result(spec, run) -> None:
+        for table in plans:
+            if spec.key() in plans[table]["keys"] and collect({spec.key(): run}, table):
+                write(table)
+
+    log = print if verbose else (lambda _msg: None)
+    done = run_specs(all_specs, cache_dir, workers=workers, progress=progress, log=log,
+                     on_result=on_result)  # fmt: skip
+    final = {}
+    for table in plans:
+        collect(done, table)
+        write(table)
+        final[table] = results(table)
     return final
+
+
+def run_grid(
+    table: str,
+    seeds: Sequence[int],
+    scale: str,
+    out: str | Path,
+    max_iter: int | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """:func:`run_tables` for one table, written to ``out`` (its folder holds the run
+    cache, ``runs/``, unless ``cache_dir`` is given)."""
+    out = Path(out)
+    kwargs.setdefault("cache_dir", out.parent / "runs")
+    return run_tables([table], seeds, scale, out.parent, max_iter, paths={table: out}, **kwargs)[
+        table
+    ]
 
 
 def _paper_text(paper: Any) -> str:
@@ -544,83 +767,81 @@ def _paper_text(paper: Any) -> str:
 
 
 def _print_summary(results: dict[str, Any]) -> None:
+    family = {"segm": "mask_", "keypoints": "kp_"}.get(results.get("our_metric", "bbox"), "")
+    what = {"": "box", "mask_": "mask", "kp_": "keypoint"}[family]
     print(f"{results['table']} ({results['preset']}, {results['max_iter']} iterations)")
     print(f"  paper: {PAPER_METRIC.get(results['table'], '')}")
     names = max([12, *(len(n) for n in results["summary"])])
     papers = max([6, *(len(_paper_text(s["paper"])) for s in results["summary"].values())])
     print(
-        f"  {'setting':<{names}} {'paper':>{papers}}  {'AP mean [min, max] std':<30} "
+        f"  {'setting':<{names}} {'paper':>{papers}}  {what + ' AP mean [min, max] std':<32} "
         "AP50 mean  AP75 mean  s/image  n"
     )
     for name, s in results["summary"].items():
         paper = _paper_text(s["paper"])
-        if not s["n"]:
+        if not s["n"] or family + "AP" not in s:
             print(f"  {name:<{names}} {paper:>{papers}}  (not run)")
             continue
-        ap, ap50, ap75 = s["AP"], s["AP50"], s.get("AP75", {"mean": float("nan")})
+        ap, ap50 = s[family + "AP"], s[family + "AP50"]
+        ap75 = s.get(family + "AP75", {"mean": float("nan")})
         spread = f"{ap['mean']:.3f} [{ap['min']:.3f}, {ap['max']:.3f}] {ap['std']:.3f}"
         sec = s.get("seconds_per_image", {}).get("mean", float("nan"))
         print(
-            f"  {name:<{names}} {paper:>{papers}}  {spread:<30} {ap50['mean']:.3f}      "
+            f"  {name:<{names}} {paper:>{papers}}  {spread:<32} {ap50['mean']:.3f}      "
             f"{ap75['mean']:.3f}      {sec:.4f}   {s['n']}"
         )
 
 
-def _faster_rcnn_command(args) -> int:
-    from rcnn_steps.utils import set_threads
-
-    set_threads(args.threads)
-    results = run_grid(
-        args.table,
-        args.seeds,
-        args.preset,
-        args.out,
-        args.max_iter,
-        settings=args.settings,
-        num_eval_images=args.num_eval_images,
-        progress=args.progress,
-        timing_threads=args.timing_threads,
-    )
-    _print_summary(results)
-    print(f"wrote {args.out}")
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m rcnn_steps.ablations grid --tables T ... --seeds 0 1 2``."""
+    from rcnn_steps.grid import default_workers
+    from rcnn_steps.utils import results_dir
+
     parser = argparse.ArgumentParser(prog="python -m rcnn_steps.ablations")
     sub = parser.add_subparsers(dest="command", required=True)
-    fr = sub.add_parser(
-        "faster-rcnn",
+    gr = sub.add_parser(
+        "grid",
         help=(
-            "Faster R-CNN Table 6 (proposals), 8 (anchors) or 9 (lambda), or Mask R-CNN "
-            "Table 2(c)/(d) (RoI layer, box AP), or FPN Table 3 (C4 vs FPN) grid"
+            "the papers' ablation tables (Faster R-CNN 6/8/9, FPN 3, Mask R-CNN 2a-2e, 3, "
+            "5, 6): train every setting with every seed, write results/ablation_<table>.json"
         ),
     )
-    fr.add_argument("--table", choices=TABLES, required=True)
-    fr.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    fr.add_argument("--preset", choices=("ci", "cpu"), default="cpu")
-    fr.add_argument("--max-iter", type=int, default=None, help="default: the preset's")
-    fr.add_argument(
-        "--settings", nargs="+", default=None, help="run only these settings of the table"
-    )
-    fr.add_argument(
-        "--num-eval-images", type=int, default=None, help="default: the evolution table's 50"
-    )
-    fr.add_argument("--out", type=Path, default=None, help="default results/ablation_<table>.json")
-    fr.add_argument("--threads", type=int, default=2)
-    fr.add_argument(
-        "--timing-threads",
-        type=int,
-        default=None,
-        help="threads while the val images are timed (default --threads)",
-    )
-    fr.add_argument("--progress", action="store_true")
+    gr.add_argument("--tables", nargs="+", choices=ALL_TABLES, required=True)
+    gr.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    gr.add_argument("--scale", choices=("ci", "cpu"), default="cpu",
+                    help="cpu: the cpu and cpu_mask presets; ci: for tests")  # fmt: skip
+    gr.add_argument("--max-iter", type=int, default=None, help="default: the preset's")
+    gr.add_argument("--settings", nargs="+", default=None, help="run only these settings")
+    gr.add_argument(
+        "--num-eval-images", type=int, default=GRID_EVAL_IMAGES,
+        help=f"val images per run (default {GRID_EVAL_IMAGES}: the whole split)",
+    )  # fmt: skip
+    gr.add_argument("--out-dir", type=Path, default=None, help="default: results/")
+    gr.add_argument("--workers", type=int, default=default_workers(),
+                    help="parallel runs, one thread each (default: one per core)")  # fmt: skip
+    gr.add_argument("--timing-threads", type=int, default=1,
+                    help="threads while val images are timed")  # fmt: skip
+    gr.add_argument("--root", type=Path, default=None, help="a synthetic/COCO-format set")
+    gr.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if args.out is None:
-        from rcnn_steps.utils import results_dir
-
-        args.out = results_dir() / f"ablation_{args.table}.json"
-    return _faster_rcnn_command(args)
+    out_dir = args.out_dir or results_dir()
+    tables = run_tables(
+        args.tables,
+        args.seeds,
+        args.scale,
+        out_dir,
+        args.max_iter,
+        settings=args.settings,
+        root=args.root,
+        num_eval_images=args.num_eval_images,
+        timing_threads=args.timing_threads,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    for results in tables.values():
+        _print_summary(results)
+    print(f"wrote {', '.join(str(out_dir / f'ablation_{t}.json') for t in tables)}")
+    return 0
 
 
 if __name__ == "__main__":

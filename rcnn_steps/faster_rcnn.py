@@ -92,6 +92,9 @@ class DetectorConfig:
     #: "tiny" (TinyBackbone) | "resnet50" | "resnet101" (ResNetBackbone, chapter 05)
     backbone: str = "tiny"
     backbone_width: int = 32  #: TinyBackbone width (channels of c2; c4 has 4x)
+    #: TinyBackbone depth: 3x3 convs per stage after its first (2: a deeper backbone,
+    #: the R-50 vs R-101 question of Mask R-CNN Table 2a)
+    backbone_blocks: int = 1
     backbone_weights: str | None = None  #: ResNet only: a local state dict (never downloaded)
     #: ResNet only: stages trained, from the top (c5, c4, c3, c2, stem), 0..5; None: 3
     #: with backbone_weights (and frozen batch norm), 5 without (torchvision's rule)
@@ -258,6 +261,13 @@ class DetectorConfig:
         """Validate the backbone and FPN fields and resolve ``size_divisible=None``."""
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}.")
+        if self.backbone_blocks < 0:
+            raise ValueError(f"backbone_blocks must be >= 0, got {self.backbone_blocks}.")
+        if self.backbone != "tiny" and self.backbone_blocks != 1:
+            raise ValueError(
+                "backbone_blocks sets TinyBackbone's depth; the ResNets have their own "
+                "(backbone='resnet50' or 'resnet101')."
+            )
         if self.backbone == "tiny" and (
             self.backbone_weights is not None or self.backbone_trainable_layers is not None
         ):
@@ -548,7 +558,9 @@ def build_backbone(config: DetectorConfig) -> nn.Module:
     else:
         stages = (config.feature_stage,)
     if config.backbone == "tiny":
-        body: nn.Module = TinyBackbone(config.backbone_width, return_stages=stages)
+        body: nn.Module = TinyBackbone(
+            config.backbone_width, return_stages=stages, blocks_per_stage=config.backbone_blocks
+        )
     else:
         body = ResNetBackbone(
             int(config.backbone.removeprefix("resnet")),

@@ -4,7 +4,7 @@ import statistics
 import pytest
 import torch
 
-from rcnn_steps import ablations
+from rcnn_steps import ablations, runner
 from rcnn_steps.ablations import faster_rcnn_grid, run_grid, run_key, schedule
 from rcnn_steps.faster_rcnn import PRESET_TRAINING, DetectorConfig, FasterRCNN
 from rcnn_steps.utils import read_results
@@ -64,7 +64,7 @@ def test_schedule_shortens_with_its_shape():
 
 def test_run_grid_writes_and_resumes(tiny_synth, tmp_path, monkeypatch):
     out = tmp_path / "ablation.json"
-    kwargs = dict(settings=TWO, root=tiny_synth, num_eval_images=4, verbose=False)
+    kwargs = dict(settings=TWO, root=tiny_synth, num_eval_images=4, verbose=False, workers=0)
     results = run_grid("table8", [0, 1], "ci", out, max_iter=3, **kwargs)
 
     payload = read_results(out)
@@ -87,10 +87,8 @@ def test_run_grid_writes_and_resumes(tiny_synth, tmp_path, monkeypatch):
 
     # a second call finds every run done and trains nothing
     calls = []
-    real = ablations.run_setting
-    monkeypatch.setattr(
-        ablations, "run_setting", lambda *a, **k: calls.append(a[:4]) or real(*a, **k)
-    )
+    real = runner.run_setting
+    monkeypatch.setattr(runner, "run_setting", lambda *a, **k: calls.append(a[:4]) or real(*a, **k))
     again = run_grid("table8", [0, 1], "ci", out, max_iter=3, **kwargs)
     assert calls == []
     assert again["runs"] == results["runs"]
@@ -123,15 +121,16 @@ def test_summary_and_resume_after_interruption(tmp_path, monkeypatch):
     aps = {run_key(n, s): 0.1 * (i + 1) + 0.01 * s for i, n in enumerate(TWO) for s in (0, 1, 2)}
     out = tmp_path / "grid.json"
     calls: list[str] = []
-    monkeypatch.setattr(ablations, "run_setting", _fake_run(aps, calls, fail_at=4))
+    monkeypatch.setattr(runner, "run_setting", _fake_run(aps, calls, fail_at=4))
+    kwargs = dict(settings=TWO, verbose=False, workers=0, progress=False)
     with pytest.raises(KeyboardInterrupt):
-        run_grid("table8", [0, 1, 2], "ci", out, max_iter=3, settings=TWO, verbose=False)
+        run_grid("table8", [0, 1, 2], "ci", out, max_iter=3, **kwargs)
     # the three finished runs were written as they finished
     assert sorted(read_results(out)["results"]["runs"]) == sorted(calls[:3])
 
     calls.clear()
-    monkeypatch.setattr(ablations, "run_setting", _fake_run(aps, calls))
-    results = run_grid("table8", [0, 1, 2], "ci", out, max_iter=3, settings=TWO, verbose=False)
+    monkeypatch.setattr(runner, "run_setting", _fake_run(aps, calls))
+    results = run_grid("table8", [0, 1, 2], "ci", out, max_iter=3, **kwargs)
     assert calls == [run_key("3s3r", 0), run_key("3s3r", 1), run_key("3s3r", 2)]
     assert len(results["runs"]) == 6
     for name in TWO:
@@ -147,10 +146,10 @@ def test_summary_and_resume_after_interruption(tmp_path, monkeypatch):
 def test_command(tmp_path, monkeypatch):
     aps = {run_key(n, s): 0.5 for n in faster_rcnn_grid("table9") for s in (0, 1)}
     calls: list[str] = []
-    monkeypatch.setattr(ablations, "run_setting", _fake_run(aps, calls))
-    out = tmp_path / "t9.json"
-    argv = ["faster-rcnn", "--table", "table9", "--seeds", "0", "1", "--preset", "ci"]
-    assert ablations.main([*argv, "--max-iter", "3", "--out", str(out)]) == 0
+    monkeypatch.setattr(runner, "run_setting", _fake_run(aps, calls))
+    out = tmp_path / "ablation_table9.json"
+    argv = ["grid", "--tables", "table9", "--seeds", "0", "1", "--scale", "ci", "--workers", "0"]
+    assert ablations.main([*argv, "--max-iter", "3", "--out-dir", str(tmp_path)]) == 0
     assert len(calls) == 8
     results = read_results(out)["results"]
     assert results["table"] == "table9" and results["max_iter"] == 3
@@ -244,7 +243,9 @@ def test_table2d_grid():
 
 
 def test_paper_metric_per_table():
-    assert set(ablations.PAPER_METRIC) == set(ablations.TABLES)
+    assert (
+        set(ablations.PAPER_METRIC) == set(ablations.ALL_TABLES) == set(ablations.COMPARABLE_METRIC)
+    )
     assert "VOC" in ablations.PAPER_METRIC["table8"]
     assert "box AP" in ablations.PAPER_METRIC["table2d"]
 
@@ -277,9 +278,8 @@ def test_roi_aligned_reaches_the_pooler():
 
 def test_table2d_runs_and_keeps_paper_numbers(tiny_synth, tmp_path):
     out = tmp_path / "t2d.json"
-    results = run_grid(
-        "table2d", [0], "ci", out, max_iter=2, root=tiny_synth, num_eval_images=3, verbose=False
-    )
+    kwargs = dict(root=tiny_synth, num_eval_images=3, verbose=False, workers=0)
+    results = run_grid("table2d", [0], "ci", out, max_iter=2, **kwargs)
     payload = read_results(out)["results"]
     assert payload["paper_metric"] == ablations.PAPER_METRIC["table2d"]
     assert sorted(payload["runs"]) == ["roialign_avg/seed0", "roipool/seed0"]
@@ -294,11 +294,11 @@ def test_command_prints_table2c_with_its_extra_row(tmp_path, monkeypatch, capsys
     grid = faster_rcnn_grid("table2c")
     aps = {run_key(n, 0): 0.3 for n in grid}
     calls: list[str] = []
-    monkeypatch.setattr(ablations, "run_setting", _fake_run(aps, calls))
-    out = tmp_path / "t2c.json"
-    argv = ["faster-rcnn", "--table", "table2c", "--seeds", "0", "--preset", "ci"]
-    assert ablations.main([*argv, "--max-iter", "3", "--out", str(out)]) == 0
-    assert calls == [run_key(n, 0) for n in grid]
+    monkeypatch.setattr(runner, "run_setting", _fake_run(aps, calls))
+    out = tmp_path / "ablation_table2c.json"
+    argv = ["grid", "--tables", "table2c", "--seeds", "0", "--scale", "ci", "--workers", "0"]
+    assert ablations.main([*argv, "--max-iter", "3", "--out-dir", str(tmp_path)]) == 0
+    assert sorted(calls) == sorted(run_key(n, 0) for n in grid)
     printed = capsys.readouterr().out
     assert "30.3/51.2/31.5" in printed and "roialign_avg_aligned" in printed
     results = read_results(out)["results"]
@@ -371,7 +371,7 @@ def test_fpn_table3_settings_build_the_right_model(name, strides, head):
 
 def test_fpn_table3_runs_with_timing_threads(tiny_synth, tmp_path):
     out = tmp_path / "fpn3.json"
-    kwargs = dict(root=tiny_synth, num_eval_images=3, verbose=False, timing_threads=1)
+    kwargs = dict(root=tiny_synth, num_eval_images=3, verbose=False, timing_threads=1, workers=0)
     results = run_grid("fpn_table3", [0], "ci", out, max_iter=2, settings=["c4", "fpn"], **kwargs)
     payload = read_results(out)["results"]
     assert payload["paper_metric"] == ablations.PAPER_METRIC["fpn_table3"]
@@ -391,10 +391,89 @@ def test_command_passes_timing_threads(tmp_path, monkeypatch):
         metrics = {"AP": 0.1, "AP50": 0.2}
         return {"name": name, "seed": seed, "metrics": metrics, "wall_time_s": 1.0}
 
-    monkeypatch.setattr(ablations, "run_setting", fake)
-    out = tmp_path / "fpn3.json"
-    argv = ["faster-rcnn", "--table", "fpn_table3", "--seeds", "0", "--preset", "ci"]
-    assert ablations.main([*argv, "--timing-threads", "1", "--out", str(out)]) == 0
-    assert seen == [1, 1, 1, 1]
-    assert ablations.main([*argv, "--settings", "fpn", "--out", str(tmp_path / "b.json")]) == 0
-    assert seen[-1] is None  # unchanged by default
+    monkeypatch.setattr(runner, "run_setting", fake)
+    argv = ["grid", "--tables", "fpn_table3", "--seeds", "0", "--scale", "ci", "--workers", "0"]
+    assert ablations.main([*argv, "--timing-threads", "3", "--out-dir", str(tmp_path)]) == 0
+    assert seen == [3, 3, 3, 3]
+    other = tmp_path / "other"
+    assert ablations.main([*argv, "--settings", "fpn", "--out-dir", str(other)]) == 0
+    assert seen[-1] == 1  # the grid's default: one thread, as the workers'
+    assert read_results(other / "ablation_fpn_table3.json")["results"]["num_eval_images"] == 200
+
+
+# -- Mask R-CNN's tables and the parallel grid runner ----------------------------------
+
+
+def test_mask_tables_build_and_share_their_baseline():
+    from rcnn_steps.grid import RunSpec
+    from rcnn_steps.runner import detector_config
+
+    keys = {}
+    for table in ablations.MASK_TABLES:
+        grid = ablations.mask_rcnn_grid(table)
+        assert ablations.table_preset(table) == "cpu_mask"
+        assert table in ablations.PAPER_METRIC and table in ablations.MASK_TABLE_METRIC
+        for name, setting in grid.items():
+            config = detector_config("ci_mask", setting["overrides"])
+            FasterRCNN(config)  # builds
+            spec = RunSpec(name, 0, "cpu_mask", setting["overrides"])
+            keys.setdefault(spec.key(), []).append(f"{table}/{name}")
+    # the mask-only base is one run shared by six tables
+    shared = max(keys.values(), key=len)
+    assert sorted(shared) == [
+        "mrcnn_2a/fpn",
+        "mrcnn_2b/sigmoid",
+        "mrcnn_2c/roialign_avg",
+        "mrcnn_2e/fcn",
+        "mrcnn_3/mask",
+        "mrcnn_pixels/torchvision",
+    ]
+    kp_only = ablations.mask_rcnn_grid("mrcnn_5")["kp_only"]["overrides"]
+    kp_key = RunSpec("x", 0, "cpu_mask", kp_only).key()
+    assert sorted(keys[kp_key]) == ["mrcnn_5/kp_only", "mrcnn_6/kp_roialign"]
+    assert ablations.mask_rcnn_grid("mrcnn_2d")["roipool"]["paper_box"]["AP"] == 28.2
+    assert ablations.mask_rcnn_grid("mrcnn_2a")["fpn_deep"]["overrides"]["backbone_blocks"] == 2
+
+
+def test_mask_tables_run_in_parallel_workers_and_share_runs(tiny_synth, tmp_path):
+    kwargs = dict(root=tiny_synth, num_eval_images=3, verbose=False, progress=False)
+    tables = ablations.run_tables(
+        ["mrcnn_3", "mrcnn_pixels"], [0], "ci", tmp_path, max_iter=2, workers=2, **kwargs
+    )
+    runs = list((tmp_path / "runs").glob("*.json"))
+    assert len(runs) == 3  # mrcnn_3/mask and mrcnn_pixels/torchvision are one run
+    t3, pixels = tables["mrcnn_3"], tables["mrcnn_pixels"]
+    assert t3["our_metric"] == "bbox" and pixels["our_metric"] == "segm"
+    assert t3["runs"]["mask/seed0"]["metrics"] == pixels["runs"]["torchvision/seed0"]["metrics"]
+    assert "mask_AP" in t3["summary"]["mask"] and "mask_AP" not in t3["summary"]["faster"]
+    assert t3["summary"]["mask"]["paper"] == {"AP": 38.2}
+    for run in t3["runs"].values():
+        assert run["commit"] and run["spec"]["preset"] == "ci_mask"
+    on_disk = read_results(tmp_path / "ablation_mrcnn_3.json")["results"]
+    assert on_disk["summary"] == json.loads(json.dumps(t3["summary"]))
+    # a second call plans nothing
+    printed = []
+    from rcnn_steps.grid import RunSpec, run_specs
+
+    grid = ablations.mask_rcnn_grid("mrcnn_3")
+    common = dict(max_iter=2, num_eval_images=3, root=str(tiny_synth))
+    specs = [RunSpec(n, 0, "ci_mask", s["overrides"], **common) for n, s in grid.items()]
+    run_specs(specs, tmp_path / "runs", workers=2, progress=False, log=printed.append)
+    assert "2 already in" in printed[0] and "0 to do" in printed[0]
+
+
+def test_grid_reports_a_failed_run_and_keeps_the_others(tmp_path, monkeypatch):
+    from rcnn_steps.grid import RunSpec, run_specs
+
+    def fake(name, overrides, seed, preset, max_iter=None, **kwargs):
+        if name == "bad":
+            raise FloatingPointError("loss is nan")
+        return {"name": name, "seed": seed, "metrics": {"AP": 0.5}, "wall_time_s": 2.0}
+
+    monkeypatch.setattr(runner, "run_setting", fake)
+    logged = []
+    specs = [RunSpec("good", 0, "ci", {"rpn_lambda": 2.0}), RunSpec("bad", 0, "ci")]
+    with pytest.raises(RuntimeError, match=r"1 run\(s\) failed: bad/seed0.*loss is nan"):
+        run_specs(specs, tmp_path, workers=0, progress=False, log=logged.append)
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    assert "about" in logged[0] and any("FAILED bad/seed0" in line for line in logged)
