@@ -730,6 +730,10 @@ def run_tables(
                 write(table)
 
     log = print if verbose else (lambda _msg: None)
+    if root is None:  # make the book's set here, before workers race to make it
+        from rcnn_steps.data import ensure_synth
+
+        ensure_synth()
     done = run_specs(all_specs, cache_dir, workers=workers, progress=progress, log=log,
                      on_result=on_result)  # fmt: skip
     final = {}
