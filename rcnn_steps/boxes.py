@@ -17,9 +17,10 @@ What is taught where:
 Everything is written from scratch in vectorised PyTorch and is checked against
 ``torchvision.ops`` and ``torchvision.models.detection._utils.BoxCoder`` by
 ``tests/test_boxes.py``: same signatures (where torchvision has the function) and the same
-numbers, bit for bit on CPU. Nothing here moves a tensor to another device: outputs live
-on the inputs' device, in the inputs' dtype (integer and half inputs are widened for the
-arithmetic, as torchvision does).
+numbers, bit for bit on CPU, with one documented difference: :func:`box_iou` of two
+zero-area boxes is 0, not torchvision's ``0 / 0 = nan``. Nothing here moves a tensor to
+another device: outputs live on the inputs' device, in the inputs' dtype (integer and half
+inputs are widened for the arithmetic, as torchvision does).
 """
 
 from __future__ import annotations
@@ -63,11 +64,17 @@ def _check_tensor(fn: str, name: str, value: object) -> None:
         )
 
 
-def _check_boxes(fn: str, name: str, boxes: object, batched: bool = False) -> None:
-    """``boxes`` must be a tensor of shape (N, 4), or (..., 4) when ``batched``."""
+def _check_boxes(
+    fn: str, name: str, boxes: object, batched: bool = False, sets: bool = False
+) -> None:
+    """``boxes`` must be a tensor of shape (N, 4); (..., 4) when ``batched``; (N, 4) or
+    (..., N, 4) when ``sets`` (one or more sets of boxes, as :func:`box_iou` takes)."""
     _check_tensor(fn, name, boxes)
     assert isinstance(boxes, Tensor)  # for type checkers; _check_tensor raised otherwise
-    ndim_ok = boxes.dim() >= 1 if batched else boxes.dim() == 2
+    if batched:
+        ndim_ok = boxes.dim() >= 1
+    else:
+        ndim_ok = boxes.dim() >= 2 if sets else boxes.dim() == 2
     if not (ndim_ok and boxes.shape[-1] == 4):
         expected = "(..., 4)" if batched else "(N, 4)"
         hint = (
@@ -75,12 +82,23 @@ def _check_boxes(fn: str, name: str, boxes: object, batched: bool = False) -> No
             if boxes.dim() == 1 and boxes.shape[0] == 4
             else " Each box is one row of four numbers, (x1, y1, x2, y2)."
         )
+        if sets:
+            hint += " A batch of B sets of boxes is (B, N, 4)."
         raise ValueError(
             f"{fn}: {name} must have shape {expected}, got {tuple(boxes.shape)}.{hint}"
         )
     if boxes.is_complex() or boxes.dtype == torch.bool:
         raise TypeError(
             f"{fn}: {name} must hold real numbers, got dtype {boxes.dtype}; use {name}.float()."
+        )
+
+
+def _check_fmt(fn: str, fmt: object) -> None:
+    if fmt not in BOX_FORMATS:
+        raise ValueError(
+            f"{fn}: fmt must be one of {BOX_FORMATS}, got {fmt!r}; rotated boxes "
+            "('cxcywhr', 'xywhr', 'xyxyxyxy') are not supported here (torchvision.ops "
+            "takes them)."
         )
 
 
@@ -119,25 +137,30 @@ def _widen(t: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------
 
 
-def box_area(boxes: Tensor) -> Tensor:
+def box_area(boxes: Tensor, fmt: str = "xyxy") -> Tensor:
     """Area of each box: ``(x2 - x1) * (y2 - y1)``.
 
     Taught in chapter 00 ("Objects, boxes and scores").
 
     Args:
-        boxes: ``(..., 4)`` boxes in (x1, y1, x2, y2) order.
+        boxes: ``(..., 4)`` boxes in (x1, y1, x2, y2) order, or in ``fmt``.
+        fmt: ``"xyxy"`` (default), ``"xywh"`` or ``"cxcywh"``; for the last two the area
+            is ``w * h``, read off the boxes directly (as torchvision does).
 
     Returns:
         ``(...)`` areas. Half/small-integer boxes give float32/int32 areas (see
         :func:`_widen`); a zero-width or zero-height box has area 0. Equals
-        ``torchvision.ops.box_area``.
+        ``torchvision.ops.box_area`` (0.29, with its ``fmt=`` argument).
     """
+    _check_fmt("box_area", fmt)
     _check_boxes("box_area", "boxes", boxes, batched=True)
     boxes = _widen(boxes)
-    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    if fmt == "xyxy":
+        return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    return boxes[..., 2] * boxes[..., 3]
 
 
-def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy") -> Tensor:
     """Intersection over union (the Jaccard index) of every pair of boxes.
 
     ``IoU(A, B) = area(A ∩ B) / area(A ∪ B)``: the overlap criterion of PASCAL VOC
@@ -146,41 +169,75 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     Taught in chapter 00 ("Objects, boxes and scores").
 
     Args:
-        boxes1: ``(N, 4)`` boxes in (x1, y1, x2, y2) order.
-        boxes2: ``(M, 4)`` boxes in (x1, y1, x2, y2) order.
+        boxes1: ``(N, 4)`` boxes in (x1, y1, x2, y2) order, or ``(..., N, 4)``: a batch of
+            sets (leading dimensions broadcast against those of ``boxes2``).
+        boxes2: ``(M, 4)`` boxes, or ``(..., M, 4)``.
+        fmt: the boxes' format, ``"xyxy"`` (default), ``"xywh"`` or ``"cxcywh"``.
 
     Returns:
-        ``(N, M)`` IoUs in [0, 1]. Two boxes that do not touch have IoU 0. Two boxes that
-        both have zero area have ``0 / 0 = nan`` (torchvision returns the same); a nan
-        IoU never exceeds an NMS threshold, so such boxes never suppress each other.
-        Equals ``torchvision.ops.box_iou`` (which also takes ``fmt=`` and leading batch
-        dimensions; convert to xyxy and loop over images here).
+        ``(N, M)`` IoUs in [0, 1] (``(..., N, M)`` for batches). Two boxes that do not
+        touch have IoU 0. Two boxes that both have zero area (so a union of zero) have
+        IoU 0 too, as in detectron2's ``pairwise_iou``: torchvision returns ``0 / 0 =
+        nan`` there. Every other entry equals ``torchvision.ops.box_iou`` (0.29, with
+        its ``fmt=`` argument and leading batch dimensions), nan for boxes with nan
+        coordinates included.
     """
-    _check_boxes("box_iou", "boxes1", boxes1)
-    _check_boxes("box_iou", "boxes2", boxes2)
+    _check_fmt("box_iou", fmt)
+    _check_boxes("box_iou", "boxes1", boxes1, sets=True)
+    _check_boxes("box_iou", "boxes2", boxes2, sets=True)
     if boxes1.device != boxes2.device:
         raise ValueError(
             f"box_iou: boxes1 is on {boxes1.device} but boxes2 is on {boxes2.device}; "
             "move both to one device."
         )
-    return _pairwise_iou(boxes1, boxes2)
+    try:
+        torch.broadcast_shapes(boxes1.shape[:-2], boxes2.shape[:-2])
+    except RuntimeError:
+        raise ValueError(
+            f"box_iou: the batch dimensions of boxes1 {tuple(boxes1.shape[:-2])} and boxes2 "
+            f"{tuple(boxes2.shape[:-2])} do not broadcast; give both sets the same batch "
+            "size (B, N, 4) and (B, M, 4)."
+        ) from None
+    inter, union = _inter_union(boxes1, boxes2, fmt)
+    # union == 0 only when both boxes have zero area (then inter is 0 too): 0, not 0 / 0
+    return (inter / union).masked_fill_(union == 0, 0)
 
 
-def _pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """:func:`box_iou` without the input checks, for the NMS loop."""
-    area1 = box_area(boxes1)  # (N,)
-    area2 = box_area(boxes2)  # (M,)
+def _corners(boxes: Tensor, fmt: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """x1, y1, x2, y2 columns (each ``(..., N)``) of boxes in ``fmt``, computed the way
+    torchvision's ``_box_inter_union`` does, so the IoUs round the same way."""
+    a, b, c, d = boxes.unbind(-1)
+    if fmt == "xyxy":
+        return a, b, c, d
+    if fmt == "xywh":
+        return a, b, a + c, b + d
+    return a - c / 2, b - d / 2, a + c / 2, b + d / 2  # cxcywh
+
+
+def _inter_union(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy") -> tuple[Tensor, Tensor]:
+    """The ``(..., N, M)`` intersection and union areas of every pair, unchecked."""
+    area1 = box_area(boxes1, fmt)  # (..., N)
+    area2 = box_area(boxes2, fmt)  # (..., M)
     # One (N, M) tensor per coordinate (column by column) rather than torchvision's
     # (N, M, 2) corner tensors: the same arithmetic, so the same bits, on contiguous
     # memory, which is about twice as fast on CPU (benchmarks/bench_boxes.py).
-    x1, y1, x2, y2 = (c[:, None] for c in boxes1.unbind(1))  # each (N, 1)
-    xx1, yy1, xx2, yy2 = (c[None, :] for c in boxes2.unbind(1))  # each (1, M)
+    x1, y1, x2, y2 = (c[..., :, None] for c in _corners(boxes1, fmt))  # each (..., N, 1)
+    xx1, yy1, xx2, yy2 = (c[..., None, :] for c in _corners(boxes2, fmt))  # each (..., 1, M)
     # The intersection is the box between the larger top-left and the smaller
     # bottom-right corner; a negative side means the boxes miss each other on that axis.
     inter_w = _widen(torch.minimum(x2, xx2) - torch.maximum(x1, xx1)).clamp(min=0)
     inter_h = _widen(torch.minimum(y2, yy2) - torch.maximum(y1, yy1)).clamp(min=0)
-    inter = inter_w * inter_h  # (N, M)
-    union = area1[:, None] + area2[None, :] - inter  # inclusion-exclusion
+    inter = inter_w * inter_h  # (..., N, M)
+    union = area1[..., :, None] + area2[..., None, :] - inter  # inclusion-exclusion
+    return inter, union
+
+
+def _pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """``(N, M)`` IoUs of xyxy boxes without the input checks, for the NMS loop. Unlike
+    :func:`box_iou`, two zero-area boxes give ``0 / 0 = nan`` here, as in torchvision's
+    NMS kernels: nan is never above any threshold, so such boxes never suppress each
+    other even at a negative threshold, where an IoU of 0 would."""
+    inter, union = _inter_union(boxes1, boxes2)
     return inter / union
 
 
@@ -349,7 +406,9 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     return order[keep]
 
 
-def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+def batched_nms(
+    boxes: Tensor, scores: Tensor | None, idxs: Tensor | None, iou_threshold: float
+) -> Tensor:
     """Non-maximum suppression run independently per class ("category").
 
     R-CNN applies NMS "for each class independently" (section 2.2): a dog box never
@@ -370,7 +429,20 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         with an unstable sort, so boxes with equal scores can come out in either order;
         and below that it uses the coordinate trick (below), which can mix classes when
         coordinates are below -1.
+
+        No boxes at all (any empty tensor, even ``torch.empty(0, dtype=torch.long)``)
+        give an empty result whatever ``scores`` and ``idxs`` are, ``None`` included,
+        as torchvision does; ``scores`` and ``idxs`` that are given must be empty too.
     """
+    if isinstance(boxes, Tensor) and boxes.numel() == 0:
+        for name, value in (("scores", scores), ("idxs", idxs)):
+            if value is not None and (not isinstance(value, Tensor) or value.numel() != 0):
+                n = value.numel() if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(
+                    f"batched_nms: boxes is empty but {name} has {n} entries; give exactly "
+                    f"one {'score' if name == 'scores' else 'class index'} per box."
+                )
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     _check_nms_inputs("batched_nms", boxes, scores, iou_threshold)
     _check_per_box("batched_nms", "idxs", idxs, boxes, "class index")
     # The well-known shortcut (torchvision, Detectron) is the *coordinate trick*: shift

@@ -46,6 +46,16 @@ bitwise-equal weights on CPU (``tests/test_engine.py`` checks it). Four things m
    the ``LambdaLR`` scheduler, the ``GradScaler``, the step, the half-filled logging window
    and the evaluation history.
 
+Nothing lost, nothing mixed up
+------------------------------
+Checkpoints are written atomically (a temporary file, then a rename; temporary files left
+by a killed write are removed when the next run starts) and carry a checksum of their
+contents and a description of the model (class and ``model.config.to_dict()``, see
+:func:`model_description`). :func:`load_checkpoint` verifies the checksum, and a resume
+refuses a checkpoint of another model class, config or weight shapes, with a
+:class:`CheckpointError` that names the file. A fresh run refuses an ``out_dir`` that
+already holds a run unless ``TrainConfig(overwrite=True)`` says to replace it.
+
 On CUDA the resumed run matches up to the non-determinism of some CUDA kernels (use
 ``torch.use_deterministic_algorithms(True)`` for bitwise equality). With ``num_workers >
 0``, keep ``persistent_workers=False``: workers are re-seeded from the loader's generator
@@ -55,11 +65,14 @@ at each epoch, which is what makes their augmentations repeat.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import math
 import os
+import pickle
 import random
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -76,17 +89,20 @@ from tqdm.auto import tqdm
 from .utils import atomic_write_bytes, default_device, seed_everything
 
 __all__ = [
+    "CheckpointError",
     "NonFiniteLossError",
     "TrainConfig",
     "TrainResult",
     "build_optimizer",
     "build_scheduler",
+    "checkpoint_checksum",
     "classification_loss",
     "detection_loss",
     "epoch_iterator",
     "get_rng_state",
     "load_checkpoint",
     "lr_factor",
+    "model_description",
     "read_metrics",
     "resolve_device",
     "save_checkpoint",
@@ -131,6 +147,9 @@ class TrainConfig:
     checkpoint_every: int = 0  #: write out_dir/last.pt every this many steps (and at the end)
     keep_checkpoints: bool = False  #: also keep out_dir/model_0001000.pt at each checkpoint
     out_dir: str | None = None  #: checkpoints and metrics.jsonl; None = keep nothing on disk
+    #: start afresh in an out_dir that already holds a run, deleting its metrics.jsonl and
+    #: checkpoints; False (default) refuses to, so a finished run is never overwritten
+    overwrite: bool = False
     seed: int = 0  #: seeds the RNGs at the start and the data order of every epoch
     device: str = "auto"  #: "auto" (CUDA if present), "cpu", "cuda", "cuda:1", ...
     amp: bool = True  #: autocast + GradScaler on CUDA; ignored on CPU
@@ -367,17 +386,216 @@ def set_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state(cuda_state.cpu(), index)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used: empty, truncated, damaged (its checksum does not match),
+    not a checkpoint, or written for another model. The message names the file and says
+    what to do."""
+
+
+_CHECKPOINT_ADVICE = (
+    "Use an earlier checkpoint (model_XXXXXXX.pt, kept with TrainConfig(keep_checkpoints="
+    "True)) or train again."
+)
+
+
+def checkpoint_checksum(checkpoint: Mapping[str, Any]) -> str:
+    """``"sha256:<hex>"`` of a checkpoint's contents (every key but ``"checksum"``): the
+    bytes of every tensor with its dtype and shape, and every plain value, in order. It
+    depends on the values only, not on how the file was written or onto which device it
+    was loaded, so :func:`load_checkpoint` can recompute it from what it read."""
+    digest = hashlib.sha256()
+    _hash_into(digest, {k: v for k, v in checkpoint.items() if k != "checksum"})
+    return "sha256:" + digest.hexdigest()
+
+
+def _hash_into(digest: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        t = value.detach()
+        digest.update(f"T{t.dtype}{tuple(t.shape)}|".encode())
+        if t.numel():
+            flat = t.cpu().contiguous().reshape(-1)
+            try:
+                digest.update(flat.view(torch.uint8).numpy().data)
+            except (RuntimeError, TypeError):  # dtypes without a byte view
+                digest.update(repr(flat.tolist()).encode())
+    elif isinstance(value, Mapping):
+        digest.update(f"D{len(value)}|".encode())
+        for key, item in value.items():
+            _hash_into(digest, key)
+            _hash_into(digest, item)
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{'L' if isinstance(value, list) else 'U'}{len(value)}|".encode())
+        for item in value:
+            _hash_into(digest, item)
+    elif isinstance(value, (str, bytes)):
+        data = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
+        digest.update(f"{type(value).__name__}{len(data)}|".encode())
+        digest.update(data)
+    elif isinstance(value, float):
+        digest.update(f"F{value.hex()}|".encode())
+    else:  # None, bool, int, and anything else by its repr
+        digest.update(f"{type(value).__name__}:{value!r}|".encode())
+
+
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
-    """Serialise ``checkpoint`` in memory, then write it atomically (temporary file in the
+    """Serialise ``checkpoint`` (a dict) with its :func:`checkpoint_checksum` added under
+    the key ``"checksum"``, in memory, then write it atomically (temporary file in the
     same folder, then a rename): a crash mid-save leaves the previous file intact."""
     buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
+    torch.save({**checkpoint, "checksum": checkpoint_checksum(checkpoint)}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with the safe unpickler (``weights_only=True``)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Load a checkpoint with the safe unpickler (``weights_only=True``) and verify it.
+
+    Returns the dict that was saved (without its ``"checksum"``). Raises
+    ``FileNotFoundError`` for a missing file and :class:`CheckpointError`, naming the file,
+    for an empty, truncated or unreadable one, one that holds Python objects the safe
+    unpickler refuses, and one whose contents no longer match the checksum stored when it
+    was written (a flipped bit). A checkpoint without a checksum (written by an older
+    version, or by other code) loads with a warning that it could not be verified.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"checkpoint {path} is a folder, not a file: pass the checkpoint in it, e.g. "
+            f"{path / 'last.pt'}"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(
+            f"checkpoint {path} is empty (0 bytes): its write was cut short. " + _CHECKPOINT_ADVICE
+        )
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # The safe unpickler met something it does not load. Its message names the object
+        # and explains how to load the file unsafely; we pass on the name only.
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f" (such as {found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"checkpoint {path} holds Python objects{what} that the safe loader refuses; "
+            "the checkpoints rcnn_steps writes hold only tensors and plain values, so this "
+            "file was written by other code, or is damaged. " + _CHECKPOINT_ADVICE
+        ) from None
+    except Exception as e:  # a truncated zip, random bytes, ...: torch's errors vary
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({size} bytes; {_short_reason(e)}): it is "
+            "truncated, damaged or not a PyTorch checkpoint. " + _CHECKPOINT_ADVICE
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(
+            f"checkpoint {path} holds a {type(checkpoint).__name__}, not the dict that "
+            "save_checkpoint writes"
+        )
+    stored = checkpoint.pop("checksum", None)
+    if stored is None:
+        warnings.warn(
+            f"checkpoint {path} has no checksum (written by an older rcnn_steps, or by "
+            "other code), so it cannot be verified",
+            stacklevel=2,
+        )
+    elif stored != checkpoint_checksum(checkpoint):
+        raise CheckpointError(
+            f"checkpoint {path} is damaged: its contents no longer match the checksum "
+            "stored when it was written (a flipped bit on disk or in a copy?). "
+            + _CHECKPOINT_ADVICE
+        )
+    return checkpoint
+
+
+def _short_reason(error: BaseException) -> str:
+    """The error's type and the first sentence of its message, nothing about loading
+    the file unsafely."""
+    first = str(error).strip().split("\n")[0].split(". ")[0][:160]
+    if "weights_only" in first:
+        first = ""
+    return type(error).__name__ + (f": {first}" if first else "")
+
+
+def model_description(model: nn.Module) -> dict[str, Any]:
+    """What a checkpoint records about the model it was trained with, so a resume can tell
+    another model from this one: ``{"class": "module.Class", "config": {...} or None}``,
+    the config being ``model.config.to_dict()`` when the model has one (the detectors'
+    :class:`~rcnn_steps.faster_rcnn.DetectorConfig` does), as plain values."""
+    config = getattr(model, "config", None)
+    to_dict = getattr(config, "to_dict", None)
+    return {
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "config": _plain(to_dict()) if callable(to_dict) else None,
+    }
+
+
+def _plain(value: Any) -> Any:
+    """Plain values the safe unpickler loads: dicts, lists, str, numbers, None."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    return repr(value)
+
+
+def _check_resumable(checkpoint: dict[str, Any], path: Path, model: nn.Module) -> None:
+    """Raise :class:`CheckpointError` unless ``checkpoint`` is a training checkpoint of a
+    model like ``model``: same class, same config, weights of the same names and shapes."""
+    needed = {"step", "epoch", "position", "model", "optimizer", "scheduler", "scaler"}
+    needed |= {"rng", "config", "window", "losses", "eval_history", "elapsed"}
+    missing = sorted(needed - set(checkpoint))
+    if missing:
+        raise CheckpointError(
+            f"cannot resume from {path}: it is not a training checkpoint of "
+            f"rcnn_steps.engine.train (it has no {', '.join(missing)})"
+        )
+    start_afresh = (
+        "Resume with the model the run was trained with, or start a new run in another "
+        "out_dir (or replace this one with TrainConfig(overwrite=True) and resume=False)."
+    )
+    now = model_description(model)
+    saved = checkpoint.get("model_description")
+    if saved is not None:  # checkpoints written before it was stored have none
+        if saved["class"] != now["class"]:
+            raise CheckpointError(
+                f"cannot resume from {path}: it was written by a {saved['class']}, and this "
+                f"model is a {now['class']}. {start_afresh}"
+            )
+        if saved["config"] != now["config"]:
+            old, new = saved["config"] or {}, now["config"] or {}
+            fields = [k for k in {**old, **new} if old.get(k, "<absent>") != new.get(k, "<absent>")]
+            changes = "; ".join(
+                f"{k}: {old.get(k, '<absent>')!r} in the checkpoint, {new.get(k, '<absent>')!r} now"
+                for k in fields[:8]
+            )
+            raise CheckpointError(
+                f"cannot resume from {path}: it was written by a model with another config "
+                f"(fields {', '.join(fields)} differ: {changes}). Resuming would continue one "
+                f"model's training with another's. {start_afresh}"
+            )
+    own = model.state_dict()
+    state = checkpoint["model"]
+    absent = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    shapes = [
+        f"{k} is {tuple(state[k].shape)} in the checkpoint and {tuple(own[k].shape)} here"
+        for k in own
+        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != own[k].shape
+    ]
+    if absent or extra or shapes:
+        parts = []
+        if shapes:
+            parts.append(f"{len(shapes)} of other shapes (e.g. {shapes[0]})")
+        if absent:
+            parts.append(f"{len(absent)} missing (e.g. {absent[0]})")
+        if extra:
+            parts.append(f"{len(extra)} this model does not have (e.g. {extra[0]})")
+        raise CheckpointError(
+            f"cannot resume from {path}: its weights do not fit this model: "
+            f"{'; '.join(parts)}. {start_afresh}"
+        )
 
 
 # ----------------------------------------------------------------------------------------
@@ -563,6 +781,11 @@ def train(
             :mod:`rcnn_steps.evaluation`).
         optimizer: default :func:`build_optimizer`; the schedule is applied to it either way.
         resume: continue from ``config.out_dir/last.pt`` if it exists (else start afresh).
+            The checkpoint is verified (:func:`load_checkpoint`) and must come from a model
+            of the same class, config and weight shapes, else :class:`CheckpointError`.
+            Without ``resume``, an ``out_dir`` that already holds a run (``metrics.jsonl``,
+            ``last.pt`` or ``model_*.pt``) raises ``FileExistsError`` unless
+            ``config.overwrite`` is set, which deletes those files first.
         stop_at: stop after this step (and checkpoint) although the schedule runs to
             ``max_iter``: to train in pieces, e.g. over several notebook cells.
 
@@ -572,6 +795,9 @@ def train(
 
     Raises:
         NonFiniteLossError: a loss term was NaN or infinite (the last checkpoint is kept).
+        FileExistsError: ``out_dir`` holds a run, and neither ``resume`` nor
+            ``config.overwrite`` says what to do with it.
+        CheckpointError: the checkpoint to resume from is damaged or from another model.
     """
     t_call = time.perf_counter()
     loss_fn = loss_fn or detection_loss
@@ -583,6 +809,9 @@ def train(
     metrics_path = out_dir / "metrics.jsonl" if out_dir else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
+        _remove_orphan_temporaries(out_dir)
+        if not (resume and last_path.exists()):
+            _claim_out_dir(out_dir, resume, config.overwrite)
 
     model.to(device)
     optimizer = optimizer or build_optimizer(model, config)
@@ -600,9 +829,16 @@ def train(
     rng = None
     if resume and last_path is not None and last_path.exists():
         ckpt = load_checkpoint(last_path)
+        _check_resumable(ckpt, last_path, model)
         _warn_config_changes(ckpt["config"], config)
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(
+                f"cannot resume from {last_path}: its optimizer state does not fit this "
+                f"optimizer ({e}); resume with the optimizer the run was trained with"
+            ) from None
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         step, epoch, position = ckpt["step"], ckpt["epoch"], ckpt["position"]
@@ -617,7 +853,7 @@ def train(
             print(f"no checkpoint in {out_dir}; starting from step 0")
         seed_everything(config.seed)
         if metrics_path is not None and metrics_path.exists():
-            metrics_path.unlink()
+            metrics_path.unlink()  # _claim_out_dir allowed it: resume or overwrite
 
     batches = epoch_iterator(data_loader, config.seed, epoch)
     for i in range(position):  # skip what the checkpointed run already consumed
@@ -718,6 +954,7 @@ def train(
                     "scaler": scaler.state_dict(),
                     "rng": get_rng_state(),
                     "config": config.to_dict(),
+                    "model_description": model_description(model),
                     "window": window,
                     "losses": last_losses,
                     "eval_history": eval_history,
@@ -743,9 +980,47 @@ def train(
     )
 
 
+_CHECKPOINT_NAME = re.compile(r"model_\d{7}\.pt")
+
+
+def _run_files(out_dir: Path) -> list[Path]:
+    """The files of a training run in ``out_dir``: what :func:`train` writes there."""
+    files = [out_dir / "metrics.jsonl", out_dir / "last.pt"]
+    files += sorted(p for p in out_dir.glob("model_*.pt") if _CHECKPOINT_NAME.fullmatch(p.name))
+    return [p for p in files if p.exists()]
+
+
+def _claim_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Before a fresh start: refuse an ``out_dir`` that holds a run, unless ``overwrite``
+    (delete the run's files) or ``resume`` (the run never reached a checkpoint, so its
+    records are replaced)."""
+    existing = _run_files(out_dir)
+    if not existing or resume:
+        return
+    if not overwrite:
+        names = ", ".join(p.name for p in existing[:4]) + (", ..." if len(existing) > 4 else "")
+        raise FileExistsError(
+            f"{out_dir} already holds a training run ({names}); starting afresh would "
+            "overwrite it. Pass resume=True to continue it, set TrainConfig(overwrite=True) "
+            "to replace it, or choose another out_dir."
+        )
+    for path in existing:
+        path.unlink()
+
+
+def _remove_orphan_temporaries(out_dir: Path) -> None:
+    """Delete the temporary files of writes that were killed before their rename (the
+    rename is what makes a write atomic; a killed process cannot clean up after itself).
+    Only the names :func:`rcnn_steps.utils.atomic_write_bytes` gives our files."""
+    for pattern in (".last.pt.*.tmp", ".metrics.jsonl.*.tmp", ".model_*.pt.*.tmp"):
+        for path in out_dir.glob(pattern):
+            path.unlink(missing_ok=True)
+
+
 # Fields that may change between a run and its resumption without changing the result.
 _HARMLESS_FIELDS = {
     "progress",
+    "overwrite",
     "out_dir",
     "device",
     "log_every",

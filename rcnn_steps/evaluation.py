@@ -28,6 +28,8 @@ import contextlib
 import copy
 import io
 import json
+import math
+import numbers
 import os
 import warnings
 from collections import defaultdict
@@ -640,6 +642,92 @@ def _prepare_results(detections: list[dict], iou_type: str) -> list[dict]:
     return results
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _finite_numbers(values: Any) -> bool:
+    """A list (tuple, 1-D array) of finite real numbers?"""
+    if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__len__"):
+        return False
+    return all(_is_number(v) and math.isfinite(v) for v in values)
+
+
+def _check_detections(detections: list, gt, iou_type: str) -> None:
+    """Reject result dicts that COCOeval would score wrong without a word, or fail on with
+    a bare error: a missing or non-finite ``score`` (a nan score is ranked last, so a
+    false positive with one vanishes), an unknown ``image_id`` or ``category_id``
+    (COCOeval drops such detections silently), a ``bbox`` that is not four finite numbers
+    with non-negative width and height (a nan box matches any ground truth; a box of
+    negative area falls outside every area range, so a false positive with one is
+    ignored), and keypoints of the wrong length or non-finite."""
+    image_ids = set(gt.getImgIds())
+    categories = {c["id"]: c for c in gt.dataset.get("categories", [])}
+    for i, det in enumerate(detections):
+        if not isinstance(det, Mapping):
+            raise TypeError(
+                f"detection {i} is a {type(det).__name__}, not a dict; detections are COCO "
+                "result dicts {'image_id', 'category_id', 'bbox', 'score'} "
+                "(see detections_to_coco)"
+            )
+        where = f"detection {i} (image_id {det.get('image_id')!r})"
+        for key in ("image_id", "category_id", "score"):
+            if key not in det:
+                raise ValueError(
+                    f"{where} has no {key!r}; every COCO result needs 'image_id', "
+                    "'category_id' and 'score' (detections_to_coco writes them)"
+                )
+        image_id, category_id, score = det["image_id"], det["category_id"], det["score"]
+        if image_id not in image_ids:
+            hint = (
+                f"; image ids are ints, this one is a {type(image_id).__name__}"
+                if not isinstance(image_id, numbers.Integral)
+                else ": evaluate on the split the detections were made for, or restrict "
+                "the ground truth with subset_ground_truth"
+            )
+            raise ValueError(f"{where}: detections for images not in the ground truth{hint}")
+        if category_id not in categories:
+            raise ValueError(
+                f"{where} has category_id {category_id!r}, which is not in the ground "
+                f"truth's categories {sorted(categories)}; COCOeval would drop it silently. "
+                "Map the model's labels to category ids (detections_to_coco's "
+                "label_to_category_id)."
+            )
+        if not _is_number(score) or not math.isfinite(score):
+            raise ValueError(
+                f"{where} has score {score!r}; scores must be finite numbers (COCOeval "
+                "ranks a nan score last, which hides a false positive): check the model's "
+                "outputs for nan"
+            )
+        if iou_type == "bbox" and "bbox" in det:
+            box = det["bbox"]
+            if not _finite_numbers(box) or len(box) != 4:
+                raise ValueError(
+                    f"{where} has bbox {box!r}; a COCO box is four finite numbers [x, y, "
+                    "width, height] (a nan box would match any ground truth): check the "
+                    "model's outputs for nan or inf"
+                )
+            if box[2] < 0 or box[3] < 0:
+                raise ValueError(
+                    f"{where} has bbox {box!r} of negative width or height; COCO boxes are "
+                    "[x, y, width, height]: convert [x1, y1, x2, y2] boxes with "
+                    "detections_to_coco, which also expects x2 >= x1 and y2 >= y1"
+                )
+        if iou_type == "keypoints" and "keypoints" in det:
+            points = det["keypoints"]
+            expected = 3 * len(categories[category_id].get("keypoints", []))
+            if not _finite_numbers(points):
+                raise ValueError(
+                    f"{where} has keypoints that are not all finite numbers; they are a "
+                    "flat list [x1, y1, v1, x2, y2, v2, ...]"
+                )
+            if expected and len(points) != expected:
+                raise ValueError(
+                    f"{where} has {len(points)} keypoint values; category {category_id} has "
+                    f"{expected // 3} keypoints, so it needs {expected} (x, y, v per keypoint)"
+                )
+
+
 def _summarize(coco_eval, iou_type: str, area_labels: list[str]) -> dict[str, float]:
     """Named metrics from ``COCOeval.eval``, computed as ``COCOeval.summarize`` does
     (mean over entries > -1) but at the evaluation's own ``maxDets`` rather than the
@@ -700,7 +788,11 @@ def coco_evaluate(
             list of them. ``"bbox"`` needs ``bbox``, ``"segm"`` an RLE ``segmentation``,
             ``"keypoints"`` a flat ``keypoints`` list. Empty is allowed (COCO.loadRes is
             not): every metric is then 0, or -1 where there is no ground truth, and a
-            ``UserWarning`` says so.
+            ``UserWarning`` says so. Checked before pycocotools sees them: a missing or
+            non-finite ``score``, an ``image_id`` or ``category_id`` not in the ground
+            truth, a non-finite or negative-size ``bbox`` and non-finite keypoints or a
+            wrong number of them raise a ``ValueError`` naming the detection (COCOeval
+            would score each of them wrong without a word).
         iou_type: ``"bbox"``, ``"segm"`` or ``"keypoints"``.
         area_ranges: ``None`` (default): COCO's ranges scaled to the images' typical size
             (:func:`scaled_area_ranges`; equal to COCO's own for real COCO); ``"coco"``:
@@ -725,9 +817,14 @@ def coco_evaluate(
     if iou_type not in ("bbox", "segm", "keypoints"):
         raise ValueError(f"iou_type must be 'bbox', 'segm' or 'keypoints', got {iou_type!r}")
     gt = as_coco(coco_gt, verbose)
+    if any(ann.get("id") == 0 for ann in gt.dataset.get("annotations", [])):
+        # COCOeval stores the matched gt's id and tests it for truth: a match to id 0
+        # would count as no match at all
+        raise ValueError("pycocotools needs annotation ids >= 1; this ground truth has id 0")
     if isinstance(detections, str | os.PathLike):
         detections = json.loads(Path(detections).read_text())
     detections = list(detections)
+    _check_detections(detections, gt, iou_type)
 
     category_ids = sorted(gt.getCatIds())
     if iou_type == "keypoints":
@@ -737,14 +834,6 @@ def coco_evaluate(
             if "num_keypoints" not in ann and "keypoints" in ann:  # COCOeval reads it
                 ann["num_keypoints"] = int(np.count_nonzero(np.asarray(ann["keypoints"])[2::3]))
         detections = [d for d in detections if d["category_id"] in set(category_ids)]
-    if any(ann.get("id") == 0 for ann in gt.dataset.get("annotations", [])):
-        # COCOeval stores the matched gt's id and tests it for truth: a match to id 0
-        # would count as no match at all
-        raise ValueError("pycocotools needs annotation ids >= 1; this ground truth has id 0")
-    unknown = {d["image_id"] for d in detections} - set(gt.getImgIds())
-    if unknown:
-        raise ValueError(f"detections for images not in the ground truth: {sorted(unknown)[:5]}")
-
     with _quiet(verbose):
         if detections:
             dt = gt.loadRes(_prepare_results(detections, iou_type))

@@ -730,7 +730,7 @@ def preprocess(
                 f"{config.size_divisible} pixels per side."
             )
     if targets is not None:
-        check_targets(targets, [tuple(img.shape[-2:]) for img in images])
+        check_targets(targets, [tuple(img.shape[-2:]) for img in images], config.num_classes)
         targets = [dict(t) for t in targets]
     mean = torch.as_tensor(config.image_mean, dtype=images[0].dtype, device=images[0].device)
     std = torch.as_tensor(config.image_std, dtype=images[0].dtype, device=images[0].device)

@@ -37,14 +37,24 @@ class ImageList:
     Build one with :meth:`from_tensors`; the constructor only checks that the two agree.
     The attribute names are torchvision's, so an :class:`ImageList` can be handed to
     torchvision's RPN and RoI heads, and theirs to ours.
+
+    A single ``(C, H, W)`` image with one size is taken as a batch of one (``tensors``
+    becomes ``(1, C, H, W)``): torchvision's ``ImageList`` holds such a tensor as it is and
+    its anchor generator reads only the last two dimensions, so code written for it runs
+    here too. Any other number of dimensions, or a 3-D tensor with several sizes, is a
+    ``ValueError`` that says what to pass.
     """
 
     def __init__(self, tensors: Tensor, image_sizes: Sequence[tuple[int, int]]) -> None:
+        if isinstance(tensors, Tensor) and tensors.dim() == 3 and len(image_sizes) == 1:
+            tensors = tensors[None]  # one (C, H, W) image: a batch of one
         if not isinstance(tensors, Tensor) or tensors.dim() != 4:
             shape = tuple(tensors.shape) if isinstance(tensors, Tensor) else type(tensors).__name__
             raise ValueError(
-                f"ImageList: tensors must be a padded batch of shape (N, C, H, W), got {shape}; "
-                "build one from a list of (C, H, W) images with ImageList.from_tensors(images)."
+                f"ImageList: tensors must be a padded batch of shape (N, C, H, W) (or one "
+                f"(C, H, W) image with one size), got {shape} with {len(image_sizes)} "
+                "image sizes; build a batch from a list of (C, H, W) images with "
+                "ImageList.from_tensors(images)."
             )
         if len(image_sizes) != tensors.shape[0]:
             raise ValueError(

@@ -57,13 +57,18 @@ __all__ = [
 
 
 def check_targets(
-    targets: Sequence[Mapping[str, Tensor]], image_sizes: Sequence[tuple[int, int]] | None = None
+    targets: Sequence[Mapping[str, Tensor]],
+    image_sizes: Sequence[tuple[int, int]] | None = None,
+    num_classes: int | None = None,
 ) -> None:
     """Raise a clear error for targets a detector cannot train on.
 
-    Each target needs ``boxes`` ``(G, 4)`` float xyxy with positive width and height
-    (a zero-area box has no IoU with anything and an infinite regression target) and
-    ``labels`` ``(G,)`` int64 >= 1. ``G = 0`` (an image without objects) is fine.
+    Each target needs ``boxes`` ``(G, 4)`` float xyxy, finite, with positive width and
+    height (a zero-area box has no IoU with anything and an infinite regression target; a
+    nan box would poison the losses) and ``labels`` ``(G,)`` int64 in ``1..num_classes``
+    (the upper bound is checked when ``num_classes`` is given: a larger label would index
+    past the classifier's K + 1 outputs, an IndexError on CPU and a device-side assert on
+    CUDA). ``G = 0`` (an image without objects) is fine.
     """
     if not isinstance(targets, Sequence) or isinstance(targets, Mapping):
         raise TypeError("targets must be a list with one dict per image.")
@@ -84,6 +89,15 @@ def check_targets(
             raise ValueError(
                 f"targets[{i}]['labels'] must be a ({boxes.shape[0]},) tensor, one per box."
             )
+        nonfinite = torch.where(~torch.isfinite(boxes).all(dim=1))[0]
+        if nonfinite.numel():
+            j = int(nonfinite[0])
+            raise ValueError(
+                f"targets[{i}]['boxes'][{j}] = {boxes[j].tolist()} is not finite (nan or "
+                "inf); every box needs four real pixel coordinates: fix or drop it in the "
+                "data (CocoDataset rejects such boxes, or drops them with "
+                "on_invalid_box='skip')."
+            )
         bad = torch.where((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))[0]
         if bad.numel():
             j = int(bad[0])
@@ -95,6 +109,14 @@ def check_targets(
         if labels.numel() and bool((labels < 1).any()):
             raise ValueError(
                 f"targets[{i}]['labels'] = {labels.tolist()} must be >= 1 (0 is background)."
+            )
+        if num_classes is not None and labels.numel() and int(labels.max()) > num_classes:
+            raise ValueError(
+                f"targets[{i}]['labels'] = {labels.tolist()} has label {int(labels.max())}, "
+                f"but the model has num_classes = {num_classes} (labels 1..{num_classes}, 0 "
+                "is background): build the model with num_classes set to the data's number "
+                "of categories (CocoDataset.num_classes), and give contiguous labels, not "
+                "raw category ids (CocoDataset maps them)."
             )
 
 

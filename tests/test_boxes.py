@@ -154,22 +154,56 @@ def test_box_area_matches_torchvision(data):
     exactly_equal(box_area(batched), tv.box_area(batched))
 
 
+def tv_box_iou_degenerate_zero(boxes1, boxes2, fmt="xyxy"):
+    """torchvision's box_iou with its one documented difference from ours: where two
+    zero-area boxes meet (a union of 0) it has 0 / 0 = nan, we have 0. On finite boxes
+    that is the only way torchvision makes a nan."""
+    theirs = tv.box_iou(boxes1, boxes2, fmt=fmt)
+    return torch.where(theirs.isnan(), torch.zeros((), dtype=theirs.dtype), theirs)
+
+
 @settings(max_examples=60, deadline=None)
 @given(box_sets(), box_sets())
 def test_box_iou_matches_torchvision(data1, data2):
     boxes1, boxes2 = data1[0], data2[0].to(data1[0].dtype)
     iou = box_iou(boxes1, boxes2)
     assert iou.shape == (len(boxes1), len(boxes2))
-    exactly_equal(iou, tv.box_iou(boxes1, boxes2))
-    finite = iou[~iou.isnan()]
-    assert ((finite >= 0) & (finite <= 1)).all()
+    exactly_equal(iou, tv_box_iou_degenerate_zero(boxes1, boxes2))
+    assert ((iou >= 0) & (iou <= 1)).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(box_sets(), box_sets(), st.sampled_from(FORMATS))
+def test_box_iou_and_area_take_fmt_like_torchvision(data1, data2, fmt):
+    # torchvision 0.29's fmt= argument: the boxes are read as xywh or cxcywh directly
+    boxes1 = box_convert(data1[0], "xyxy", fmt)
+    boxes2 = box_convert(data2[0], "xyxy", fmt).to(boxes1.dtype)
+    exactly_equal(box_area(boxes1, fmt=fmt), tv.box_area(boxes1, fmt=fmt))
+    exactly_equal(box_iou(boxes1, boxes2, fmt=fmt), tv_box_iou_degenerate_zero(boxes1, boxes2, fmt))
+
+
+def test_box_iou_takes_batches_of_sets_like_torchvision():
+    # (B, N, 4) x (B, M, 4) -> (B, N, M); leading dimensions broadcast, as in torchvision
+    boxes1 = make_boxes(3 * 7, seed=5, zero_area=0.2).reshape(3, 7, 4)
+    boxes2 = make_boxes(3 * 5, seed=6, duplicates=0.3).reshape(3, 5, 4)
+    iou = box_iou(boxes1, boxes2)
+    assert iou.shape == (3, 7, 5)
+    exactly_equal(iou, tv_box_iou_degenerate_zero(boxes1, boxes2))
+    for b in range(3):
+        exactly_equal(iou[b], box_iou(boxes1[b], boxes2[b]))
+    exactly_equal(box_iou(boxes1[0], boxes2), tv_box_iou_degenerate_zero(boxes1[0], boxes2))
+    exactly_equal(
+        box_iou(boxes1, boxes2, fmt="xywh"), tv_box_iou_degenerate_zero(boxes1, boxes2, "xywh")
+    )
+    with pytest.raises(ValueError, match=r"batch dimensions .*\(3,\) and boxes2 \(2,\)"):
+        box_iou(boxes1, boxes2[:2])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.int16, torch.int64])
 def test_box_iou_widens_like_torchvision(dtype):
     boxes = make_boxes(30, seed=1, grid=True, duplicates=0.2).to(dtype)
     exactly_equal(box_area(boxes), tv.box_area(boxes))
-    exactly_equal(box_iou(boxes, boxes), tv.box_iou(boxes, boxes))
+    exactly_equal(box_iou(boxes, boxes), tv_box_iou_degenerate_zero(boxes, boxes))
 
 
 def test_box_iou_edge_cases():
@@ -179,11 +213,19 @@ def test_box_iou_edge_cases():
         [[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0], [10.0, 0.0, 20.0, 10.0], [0, 0, 10, 5]]
     )
     assert box_iou(a, others).tolist() == [[1.0, 0.0, 0.0, 0.5]]
-    # zero-area boxes: 0 against a real box, 0/0 = nan against an identical degenerate box
+    # zero-area boxes: 0 against a real box, and 0 (not torchvision's 0/0 = nan) against
+    # another zero-area box, identical or not (detectron2's choice)
     point = torch.tensor([[5.0, 5.0, 5.0, 5.0]])
+    line = torch.tensor([[0.0, 5.0, 10.0, 5.0]])
     assert box_iou(point, a).item() == 0.0
-    assert box_iou(point, point).isnan().item()
-    exactly_equal(box_iou(point, point), tv.box_iou(point, point))
+    assert box_iou(point, point).item() == 0.0 and tv.box_iou(point, point).isnan().item()
+    assert box_iou(line, line).item() == 0.0 and box_iou(point, line).item() == 0.0
+    assert box_iou(point, point, fmt="cxcywh").item() == 1.0  # there, a 5 x 5 box
+    flat = torch.tensor([[5.0, 5.0, 0.0, 4.0]])  # cxcywh with zero width
+    assert box_iou(flat, flat, fmt="cxcywh").item() == 0.0
+    # a nan box stays nan: an honest answer to a broken input, as torchvision's
+    nan_box = torch.tensor([[math.nan, 0.0, 10.0, 10.0]])
+    assert box_iou(nan_box, a).isnan().item() and box_iou(nan_box, point).isnan().item()
     # empty sets give empty matrices of the right shape
     assert box_iou(torch.zeros(0, 4), a).shape == (0, 1)
     assert box_iou(a, torch.zeros(0, 4)).shape == (1, 0)
@@ -227,6 +269,11 @@ def test_nms_edge_cases():
     empty = nms(torch.zeros(0, 4), torch.zeros(0), 0.5)
     assert empty.dtype == torch.int64 and empty.shape == (0,)
     assert batched_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0), 0.5).shape == (0,)
+    # torchvision's own test: an empty long tensor with None for the rest
+    none = batched_nms(torch.empty((0,), dtype=torch.long), None, None, 0.5)
+    exactly_equal(none, tv.batched_nms(torch.empty((0,), dtype=torch.long), None, None, 0.5))
+    with pytest.raises(ValueError, match="boxes is empty but scores has 2 entries"):
+        batched_nms(torch.zeros(0, 4), torch.zeros(2), None, 0.5)
 
     box = [0.0, 0.0, 10.0, 10.0]
     # identical boxes with equal scores: the first one is kept (a stable sort, like
@@ -540,6 +587,17 @@ ERROR_CASES = [
         r"must be a torch.Tensor, got list.*torch.as_tensor",
     ),
     (
+        lambda: box_iou(Z4, Z4, fmt="xyxyxyxy"),
+        ValueError,
+        r"fmt must be one of \('xyxy', 'xywh', 'cxcywh'\), got 'xyxyxyxy'; rotated",
+    ),
+    (lambda: box_area(Z4, fmt="yxyx"), ValueError, r"box_area: fmt must be one of"),
+    (
+        lambda: batched_nms(Z3, None, torch.zeros(3), 0.5),
+        TypeError,
+        r"scores must be a torch.Tensor, got NoneType",
+    ),
+    (
         lambda: box_area(torch.zeros(2, 3)),
         ValueError,
         r"box_area: boxes must have shape \(\.\.\., 4\)",
@@ -620,9 +678,9 @@ class TestOnCuda:
         boxes = make_boxes(300, seed, dtype, zero_area=0.1, duplicates=0.1).to(self.device)
         iou = box_iou(boxes, boxes[:100])
         assert iou.device == self.device
-        torch.testing.assert_close(iou, tv.box_iou(boxes, boxes[:100]), equal_nan=True)
+        torch.testing.assert_close(iou, tv_box_iou_degenerate_zero(boxes, boxes[:100]))
         on_cpu = box_iou(boxes.cpu(), boxes[:100].cpu())
-        torch.testing.assert_close(iou.cpu(), on_cpu, equal_nan=True)
+        torch.testing.assert_close(iou.cpu(), on_cpu)
         exactly_equal(box_area(boxes), tv.box_area(boxes))
         exactly_equal(clip_boxes_to_image(boxes, (50, 70)), tv.clip_boxes_to_image(boxes, (50, 70)))
         exactly_equal(remove_small_boxes(boxes, 5.0), tv.remove_small_boxes(boxes, 5.0))

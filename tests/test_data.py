@@ -337,6 +337,217 @@ def test_check_command_reports_errors(tmp_path, tiny_synth, capsys):
     assert "cannot be read" in capsys.readouterr().err
 
 
+# --- issue 12: inputs that used to pass and give wrong data without a word ----------------
+
+
+def _ann(ann_id=5, image_id=1, category_id=3, bbox=(1, 1, 4, 4), **extra):
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id,
+            "bbox": list(bbox), **extra}  # fmt: skip
+
+
+_GOOD = _ann(6, bbox=(2, 2, 5, 5))
+
+
+@pytest.mark.parametrize(
+    ("bbox", "message"),
+    [
+        ([20, 3, 4, 4], r"box \[20, 3, 4, 4\] .* entirely outside its 16x16 image"),
+        ([-9, 3, 4, 4], r"box .* entirely outside"),
+        ([3, 16, 4, 4], r"box .* entirely outside"),
+        ([float("nan"), 1, 4, 4], r"a box with a non-finite coordinate, \[nan, 1, 4, 4\]"),
+        ([1, 1, float("inf"), 4], r"a box with a non-finite coordinate"),
+    ],
+)
+def test_box_outside_the_image_or_not_finite_is_rejected_or_skipped(tmp_path, bbox, message):
+    path = _write_coco(tmp_path, [_ann(5, bbox=bbox), _GOOD])
+    with pytest.raises(DatasetError, match=r"annotation 5 \(image 1\) has " + message):
+        CocoDataset(tmp_path / "img", path)
+    ds = CocoDataset(tmp_path / "img", path, on_invalid_box="skip")  # nan too
+    assert ds[0][1]["boxes"].tolist() == [[2.0, 2.0, 7.0, 7.0]]
+    partly_outside = _write_coco(tmp_path, [_ann(5, bbox=[12, 12, 8, 8])])
+    assert CocoDataset(tmp_path / "img", partly_outside)[0][1]["boxes"].tolist() == [
+        [12.0, 12.0, 20.0, 20.0]
+    ]  # kept as it is
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # a polygon with an odd number of coordinates decoded as an all-zero mask
+        (
+            {"annotations": [_ann(segmentation=[[1, 1, 5, 1, 5, 5, 1]])]},
+            r"annotation 5 \(image 1\): polygon 0 of its segmentation has 7 coordinates",
+        ),
+        # an RLE made for another image size
+        (
+            {"annotations": [_ann(segmentation={"size": [8, 16], "counts": "0"})]},
+            r"annotation 5 \(image 1\): its RLE segmentation has size \[8, 16\] .* \[16, 16\]",
+        ),
+        # duplicate ids: pycocotools keeps one annotation, pairs images with the wrong file,
+        # or adds a class that is never used
+        ({"annotations": [_ann(5), _ann(5)]}, r"annotation id 5 is used twice"),
+        (
+            {"images": [{"id": 1, "file_name": "a.png", "width": 16, "height": 16},
+                        {"id": 1, "file_name": "b.png", "width": 16, "height": 16}]},
+            r"image id 1 is used twice, by 'a.png' and 'b.png'",
+        ),
+        (
+            {"categories": [{"id": 3, "name": "thing"}, {"id": 3, "name": "other"}]},
+            r"category id 3 is used twice, by 'thing' and 'other'",
+        ),
+        # annotation id 0 (and below) failed only in coco_evaluate, after training
+        ({"annotations": [_ann(0)]}, r"annotation id 0 is not a positive integer.*from 1"),
+        ({"annotations": [_ann(-3)]}, r"annotation id -3 is not a positive integer"),
+        # strings where COCO has numbers
+        ({"annotations": [_ann(image_id="1")]}, r"image_id '1' \(a str: image ids are integers\)"),
+        (
+            {"images": [{"id": "1", "file_name": "a.png", "width": 16, "height": 16}]},
+            r"image 'a.png' has id '1' \(a str: image ids are integers\)",
+        ),
+        ({"annotations": [_ann(bbox=["1", 1, 4, 4])]}, r"has bbox \['1', 1, 4, 4\].*not strings"),
+        # an image entry without height/width (the error used to blame the segmentation)
+        (
+            {"images": [{"id": 1, "file_name": "a.png", "width": 16}]},
+            r"image entry 1 has no 'height'; every image needs 'id', 'file_name', 'width'",
+        ),
+        ({"images": []}, r"has no images \(its 'images' list is empty\)"),
+    ],
+)  # fmt: skip
+def test_malformed_entries_are_caught_when_the_file_is_read(tmp_path, change, message):
+    path = _write_coco(tmp_path, [])
+    data = {**json.loads(path.read_text()), **change}
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=message):
+        CocoDataset(tmp_path / "img", path)
+
+
+_PERSON = {"id": 3, "name": "person", "keypoints": ["head", "left_hand", "right_hand"]}
+
+
+@pytest.mark.parametrize(
+    ("keypoints", "category", "message"),
+    [
+        # shorter than the category's keypoint list: used to be zero-padded
+        ([4, 4, 2, 6, 6, 2], _PERSON, r"has 6 keypoint values; .* 'person' has 3 .* needs 9"),
+        ([4, 4, 2] * 4, _PERSON, r"has 12 keypoint values"),
+        ([4, 4, 2], {"id": 3, "name": "thing"}, r"has keypoints but its category 'thing' lists"),
+    ],
+)
+def test_keypoints_of_the_wrong_length(tmp_path, keypoints, category, message):
+    path = _write_coco(tmp_path, [_ann(keypoints=keypoints)], categories=[category])
+    with pytest.raises(DatasetError, match=r"annotation 5 \(image 1\) " + message):
+        CocoDataset(tmp_path / "img", path)
+    assert data_main(["check", "--images", str(tmp_path / "img"), "--annotations", str(path)]) == 1
+
+
+def test_sixteen_bit_grey_png_keeps_its_values(tmp_path):
+    from PIL import Image
+
+    path = _write_coco(tmp_path, [])
+    grey = np.arange(256, dtype=np.uint16).reshape(16, 16) * 257  # 0 .. 65535
+    Image.fromarray(grey).save(tmp_path / "img" / "a.png")
+    image, _ = CocoDataset(tmp_path / "img", path)[0]
+    assert image.shape == (3, 16, 16)
+    expected = torch.from_numpy(grey.astype(np.float32)) / 65535.0
+    for channel in image:
+        assert torch.allclose(channel, expected)  # used to be 1.0 wherever the value > 255
+    assert image.min() == 0.0 and image.max() == 1.0
+    Image.fromarray(grey.astype(np.int32)).save(tmp_path / "img" / "a.tif")
+    data = json.loads(path.read_text())
+    data["images"][0]["file_name"] = "a.tif"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"a.tif \(image id 1\) has mode 'I'"):
+        CocoDataset(tmp_path / "img", path)[0]
+
+
+@pytest.mark.parametrize("load_masks", [False, True])
+def test_image_size_must_match_its_entry(tmp_path, load_masks):
+    from PIL import Image
+
+    path = _write_coco(tmp_path, [_ann(segmentation=[[1, 1, 5, 1, 5, 5, 1, 5]])])
+    Image.fromarray(np.zeros((16, 24, 3), dtype=np.uint8)).save(tmp_path / "img" / "a.png")
+    ds = CocoDataset(tmp_path / "img", path, load_masks=load_masks)
+    with pytest.raises(DatasetError, match=r"a.png \(image id 1\) is 24x16 pixels .* says 16x16"):
+        ds[0]
+
+
+def test_check_command_prints_one_line_for_each_kind_of_error(tmp_path, capsys):
+    from PIL import Image
+
+    cases = {
+        "keypoints": [_ann(keypoints=[1, 1, 2])],
+        "box": [_ann(bbox=[40, 40, 4, 4])],
+        "id0": [_ann(0)],
+    }
+    for name, anns in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        path = _write_coco(folder, anns)
+        argv = ["check", "--images", str(folder / "img"), "--annotations", str(path)]
+        assert data_main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    # the image's size, found when the image is read
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "box" / "img" / "a.png")
+    path = _write_coco(tmp_path / "box", [])
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "box" / "img" / "a.png")
+    assert data_main(["check", "--images", str(tmp_path / "box" / "img"), "--annotations",
+                      str(path)]) == 1  # fmt: skip
+    assert "is 8x8 pixels" in capsys.readouterr().err
+
+
+def test_check_command_reads_every_split_of_a_root(tiny_synth, tmp_path, capsys):
+    assert data_main(["check", str(tiny_synth), "--read-images", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("read 2 images without error") == 2 and "instances_val.json" in out
+    assert data_main(["check", str(tmp_path)]) == 1
+    assert "holds no instances_<split>.json" in capsys.readouterr().err
+
+
+# --- ensure_synth never deletes what it did not write --------------------------------------
+
+
+def test_ensure_synth_keeps_files_it_did_not_write(tmp_path):
+    root = ensure_synth(tmp_path / "s", num_train=3, num_val=1, size=48, seed=0)
+    notes = root / "notes.txt"
+    notes.write_text("mine")
+    (root / "train" / "my_photo.png").write_bytes(b"mine too")
+    (root / "annotations" / "instances_extra.json").write_text("{}")
+    ensure_synth(root, num_train=2, num_val=1, size=48, seed=2)  # other arguments
+    assert notes.read_text() == "mine"
+    assert (root / "train" / "my_photo.png").read_bytes() == b"mine too"
+    assert (root / "annotations" / "instances_extra.json").read_text() == "{}"
+    assert len(_load(root)["images"]) == 2 and _load(root)["info"]["config"]["seed"] == 2
+    # the old set's third image went (the generator wrote it); no staging folder is left
+    assert sorted(p.name for p in (root / "train").iterdir()) == [
+        "00000001.png",
+        "00000002.png",
+        "my_photo.png",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+    assert CocoDataset(root / "train", root / "annotations" / "instances_train.json")[1]
+
+
+def test_ensure_synth_refuses_to_overwrite_a_folder_it_did_not_make(tmp_path):
+    folder = tmp_path / "mine"
+    (folder / "annotations").mkdir(parents=True)
+    theirs = folder / "annotations" / "instances_train.json"
+    theirs.write_text('{"info": {"description": "my own data"}}')
+    with pytest.raises(FileExistsError, match=r"did not write .*instances_train.json.*Nothing"):
+        ensure_synth(folder, num_train=2, num_val=1, size=48, seed=0)
+    assert theirs.read_text() == '{"info": {"description": "my own data"}}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # staging removed
+
+
+def test_ensure_synth_recovers_from_an_interrupted_swap(tmp_path):
+    root = ensure_synth(tmp_path / "s", num_train=2, num_val=1, size=48, seed=0)
+    # killed half-way through a swap: annotation files gone, the manifest still there
+    for f in (root / "annotations").iterdir():
+        f.unlink()
+    ensure_synth(root, num_train=2, num_val=1, size=48, seed=0)
+    assert len(_load(root)["images"]) == 2
+
+
 # --- statistics ------------------------------------------------------------------------
 
 

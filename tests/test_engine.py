@@ -1,8 +1,14 @@
 """The training loop: exact resume, failure handling, schedules, logging, evaluation."""
 
+import dataclasses
+import io
 import json
 import math
 import os
+import re
+import tempfile
+import traceback
+import warnings
 
 import pytest
 import torch
@@ -12,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from rcnn_steps import engine
 from rcnn_steps.engine import (
+    CheckpointError,
     NonFiniteLossError,
     TrainConfig,
     build_optimizer,
@@ -356,6 +363,186 @@ def test_keep_checkpoints_writes_step_numbered_files(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------
+# Nothing lost: a finished run is not overwritten, a killed write leaves no litter
+
+
+def test_a_new_run_refuses_an_out_dir_that_holds_a_run(tmp_path):
+    config = make_config(tmp_path, max_iter=4, checkpoint_every=2, keep_checkpoints=True)
+    train(fresh_detector(), detection_loader(), config)
+    kept = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert {"metrics.jsonl", "last.pt", "model_0000002.pt"} <= set(kept)
+    with pytest.raises(FileExistsError, match=r"already holds a training run .*resume=True.*"
+                       r"TrainConfig\(overwrite=True\).*another out_dir"):  # fmt: skip
+        train(fresh_detector(seed=1), detection_loader(), config)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == kept  # untouched
+    # a checkpoint-less crash, resumed, starts afresh in the same folder, as before
+    (tmp_path / "last.pt").unlink()
+    train(fresh_detector(), detection_loader(), config, resume=True)
+
+    # asked to overwrite: the old run's files go, the new run's come
+    (tmp_path / "model_0000099.pt").write_bytes(b"an old kept checkpoint")
+    (tmp_path / "notes.txt").write_text("mine")
+    again = make_config(tmp_path, max_iter=3, overwrite=True)
+    train(fresh_detector(seed=2), detection_loader(), again)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "metrics.jsonl", "notes.txt"]
+    assert [r["step"] for r in read_metrics(tmp_path)] == [2, 3]
+    # overwrite is a harmless field: resuming with another value does not warn
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(fresh_detector(), detection_loader(), make_config(tmp_path, max_iter=3), resume=True)
+
+
+def test_the_temporary_file_of_a_killed_write_is_removed_at_the_next_start(tmp_path):
+    config = make_config(tmp_path, max_iter=4, checkpoint_every=2, keep_checkpoints=True)
+    train(fresh_detector(), detection_loader(), config, stop_at=2)
+    # a kill between writing the temporary file and renaming it (no Python cleanup runs)
+    for name in ("last.pt", "model_0000004.pt", "metrics.jsonl"):
+        fd, _ = tempfile.mkstemp(dir=tmp_path, prefix=f".{name}.", suffix=".tmp")
+        os.write(fd, b"half a file")
+        os.close(fd)
+    (tmp_path / ".notes.txt.tmp").write_text("not ours")
+    train(fresh_detector(), detection_loader(), config, resume=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".notes.txt.tmp",
+        "last.pt",
+        "metrics.jsonl",
+        "model_0000002.pt",
+        "model_0000004.pt",
+    ]
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoints are verified on load, and resume only into the model they were written by
+
+
+def _flip_a_byte_of(path, tensor):
+    """Flip one bit inside the stored bytes of ``tensor`` (a bit rotting on disk)."""
+    data = bytearray(path.read_bytes())
+    at = data.find(tensor.numpy().tobytes()[400:432])
+    assert at >= 0
+    data[at + 5] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_is_caught(tmp_path):
+    path = tmp_path / "last.pt"
+    weights = torch.arange(1000, dtype=torch.float32)
+    save_checkpoint(path, {"step": 3, "model": {"w": weights}})
+    loaded = load_checkpoint(path)
+    assert set(loaded) == {"step", "model"} and torch.equal(loaded["model"]["w"], weights)
+    _flip_a_byte_of(path, weights)
+    assert torch.load(path, weights_only=True)["step"] == 3  # torch itself does not notice
+    with pytest.raises(CheckpointError, match=r"last.pt is damaged: its contents no longer"):
+        load_checkpoint(path)
+
+
+def test_a_flipped_byte_in_the_run_checkpoint_stops_the_resume(tmp_path):
+    config = make_config(tmp_path)
+    train(fresh_detector(), detection_loader(), config, stop_at=4)
+    weight = load_checkpoint(tmp_path / "last.pt")["model"]["box_head.weight"]
+    data = bytearray((tmp_path / "last.pt").read_bytes())
+    at = data.find(weight.numpy().tobytes())
+    assert at >= 0
+    data[at + 3] ^= 0x01
+    (tmp_path / "last.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=str(tmp_path / "last.pt") + " is damaged"):
+        train(fresh_detector(), detection_loader(), config, resume=True)
+
+
+def _no_unsafe_advice(error):
+    text = "".join(traceback.format_exception(error))
+    assert "weights_only=False" not in text and "weights_only" not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", r"is empty \(0 bytes\): its write was cut short"),
+        ("half", r"cannot be read \(\d+ bytes; RuntimeError.*truncated, damaged"),
+        (b"hello, these are not the bytes you are looking for" * 4, r"cannot be read"),
+        ("unsafe", r"holds Python objects \(such as .*Fraction\) that the safe loader refuses"),
+    ],
+    ids=["empty", "truncated", "garbage", "unsafe"],
+)
+def test_unreadable_checkpoints_name_the_file_and_never_suggest_unsafe_loading(
+    tmp_path, content, message
+):
+    import fractions
+
+    path = tmp_path / "last.pt"
+    if content == "half":
+        save_checkpoint(path, {"step": 1, "w": torch.ones(100)})
+        content = path.read_bytes()[: path.stat().st_size // 2]
+    elif content == "unsafe":
+        buffer = io.BytesIO()
+        torch.save({"step": 1, "x": fractions.Fraction(1, 3)}, buffer)
+        content = buffer.getvalue()
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=re.escape(str(path)) + ".*" + message) as info:
+        load_checkpoint(path)
+    _no_unsafe_advice(info.value)
+    assert "Use an earlier checkpoint" in str(info.value)
+    with pytest.raises(FileNotFoundError, match=r"checkpoint .*nowhere.pt does not exist"):
+        load_checkpoint(tmp_path / "nowhere.pt")
+
+
+def test_a_checkpoint_without_a_checksum_loads_with_a_warning(tmp_path):
+    torch.save({"step": 2}, tmp_path / "old.pt")
+    with pytest.warns(UserWarning, match="old.pt has no checksum"):
+        assert load_checkpoint(tmp_path / "old.pt") == {"step": 2}
+
+
+def test_resume_into_a_model_of_other_shapes_is_a_clear_error(tmp_path):
+    config = make_config(tmp_path)
+    train(fresh_detector(), detection_loader(), config, stop_at=4)
+    wider = fresh_detector()
+    wider.cls_head = nn.Linear(4, 5)
+    with pytest.raises(
+        CheckpointError,
+        match=r"last.pt: its weights do not fit this model: 2 of other shapes \(e.g. "
+        r"cls_head.weight is \(3, 4\) in the checkpoint and \(5, 4\) here\)",
+    ):
+        train(wider, detection_loader(), config, resume=True)
+    with pytest.raises(CheckpointError, match=r"written by a .*FakeDetector, and this model is"):
+        train(nn.Linear(4, 3), detection_loader(), config, resume=True)
+
+
+@dataclasses.dataclass
+class ToyConfig:
+    roi_op: str = "roipool"
+    sizes: tuple = (32, 64)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+class ConfiguredDetector(FakeDetector):
+    """A model with a ``config`` whose fields change nothing in the weights' shapes (as
+    DetectorConfig.roi_op does not)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+
+def test_resume_into_a_model_of_another_config_with_the_same_shapes_is_refused(tmp_path):
+    config = make_config(tmp_path)
+    torch.manual_seed(0)
+    train(ConfiguredDetector(ToyConfig()), detection_loader(), config, stop_at=4)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["model_description"]["config"] == {"roi_op": "roipool", "sizes": [32, 64]}
+    other = ConfiguredDetector(ToyConfig(roi_op="roialign"))
+    with pytest.raises(
+        CheckpointError,
+        match=r"another config \(fields roi_op differ: roi_op: 'roipool' in the checkpoint, "
+        r"'roialign' now\)",
+    ):
+        train(other, detection_loader(), config, resume=True)
+    same = ConfiguredDetector(ToyConfig())
+    assert train(same, detection_loader(), config, resume=True).step == 12
+
+
+# ----------------------------------------------------------------------------------------
 # Gradient clipping, metrics, evaluation, loss weights
 
 
@@ -423,7 +610,7 @@ def test_loss_weights(tmp_path):
     result = train(fresh_detector(), detection_loader(), config)
     assert result.losses["total_loss"] == pytest.approx(result.losses["loss_cls"])
     with pytest.raises(ValueError, match="loss_bbox"):
-        bad = make_config(tmp_path, max_iter=2, loss_weights={"loss_bbox": 2.0})
+        bad = make_config(tmp_path / "bad", max_iter=2, loss_weights={"loss_bbox": 2.0})
         train(fresh_detector(), detection_loader(), bad)
 
 

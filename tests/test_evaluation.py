@@ -188,6 +188,13 @@ def _random_coco(seed: int, integer_boxes: bool, tie_scores: bool):
     return gt, dets
 
 
+def _known_categories(gt: dict, dets: list[dict]) -> list[dict]:
+    """The detections of categories the ground truth has (COCOeval skips the others
+    without a word; coco_evaluate rejects them)."""
+    known = {c["id"] for c in gt["categories"]}
+    return [d for d in dets if d["category_id"] in known]
+
+
 def _uncompressed_rle(mask: np.ndarray) -> dict:
     """COCO's uncompressed RLE (as crowd annotations store it): run lengths in column-major
     order, starting with a run of zeros."""
@@ -507,7 +514,9 @@ def test_coco_box_ap_from_scratch_defaults_to_scaled_ranges_and_reads_any_input(
 def test_coco_box_ap_from_scratch_max_dets_equals_cocoeval():
     gt, dets = _random_coco(3, integer_boxes=True, tie_scores=True)
     ours = coco_box_ap_from_scratch(gt, dets, area_ranges="coco", max_dets=10)
-    theirs = coco_evaluate(gt, dets, "bbox", area_ranges="coco", max_dets=[1, 5, 10])
+    # (coco_evaluate rejects the category-9 detections COCOeval skips: leave them out)
+    known = _known_categories(gt, dets)
+    theirs = coco_evaluate(gt, known, "bbox", area_ranges="coco", max_dets=[1, 5, 10])
     for name in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR10", "ARs", "ARm", "ARl"):
         assert ours[name] == pytest.approx(theirs[name], abs=1e-9), name
     # keeping fewer detections per image cannot raise recall
@@ -570,8 +579,11 @@ def test_coco_box_ap_from_scratch_equals_cocoeval_on_small_grids(gts, dts):
 
 
 def test_coco_evaluate_equals_plain_cocoeval_for_every_input_kind(tmp_path, capsys):
-    gt, dets = _random_coco(4, integer_boxes=False, tie_scores=False)
-    theirs = _pycocotools_stats(gt, dets)  # COCO's own ranges and maxDets
+    gt, all_dets = _random_coco(4, integer_boxes=False, tie_scores=False)
+    theirs = _pycocotools_stats(gt, all_dets)  # COCO's own ranges and maxDets
+    with pytest.raises(ValueError, match="category_id 9, which is not in the ground truth"):
+        coco_evaluate(gt, all_dets)  # COCOeval skips them; we say so
+    dets = _known_categories(gt, all_dets)  # the same numbers without them
     ours = coco_evaluate(gt, dets, "bbox", area_ranges="coco")
     assert list(ours) == STAT_NAMES
     for name in STAT_NAMES:
@@ -684,6 +696,62 @@ def test_coco_evaluate_rejects_annotation_id_zero():
     gt["annotations"][0]["id"] = 0
     with pytest.raises(ValueError, match="id 0"):
         coco_evaluate(gt, dets)
+
+
+def _wrong_scoring_cases():
+    """(change to one detection, what the error says) for inputs that COCOeval scores
+    wrong without a word, or fails on with a bare error."""
+    nan = float("nan")
+    return [
+        # a nan box matches any ground truth: perfect AP for nan boxes
+        ({"bbox": [nan, nan, nan, nan]}, r"detection 0 \(image_id 1\) has bbox \[nan.*finite"),
+        ({"bbox": [0.0, 0.0, float("inf"), 4.0]}, r"has bbox .*four finite numbers"),
+        ({"bbox": ["0", 0, 4, 4]}, r"has bbox \['0'.*four finite numbers"),
+        ({"bbox": [0.0, 0.0, 4.0]}, r"has bbox \[0.0, 0.0, 4.0\]"),
+        # a box of negative area falls outside every area range: its false positive vanishes
+        ({"bbox": [10.0, 10.0, -4.0, 4.0]}, r"negative width or height"),
+        # nan scores are ranked last, so false positives with them vanish
+        ({"score": nan}, r"has score nan; scores must be finite"),
+        ({"score": "0.9"}, r"has score '0.9'"),
+        # COCOeval drops a detection of an unknown category silently
+        ({"category_id": 99}, r"category_id 99, which is not in the ground truth's categories"),
+        # a detection without a score used to raise a bare KeyError inside pycocotools
+        ({"score": None}, r"has no 'score'"),
+        ({"image_id": "1"}, r"image ids are ints, this one is a str"),
+    ]
+
+
+@pytest.mark.parametrize(("change", "message"), _wrong_scoring_cases())
+def test_coco_evaluate_rejects_what_cocoeval_would_score_wrong(change, message):
+    gt, masks = _masks_coco()
+    dets = _perfect_detections(gt, masks)
+    bad = dict(dets[0], **change)
+    if change.get("score", 0) is None:
+        del bad["score"]
+    assert dets[0]["image_id"] == 1
+    with pytest.raises(ValueError, match=message):
+        coco_evaluate(gt, [bad, *dets[1:]])
+
+
+def test_a_nan_box_would_score_perfect_ap_in_plain_cocoeval():
+    # why coco_evaluate checks: pycocotools itself gives nan boxes a perfect score
+    gt, masks = _masks_coco()
+    dets = [dict(d, bbox=[float("nan")] * 4) for d in _perfect_detections(gt, masks)]
+    assert _pycocotools_stats(gt, dets)["AP50"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="finite"):
+        coco_evaluate(gt, dets)
+
+
+def test_coco_evaluate_checks_keypoint_results():
+    gt, masks = _masks_coco()
+    dets = _perfect_detections(gt, masks)
+    i = next(i for i, d in enumerate(dets) if d["category_id"] == 3)
+    short = dict(dets[i], keypoints=dets[i]["keypoints"][:6])
+    with pytest.raises(ValueError, match=r"has 6 keypoint values; category 3 has 3 .* needs 9"):
+        coco_evaluate(gt, [*dets[:i], short, *dets[i + 1 :]], "keypoints")
+    nan_points = dict(dets[i], keypoints=[float("nan")] * 9)
+    with pytest.raises(ValueError, match="keypoints that are not all finite"):
+        coco_evaluate(gt, [*dets[:i], nan_points, *dets[i + 1 :]], "keypoints")
 
 
 # ---------------------------------------------------------------------------------------

@@ -96,9 +96,22 @@ def test_to_device_len_repr():
     assert "image_sizes=[(10, 12), (8, 8)]" in repr(batch)
 
 
+def test_a_single_image_tensor_is_a_batch_of_one_as_in_torchvision():
+    # torchvision's own anchor test builds ImageList(torch.randn(3, 800, 800), [(800, 800)])
+    from torchvision.models.detection.image_list import ImageList as TvImageList
+
+    image = torch.rand(3, 8, 10)
+    ours, theirs = ImageList(image, [(8, 10)]), TvImageList(image, [(8, 10)])
+    assert ours.tensors.shape == (1, 3, 8, 10) and ours.image_sizes == [(8, 10)]
+    assert ours.tensors.shape[-2:] == theirs.tensors.shape[-2:]
+    assert torch.equal(ours[0], image)
+
+
 def test_constructor_checks():
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\).*got \(3, 8, 8\) with 2 image sizes"):
+        ImageList(torch.zeros(3, 8, 8), [(8, 8), (8, 8)])
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
-        ImageList(torch.zeros(3, 8, 8), [(8, 8)])
+        ImageList(torch.zeros(8, 8), [(8, 8)])
     with pytest.raises(ValueError, match="one \\(height, width\\) per image"):
         ImageList(torch.zeros(2, 3, 8, 8), [(8, 8)])
     with pytest.raises(ValueError, match="does not fit"):

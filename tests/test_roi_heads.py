@@ -3,7 +3,13 @@ import torch
 from torchvision.models.detection import faster_rcnn as tv_faster_rcnn
 from torchvision.models.detection import roi_heads as tv_roi_heads
 
-from rcnn_steps.roi_heads import FastRCNNPredictor, RoIHeads, RoIPooler, TwoMLPHead
+from rcnn_steps.roi_heads import (
+    FastRCNNPredictor,
+    RoIHeads,
+    RoIPooler,
+    TwoMLPHead,
+    check_targets,
+)
 
 NUM_CLASSES = 4  # background included
 
@@ -117,3 +123,42 @@ def test_pooler_repr_shows_every_setting():
     text = repr(RoIPooler("roialign_avg", 7, 2, aligned=True))
     assert "roi_op='roialign_avg'" in text and "aligned=True" in text
     assert "aligned=False" in repr(RoIPooler("roipool", 7))
+
+
+def _one_box_target(box, label=1):
+    return {"boxes": torch.tensor([box]), "labels": torch.tensor([label])}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_check_targets_rejects_non_finite_boxes(bad):
+    targets = [_one_box_target([0.0, 0.0, 10.0, 10.0]), _one_box_target([2.0, bad, 9.0, 9.0])]
+    with pytest.raises(ValueError, match=r"targets\[1\]\['boxes'\]\[0\] = .* is not finite"):
+        check_targets(targets)
+
+
+def test_check_targets_rejects_labels_above_num_classes():
+    targets = [_one_box_target([0.0, 0.0, 10.0, 10.0], label=7)]
+    check_targets(targets)  # without num_classes only labels >= 1 are checked
+    check_targets(targets, num_classes=7)
+    with pytest.raises(ValueError, match=r"has label 7, but the model has num_classes = 6"):
+        check_targets(targets, num_classes=6)
+
+
+def test_detectors_check_labels_against_their_num_classes_before_the_forward_pass():
+    # a label above num_classes used to index past the classifier (a bare IndexError on
+    # CPU, a device-side assert on CUDA); both detectors now stop before any compute
+    from rcnn_steps.fast_rcnn import FastRCNN
+    from rcnn_steps.faster_rcnn import DetectorConfig, FasterRCNN
+
+    torch.manual_seed(0)
+    config = DetectorConfig.ci()
+    images = [torch.rand(3, 64, 64)]
+    targets = [_one_box_target([8.0, 8.0, 40.0, 40.0], label=config.num_classes + 1)]
+    match = f"has label {config.num_classes + 1}, but the model has num_classes"
+    with pytest.raises(ValueError, match=match):
+        FasterRCNN(config)(images, targets)
+    with pytest.raises(ValueError, match=match):
+        FastRCNN(config)(images, [torch.tensor([[0.0, 0.0, 30.0, 30.0]])], targets)
+    nan_targets = [_one_box_target([8.0, float("nan"), 40.0, 40.0])]
+    with pytest.raises(ValueError, match="is not finite"):
+        FasterRCNN(config)(images, nan_targets)

@@ -1,6 +1,9 @@
 """Command line: ``python -m rcnn_steps.data synth --out DIR ...`` writes the synthetic
 set; ``python -m rcnn_steps.data check --images DIR --annotations FILE`` reads a COCO
-folder through :class:`~rcnn_steps.data.CocoDataset` and reports what it holds."""
+folder through :class:`~rcnn_steps.data.CocoDataset` and reports what it holds, and
+``python -m rcnn_steps.data check ROOT`` does so for every ``ROOT/annotations/
+instances_<split>.json`` with its images in ``ROOT/<split>/`` (the synthetic set's layout,
+and COCO 2017's). A data error is reported in one line (``error: ...``, exit status 1)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import argparse
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 from rcnn_steps.data.coco import CocoDataset, DatasetError
 from rcnn_steps.data.synth import generate
@@ -25,8 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--max-objects", type=int, default=5)
     s.add_argument("--workers", type=int, default=None, help="processes (default: 2)")
     c = sub.add_parser("check", help="read a COCO folder and summarise it")
-    c.add_argument("--images", required=True, help="folder of the image files")
-    c.add_argument("--annotations", required=True, help="instances_*.json")
+    c.add_argument(
+        "root",
+        nargs="?",
+        help="a folder holding annotations/instances_<split>.json and <split>/ image folders",
+    )
+    c.add_argument("--images", help="folder of the image files")
+    c.add_argument("--annotations", help="instances_*.json")
     c.add_argument("--read-images", type=int, default=20, help="how many images to decode")
     args = parser.parse_args(argv)
 
@@ -50,9 +59,31 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
+    if (args.root is None) == (args.images is None and args.annotations is None):
+        parser.error("check takes either ROOT or --images DIR --annotations FILE")
+    if args.root is None:
+        if args.images is None or args.annotations is None:
+            parser.error("check needs both --images DIR and --annotations FILE")
+        pairs = [(Path(args.images), Path(args.annotations))]
+    else:
+        root = Path(args.root)
+        files = sorted((root / "annotations").glob("instances_*.json"))
+        if not files:
+            print(
+                f"error: {root / 'annotations'} holds no instances_<split>.json file; "
+                "pass --images DIR --annotations FILE for another layout",
+                file=sys.stderr,
+            )
+            return 1
+        pairs = [(root / f.stem.removeprefix("instances_"), f) for f in files]
+    return max(check(images_dir, ann_file, args.read_images) for images_dir, ann_file in pairs)
+
+
+def check(images: Path, annotations: Path, read_images: int) -> int:
+    """Read one split and print what it holds; a data error is one line on stderr."""
     try:
-        ds = CocoDataset(args.images, args.annotations, include_crowd=True)
-        for i in range(min(args.read_images, len(ds))):
+        ds = CocoDataset(images, annotations, include_crowd=True)
+        for i in range(min(read_images, len(ds))):
             ds[i]
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -61,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     print(ds)
     for cat in ds.categories:
         print(f"  {cat['id']:>3} {cat['name']:<16} {counts.get(cat['id'], 0):>7} annotations")
-    print(f"read {min(args.read_images, len(ds))} images without error")
+    print(f"read {min(read_images, len(ds))} images without error")
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -51,10 +52,32 @@ def _suppress_prints():
     return contextlib.redirect_stdout(io.StringIO())
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _type_hint(value: Any, what: str) -> str:
+    """' (a str: ids are integers)' for a wrong-typed id, else ''."""
+    return "" if _is_int(value) else f" (a {type(value).__name__}: {what} are integers)"
+
+
 def load_coco_json(annotation_file: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a COCO annotation file. Raises :class:`DatasetError` for a missing
-    file, invalid JSON, missing keys, a box with non-positive width or height, or an
-    annotation whose image or category does not exist."""
+    """Read and check a COCO annotation file. Raises :class:`DatasetError`, naming the file
+    and the entry, for a missing file, invalid JSON, missing keys, no images, ids that are
+    not integers or appear twice (an image id twice pairs annotations with the wrong file;
+    an annotation id twice makes pycocotools keep one of them; a category id twice adds a
+    class that is never used), an annotation id below 1 (pycocotools' evaluation counts a
+    match to id 0 as no match), an annotation whose image or category does not exist, a
+    ``bbox`` that is not four numbers, a polygon with an odd number of coordinates, an RLE
+    whose ``size`` differs from its image's, and keypoints whose count differs from their
+    category's keypoint list.
+
+    The boxes' values (non-finite, empty, outside the image) are :class:`CocoDataset`'s
+    to judge (see its ``on_invalid_box``), and so are the image files."""
     path = Path(annotation_file)
     if not path.is_file():
         raise DatasetError(f"annotation file {path} does not exist: {_HOW_TO_GET_DATA}")
@@ -74,18 +97,61 @@ def load_coco_json(annotation_file: str | os.PathLike) -> dict[str, Any]:
                 f"annotation file {path} has no '{key}' list; a COCO instances file needs "
                 "'images', 'annotations' and 'categories'"
             )
+        if not isinstance(data[key], list) or not all(isinstance(x, dict) for x in data[key]):
+            raise DatasetError(f"{path}: '{key}' must be a list of JSON objects")
+    if not data["images"]:
+        raise DatasetError(
+            f"annotation file {path} has no images (its 'images' list is empty): is it the "
+            f"right file? A data set needs at least one image; {_HOW_TO_GET_DATA}"
+        )
+
+    images: dict[int, dict] = {}
     for img in data["images"]:
-        for key in ("id", "file_name"):
+        for key in ("id", "file_name", "width", "height"):
             if key not in img:
                 raise DatasetError(
-                    f"{path}: image entry {img.get('id', img)!r} has no '{key}'; "
-                    "every image needs 'id' and 'file_name'"
+                    f"{path}: image entry {img.get('id', img)!r} has no '{key}'; every image "
+                    "needs 'id', 'file_name', 'width' and 'height' (the loader checks the "
+                    "file's size and the boxes against them, and decodes masks at that size)"
                 )
+        image_id = img["id"]
+        if not _is_int(image_id):
+            raise DatasetError(
+                f"{path}: image {img['file_name']!r} has id {image_id!r}"
+                f"{_type_hint(image_id, 'image ids')}; give every image an integer id"
+            )
+        for key in ("width", "height"):
+            if not _is_int(img[key]) or img[key] < 1:
+                raise DatasetError(
+                    f"{path}: image {image_id} ({img['file_name']}) has {key} {img[key]!r}; "
+                    "it must be the image's size in pixels, a positive integer"
+                )
+        if image_id in images:
+            raise DatasetError(
+                f"{path}: image id {image_id} is used twice, by {images[image_id]['file_name']!r} "
+                f"and {img['file_name']!r}; annotations would be paired with the wrong file: "
+                "give every image its own id"
+            )
+        images[image_id] = img
+
+    categories: dict[int, dict] = {}
     for cat in data["categories"]:
         if "id" not in cat or "name" not in cat:
             raise DatasetError(f"{path}: category {cat!r} needs an 'id' and a 'name'")
-    image_ids = {img["id"] for img in data["images"]}
-    category_ids = {cat["id"] for cat in data["categories"]}
+        if not _is_int(cat["id"]):
+            raise DatasetError(
+                f"{path}: category {cat['name']!r} has id {cat['id']!r}"
+                f"{_type_hint(cat['id'], 'category ids')}"
+            )
+        if cat["id"] in categories:
+            raise DatasetError(
+                f"{path}: category id {cat['id']} is used twice, by "
+                f"{categories[cat['id']]['name']!r} and {cat['name']!r}; one of them would "
+                "become an extra class that is never trained: give every category its own id"
+            )
+        categories[cat["id"]] = cat
+
+    annotation_ids: set[int] = set()
     for ann in data["annotations"]:
         ann_id = ann.get("id", "<no id>")
         for key in ("id", "image_id", "category_id", "bbox"):
@@ -94,22 +160,91 @@ def load_coco_json(annotation_file: str | os.PathLike) -> dict[str, Any]:
                     f"{path}: annotation {ann_id} has no '{key}'; every annotation needs "
                     "'id', 'image_id', 'category_id' and 'bbox' (x, y, width, height)"
                 )
+        if not _is_int(ann_id) or ann_id < 1:
+            raise DatasetError(
+                f"{path}: annotation id {ann_id!r}{_type_hint(ann_id, 'annotation ids')} is "
+                "not a positive integer; pycocotools' evaluation counts a match to an id "
+                "below 1 as no match at all, which scores a perfect detector below 1: "
+                "number the annotations from 1"
+            )
+        if ann_id in annotation_ids:
+            raise DatasetError(
+                f"{path}: annotation id {ann_id} is used twice; pycocotools keeps only one "
+                "of them (so even a perfect detector would score below 1): give every "
+                "annotation its own id"
+            )
+        annotation_ids.add(ann_id)
         bbox = ann["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4):
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
             raise DatasetError(
-                f"{path}: annotation {ann_id} has bbox {bbox!r}; it must be [x, y, width, height]"
+                f"{path}: annotation {ann_id} has bbox {bbox!r}; it must be [x, y, width, "
+                "height], four numbers (not strings)"
             )
-        if ann["image_id"] not in image_ids:
+        if not _is_number(ann.get("area", 0)) or ann.get("iscrowd", 0) not in (0, 1):
             raise DatasetError(
-                f"{path}: annotation {ann_id} refers to image_id {ann['image_id']}, which is "
-                "not in 'images'; remove the annotation or add the image"
+                f"{path}: annotation {ann_id} has area {ann.get('area')!r} and iscrowd "
+                f"{ann.get('iscrowd')!r}; the area is a number (pixels) and iscrowd 0 or 1"
             )
-        if ann["category_id"] not in category_ids:
+        if ann["image_id"] not in images:
             raise DatasetError(
-                f"{path}: annotation {ann_id} has unknown category_id {ann['category_id']} "
-                f"(known: {sorted(category_ids)}); fix the id or add the category"
+                f"{path}: annotation {ann_id} refers to image_id {ann['image_id']!r}"
+                f"{_type_hint(ann['image_id'], 'image ids')}, which is not in 'images'; "
+                "remove the annotation or add the image"
             )
+        if ann["category_id"] not in categories:
+            raise DatasetError(
+                f"{path}: annotation {ann_id} has unknown category_id {ann['category_id']!r}"
+                f"{_type_hint(ann['category_id'], 'category ids')} (known: "
+                f"{sorted(categories)}); fix the id or add the category"
+            )
+        _check_segmentation(path, ann, images[ann["image_id"]])
+        _check_keypoints(path, ann, categories[ann["category_id"]])
     return data
+
+
+def _check_segmentation(path: Path, ann: dict, image: dict) -> None:
+    """Polygons need an even number of coordinates; an RLE, its image's size."""
+    segm = ann.get("segmentation")
+    where = f"{path}: annotation {ann['id']} (image {ann['image_id']})"
+    if isinstance(segm, list):
+        for k, polygon in enumerate(segm):
+            if not isinstance(polygon, list) or len(polygon) % 2:
+                n = len(polygon) if isinstance(polygon, list) else type(polygon).__name__
+                raise DatasetError(
+                    f"{where}: polygon {k} of its segmentation has {n} coordinates; a polygon "
+                    "is a flat list [x1, y1, x2, y2, ...] of an even number of coordinates "
+                    "(pycocotools would decode this one as an empty mask): fix or remove it"
+                )
+    elif isinstance(segm, dict):
+        size = segm.get("size")
+        expected = [image["height"], image["width"]]
+        if isinstance(size, list) and len(size) == 2 and list(size) != expected:
+            raise DatasetError(
+                f"{where}: its RLE segmentation has size {size} (height, width) but the image "
+                f"entry says {expected}; the mask was made for another image size: "
+                "encode it again at the image's size, or fix the image's width and height"
+            )
+
+
+def _check_keypoints(path: Path, ann: dict, category: dict) -> None:
+    """A keypoints list has (x, y, v) for each name in the category's ``keypoints``."""
+    points = ann.get("keypoints")
+    if not points:
+        return
+    names = category.get("keypoints") or []
+    where = f"{path}: annotation {ann['id']} (image {ann['image_id']})"
+    if not names:
+        raise DatasetError(
+            f"{where} has keypoints but its category {category['name']!r} lists no keypoint "
+            "names; add the category's 'keypoints' list, or remove the annotation's keypoints"
+        )
+    if not isinstance(points, list) or len(points) != 3 * len(names):
+        n = len(points) if isinstance(points, list) else type(points).__name__
+        raise DatasetError(
+            f"{where} has {n} keypoint values; its category {category['name']!r} has "
+            f"{len(names)} keypoints, so it needs {3 * len(names)} (x, y, visibility for "
+            "each, 0 0 0 for a keypoint that is not labelled)"
+        )
 
 
 def _flip_pairs_from(category: dict) -> list[tuple[int, int]]:
@@ -143,8 +278,15 @@ class CocoDataset(torch.utils.data.Dataset):
     do not train on them; evaluation reads them from the annotation file). Images without
     annotations give N = 0 and tensors of the right shapes.
 
-    ``on_invalid_box``: ``"raise"`` (default) for a box with non-positive width or height,
-    or ``"skip"`` to drop such annotations (real COCO 2017 has a handful).
+    ``on_invalid_box``: what to do with an annotation whose box has a non-finite (nan or
+    infinite) coordinate, a non-positive width or height, or lies entirely outside its
+    image: ``"raise"`` (default) a :class:`DatasetError` naming it, or ``"skip"`` to drop
+    it (real COCO 2017 has a handful of empty boxes). Boxes that stick out of the image
+    only in part are kept as they are.
+
+    Images are decoded as RGB (grey and RGBA converted); a 16-bit grey PNG is scaled by
+    1 / 65535, not clipped at 255. An image whose decoded size differs from its entry's
+    ``width`` and ``height`` raises a :class:`DatasetError` (its boxes would be off).
 
     ``transforms``: a callable ``(image, target) -> (image, target)``, e.g.
     :class:`rcnn_steps.data.transforms.RandomHorizontalFlip`.
@@ -172,19 +314,18 @@ class CocoDataset(torch.utils.data.Dataset):
         if on_invalid_box not in ("raise", "skip"):
             raise ValueError("on_invalid_box must be 'raise' or 'skip'")
         data = load_coco_json(self.annotation_file)
+        images = {img["id"]: img for img in data["images"]}
         kept = []
         for ann in data["annotations"]:
-            _, _, w, h = ann["bbox"]
-            if w <= 0 or h <= 0:
-                if on_invalid_box == "raise":
-                    raise DatasetError(
-                        f"{self.annotation_file}: annotation {ann['id']} (image "
-                        f"{ann['image_id']}) has a box of width {w} and height {h}; boxes "
-                        "need positive width and height: fix or remove it, or pass "
-                        "on_invalid_box='skip' to drop such annotations"
-                    )
-                continue
-            kept.append(ann)
+            problem = _box_problem(ann["bbox"], images[ann["image_id"]])
+            if problem is None:
+                kept.append(ann)
+            elif on_invalid_box == "raise":
+                raise DatasetError(
+                    f"{self.annotation_file}: annotation {ann['id']} (image "
+                    f"{ann['image_id']}) has {problem}: fix or remove it, or pass "
+                    "on_invalid_box='skip' to drop such annotations"
+                )
         data = dict(data, annotations=kept)
         with _suppress_prints():
             self.coco = COCO()
@@ -230,12 +371,25 @@ class CocoDataset(torch.utils.data.Dataset):
         return len(self.image_ids)
 
     def load_image(self, image_id: int) -> torch.Tensor:
-        """(3, H, W) float32 in [0, 1]; grey and RGBA files are converted to RGB."""
+        """(3, H, W) float32 in [0, 1]; grey and RGBA files are converted to RGB, 16-bit
+        grey files scaled by 1 / 65535. Raises :class:`DatasetError` for a missing or
+        unreadable file, 32-bit or float pixels, or a size other than the entry's."""
         info = self.coco.imgs[image_id]
         path = self.images_dir / info["file_name"]
         try:
             with Image.open(path) as im:
-                array = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+                if im.mode.startswith("I;16"):  # 16-bit grey: convert("RGB") would clip
+                    grey = torch.from_numpy(np.asarray(im).astype(np.float32)).div_(65535.0)
+                    image = grey.expand(3, -1, -1).contiguous()
+                elif im.mode in ("I", "F"):
+                    raise DatasetError(
+                        f"image file {path} (image id {image_id}) has mode {im.mode!r} "
+                        "(32-bit integer or float pixels), whose range of values is "
+                        "unknown; save it as an 8- or 16-bit PNG, or a JPEG"
+                    )
+                else:
+                    array = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+                    image = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
         except FileNotFoundError as e:
             raise DatasetError(
                 f"image file {path} (image id {image_id}) does not exist; check that "
@@ -247,7 +401,15 @@ class CocoDataset(torch.utils.data.Dataset):
                 "corrupt or not an image: replace it, or remove the image from the "
                 "annotation file"
             ) from e
-        return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+        height, width = image.shape[1:]
+        if (height, width) != (info["height"], info["width"]):
+            raise DatasetError(
+                f"image file {path} (image id {image_id}) is {width}x{height} pixels (width x "
+                f"height) but {self.annotation_file} says {info['width']}x{info['height']}; "
+                "its boxes and masks would not line up: fix the entry's 'width' and "
+                "'height', or replace the file (is it a resized or rotated copy?)"
+            )
+        return image
 
     def _decode_mask(self, ann: dict, image_id: int, height: int, width: int) -> torch.Tensor:
         """(H, W) uint8 mask of one annotation: its segmentation (polygons or RLE) decoded,
@@ -281,8 +443,15 @@ class CocoDataset(torch.utils.data.Dataset):
             if self.load_masks:
                 masks[i] = self._decode_mask(ann, image_id, height, width)
             kps = ann.get("keypoints")
-            if kps:
-                kp = torch.tensor(kps, dtype=torch.float32).reshape(-1, 3)
+            if kps:  # load_coco_json checked there are 3 per keypoint of the category
+                try:
+                    kp = torch.tensor(kps, dtype=torch.float32).reshape(-1, 3)
+                except (TypeError, ValueError, RuntimeError) as e:
+                    raise DatasetError(
+                        f"{self.annotation_file}: annotation {ann['id']} (image {image_id}) "
+                        f"has keypoints that are not all numbers ({e}); they are a flat "
+                        "list [x1, y1, v1, x2, y2, v2, ...]"
+                    ) from e
                 keypoints[i, : kp.shape[0]] = kp
         target = {
             "boxes": boxes,
@@ -316,6 +485,21 @@ class CocoDataset(torch.utils.data.Dataset):
             f"images_dir={str(self.images_dir)!r}, annotation_file="
             f"{str(self.annotation_file)!r})"
         )
+
+
+def _box_problem(bbox: list, image: dict) -> str | None:
+    """What is wrong with a COCO box [x, y, w, h] in this image, or None."""
+    x, y, w, h = bbox
+    if not all(math.isfinite(v) for v in bbox):
+        return f"a box with a non-finite coordinate, {bbox}"
+    if w <= 0 or h <= 0:
+        return f"a box of width {w} and height {h}; boxes need positive width and height"
+    if x >= image["width"] or y >= image["height"] or x + w <= 0 or y + h <= 0:
+        return (
+            f"box {bbox} ([x, y, width, height]), which lies entirely outside its "
+            f"{image['width']}x{image['height']} image"
+        )
+    return None
 
 
 def collate_fn(batch: list) -> tuple[list, list]:

@@ -46,6 +46,12 @@ from pycocotools import mask as mask_utils
 #: :func:`ensure_synth` regenerates a set made by an older generator.
 GENERATOR_VERSION = 2
 
+#: The ``info.description`` of the annotation files the generator writes.
+DESCRIPTION = "rcnn-steps synthetic shapes"
+#: The list of files :func:`ensure_synth` wrote into a folder (paths relative to it):
+#: the only files it ever replaces or deletes there.
+MANIFEST_NAME = ".rcnn_steps_synth_files.json"
+
 SHAPE_NAMES = ("square", "bar", "pole", "disc", "triangle")
 
 KEYPOINT_NAMES = (
@@ -461,7 +467,7 @@ def generate_split(cfg: SynthConfig, out: Path, split: str, num: int, workers: i
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
     return {
         "info": {
-            "description": "rcnn-steps synthetic shapes",
+            "description": DESCRIPTION,
             "generator_version": GENERATOR_VERSION,
             "config": asdict(cfg),
             "split": split,
@@ -517,6 +523,13 @@ def ensure_synth(
     fresh checkout without a separate data step.
 
     The default folder is ``<data dir>/synth-{size}px-seed{seed}``.
+
+    The set is generated beside the folder first, so an interrupted run or a reader in
+    another process never sees half a set. When it replaces an older set it replaces
+    only the generator's own files (those it recorded in ``MANIFEST_NAME``, or those the
+    old annotation files list): anything else in the folder stays where it is, and a
+    file of someone else's where the generator wants to write raises
+    ``FileExistsError`` before anything is changed.
     """
     from rcnn_steps.utils import data_dir
 
@@ -526,26 +539,103 @@ def ensure_synth(
     )
     # compare through JSON, where tuples and lists look alike
     want = json.loads(json.dumps(want))
-    ok = True
+    if _is_current(out, want):
+        return out
+
+    staging = out.with_name(f"{out.name}.tmp-{os.getpid()}")  # ours, by its name
+    shutil.rmtree(staging, ignore_errors=True)
+    generate(staging, num_train=num_train, num_val=num_val, size=size, seed=seed, **overrides)
+    new_files = {p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()}
+    _write_manifest(staging, new_files)
+    if not out.exists():
+        try:
+            os.replace(staging, out)  # the whole set appears at once
+            return out
+        except OSError:
+            if not out.exists():
+                raise
+    if _is_current(out, want):  # another process made it meanwhile
+        shutil.rmtree(staging, ignore_errors=True)
+        return out
+    _swap_in(staging, out, new_files)
+    return out
+
+
+def _is_current(out: Path, want: dict) -> bool:
+    """Does ``out`` hold a whole set made by this generator version with config ``want``?"""
     for split in ("train", "val"):
         path = out / "annotations" / f"instances_{split}.json"
         try:
             info = json.loads(path.read_text())["info"]
-            ok &= info.get("generator_version") == GENERATOR_VERSION and info["config"] == want
+            if info.get("generator_version") != GENERATOR_VERSION or info["config"] != want:
+                return False
         except (OSError, ValueError, KeyError, TypeError):
-            ok = False
-    if not ok:
-        # write beside the target and swap folders at the end, so that an interrupted run
-        # or a reader in another process never sees a half-written set
-        staging = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+            return False
+    return True
+
+
+def _write_manifest(folder: Path, files: set[str]) -> None:
+    from rcnn_steps.utils import atomic_write_bytes
+
+    atomic_write_bytes(folder / MANIFEST_NAME, json.dumps(sorted(files), indent=0).encode())
+
+
+def _files_written_here(out: Path) -> set[str]:
+    """The files in ``out`` that the generator wrote: those its manifest lists, and (for a
+    set made before manifests, or with ``generate``) our annotation files and the images
+    they list."""
+    files: set[str] = set()
+    try:
+        listed = json.loads((out / MANIFEST_NAME).read_text())
+        # relative paths inside `out` only, whatever the file says
+        files |= {str(f) for f in listed if not Path(str(f)).is_absolute() and ".." not in str(f)}
+    except (OSError, ValueError, TypeError):
+        pass
+    for split in _SPLIT_OFFSETS:
+        name = f"annotations/instances_{split}.json"
+        try:
+            data = json.loads((out / name).read_text())
+            if data["info"]["description"] != DESCRIPTION:
+                continue
+            files.add(name)
+            files |= {f"{split}/{img['file_name']}" for img in data["images"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return files
+
+
+def _swap_in(staging: Path, out: Path, new_files: set[str]) -> None:
+    """Move the set in ``staging`` into the existing folder ``out``, replacing and deleting
+    only files the generator wrote there."""
+    old_files = _files_written_here(out)
+    foreign = sorted(f for f in new_files if (out / f).exists() and f not in old_files)
+    if foreign:
         shutil.rmtree(staging, ignore_errors=True)
-        generate(staging, num_train=num_train, num_val=num_val, size=size, seed=seed, **overrides)
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        if out.exists():
-            os.replace(out, old)
-        os.replace(staging, out)
-        shutil.rmtree(old, ignore_errors=True)
-    return out
+        raise FileExistsError(
+            f"ensure_synth: {out} holds {len(foreign)} file(s) the generator did not write "
+            f"where it wants to write the synthetic set (e.g. {foreign[0]}); it never "
+            "overwrites or deletes such files: move them away, or pass another folder "
+            "(out=...). Nothing was changed."
+        )
+    annotations = {f for f in new_files if f.startswith("annotations/")}
+    # 1. record every file of ours that may be in `out` during the swap, so that a run
+    #    interrupted half-way still knows which files it may replace next time
+    _write_manifest(out, old_files | new_files)
+    # 2. no annotation files while the images change: nobody can read a mixed set
+    for name in sorted(old_files & annotations):
+        (out / name).unlink(missing_ok=True)
+    # 3. the new images in, the old set's other files out
+    for name in sorted(new_files - annotations):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / name, out / name)
+    for name in sorted(old_files - new_files):
+        (out / name).unlink(missing_ok=True)
+    # 4. the annotation files last: the set is whole once they are there
+    for name in sorted(annotations):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / name, out / name)
+    _write_manifest(out, new_files)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def category_names(categories: Sequence[dict] = CATEGORIES) -> list[str]:
