@@ -56,6 +56,23 @@ refuses a checkpoint of another model class, config or weight shapes, with a
 :class:`CheckpointError` that names the file. A fresh run refuses an ``out_dir`` that
 already holds a run unless ``TrainConfig(overwrite=True)`` says to replace it.
 
+Several processes (torchrun / DDP)
+----------------------------------
+Under ``torchrun --nproc_per_node N`` (or any launcher that sets up ``torch.distributed``
+before :func:`train`; :func:`init_distributed` does it from torchrun's environment),
+each process trains on its own shard of every batch (give the loader a
+``DistributedSampler``: :func:`distributed_sampler`, whose order is a function of
+``(seed, epoch)`` as above) and the model is wrapped in ``DistributedDataParallel``,
+which averages the gradients over the processes after each backward pass. Each process
+seeds its generators with ``config.seed + rank``, so their augmentations and RoI samples
+differ, as their data does. The logged losses are the mean over the processes; only rank
+0 writes ``metrics.jsonl`` and checkpoints; a checkpoint holds every rank's random state,
+so a run resumes exactly with the same number of processes. A detector's losses are
+means over each process's own RoIs and anchors, so N processes of B images are not
+bit-for-bit one process of N B images (as in torchvision's and Detectron2's DDP
+training); for a loss that is a mean over equal shards (a classifier's) they are, to
+float rounding (tests/test_distributed.py).
+
 On CUDA the resumed run matches up to the non-determinism of some CUDA kernels (use
 ``torch.use_deterministic_algorithms(True)`` for bitwise equality). With ``num_workers >
 0``, keep ``persistent_workers=False``: workers are re-seeded from the loader's generator
@@ -96,10 +113,12 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "checkpoint_checksum",
+    "distributed_sampler",
     "classification_loss",
     "detection_loss",
     "epoch_iterator",
     "get_rng_state",
+    "init_distributed",
     "load_checkpoint",
     "lr_factor",
     "model_description",
@@ -384,6 +403,61 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if torch.cuda.is_available():
         for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(cuda_state.cpu(), index)
+
+
+# ----------------------------------------------------------------------------------------
+# Several processes
+
+
+def _distributed() -> tuple[int, int]:
+    """``(rank, world size)``: ``(0, 1)`` unless ``torch.distributed`` is initialised."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
+    """Join the process group torchrun describes in the environment (``RANK``,
+    ``WORLD_SIZE``, ``MASTER_ADDR``, ``LOCAL_RANK``...) and return ``(rank, world size,
+    device)``: NCCL and ``cuda:LOCAL_RANK`` when CUDA is present (and ``device`` is not
+    "cpu"), gloo and the CPU otherwise. Without torchrun's environment (one process) it
+    does nothing and returns ``(0, 1, resolve_device(device))``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, resolve_device(device)
+    dist = torch.distributed
+    cuda = torch.cuda.is_available() and device != "cpu"
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        chosen = torch.device("cuda", local)
+    else:
+        chosen = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), chosen
+
+
+def distributed_sampler(dataset: Any, seed: int, shuffle: bool = True) -> Any:
+    """A ``DistributedSampler`` over ``dataset`` for this process (each process its own
+    shard of every epoch, in an order fixed by ``(seed, epoch)``; :func:`train` sets the
+    epoch), or None for one process (use ``shuffle=True`` then)."""
+    rank, world = _distributed()
+    if world == 1:
+        return None
+    return torch.utils.data.DistributedSampler(
+        dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=True
+    )
+
+
+def _all_gather(value: Any) -> list[Any]:
+    """Every process's ``value`` (a list with one entry, this process's, when alone)."""
+    rank, world = _distributed()
+    if world == 1:
+        return [value]
+    out: list[Any] = [None] * world
+    torch.distributed.all_gather_object(out, value)
+    return out
 
 
 class CheckpointError(ValueError):
@@ -804,16 +878,29 @@ def train(
     device = resolve_device(config.device)
     use_amp = config.amp and device.type == "cuda"
     stop = config.max_iter if stop_at is None else min(stop_at, config.max_iter)
+    rank, world = _distributed()
+    main = rank == 0  # only the main process writes files and shows progress
     out_dir = Path(config.out_dir) if config.out_dir is not None else None
     last_path = out_dir / "last.pt" if out_dir else None
-    metrics_path = out_dir / "metrics.jsonl" if out_dir else None
-    if out_dir:
+    metrics_path = out_dir / "metrics.jsonl" if out_dir and main else None
+    if out_dir and main:
         out_dir.mkdir(parents=True, exist_ok=True)
         _remove_orphan_temporaries(out_dir)
         if not (resume and last_path.exists()):
             _claim_out_dir(out_dir, resume, config.overwrite)
+    if world > 1:
+        torch.distributed.barrier()  # the out_dir is claimed before anyone reads it
 
     model.to(device)
+    net: nn.Module = model
+    if world > 1:  # gradients averaged over the processes after each backward
+        # find_unused_parameters: a detector may hold modules its forward never runs (the
+        # cpu preset reads c3, and TinyBackbone still has c4 and c5), which DDP must skip
+        net = torch.nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
     optimizer = optimizer or build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
@@ -844,14 +931,23 @@ def train(
         step, epoch, position = ckpt["step"], ckpt["epoch"], ckpt["position"]
         elapsed_before, eval_history = ckpt["elapsed"], list(ckpt["eval_history"])
         window, last_losses, rng = ckpt["window"], ckpt["losses"], ckpt["rng"]
+        by_rank = ckpt.get("rng_by_rank") or [rng]
+        if len(by_rank) != world:
+            raise CheckpointError(
+                f"cannot resume from {last_path} exactly: it was written by a run of "
+                f"{len(by_rank)} process(es) and this one has {world}; resume with "
+                f"{len(by_rank)} (torchrun --nproc_per_node {len(by_rank)}), or start afresh"
+            )
+        rng = by_rank[rank]
         saved = str(last_path)
-        _truncate_metrics(metrics_path, step)
-        if config.progress:
+        if main:
+            _truncate_metrics(metrics_path, step)
+        if config.progress and main:
             print(f"resuming from {last_path} at step {step}")
     else:
-        if resume and config.progress:
+        if resume and config.progress and main:
             print(f"no checkpoint in {out_dir}; starting from step 0")
-        seed_everything(config.seed)
+        seed_everything(config.seed + rank)
         if metrics_path is not None and metrics_path.exists():
             metrics_path.unlink()  # _claim_out_dir allowed it: resume or overwrite
 
@@ -869,7 +965,9 @@ def train(
     history: list[dict[str, Any]] = []
     steps_this_call, seconds_this_call = 0, 0.0
     t_run = time.perf_counter()
-    bar = tqdm(total=config.max_iter, initial=step, disable=not config.progress, desc="train")
+    bar = tqdm(
+        total=config.max_iter, initial=step, disable=not (config.progress and main), desc="train"
+    )
     try:
         while step < stop:
             t_step = time.perf_counter()
@@ -890,9 +988,12 @@ def train(
 
             # -- forward: a dict of named losses, and their (weighted) sum ------------------
             with torch.autocast(device.type, enabled=use_amp):
-                losses = _as_loss_dict(loss_fn(model, batch))
+                losses = _as_loss_dict(loss_fn(net, batch))
             total = _total_loss(losses, config.loss_weights)
             values = torch.stack([v.detach().float() for v in [*losses.values(), total]])
+            if world > 1:  # log the mean over the processes (and stop all of them alike)
+                torch.distributed.all_reduce(values)
+                values /= world
             values = dict(zip([*losses, "total_loss"], values.tolist(), strict=True))
             if not all(math.isfinite(v) for v in values.values()):
                 raise NonFiniteLossError(step + 1, values, checkpoint=saved)
@@ -944,6 +1045,7 @@ def train(
                 bad = _nonfinite_parameters(model)
                 if bad:
                     raise NonFiniteLossError(step, values, checkpoint=saved, parameters=bad)
+                rngs = _all_gather(get_rng_state())  # every process's, for an exact resume
                 checkpoint = {
                     "step": step,
                     "epoch": epoch,
@@ -952,7 +1054,7 @@ def train(
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(),
-                    "rng": get_rng_state(),
+                    "rng": rngs[0],
                     "config": config.to_dict(),
                     "model_description": model_description(model),
                     "window": window,
@@ -960,9 +1062,12 @@ def train(
                     "eval_history": eval_history,
                     "elapsed": elapsed_before + time.perf_counter() - t_run,
                 }
-                save_checkpoint(last_path, checkpoint)
-                if config.keep_checkpoints:
-                    save_checkpoint(out_dir / f"model_{step:07d}.pt", checkpoint)
+                if world > 1:
+                    checkpoint["rng_by_rank"] = rngs
+                if main:
+                    save_checkpoint(last_path, checkpoint)
+                    if config.keep_checkpoints:
+                        save_checkpoint(out_dir / f"model_{step:07d}.pt", checkpoint)
                 saved = str(last_path)
             bar.update(1)
     finally:
