@@ -1,5 +1,10 @@
 """The command line of the library: ``python -m rcnn_steps <command>``.
 
+- ``train``: train any detector of the book (by preset) on any COCO-format folder, with
+  progress bars, metrics in JSON lines, atomic checkpoints, ``--resume``, periodic COCO
+  evaluation; under ``torchrun --nproc_per_node N`` in N processes (DDP);
+- ``predict``: a trained run's detections on a folder of images, written as JSON and
+  drawn as PNGs;
 - ``evaluate``: train a chapter's detector (by preset) on the book's synthetic set,
   evaluate it on the evolution table's val images, write its results file and its row of
   the evolution table (chapters 04, 05 and 07);
@@ -20,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["evaluate_results_path", "main"]
+__all__ = ["evaluate_results_path", "load_run", "main"]
 
 #: The presets ``evaluate`` knows, with the chapter, the evolution table's detector name
 #: and the results file of each.
@@ -154,7 +159,7 @@ def _parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
         name, sep, text = item.partition("=")
         if not sep or name not in fields:
             raise SystemExit(
-                f"evaluate: --set takes FIELD=VALUE with a DetectorConfig field, got {item!r}"
+                f"--set takes FIELD=VALUE with a DetectorConfig field, got {item!r}"
                 + ("" if not sep else f"; {name!r} is not a field")
             )
         try:
@@ -162,6 +167,220 @@ def _parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
         except (ValueError, SyntaxError):
             overrides[name] = text
     return overrides
+
+
+# ----------------------------------------------------------------------------------------
+# train / predict on your own data
+
+RUN_FILE = "run.json"  #: what a run folder says about itself (config, data, provenance)
+
+
+def _train_command(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from rcnn_steps.data import collate_fn
+    from rcnn_steps.engine import (
+        TrainConfig,
+        distributed_sampler,
+        init_distributed,
+        process_rank,
+        train,
+    )
+    from rcnn_steps.faster_rcnn import FasterRCNN
+    from rcnn_steps.runner import (
+        config_for_data,
+        feeding,
+        load_datasets,
+        make_evaluator,
+        schedule,
+    )
+    from rcnn_steps.utils import atomic_write_bytes, code_diff_hash, git_commit, set_threads
+
+    if args.threads:
+        set_threads(args.threads)
+    rank, world, device = init_distributed(args.device)
+    feed = feeding(args.preset)
+    batch_size = args.batch_size or feed["batch_size"]
+    config = config_for_data(
+        args.preset,
+        load_datasets(args.data, splits=tuple(args.splits))[1],
+        _parse_overrides(args.set),
+    )
+    train_set, val_set = load_datasets(
+        args.data,
+        masks=config.masks,
+        flip=feed["flip"] if args.flip is None else args.flip,
+        splits=tuple(args.splits),
+        min_sizes=feed["min_sizes"],
+        max_size=feed["max_size"],
+    )
+    out = Path(args.out)
+    run_file = out / RUN_FILE
+    if run_file.exists() and not (args.resume or args.overwrite):
+        raise SystemExit(
+            f"train: {out} already holds a run ({RUN_FILE}); pass --resume to continue it, "
+            "--overwrite to replace it, or another --out"
+        )
+    sampler = distributed_sampler(train_set, seed=args.seed)
+    loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_size=batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        collate_fn=collate_fn,
+        num_workers=args.loader_workers,
+    )
+    overrides = {"lr": args.lr} if args.lr is not None else {}
+    train_cfg = TrainConfig(
+        **{**schedule(args.preset, args.max_iter), **overrides},
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+        out_dir=str(out),
+        overwrite=args.overwrite,
+        seed=args.seed,
+        device=str(device),
+        progress=not args.no_progress,
+    )
+    ids = val_set.image_ids[: args.num_eval_images] if args.num_eval_images else val_set.image_ids
+    evaluate_fn = make_evaluator(
+        val_set, ids, test_size=feed["test_size"], max_size=feed["max_size"]
+    )
+    torch.manual_seed(args.seed)  # the same initial weights in every process
+    model = FasterRCNN(config)
+    if rank == 0 and not (args.resume and run_file.exists()):
+        out.mkdir(parents=True, exist_ok=True)
+        description = {
+            "preset": args.preset,
+            "config": config.to_dict(),
+            "train_config": train_cfg.to_dict(),
+            "feeding": {**feed, "batch_size": batch_size, "processes": world},
+            "data": {
+                "root": str(Path(args.data).resolve()),
+                "splits": list(args.splits),
+                "class_names": train_set.class_names,
+                "keypoint_names": train_set.keypoint_names,
+                "skeleton": [list(p) for p in train_set.skeleton],
+            },
+            "command": " ".join(["python -m rcnn_steps", *sys.argv[1:]]),
+            "commit": git_commit(),
+            "code_diff_sha256": code_diff_hash(),
+        }
+        text = json.dumps(description, indent=2, default=list) + "\n"
+        atomic_write_bytes(run_file, text.encode())
+    result = train(model, loader, train_cfg, evaluate_fn=evaluate_fn, resume=args.resume)
+    if process_rank()[0] == 0:
+        final = result.eval_history[-1] if result.eval_history else {}
+        shown = {k: v for k, v in final.items() if k.endswith("/AP")}
+        print(f"{out}: step {result.step}, " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+def load_run(checkpoint: str | Path, device: str = "cpu"):
+    """A trained model from a run's checkpoint (verified: :func:`rcnn_steps.engine.
+    load_checkpoint`) and what its run folder says (``run.json``: class names, keypoint
+    names, skeleton, the feeding): ``(model in eval mode, run description)``."""
+    import json
+
+    from rcnn_steps.engine import load_checkpoint
+    from rcnn_steps.faster_rcnn import DetectorConfig, FasterRCNN
+
+    path = Path(checkpoint)
+    ckpt = load_checkpoint(path, map_location=device)
+    config = (ckpt.get("model_description") or {}).get("config")
+    if not config:
+        raise SystemExit(
+            f"{path} does not say which model it holds (no model config): it was not "
+            "written by `python -m rcnn_steps train`"
+        )
+    fields = {f for f in DetectorConfig.__dataclass_fields__}
+    model = FasterRCNN(DetectorConfig(**{k: v for k, v in config.items() if k in fields}))
+    model.load_state_dict(ckpt["model"])
+    run_file = path.parent / RUN_FILE
+    run = json.loads(run_file.read_text()) if run_file.exists() else {}
+    return model.to(device).eval(), run
+
+
+def _predict_command(args: argparse.Namespace) -> int:
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from rcnn_steps import viz
+    from rcnn_steps.data.transforms import ResizeShortestSide
+    from rcnn_steps.evaluation import detections_to_coco
+    from rcnn_steps.runner import _resized_back, trim_keypoints
+    from rcnn_steps.utils import atomic_write_bytes
+
+    model, run = load_run(args.checkpoint, args.device)
+    data = run.get("data", {})
+    names = data.get("class_names")
+    feed = run.get("feeding", {})
+    resize = ResizeShortestSide(feed["test_size"], feed.get("max_size")) if feed.get(
+        "test_size"
+    ) else None  # fmt: skip
+    suffixes = {".png", ".jpg", ".jpeg", ".bmp"}
+    inputs = [Path(p) for p in args.images]
+    missing = [str(p) for p in inputs if not p.exists()]
+    if missing:
+        raise SystemExit(f"predict: {', '.join(missing)} does not exist")
+    candidates = [f for p in inputs for f in ([p] if p.is_file() else sorted(p.iterdir()))]
+    files = [f for f in candidates if f.suffix.lower() in suffixes]
+    if not files:
+        raise SystemExit(f"predict: no images ({', '.join(sorted(suffixes))}) in {args.images}")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise SystemExit(
+            f"predict: {out} is not empty; pass --overwrite to write into it, or another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    keypoint_labels = [i for i, c in enumerate(model.config.keypoint_counts, 1) if c]
+    everything = []
+    for i, file in enumerate(files):
+        with Image.open(file) as im:
+            image = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy())
+        image = image.permute(2, 0, 1).float().div_(255)
+        size = image.shape[-2:]
+        batch, scale = image, None
+        if resize is not None:
+            batch, resized = resize(image, {})
+            scale = resized["scale"]
+        with torch.no_grad():
+            det = model([batch.to(args.device)])[0]
+        if scale is not None:
+            det = _resized_back(det, scale, size)
+        det = {k: v.cpu() for k, v in det.items()}
+        keep = det["scores"] >= args.score_threshold
+        kept = {k: v[keep] for k, v in det.items()}
+        results = detections_to_coco(
+            i, kept["boxes"], kept["scores"], kept["labels"], None,
+            masks=kept.get("masks"), keypoints=kept.get("keypoints"),
+        )  # fmt: skip
+        trim_keypoints(results, kept["labels"], model.config.keypoint_counts)
+        for r in results:
+            r["file_name"] = file.name
+            if names:
+                r["class_name"] = names[r["category_id"]]
+        everything += results
+        fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+        viz.draw_instances(image, det, names, args.score_threshold, data.get("skeleton", ()),
+                           data.get("keypoint_names") or None, keypoint_labels, ax=ax)  # fmt: skip
+        fig.savefig(out / f"{file.stem}.png", bbox_inches="tight")
+        plt.close(fig)
+    text = json.dumps(everything, indent=1) + "\n"
+    atomic_write_bytes(out / "detections.json", text.encode())
+    print(f"{len(files)} images, {len(everything)} detections above {args.score_threshold}: "
+          f"{out / 'detections.json'} and one drawing per image in {out}")  # fmt: skip
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -203,8 +422,71 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="override a DetectorConfig field of the preset (repeatable; needs --out)",
     )
     add_evaluate_arguments(ev)
+
+    from rcnn_steps.runner import PRESETS
+
+    tr = sub.add_parser("train", help="train a detector on a COCO-format folder")
+    tr.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="a folder with <split>/ images and annotations/instances_<split>.json",
+    )
+    tr.add_argument(
+        "--splits",
+        nargs=2,
+        default=["train", "val"],
+        metavar=("TRAIN", "VAL"),
+        help="default: train val (COCO 2017: train2017 val2017)",
+    )
+    tr.add_argument("--preset", choices=sorted(PRESETS), default="cpu_mask")
+    tr.add_argument("--out", type=Path, required=True, help="the run folder, e.g. runs/mine")
+    tr.add_argument(
+        "--set",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="override a DetectorConfig field (repeatable)",
+    )
+    tr.add_argument("--max-iter", type=int, default=None, help="default: the preset's")
+    tr.add_argument("--lr", type=float, default=None, help="default: the preset's")
+    tr.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per batch per process (default: the preset's)",
+    )
+    tr.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random horizontal flips (default: the preset's)",
+    )
+    tr.add_argument(
+        "--eval-every", type=int, default=0, help="evaluate every N steps (and at the end)"
+    )
+    tr.add_argument("--num-eval-images", type=int, default=None, help="default: all")
+    tr.add_argument("--checkpoint-every", type=int, default=500)
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out")
+    tr.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    tr.add_argument("--threads", type=int, default=None, help="torch's CPU threads")
+    tr.add_argument("--loader-workers", type=int, default=0)
+    tr.add_argument("--no-progress", action="store_true")
+
+    pr = sub.add_parser("predict", help="draw and write a trained run's detections")
+    pr.add_argument("--checkpoint", type=Path, required=True, help="e.g. runs/mine/last.pt")
+    pr.add_argument("--images", nargs="+", type=Path, required=True, help="image files or folders")
+    pr.add_argument("--out", type=Path, required=True)
+    pr.add_argument("--score-threshold", type=float, default=0.5)
+    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    return _evaluate_command(args)
+    if args.command == "train":
+        return _train_command(args)
+    if args.command == "predict":
+        return _predict_command(args)
+    return _evaluate_command(args)  # fmt: skip
 
 
 if __name__ == "__main__":

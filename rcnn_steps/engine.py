@@ -108,6 +108,7 @@ from .utils import atomic_write_bytes, default_device, seed_everything
 __all__ = [
     "CheckpointError",
     "NonFiniteLossError",
+    "all_gather_objects",
     "TrainConfig",
     "TrainResult",
     "build_optimizer",
@@ -122,6 +123,7 @@ __all__ = [
     "load_checkpoint",
     "lr_factor",
     "model_description",
+    "process_rank",
     "read_metrics",
     "resolve_device",
     "save_checkpoint",
@@ -409,7 +411,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # Several processes
 
 
-def _distributed() -> tuple[int, int]:
+def process_rank() -> tuple[int, int]:
     """``(rank, world size)``: ``(0, 1)`` unless ``torch.distributed`` is initialised."""
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
@@ -442,7 +444,7 @@ def distributed_sampler(dataset: Any, seed: int, shuffle: bool = True) -> Any:
     """A ``DistributedSampler`` over ``dataset`` for this process (each process its own
     shard of every epoch, in an order fixed by ``(seed, epoch)``; :func:`train` sets the
     epoch), or None for one process (use ``shuffle=True`` then)."""
-    rank, world = _distributed()
+    rank, world = process_rank()
     if world == 1:
         return None
     return torch.utils.data.DistributedSampler(
@@ -450,9 +452,9 @@ def distributed_sampler(dataset: Any, seed: int, shuffle: bool = True) -> Any:
     )
 
 
-def _all_gather(value: Any) -> list[Any]:
+def all_gather_objects(value: Any) -> list[Any]:
     """Every process's ``value`` (a list with one entry, this process's, when alone)."""
-    rank, world = _distributed()
+    rank, world = process_rank()
     if world == 1:
         return [value]
     out: list[Any] = [None] * world
@@ -878,7 +880,7 @@ def train(
     device = resolve_device(config.device)
     use_amp = config.amp and device.type == "cuda"
     stop = config.max_iter if stop_at is None else min(stop_at, config.max_iter)
-    rank, world = _distributed()
+    rank, world = process_rank()
     main = rank == 0  # only the main process writes files and shows progress
     out_dir = Path(config.out_dir) if config.out_dir is not None else None
     last_path = out_dir / "last.pt" if out_dir else None
@@ -1045,7 +1047,7 @@ def train(
                 bad = _nonfinite_parameters(model)
                 if bad:
                     raise NonFiniteLossError(step, values, checkpoint=saved, parameters=bad)
-                rngs = _all_gather(get_rng_state())  # every process's, for an exact resume
+                rngs = all_gather_objects(get_rng_state())  # every process's, for an exact resume
                 checkpoint = {
                     "step": step,
                     "epoch": epoch,

@@ -489,6 +489,22 @@ class DetectorConfig:
         values = dict(roi_op="roialign_avg", masks=True, keypoints=True, preset="gpu_mask")
         return cls.gpu(**{**values, **overrides})
 
+    @classmethod
+    def coco_mask(cls, **overrides: Any) -> DetectorConfig:
+        """The paper's ResNet-50-FPN Mask R-CNN on COCO 2017 (He et al. 2017, section 3.1;
+        FPN section 4): 80 classes, anchors 32..512 on P2..P6, RoIAlign, 512 RoIs and 256
+        anchors per image, 2000 / 1000 proposals in training / test, the FCN mask head of
+        256 channels, 100 detections, no keypoints (COCO's instance annotations have
+        none). Images are resized to a shorter side of 800 (longer at most 1333) by the
+        data (``rcnn_steps.runner.FEEDING``), and ``train_config("coco_mask")`` is the
+        paper's schedule for 16 images per batch (2 per GPU on 8 GPUs). The backbone starts
+        from ``backbone_weights`` (an ImageNet state dict you have; never downloaded) or,
+        without, from scratch. For users with COCO and GPUs; not run in this repository."""
+        values = dict(
+            num_classes=80, keypoints=False, rpn_post_nms_top_n_train=2000, preset="coco_mask"
+        )
+        return cls.gpu_mask(**{**values, **overrides})
+
     # -- printing ---------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -531,6 +547,18 @@ PRESET_TRAINING["cpu_fpn"] = dict(PRESET_TRAINING["cpu"])
 #: trained stably but the keypoint loss barely moved in 250 steps (7.65 -> 7.49).
 PRESET_TRAINING["ci_mask"] = dict(PRESET_TRAINING["ci"], grad_clip_norm=10.0)
 PRESET_TRAINING["cpu_mask"] = dict(PRESET_TRAINING["cpu"], grad_clip_norm=10.0)
+#: The GPU presets (synthetic set at 512 px, 8 images per batch on one GPU): a reasoned
+#: schedule that no GPU has run yet (no GPU was at hand while it was written).
+PRESET_TRAINING["gpu"] = dict(
+    max_iter=6000, lr=0.02, warmup_steps=500, lr_steps=(4500,), grad_clip_norm=10.0, log_every=50
+)
+PRESET_TRAINING["gpu_mask"] = dict(PRESET_TRAINING["gpu"])
+#: The paper's COCO schedule (section 3.1): lr 0.02 for 16 images per batch, divided by 10
+#: at 120k of 160k iterations, momentum 0.9, weight decay 1e-4 (the engine's defaults),
+#: with torchvision's reference warm-up of 1000 iterations.
+PRESET_TRAINING["coco_mask"] = dict(
+    max_iter=160_000, lr=0.02, warmup_steps=1000, lr_steps=(120_000,), log_every=100
+)
 
 
 def train_config(preset: str = "cpu", **overrides: Any) -> TrainConfig:

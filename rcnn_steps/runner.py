@@ -42,6 +42,7 @@ __all__ = [
     "schedule",
     "selective_search_proposals",
     "thread_count",
+    "trim_keypoints",
 ]
 
 #: The detector presets by name (:class:`DetectorConfig` class methods).
@@ -53,7 +54,30 @@ PRESETS: dict[str, Callable[..., DetectorConfig]] = {
     "ci_mask": DetectorConfig.ci_mask,
     "cpu_mask": DetectorConfig.cpu_mask,
     "gpu_mask": DetectorConfig.gpu_mask,
+    "coco_mask": DetectorConfig.coco_mask,
 }
+
+#: How each preset is fed, beside :data:`PRESETS` (the model) and the training schedule
+#: (:data:`~rcnn_steps.faster_rcnn.PRESET_TRAINING`): images per batch (per process),
+#: resizing (``min_sizes``: the shorter side in training, drawn per image when there are
+#: several; ``test_size`` at test time; ``max_size`` caps the longer side; None: images as
+#: they are, the book's 128 px), and random horizontal flips in training.
+FEEDING: dict[str, dict[str, Any]] = {
+    "gpu": dict(batch_size=8, min_sizes=(448, 480, 512, 544, 576), test_size=512,
+                max_size=960, flip=True),  # fmt: skip
+    "coco_mask": dict(batch_size=2, min_sizes=(800,), test_size=800, max_size=1333, flip=True),
+}
+FEEDING["gpu_mask"] = FEEDING["gpu"]
+_DEFAULT_FEEDING: dict[str, Any] = dict(
+    batch_size=8, min_sizes=None, test_size=None, max_size=None, flip=False
+)
+
+
+def feeding(preset: str) -> dict[str, Any]:
+    """How ``preset`` is fed (:data:`FEEDING`; the book's presets: batches of 8 of the
+    images as they are, no flips)."""
+    return dict(FEEDING.get(preset, _DEFAULT_FEEDING))
+
 
 #: How a run gets its proposals: its own RPN (Faster / Mask R-CNN) or selective search
 #: (Fast R-CNN on chapter 02's cached proposals).
@@ -98,6 +122,8 @@ def load_datasets(
     masks: bool = False,
     flip: bool = False,
     splits: tuple[str, str] = ("train", "val"),
+    min_sizes: Sequence[int] | None = None,
+    max_size: int | None = None,
 ):
     """The (train, val) :class:`~rcnn_steps.data.CocoDataset` pair of a folder holding
     ``<split>/`` image folders and ``annotations/instances_<split>.json`` (the synthetic
@@ -106,9 +132,17 @@ def load_datasets(
 
     ``masks``: decode the masks (Mask R-CNN needs them; box-only detectors load faster
     without). ``flip``: random horizontal flips on the train set, keypoints swapped by
-    their categories' flip pairs."""
+    their categories' flip pairs. ``min_sizes`` / ``max_size``: resize the train set's
+    images (and targets) to a shorter side drawn from ``min_sizes``
+    (:class:`~rcnn_steps.data.transforms.ResizeShortestSide`); the val set is left as it
+    is (:func:`detect` resizes at test time and maps the detections back)."""
     from rcnn_steps.data import CocoDataset, ensure_synth
-    from rcnn_steps.data.transforms import RandomHorizontalFlip, flip_pairs_by_label
+    from rcnn_steps.data.transforms import (
+        Compose,
+        RandomHorizontalFlip,
+        ResizeShortestSide,
+        flip_pairs_by_label,
+    )
 
     root = Path(root) if root is not None else ensure_synth()
     datasets = []
@@ -116,8 +150,13 @@ def load_datasets(
         dataset = CocoDataset(
             root / split, root / "annotations" / f"instances_{split}.json", load_masks=masks
         )
+        steps = []
+        if i == 0 and min_sizes:
+            steps.append(ResizeShortestSide(min_sizes, max_size))
         if flip and i == 0:
-            dataset.transforms = RandomHorizontalFlip(0.5, flip_pairs_by_label(dataset.categories))
+            steps.append(RandomHorizontalFlip(0.5, flip_pairs_by_label(dataset.categories)))
+        if steps:
+            dataset.transforms = steps[0] if len(steps) == 1 else Compose(steps)
         datasets.append(dataset)
     return tuple(datasets)
 
@@ -126,12 +165,35 @@ def load_datasets(
 # Test time
 
 
+def _resized_back(det: dict[str, torch.Tensor], scale: tuple[float, float], size) -> dict:
+    """Detections of a resized image mapped back to the original ``size`` (h, w): boxes and
+    keypoints divided by the scale, pasted masks resized (bilinear)."""
+    sy, sx = scale
+    out = dict(det)
+    out["boxes"] = det["boxes"] / torch.tensor([sx, sy, sx, sy], device=det["boxes"].device)
+    if "keypoints" in det:
+        kps = det["keypoints"].clone()
+        kps[..., 0] /= sx
+        kps[..., 1] /= sy
+        out["keypoints"] = kps
+    if "masks" in det and len(det["masks"]):
+        out["masks"] = torch.nn.functional.interpolate(
+            det["masks"], size=tuple(size), mode="bilinear", align_corners=False
+        )
+    elif "masks" in det:
+        out["masks"] = det["masks"].new_zeros((0, 1, *size))
+    return out
+
+
 @torch.no_grad()
 def detect(
     model: torch.nn.Module,
     dataset,
     image_ids: Sequence[int],
     proposals: dict[int, torch.Tensor] | None = None,
+    *,
+    test_size: int | None = None,
+    max_size: int | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Run ``model`` in eval mode on ``image_ids`` of ``dataset``, one image at a time as
     at test time: ``(COCO result dicts, mean seconds per image)``.
@@ -141,8 +203,14 @@ def detect(
     them (trimmed to each class's own keypoint count). The time covers the network only
     (preprocessing, backbone, RPN or RoI heads, NMS, masks and keypoints), not image
     loading or the RLE encoding. ``proposals`` (``{image_id: (P, 4)}``) are passed to a
-    :class:`~rcnn_steps.fast_rcnn.FastRCNN`; the other models make their own.
+    :class:`~rcnn_steps.fast_rcnn.FastRCNN`; the other models make their own. With
+    ``test_size``, each image is resized to that shorter side (longer side at most
+    ``max_size``) before the model sees it, and its detections are mapped back to the
+    image's own pixels, where the ground truth is.
     """
+    from rcnn_steps.data.transforms import ResizeShortestSide
+
+    resize = ResizeShortestSide(test_size, max_size) if test_size else None
     from rcnn_steps.evaluation import detections_to_coco
 
     was_training = model.training
@@ -152,7 +220,13 @@ def detect(
     results: list[dict[str, Any]] = []
     seconds: list[float] = []
     for image_id in image_ids:
-        image = dataset.load_image(image_id).to(device)
+        image = dataset.load_image(image_id)
+        size = image.shape[-2:]
+        scale = None
+        if resize is not None:
+            image, resized = resize(image, {})
+            scale = resized["scale"]
+        image = image.to(device)
         args = ([image],) if proposals is None else ([image], [proposals[int(image_id)].to(device)])
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -161,6 +235,8 @@ def detect(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds.append(time.perf_counter() - t0)
+        if scale is not None:
+            det = _resized_back(det, scale, size)
         found = detections_to_coco(
             image_id,
             det["boxes"],
@@ -170,13 +246,23 @@ def detect(
             masks=det.get("masks"),
             keypoints=det.get("keypoints"),
         )
-        if "keypoints" in det and counts:
-            for result, label in zip(found, det["labels"].tolist(), strict=True):
-                k = counts[label - 1] if label - 1 < len(counts) else 0
-                result["keypoints"] = result["keypoints"][: 3 * k]
+        trim_keypoints(found, det["labels"], counts)
         results += found
     model.train(was_training)
     return results, sum(seconds) / max(len(seconds), 1)
+
+
+def trim_keypoints(
+    results: Sequence[dict[str, Any]], labels: torch.Tensor, counts: Sequence[int] | None
+) -> None:
+    """Cut each COCO result's ``keypoints`` to its class's own count (``counts[label -
+    1]``; a model's outputs are padded to the widest set), in place."""
+    if not counts:
+        return
+    for result, label in zip(results, labels.tolist(), strict=True):
+        if "keypoints" in result:
+            k = counts[label - 1] if 0 < label <= len(counts) else 0
+            result["keypoints"] = result["keypoints"][: 3 * k]
 
 
 def evaluate(
@@ -191,17 +277,41 @@ def evaluate(
     kinds = ["bbox"]
     if results and "segmentation" in results[0]:
         kinds.append("segm")
-    keypoint_ids = {c["id"] for c in dataset.categories if c.get("keypoints")}
-    if results and "keypoints" in results[0] and keypoint_ids:
-        kinds.append("keypoints")
     out = {}
     for kind in kinds:
-        chosen = results
-        if kind == "keypoints":
-            chosen = [r for r in results if r["category_id"] in keypoint_ids]
         gt = subset_ground_truth(dataset.coco, image_ids)
-        out[kind] = {k: round(float(v), 4) for k, v in coco_evaluate(gt, chosen, kind).items()}
+        out[kind] = {k: round(float(v), 4) for k, v in coco_evaluate(gt, results, kind).items()}
+    keypoint_cats = [c for c in dataset.categories if c.get("keypoints")]
+    if results and "keypoints" in results[0] and keypoint_cats:
+        out["keypoints"] = _keypoint_ap(dataset, image_ids, results, keypoint_cats)
     return out
+
+
+def _keypoint_ap(dataset, image_ids, results, categories) -> dict[str, float]:
+    """Keypoint AP, category by category (each with its own keypoint count and OKS
+    sigmas: COCOeval takes one set of sigmas per evaluation), then the mean over the
+    categories, which is what COCOeval reports for several categories of one set."""
+    from rcnn_steps.evaluation import coco_evaluate, subset_ground_truth
+
+    gt = subset_ground_truth(dataset.coco, image_ids)
+    per_category = []
+    for cat in categories:
+        k = len(cat["keypoints"])
+        sigmas = cat.get("oks_sigmas") or (dataset.oks_sigmas if k == 17 else [0.05] * k)
+        if len(sigmas) != k:
+            sigmas = [0.05] * k
+        one = dict(
+            gt,
+            categories=[cat],
+            annotations=[a for a in gt["annotations"] if a["category_id"] == cat["id"]],
+        )
+        found = [r for r in results if r["category_id"] == cat["id"]]
+        per_category.append(coco_evaluate(one, found, "keypoints", kpt_oks_sigmas=sigmas))
+    merged = {}
+    for name in per_category[0]:
+        defined = [m[name] for m in per_category if m[name] > -1]
+        merged[name] = round(float(sum(defined) / len(defined)), 4) if defined else -1.0
+    return merged
 
 
 def thread_count(threads: int | None):
@@ -390,3 +500,51 @@ def run_setting(
         }
     )
     return record
+
+
+# ----------------------------------------------------------------------------------------
+# Training on any COCO-format folder (python -m rcnn_steps train)
+
+
+def config_for_data(
+    preset: str, dataset, overrides: dict[str, Any] | None = None
+) -> DetectorConfig:
+    """The preset's config fitted to a dataset: ``num_classes`` its categories,
+    ``keypoint_counts`` its categories' keypoint sets (:func:`rcnn_steps.keypoint_head.
+    keypoint_counts_of`), and the keypoint branch off when no category has keypoints;
+    ``overrides`` last."""
+    from rcnn_steps.keypoint_head import keypoint_counts_of
+
+    counts = keypoint_counts_of(dataset.categories)
+    fitted: dict[str, Any] = dict(num_classes=dataset.num_classes, keypoint_counts=counts)
+    if not any(counts):
+        fitted["keypoints"] = False
+    return detector_config(preset, {**fitted, **(overrides or {})})
+
+
+def make_evaluator(
+    dataset,
+    image_ids: Sequence[int],
+    *,
+    test_size: int | None = None,
+    max_size: int | None = None,
+) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """An ``evaluate_fn`` for :func:`rcnn_steps.engine.train`: COCO AP of boxes (and masks,
+    keypoints) on ``image_ids``, flattened to ``{"bbox/AP": ..., "segm/AP50": ...}``.
+    Under several processes each detects its share of the images, and the detections are
+    gathered before pycocotools scores them (once, in every process, with the same
+    result)."""
+    from rcnn_steps.engine import all_gather_objects, process_rank
+
+    def evaluate_fn(model: torch.nn.Module) -> dict[str, float]:
+        rank, world = process_rank()
+        mine = list(image_ids)[rank::world]
+        found, seconds = detect(model, dataset, mine, test_size=test_size, max_size=max_size)
+        everyone = all_gather_objects((found, seconds))
+        results = [r for part, _ in everyone for r in part]
+        metrics = evaluate(dataset, image_ids, results)
+        flat = {f"{kind}/{name}": v for kind, m in metrics.items() for name, v in m.items()}
+        flat["seconds_per_image"] = round(sum(s for _, s in everyone) / len(everyone), 4)
+        return flat
+
+    return evaluate_fn

@@ -164,7 +164,7 @@ def draw_keypoints(
         return ax
     for person in kps.reshape(-1, kps.shape[-2], 3):
         for a, b in skeleton:
-            if person[a, 2] > 0 and person[b, 2] > 0:
+            if max(a, b) < len(person) and person[a, 2] > 0 and person[b, 2] > 0:
                 ax.plot(
                     [person[a, 0] - 0.5, person[b, 0] - 0.5],
                     [person[a, 1] - 0.5, person[b, 1] - 0.5],
@@ -176,9 +176,10 @@ def draw_keypoints(
             if v <= 0:
                 continue
             c = colour
-            if names is not None and names[k].startswith("left_"):
+            name = names[k] if names is not None and k < len(names) else ""
+            if name.startswith("left_"):
                 c = "red"
-            elif names is not None and names[k].startswith("right_"):
+            elif name.startswith("right_"):
                 c = "dodgerblue"
             ax.plot(
                 x - 0.5,

@@ -323,3 +323,33 @@ def test_evaluate_overrides_need_their_own_results_file(tiny_synth, tmp_path):
         results["config"]["mask_aligned"] is True and results["config"]["roi_op"] == "roialign_max"
     )
     assert results["overrides"] == {"mask_aligned": True, "roi_op": "roialign_max"}
+
+
+@pytest.mark.parametrize("preset", ["gpu_mask", "coco_mask"])
+def test_gpu_and_coco_presets_build_and_take_one_step_on_cpu(preset):
+    """The presets for larger machines, built here and trained one step on tiny inputs
+    (their real images are 512 and 800 px: runner.FEEDING resizes the data for them)."""
+    from rcnn_steps.engine import TrainConfig, train
+    from rcnn_steps.faster_rcnn import train_config
+    from rcnn_steps.runner import feeding
+
+    torch.manual_seed(0)
+    overrides = {"keypoint_counts": (0, 0, 0, 0, 0, 11)} if preset == "gpu_mask" else {}
+    config = getattr(DetectorConfig, preset)(num_classes=6, **overrides)
+    model = FasterRCNN(config)
+    assert config.backbone == "resnet50" and config.fpn_channels == 256
+    images, targets = _batch(label=6, size=128)
+    if not config.keypoints:
+        targets = [{k: v for k, v in t.items() if k != "keypoints"} for t in targets]
+    schedule = train_config(preset)
+    short = TrainConfig(**{**schedule.to_dict(), "max_iter": 1, "warmup_steps": 0, "lr_steps": (),
+                           "progress": False, "device": "cpu"})  # fmt: skip
+    result = train(model, [(images, targets)], short)
+    assert result.step == 1 and all(map(lambda v: v == v, result.losses.values()))
+    feed = feeding(preset)
+    assert feed["flip"] and feed["test_size"] in (512, 800)
+    if preset == "coco_mask":
+        assert (schedule.lr, schedule.max_iter, schedule.lr_steps) == (0.02, 160_000, (120_000,))
+        assert (schedule.momentum, schedule.weight_decay) == (0.9, 1e-4)
+        assert config.rpn_post_nms_top_n_test == 1000 and config.detections_per_img == 100
+        assert feed["batch_size"] == 2 and feed["max_size"] == 1333

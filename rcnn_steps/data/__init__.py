@@ -22,6 +22,7 @@ from rcnn_steps.data.synth import (
 from rcnn_steps.data.transforms import (
     Compose,
     RandomHorizontalFlip,
+    ResizeShortestSide,
     flip_pairs_by_label,
     horizontal_flip,
     select_instances,
@@ -37,6 +38,7 @@ __all__ = [
     "Compose",
     "DatasetError",
     "RandomHorizontalFlip",
+    "ResizeShortestSide",
     "SynthConfig",
     "collate_fn",
     "dataset_statistics",

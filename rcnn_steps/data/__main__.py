@@ -1,5 +1,6 @@
 """Command line: ``python -m rcnn_steps.data synth --out DIR ...`` writes the synthetic
-set; ``python -m rcnn_steps.data check --images DIR --annotations FILE`` reads a COCO
+set; ``python -m rcnn_steps.data example --out DIR`` the custom-data example of
+data/README.md; ``python -m rcnn_steps.data check --images DIR --annotations FILE`` reads a COCO
 folder through :class:`~rcnn_steps.data.CocoDataset` and reports what it holds, and
 ``python -m rcnn_steps.data check ROOT`` does so for every ``ROOT/annotations/
 instances_<split>.json`` with its images in ``ROOT/<split>/`` (the synthetic set's layout,
@@ -28,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--max-objects", type=int, default=5)
     s.add_argument("--workers", type=int, default=None, help="processes (default: 2)")
+    e = sub.add_parser("example", help="write the custom-data example (data/README.md)")
+    e.add_argument("--out", required=True, help="a new folder")
+    e.add_argument("--num-train", type=int, default=40)
+    e.add_argument("--num-val", type=int, default=12)
+    e.add_argument("--seed", type=int, default=0)
     c = sub.add_parser("check", help="read a COCO folder and summarise it")
     c.add_argument(
         "root",
@@ -57,6 +63,17 @@ def main(argv: list[str] | None = None) -> int:
             f"wrote {args.num_train} train and {args.num_val} val images of "
             f"{args.size}x{args.size} px to {out} in {time.time() - start:.1f} s"
         )
+        return 0
+
+    if args.command == "example":
+        from rcnn_steps.data.example import make_example
+
+        try:
+            out = make_example(args.out, args.num_train, args.num_val, args.seed)
+        except FileExistsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"wrote the example set ({args.num_train} train, {args.num_val} val) to {out}")
         return 0
 
     if (args.root is None) == (args.images is None and args.annotations is None):

@@ -11,6 +11,7 @@ import torch
 __all__ = [
     "Compose",
     "RandomHorizontalFlip",
+    "ResizeShortestSide",
     "flip_pairs_by_label",
     "horizontal_flip",
     "select_instances",
@@ -124,3 +125,63 @@ class Compose:
         for t in self.transforms:
             image, target = t(image, target)
         return image, target
+
+
+class ResizeShortestSide:
+    """Resize an image and its target so that the image's shorter side is one of
+    ``min_sizes`` (drawn at random from torch's global generator when there are several:
+    scale jitter) and its longer side at most ``max_size``, as the papers' COCO training
+    does (short side 800, long side at most 1333).
+
+    The work is torchvision's ``transforms.v2.RandomShortestSize`` on ``tv_tensors``: the
+    image bilinear with antialiasing, ``boxes`` as ``BoundingBoxes``, ``masks`` as
+    ``Mask`` (nearest neighbour) and the keypoints' ``(x, y)`` as ``KeyPoints``, all scaled
+    alike; visibilities are kept and ``area`` is scaled by the two factors. ``target``
+    gains ``"scale"``, ``(sy, sx)``: resized size over original size. (Flips stay with
+    :func:`horizontal_flip`: v2 flips keypoints about ``W - 1``, the pixel-index
+    convention, one pixel off COCO's continuous coordinates that boxes use, and knows
+    nothing of left and right.)
+    """
+
+    def __init__(self, min_sizes: int | Sequence[int], max_size: int | None = None) -> None:
+        from torchvision.transforms import v2
+
+        sizes = [int(min_sizes)] if isinstance(min_sizes, int) else [int(m) for m in min_sizes]
+        if not sizes or min(sizes) < 1:
+            raise ValueError(f"ResizeShortestSide: min_sizes must be positive, got {min_sizes}")
+        self.min_sizes = sizes
+        self.max_size = max_size
+        self.resize = v2.RandomShortestSize(min_size=sizes, max_size=max_size, antialias=True)
+
+    def __call__(self, image, target):
+        from torchvision import tv_tensors
+
+        h, w = image.shape[-2:]
+        target = dict(target)
+        parts: dict[str, Any] = {"image": tv_tensors.Image(image)}
+        if "boxes" in target:
+            parts["boxes"] = tv_tensors.BoundingBoxes(
+                target["boxes"], format="XYXY", canvas_size=(h, w)
+            )
+        if "masks" in target:
+            parts["masks"] = tv_tensors.Mask(target["masks"])
+        kps = target.get("keypoints")
+        if kps is not None and kps.numel():
+            parts["keypoints"] = tv_tensors.KeyPoints(kps[..., :2], canvas_size=(h, w))
+        out = self.resize(parts)
+        image = out["image"].as_subclass(torch.Tensor)
+        nh, nw = image.shape[-2:]
+        if "boxes" in out:
+            target["boxes"] = out["boxes"].as_subclass(torch.Tensor)
+        if "masks" in out:
+            target["masks"] = out["masks"].as_subclass(torch.Tensor)
+        if "keypoints" in out:
+            xy = out["keypoints"].as_subclass(torch.Tensor)
+            target["keypoints"] = torch.cat([xy, kps[..., 2:]], dim=-1)
+        if "area" in target:
+            target["area"] = target["area"] * (nh / h) * (nw / w)
+        target["scale"] = (nh / h, nw / w)
+        return image, target
+
+    def __repr__(self) -> str:
+        return f"ResizeShortestSide(min_sizes={self.min_sizes}, max_size={self.max_size})"
