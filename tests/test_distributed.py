@@ -127,3 +127,27 @@ def test_two_processes_resume_exactly(tiny_synth, tmp_path):
 def test_one_process_has_no_sampler_and_no_process_group():
     assert distributed_sampler(_samples(), seed=0) is None
     assert not torch.distributed.is_initialized()
+
+
+def test_train_command_under_torchrun(tiny_synth, tmp_path):
+    """``torchrun --nproc_per_node 2 -m rcnn_steps train``: two gloo processes, one run."""
+    import subprocess
+    import sys
+
+    from rcnn_steps.engine import read_metrics
+
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", str(_free_port()), "-m", "rcnn_steps", "train",
+        "--data", str(tiny_synth), "--preset", "ci_mask", "--out", str(out),
+        "--max-iter", "2", "--batch-size", "1", "--device", "cpu", "--threads", "1",
+        "--num-eval-images", "4", "--no-progress",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    description = __import__("json").loads((out / "run.json").read_text())
+    assert description["feeding"]["processes"] == 2
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in records] == [2] and "eval/segm/AP" in records[-1]
+    assert len(load_checkpoint(out / "last.pt")["rng_by_rank"]) == 2
