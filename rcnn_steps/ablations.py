@@ -40,7 +40,11 @@ minival box AP@0.5 / AP / APs / APm / APl in %):
   head 51.7/28.0/9.6/31.9/43.1, (c) FPN 56.9/33.9/17.8/37.7/45.8; plus our ``cpu``
   preset's single stride-8 map (chapters 03-04), which the paper did not run.
 
-:data:`PAPER_METRIC` says, per table, what the paper's numbers beside the settings are.
+:data:`PAPER_METRIC` says, per table, what the paper's numbers beside the settings are, and
+:data:`COMPARABLE_METRIC` which of ours to read beside them. Settings are labelled with
+what actually ran (Table 8's rows with our anchor sizes, the paper's in brackets); a
+chapter takes the labels from :func:`faster_rcnn_grid`, so a results file written before a
+label changed still shows the right one.
 
 Command (one results file per table)::
 
@@ -67,6 +71,7 @@ import torch
 from rcnn_steps.faster_rcnn import PRESET_TRAINING, DetectorConfig
 
 __all__ = [
+    "COMPARABLE_METRIC",
     "METHODS",
     "PAPER_METRIC",
     "TABLES",
@@ -101,6 +106,18 @@ PAPER_METRIC: dict[str, str] = {
         "AP@0.5 / APs / APm / APl, % ('paper'; Table 2, Fast R-CNN on fixed FPN "
         "proposals, in 'paper_table2')"
     ),
+}
+
+#: Our metric that sits beside each table's paper metric: Faster R-CNN's VOC tables report
+#: mAP at IoU 0.5, which is our AP50; the Mask R-CNN and FPN tables report COCO AP (with
+#: AP50 / AP75 or the sizes beside it), which is our AP.
+COMPARABLE_METRIC: dict[str, str] = {
+    "table6": "AP50",
+    "table8": "AP50",
+    "table9": "AP50",
+    "table2c": "AP",
+    "table2d": "AP",
+    "fpn_table3": "AP",
 }
 
 #: The paper's anchor sizes (sqrt of the area, pixels on ~600 px images) and ours: the
@@ -308,14 +325,16 @@ def faster_rcnn_grid(table: str) -> dict[str, dict[str, Any]]:
         }
         return grid3
     if table == "table8":
+        # Labelled with what ran (our sizes), the paper's beside them.
         s128, s256 = OUR_ANCHOR_SIZES[:2]
+        three = "/".join(str(s) for s in OUR_ANCHOR_SIZES)
         rows = [
-            ("1s1r_128", (s128,), _RATIOS_1, 65.8, "1 scale (128^2), 1 ratio"),
-            ("1s1r_256", (s256,), _RATIOS_1, 66.7, "1 scale (256^2), 1 ratio"),
-            ("1s3r_128", (s128,), _RATIOS_3, 68.8, "1 scale (128^2), 3 ratios"),
-            ("1s3r_256", (s256,), _RATIOS_3, 67.9, "1 scale (256^2), 3 ratios"),
-            ("3s1r", OUR_ANCHOR_SIZES, _RATIOS_1, 69.8, "3 scales, 1 ratio"),
-            ("3s3r", OUR_ANCHOR_SIZES, _RATIOS_3, 69.9, "3 scales, 3 ratios"),
+            ("1s1r_128", (s128,), _RATIOS_1, 65.8, f"1 scale, {s128} px (paper 128^2), 1 ratio"),
+            ("1s1r_256", (s256,), _RATIOS_1, 66.7, f"1 scale, {s256} px (paper 256^2), 1 ratio"),
+            ("1s3r_128", (s128,), _RATIOS_3, 68.8, f"1 scale, {s128} px (paper 128^2), 3 ratios"),
+            ("1s3r_256", (s256,), _RATIOS_3, 67.9, f"1 scale, {s256} px (paper 256^2), 3 ratios"),
+            ("3s1r", OUR_ANCHOR_SIZES, _RATIOS_1, 69.8, f"3 scales, {three} px, 1 ratio"),
+            ("3s3r", OUR_ANCHOR_SIZES, _RATIOS_3, 69.9, f"3 scales, {three} px, 3 ratios"),
         ]
         return {
             name: {

@@ -247,6 +247,20 @@ def test_paper_metric_per_table():
     assert set(ablations.PAPER_METRIC) == set(ablations.TABLES)
     assert "VOC" in ablations.PAPER_METRIC["table8"]
     assert "box AP" in ablations.PAPER_METRIC["table2d"]
+    # VOC mAP is AP at IoU 0.5: those tables compare with our AP50, the COCO ones with AP
+    assert set(ablations.COMPARABLE_METRIC) == set(ablations.TABLES)
+    for table, metric in ablations.COMPARABLE_METRIC.items():
+        voc = "IoU 0.5" in ablations.PAPER_METRIC[table]
+        assert metric == ("AP50" if voc else "AP"), table
+        assert metric in ablations.SUMMARY_METRICS
+
+
+def test_table8_labels_say_which_anchors_ran():
+    for name, setting in ablations.faster_rcnn_grid("table8").items():
+        sizes = setting["overrides"]["anchor_sizes"]
+        assert "/".join(str(s) for s in sizes) + " px" in setting["label"], name
+        if name.startswith("1s"):  # the paper's size beside ours
+            assert f"(paper {name[-3:]}^2)" in setting["label"]
 
 
 @pytest.mark.parametrize("table", ["table2c", "table2d"])
