@@ -24,6 +24,7 @@ from matplotlib.patches import Rectangle
 __all__ = [
     "ablation_bars",
     "ap_vs_seconds",
+    "before_after",
     "class_colour",
     "curves",
     "draw_bins",
@@ -358,6 +359,35 @@ def pr_curve(recall: Any, precision: Any, *, ax: Axes | None = None, title: str 
     ax.set_ylim(0, 1.05)
     _label_axes(ax, "recall", "precision", title)
     ax.legend(fontsize=7, loc="lower left")
+    return ax
+
+
+def before_after(
+    before: Any,
+    after: Any,
+    *,
+    xlabel: str = "before",
+    ylabel: str = "after",
+    title: str = "",
+    lines: Sequence[float] = (),
+    ax: Axes | None = None,
+) -> Axes:
+    """Paired measurements as a scatter against the diagonal: a point above it improved
+    (e.g. each window's IoU with its object before and after box regression). ``lines``
+    marks thresholds on both axes (dotted)."""
+    ax = _figure_axes(ax, (3.0, 3.0))
+    before, after = _np(before), _np(after)
+    ax.scatter(before, after, s=3, alpha=0.3, color="C0", linewidths=0)
+    lo = float(min(before.min(), after.min(), 0.0))
+    hi = float(max(before.max(), after.max(), 1.0))
+    ax.plot([lo, hi], [lo, hi], color="k", linewidth=0.8)
+    for level in lines:
+        ax.axvline(level, color="k", linewidth=0.6, linestyle=":")
+        ax.axhline(level, color="k", linewidth=0.6, linestyle=":")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
+    _label_axes(ax, xlabel, ylabel, title)
     return ax
 
 

@@ -164,3 +164,12 @@ def test_draw_detections_without_captions():
     ax = viz.draw_detections(torch.zeros(3, 8, 8), dets, ["bg", "a"], captions=False)
     assert len(_rects(ax)) == 1 and not ax.texts
     plt.close("all")
+
+
+def test_before_after_scatter_with_diagonal_and_thresholds():
+    ax = viz.before_after([0.3, 0.6], [0.5, 0.55], lines=(0.5,))
+    assert len(ax.collections[0].get_offsets()) == 2
+    diagonal = ax.get_lines()[0]
+    assert list(diagonal.get_xdata()) == list(diagonal.get_ydata())  # y = x
+    assert len(ax.get_lines()) == 3  # the diagonal and the threshold on each axis
+    plt.close("all")
