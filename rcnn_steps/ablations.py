@@ -79,6 +79,7 @@ __all__ = [
     "faster_rcnn_grid",
     "load_datasets",
     "main",
+    "read_grid_results",
     "run_grid",
     "run_key",
     "run_setting",
@@ -401,6 +402,42 @@ def faster_rcnn_grid(table: str) -> dict[str, dict[str, Any]]:
             for op in ("roipool", "roialign_avg")
         }
     raise ValueError(f"faster_rcnn_grid: unknown table {table!r}; one of {list(TABLES)}.")
+
+
+def read_grid_results(table: str, path: str | Path | None = None) -> dict[str, Any]:
+    """A grid's results file (default ``results/ablation_<table>.json``) with what a
+    chapter needs to show it, the settings' order, labels and paper numbers taken from
+    :func:`faster_rcnn_grid` (so a label that changed after the run reads as it is now):
+
+    ``{"table", "order", "labels", "paper", "paper_metric", "metric" (ours beside the
+    paper's, :data:`COMPARABLE_METRIC`), "summary", "runs", "settings", "preset",
+    "max_iter", "provenance"}``. A file of another table is an error.
+    """
+    from rcnn_steps.utils import read_results, results_dir
+
+    path = Path(path) if path is not None else results_dir() / f"ablation_{table}.json"
+    grid = faster_rcnn_grid(table)
+    payload = read_results(path)
+    results = payload["results"]
+    if results.get("table") != table:
+        raise ValueError(
+            f"{path} holds the grid {results.get('table')!r}, not {table!r}; pass the file "
+            f"that `python -m rcnn_steps.ablations faster-rcnn --table {table}` wrote"
+        )
+    return {
+        "table": table,
+        "order": list(grid),
+        "labels": {name: setting["label"] for name, setting in grid.items()},
+        "paper": {name: setting["paper"] for name, setting in grid.items()},
+        "paper_metric": PAPER_METRIC[table],
+        "metric": COMPARABLE_METRIC[table],
+        "summary": results["summary"],
+        "runs": results["runs"],
+        "settings": grid,
+        "preset": results["preset"],
+        "max_iter": results["max_iter"],
+        "provenance": payload["provenance"],
+    }
 
 
 def _ap_triple(values: tuple[float, float, float]) -> dict[str, float]:

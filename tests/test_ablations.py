@@ -412,3 +412,29 @@ def test_command_passes_timing_threads(tmp_path, monkeypatch):
     assert seen == [1, 1, 1, 1]
     assert ablations.main([*argv, "--settings", "fpn", "--out", str(tmp_path / "b.json")]) == 0
     assert seen[-1] is None  # unchanged by default
+
+
+def test_read_grid_results_takes_labels_and_order_from_the_grid(tmp_path):
+    from rcnn_steps.utils import write_results
+
+    grid = ablations.faster_rcnn_grid("table8")
+    stale = {name: dict(setting, label="an old label") for name, setting in grid.items()}
+    summary = {name: {"AP50": {"mean": 0.5, "min": 0.4, "max": 0.6}, "n": 2} for name in grid}
+    results = {
+        "table": "table8",
+        "preset": "cpu",
+        "max_iter": 1500,
+        "paper_metric": "old",
+        "settings": stale,
+        "runs": {},
+        "summary": dict(sorted(summary.items())),
+    }
+    path = tmp_path / "ablation_table8.json"
+    write_results(path, results, preset="cpu", seeds=[0, 1])
+    read = ablations.read_grid_results("table8", path)
+    assert read["order"] == list(grid)  # the paper's order, not the file's sorted keys
+    assert read["labels"]["1s1r_128"] == grid["1s1r_128"]["label"] != "an old label"
+    assert read["paper"]["3s3r"] == 69.9 and read["metric"] == "AP50"
+    assert read["summary"]["3s3r"]["AP50"]["mean"] == 0.5
+    with pytest.raises(ValueError, match="holds the grid 'table8', not 'table9'"):
+        ablations.read_grid_results("table9", path)
