@@ -64,6 +64,7 @@ __all__ = [
     "ROI_OP_NAMES",
     "RoIOp",
     "get_roi_op",
+    "bilinear_sample",
     "roi_align",
     "roi_align_reference",
     "roi_align_sampling_points",
@@ -1253,11 +1254,12 @@ def roi_align_sampling_points(
     return torch.stack((grid_x, grid_y), dim=-1)
 
 
-def _bilinear(feature: Tensor, y: float, x: float) -> Tensor:
-    """The value of a ``(C, H, W)`` map at the fractional point (x, y), cell (r, c) centred
-    at (c, r): the four cells around the point weighted by ``(1 - |y - r|)(1 - |x - c|)``
-    (Mask R-CNN Figure 3). Border rules as in torchvision: a point more than one cell
-    outside the map reads 0; otherwise it is clamped onto the map."""
+def bilinear_sample(feature: Tensor, y: float, x: float) -> Tensor:
+    """The ``(C,)`` value of a ``(C, H, W)`` map at the fractional point (x, y), cell (r, c)
+    centred at (c, r): the four cells around the point weighted by ``(1 - |y - r|)(1 -
+    |x - c|)`` (Mask R-CNN Figure 3). Border rules as in torchvision: a point more than one
+    cell outside the map reads 0; otherwise it is clamped onto the map. One point at a
+    time, for :func:`roi_align_reference` and for reading; taught in chapter 06."""
     height, width = feature.shape[1:]
     if y < -1.0 or y > height or x < -1.0 or x > width:
         return feature.new_zeros(feature.shape[0])
@@ -1293,7 +1295,7 @@ def roi_align_reference(
     The readable definition beside :func:`roi_align`, whose sparse sampling plans are hard
     to learn from: no rounding anywhere; each of the ``ph x pw`` equal bins is sampled at
     ``n_y x n_x`` regular points, each point read by bilinear interpolation
-    (:func:`_bilinear`), and the bin outputs their mean (``mode="avg"``) or maximum
+    (:func:`bilinear_sample`), and the bin outputs their mean (``mode="avg"``) or maximum
     (``"max"``). Equal to :func:`roi_align` and, for "avg", to
     ``torchvision.ops.roi_align``, forward and backward, up to float rounding
     (tests/test_roi_ops.py); hundreds of times slower. Taught in chapter 06 before the
@@ -1324,7 +1326,7 @@ def roi_align_reference(
         for i in range(ph):
             for j in range(pw):
                 points = [
-                    _bilinear(
+                    bilinear_sample(
                         feature,
                         y1 + i * bin_h + (s + 0.5) * bin_h / n_y,
                         x1 + j * bin_w + (t + 0.5) * bin_w / n_x,

@@ -483,7 +483,10 @@ def ablation_bars(
     ax.set_yticks(y)
     ax.set_yticklabels([(labels or {}).get(n, n) for n in names], fontsize=7)
     _label_axes(ax, f"{metric}, %", "", title)
-    ax.legend(handles, text, fontsize=6, loc="lower right")
+    # below the axes, where no bar can hide it
+    ax.legend(
+        handles, text, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3
+    )
     return ax
 
 

@@ -27,6 +27,7 @@ from rcnn_steps.roi_ops import (
     FLT_MAX,
     ROI_OP_NAMES,
     RoIOp,
+    bilinear_sample,
     get_roi_op,
     roi_align,
     roi_align_reference,
@@ -692,3 +693,12 @@ class TestOnCuda:
         on_gpu = forward_backward(op, x.to(self.device), rois.to(self.device), 3)
         torch.testing.assert_close(on_gpu[0].cpu(), on_cpu[0], **tolerance(torch.float64))
         torch.testing.assert_close(on_gpu[1].cpu(), on_cpu[1], **tolerance(torch.float64))
+
+
+def test_bilinear_sample_weights_the_four_cells_and_reads_zero_far_outside():
+    plane = torch.arange(12.0).reshape(1, 3, 4)  # value = 4 r + c
+    assert bilinear_sample(plane, 1.0, 2.0).item() == 6.0  # on a cell centre: that cell
+    assert bilinear_sample(plane, 0.5, 0.25).item() == pytest.approx(4 * 0.5 + 0.25)  # linear
+    assert bilinear_sample(plane, -0.5, -0.5).item() == 0.0  # clamped onto cell (0, 0)
+    assert bilinear_sample(plane, 2.5, 3.5).item() == 11.0  # past the last cell: the last
+    assert bilinear_sample(plane, -1.5, 1.0).item() == 0.0  # more than a cell outside
