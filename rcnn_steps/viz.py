@@ -450,6 +450,7 @@ def ablation_bars(
     paper_label: str = "paper",
     ax: Axes | None = None,
     title: str = "",
+    legend: bool = True,
 ) -> Axes:
     """An ablation table as horizontal bars, in %: each setting's mean ``metric`` over its
     seeds (a bar), every seed's range (a whisker from the worst to the best seed), and
@@ -457,8 +458,9 @@ def ablation_bars(
 
     ``summary`` is a results file's ``summary`` (``{setting: {metric: {"mean", "min",
     "max"}, "n": seeds}}``); ``names`` picks and orders the settings (top to bottom);
-    ``labels`` replaces their names on the axis. An effect is real only where whiskers
-    do not overlap."""
+    ``labels`` replaces their names on the axis; ``legend=False`` leaves the legend out
+    (for all but one of several panels). An effect is real only where whiskers do not
+    overlap."""
     names = list(summary) if names is None else list(names)
     ax = _figure_axes(ax, (5.0, 0.35 * len(names) + 0.9))
     y = np.arange(len(names))[::-1]
@@ -483,10 +485,8 @@ def ablation_bars(
     ax.set_yticks(y)
     ax.set_yticklabels([(labels or {}).get(n, n) for n in names], fontsize=7)
     _label_axes(ax, f"{metric}, %", "", title)
-    # below the axes, where no bar can hide it
-    ax.legend(
-        handles, text, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3
-    )
+    if legend:  # below the axis label, where no bar can hide it
+        ax.legend(handles, text, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3)
     return ax
 
 

@@ -134,7 +134,9 @@ def test_ablation_bars_show_mean_spread_and_paper_in_percent():
     diamonds = [ln for ln in ax.get_lines() if ln.get_marker() == "D"]
     assert len(diamonds) == 1 and diamonds[0].get_xdata()[0] == 69.9
     assert [t.get_text() for t in ax.get_yticklabels()] == ["b", "setting A"]
-    assert "%" in ax.get_xlabel()
+    assert "%" in ax.get_xlabel() and ax.get_legend() is not None
+    ax = viz.ablation_bars(summary, "AP50", legend=False)
+    assert ax.get_legend() is None
     plt.close("all")
 
 
