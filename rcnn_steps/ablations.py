@@ -40,7 +40,11 @@ minival box AP@0.5 / AP / APs / APm / APl in %):
   head 51.7/28.0/9.6/31.9/43.1, (c) FPN 56.9/33.9/17.8/37.7/45.8; plus our ``cpu``
   preset's single stride-8 map (chapters 03-04), which the paper did not run.
 
-:data:`PAPER_METRIC` says, per table, what the paper's numbers beside the settings are.
+:data:`PAPER_METRIC` says, per table, what the paper's numbers beside the settings are, and
+:data:`COMPARABLE_METRIC` which of ours to read beside them. Settings are labelled with
+what actually ran (Table 8's rows with our anchor sizes, the paper's in brackets); a
+chapter takes the labels from :func:`faster_rcnn_grid`, so a results file written before a
+label changed still shows the right one.
 
 Command (one results file per table)::
 
@@ -72,6 +76,7 @@ from rcnn_steps.runner import (
 )
 
 __all__ = [
+    "COMPARABLE_METRIC",
     "METHODS",
     "PAPER_METRIC",
     "TABLES",
@@ -79,6 +84,7 @@ __all__ = [
     "faster_rcnn_grid",
     "load_datasets",
     "main",
+    "read_grid_results",
     "run_grid",
     "run_key",
     "run_setting",
@@ -323,14 +329,16 @@ def faster_rcnn_grid(table: str) -> dict[str, dict[str, Any]]:
         }
         return grid3
     if table == "table8":
+        # Labelled with what ran (our sizes), the paper's beside them.
         s128, s256 = OUR_ANCHOR_SIZES[:2]
+        three = "/".join(str(s) for s in OUR_ANCHOR_SIZES)
         rows = [
-            ("1s1r_128", (s128,), _RATIOS_1, 65.8, "1 scale (128^2), 1 ratio"),
-            ("1s1r_256", (s256,), _RATIOS_1, 66.7, "1 scale (256^2), 1 ratio"),
-            ("1s3r_128", (s128,), _RATIOS_3, 68.8, "1 scale (128^2), 3 ratios"),
-            ("1s3r_256", (s256,), _RATIOS_3, 67.9, "1 scale (256^2), 3 ratios"),
-            ("3s1r", OUR_ANCHOR_SIZES, _RATIOS_1, 69.8, "3 scales, 1 ratio"),
-            ("3s3r", OUR_ANCHOR_SIZES, _RATIOS_3, 69.9, "3 scales, 3 ratios"),
+            ("1s1r_128", (s128,), _RATIOS_1, 65.8, f"1 scale, {s128} px (paper 128^2), 1 ratio"),
+            ("1s1r_256", (s256,), _RATIOS_1, 66.7, f"1 scale, {s256} px (paper 256^2), 1 ratio"),
+            ("1s3r_128", (s128,), _RATIOS_3, 68.8, f"1 scale, {s128} px (paper 128^2), 3 ratios"),
+            ("1s3r_256", (s256,), _RATIOS_3, 67.9, f"1 scale, {s256} px (paper 256^2), 3 ratios"),
+            ("3s1r", OUR_ANCHOR_SIZES, _RATIOS_1, 69.8, f"3 scales, {three} px, 1 ratio"),
+            ("3s3r", OUR_ANCHOR_SIZES, _RATIOS_3, 69.9, f"3 scales, {three} px, 3 ratios"),
         ]
         return {
             name: {
@@ -397,6 +405,43 @@ def faster_rcnn_grid(table: str) -> dict[str, dict[str, Any]]:
             for op in ("roipool", "roialign_avg")
         }
     raise ValueError(f"faster_rcnn_grid: unknown table {table!r}; one of {list(TABLES)}.")
+
+
+def read_grid_results(table: str, path: str | Path | None = None) -> dict[str, Any]:
+    """A grid's results file (default ``results/ablation_<table>.json``) with what a
+    chapter needs to show it, the settings' order, labels and paper numbers taken from
+    :func:`table_grid` (so a label that changed after the run reads as it is now):
+
+    ``{"table", "order", "labels", "paper", "paper_metric", "metric" (ours beside the
+    paper's, :data:`COMPARABLE_METRIC`), "summary", "runs", "settings", "preset",
+    "max_iter", "provenance"}``. A file of another table is an error.
+    """
+    from rcnn_steps.utils import read_results, results_dir
+
+    path = Path(path) if path is not None else results_dir() / f"ablation_{table}.json"
+    grid = table_grid(table)
+    payload = read_results(path)
+    results = payload["results"]
+    if results.get("table") != table:
+        raise ValueError(
+            f"{path} holds the grid {results.get('table')!r}, not {table!r}; pass the file "
+            f"that `python -m rcnn_steps.ablations grid --tables {table}` wrote"
+        )
+    return {
+        "table": table,
+        "order": list(grid),
+        "labels": {name: setting["label"] for name, setting in grid.items()},
+        "paper": {name: setting["paper"] for name, setting in grid.items()},
+        "paper_metric": PAPER_METRIC[table],
+        "metric": COMPARABLE_METRIC[table],
+        "family": {"segm": "mask_", "keypoints": "kp_"}.get(MASK_TABLE_METRIC.get(table, ""), ""),
+        "summary": results["summary"],
+        "runs": results["runs"],
+        "settings": grid,
+        "preset": results["preset"],
+        "max_iter": results["max_iter"],
+        "provenance": payload["provenance"],
+    }
 
 
 def _ap_triple(values: tuple[float, float, float]) -> dict[str, float]:

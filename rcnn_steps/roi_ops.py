@@ -20,8 +20,8 @@ layers here differ only in how they read the map inside a box:
 "roiwarp_avg", "roialign_max", "roialign_avg") into callables with one signature, so a
 model's RoI layer is a single config field.
 
-What is taught where: chapter 03 ("Fast R-CNN and RoIPool"): :func:`roi_pool` and
-:func:`roi_pool_cells`; chapter 06 ("RoIAlign"): the rest.
+What is taught where: chapter 03 ("Fast R-CNN and RoIPool"): :func:`roi_pool_reference`,
+:func:`roi_pool` and :func:`roi_pool_cells`; chapter 06 ("RoIAlign"): the rest.
 
 Coordinates follow torchvision. ``boxes`` are (x1, y1, x2, y2) in image pixels, either a
 ``(K, 5)`` tensor whose first column is the image's index in the batch, or a list with
@@ -33,7 +33,11 @@ shifts the box by -0.5 cell so that box corners are cell corners (the "half-pixe
 correction of Detectron2, the right choice for new models), with ``aligned=False`` (the
 Mask R-CNN paper's and torchvision's detection models' setting) it does not.
 
-Everything is vectorised PyTorch: no Python loop runs over RoIs. ``tests/test_roi_ops.py``
+The fast layers are vectorised PyTorch: no Python loop runs over RoIs. Because they do
+not read like the papers, each has a short reference version beside it that
+does, looping over RoIs, bins and sampling points: :func:`roi_pool_reference` and
+:func:`roi_align_reference`, tested equal to the fast ones and to torchvision's; the
+chapters teach these first. ``tests/test_roi_ops.py``
 checks :func:`roi_pool` and :func:`roi_align` against ``torchvision.ops`` forward and
 backward (RoIPool bit for bit, RoIAlign to rounding), and ``benchmarks/bench_roi_ops.py``
 times them against torchvision's compiled kernels. How each is computed, and why that way,
@@ -60,10 +64,13 @@ __all__ = [
     "ROI_OP_NAMES",
     "RoIOp",
     "get_roi_op",
+    "bilinear_sample",
     "roi_align",
+    "roi_align_reference",
     "roi_align_sampling_points",
     "roi_pool",
     "roi_pool_cells",
+    "roi_pool_reference",
     "roi_warp",
 ]
 
@@ -815,6 +822,53 @@ def roi_pool_cells(
     )
 
 
+def roi_pool_reference(
+    input: Tensor, boxes: Boxes, output_size: int | tuple[int, int], spatial_scale: float = 1.0
+) -> Tensor:
+    """RoIPool written as Fast R-CNN section 2.1 defines it, one RoI and one bin at a time.
+
+    The readable definition beside :func:`roi_pool`, whose vectorised max tables are hard
+    to learn from; equal to it (and to ``torchvision.ops.roi_pool``) forward and backward
+    for finite inputs (tests/test_roi_ops.py), and hundreds of times slower. Taught in
+    chapter 03 before the fast version's speed.
+
+    Args and returns: as :func:`roi_pool`.
+    """
+    fn = "roi_pool_reference"
+    _check_input(fn, input)
+    ph, pw = _pair(fn, output_size)
+    spatial_scale = _check_scale(fn, spatial_scale)
+    rois = _rois_from_boxes(fn, boxes, input)
+    height, width = input.shape[2:]
+    # Arithmetic in the boxes' dtype, as torchvision's kernel does it.
+    dtype = rois.dtype
+    scale = torch.tensor(spatial_scale, dtype=dtype)
+    rows = []
+    for roi in rois:
+        image = int(roi[0])
+        # First quantisation: the box to whole cells (C's round, halves away from zero).
+        x1, y1, x2, y2 = (int(_round_half_away(v * scale)) for v in roi[1:])
+        roi_w, roi_h = max(x2 - x1 + 1, 1), max(y2 - y1 + 1, 1)  # cells, inclusive
+        bin_w = torch.tensor(roi_w, dtype=dtype) / pw
+        bin_h = torch.tensor(roi_h, dtype=dtype) / ph
+        bins = []
+        for i in range(ph):
+            # Second quantisation: bin edges rounded outwards, then clipped to the map.
+            r0 = min(max(y1 + int(torch.floor(i * bin_h)), 0), height)
+            r1 = min(max(y1 + int(torch.ceil((i + 1) * bin_h)), 0), height)
+            for j in range(pw):
+                c0 = min(max(x1 + int(torch.floor(j * bin_w)), 0), width)
+                c1 = min(max(x1 + int(torch.ceil((j + 1) * bin_w)), 0), width)
+                if r1 <= r0 or c1 <= c0:  # the bin lies outside the map
+                    bins.append(input.new_zeros(input.shape[1]))
+                else:  # max over the bin's cells, per channel (gradient: first winner)
+                    bins.append(input[image, :, r0:r1, c0:c1].flatten(1).max(1).values)
+        rows.append(torch.stack(bins, 1).view(-1, ph, pw))
+    if not rows:
+        return input.new_zeros((0, input.shape[1], ph, pw))
+    return torch.stack(rows)
+
+
 # ----------------------------------------------------------------------------------------
 # RoIAlign and RoIWarp (chapter 06)
 # ----------------------------------------------------------------------------------------
@@ -1198,6 +1252,98 @@ def roi_align_sampling_points(
     grid_x = xs[None, :, None, :].expand(ph, pw, n_y, n_x)
     grid_y = ys[:, None, :, None].expand(ph, pw, n_y, n_x)
     return torch.stack((grid_x, grid_y), dim=-1)
+
+
+def bilinear_sample(feature: Tensor, y: float, x: float) -> Tensor:
+    """The ``(C,)`` value of a ``(C, H, W)`` map at the fractional point (x, y), cell (r, c)
+    centred at (c, r): the four cells around the point weighted by ``(1 - |y - r|)(1 -
+    |x - c|)`` (Mask R-CNN Figure 3). Border rules as in torchvision: a point more than one
+    cell outside the map reads 0; otherwise it is clamped onto the map. One point at a
+    time, for :func:`roi_align_reference` and for reading; taught in chapter 06."""
+    height, width = feature.shape[1:]
+    if y < -1.0 or y > height or x < -1.0 or x > width:
+        return feature.new_zeros(feature.shape[0])
+    y, x = max(y, 0.0), max(x, 0.0)
+    r0, c0 = int(y), int(x)
+    r1, c1 = r0 + 1, c0 + 1
+    if r0 >= height - 1:
+        r0 = r1 = height - 1
+        y = float(r0)
+    if c0 >= width - 1:
+        c0 = c1 = width - 1
+        x = float(c0)
+    dy, dx = y - r0, x - c0
+    return (
+        (1 - dy) * (1 - dx) * feature[:, r0, c0]
+        + (1 - dy) * dx * feature[:, r0, c1]
+        + dy * (1 - dx) * feature[:, r1, c0]
+        + dy * dx * feature[:, r1, c1]
+    )
+
+
+def roi_align_reference(
+    input: Tensor,
+    boxes: Boxes,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    mode: str = "avg",
+) -> Tensor:
+    """RoIAlign written as Mask R-CNN section 3 defines it, one RoI, bin and point at a time.
+
+    The readable definition beside :func:`roi_align`, whose sparse sampling plans are hard
+    to learn from: no rounding anywhere; each of the ``ph x pw`` equal bins is sampled at
+    ``n_y x n_x`` regular points, each point read by bilinear interpolation
+    (:func:`bilinear_sample`), and the bin outputs their mean (``mode="avg"``) or maximum
+    (``"max"``). Equal to :func:`roi_align` and, for "avg", to
+    ``torchvision.ops.roi_align``, forward and backward, up to float rounding
+    (tests/test_roi_ops.py); hundreds of times slower. Taught in chapter 06 before the
+    fast version's speed.
+
+    Args and returns: as :func:`roi_align`.
+    """
+    fn = "roi_align_reference"
+    _check_input(fn, input)
+    ph, pw = _pair(fn, output_size)
+    spatial_scale = _check_scale(fn, spatial_scale)
+    sampling_ratio = _check_sampling_ratio(fn, sampling_ratio)
+    mode = _check_mode(fn, mode)
+    rois = _rois_from_boxes(fn, boxes, input)
+    offset = 0.5 if aligned else 0.0  # the half-pixel correction
+    rows = []
+    for roi in rois.tolist():
+        feature = input[int(roi[0])]
+        x1, y1, x2, y2 = (v * spatial_scale - offset for v in roi[1:])
+        roi_w, roi_h = x2 - x1, y2 - y1
+        if not aligned:  # the original forces at least one cell
+            roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
+        bin_w, bin_h = roi_w / pw, roi_h / ph
+        # points per bin side: fixed, or about one per cell ("adaptive")
+        n_y = sampling_ratio if sampling_ratio > 0 else max(math.ceil(bin_h), 0)
+        n_x = sampling_ratio if sampling_ratio > 0 else max(math.ceil(bin_w), 0)
+        bins = []
+        for i in range(ph):
+            for j in range(pw):
+                points = [
+                    bilinear_sample(
+                        feature,
+                        y1 + i * bin_h + (s + 0.5) * bin_h / n_y,
+                        x1 + j * bin_w + (t + 0.5) * bin_w / n_x,
+                    )
+                    for s in range(n_y)
+                    for t in range(n_x)
+                ]
+                if not points:  # a reversed aligned box has no points
+                    bins.append(feature.new_zeros(feature.shape[0]))
+                elif mode == "avg":
+                    bins.append(torch.stack(points).mean(0))
+                else:  # the gradient goes to the first winning point
+                    bins.append(torch.stack(points).max(0).values)
+        rows.append(torch.stack(bins, 1).view(-1, ph, pw))
+    if not rows:
+        return input.new_zeros((0, input.shape[1], ph, pw))
+    return torch.stack(rows)
 
 
 # ----------------------------------------------------------------------------------------

@@ -63,8 +63,9 @@ PRESETS: dict[str, Callable[..., DetectorConfig]] = {
 #: several; ``test_size`` at test time; ``max_size`` caps the longer side; None: images as
 #: they are, the book's 128 px), and random horizontal flips in training.
 FEEDING: dict[str, dict[str, Any]] = {
-    "gpu": dict(batch_size=8, min_sizes=(448, 480, 512, 544, 576), test_size=512,
-                max_size=960, flip=True),  # fmt: skip
+    "gpu": dict(
+        batch_size=8, min_sizes=(448, 480, 512, 544, 576), test_size=512, max_size=960, flip=True
+    ),
     "coco_mask": dict(batch_size=2, min_sizes=(800,), test_size=800, max_size=1333, flip=True),
 }
 FEEDING["gpu_mask"] = FEEDING["gpu"]

@@ -1,5 +1,9 @@
 """Drawing: images with boxes, labels and scores, masks as coloured overlays, keypoints with
-their skeleton, and sets of anchors or proposals (first used in chapter 00).
+their skeleton, and sets of anchors or proposals (first used in chapter 00); measurements
+as pictures (curves, histograms, precision/recall and training curves, ablation tables as
+bars with the spread over seeds, AP against seconds per image); and feature grids with
+RoI bins and sampling points (chapters 03 and 06). A chapter computes what it shows with
+the library and calls one of these to draw it.
 
 Every function draws onto a matplotlib ``Axes`` (made for you when ``ax`` is None) and
 returns it, so chapters can lay several views side by side. Figures are kept small because
@@ -18,7 +22,12 @@ from matplotlib.axes import Axes
 from matplotlib.patches import Rectangle
 
 __all__ = [
+    "ablation_bars",
+    "ap_vs_seconds",
+    "before_after",
     "class_colour",
+    "curves",
+    "draw_bins",
     "draw_boxes",
     "draw_detections",
     "draw_instances",
@@ -26,11 +35,20 @@ __all__ = [
     "draw_keypoints",
     "draw_mask_target",
     "draw_masks",
+    "draw_points",
+    "draw_region",
     "draw_target",
+    "feature_grid",
+    "heatmap",
+    "histogram",
     "image_grid",
     "plot_mask_probabilities",
     "plot_stage_times",
+    "pr_curve",
+    "recall_curves",
     "show_image",
+    "training_curves",
+    "value_grid",
 ]
 
 # tab10 without grey, so that every class colour stands out from a grey-ish background
@@ -229,9 +247,12 @@ def draw_detections(
     ground_truth: dict[str, Any] | None = None,
     ax: Axes | None = None,
     title: str = "",
+    captions: bool = True,
+    linewidth: float = 1.5,
 ) -> Axes:
-    """Detections above ``score_threshold`` (solid, captioned with score) over the ground
-    truth (dashed white), so misses and false positives can be seen at a glance."""
+    """Detections above ``score_threshold`` (solid, captioned with class and score unless
+    ``captions`` is False) over the ground truth (dashed white), so misses and false
+    positives can be seen at a glance."""
     ax = show_image(image, ax=ax, title=title)
     if ground_truth is not None and len(ground_truth["boxes"]):
         draw_boxes(ax, ground_truth["boxes"], colour="white", linestyle="--", linewidth=1.0)
@@ -242,6 +263,8 @@ def draw_detections(
         _np(detections["labels"])[keep],
         _np(detections["scores"])[keep],
         class_names,
+        linewidth=linewidth,
+        text=captions,
     )
     return ax
 
@@ -399,3 +422,393 @@ def image_grid(
     for ax in flat[n:]:
         ax.axis("off")
     return fig, flat[:n]
+
+
+# ----------------------------------------------------------------------------------------
+# Measurements as pictures: curves, histograms, ablation bars, AP against time.
+# ----------------------------------------------------------------------------------------
+
+
+def _figure_axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize, dpi=80)
+    return ax
+
+
+def _label_axes(ax: Axes, xlabel: str, ylabel: str, title: str) -> None:
+    if xlabel:
+        ax.set_xlabel(xlabel, fontsize=8)
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+
+
+def curves(
+    series: dict[str, tuple[Any, Any]],
+    *,
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str = "",
+    ax: Axes | None = None,
+    logx: bool = False,
+    hlines: Sequence[float] = (),
+    styles: Sequence[str] | None = None,
+    markers: bool = False,
+    legend: str = "best",
+) -> Axes:
+    """Several curves on one axes: ``series`` maps a legend label to ``(x, y)``.
+    ``hlines`` draws dotted reference levels (e.g. IoU 0.5 and 0.75); ``styles`` gives
+    one matplotlib line style per curve."""
+    ax = _figure_axes(ax, (4.2, 2.6))
+    for k, (label, (x, y)) in enumerate(series.items()):
+        style = styles[k] if styles is not None else "-"
+        ax.plot(_np(x), _np(y), style, marker="o" if markers else None, markersize=3, label=label)
+    for level in hlines:
+        ax.axhline(level, color="k", linewidth=0.7, linestyle=":")
+    if logx:
+        ax.set_xscale("log")
+    _label_axes(ax, xlabel, ylabel, title)
+    if len(series) > 1 or next(iter(series), ""):
+        ax.legend(fontsize=7, loc=legend)
+    return ax
+
+
+def histogram(
+    values: Any,
+    bins: Any,
+    *,
+    marks: Sequence[float] = (),
+    xlabel: str = "",
+    ylabel: str = "count",
+    title: str = "",
+    ax: Axes | None = None,
+) -> Axes:
+    """A grey histogram of ``values`` with dashed vertical ``marks`` (e.g. thresholds)."""
+    ax = _figure_axes(ax, (5.0, 2.2))
+    ax.hist(_np(values), bins=_np(bins), color="grey")
+    for x in marks:
+        ax.axvline(x, color="k", linestyle="--", linewidth=1)
+    _label_axes(ax, xlabel, ylabel, title)
+    return ax
+
+
+def pr_curve(recall: Any, precision: Any, *, ax: Axes | None = None, title: str = "") -> Axes:
+    """A precision/recall curve: each detection's (recall, precision) as a grey dot and
+    the envelope (the best precision at this recall or higher) that AP integrates."""
+    ax = _figure_axes(ax, (3.6, 2.6))
+    recall, precision = _np(recall), _np(precision)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    ax.plot(recall, precision, "o", color="grey", label="(recall, precision)")
+    ax.step(
+        np.r_[0, recall], np.r_[envelope[:1], envelope], where="pre", color="C0", label="envelope"
+    )
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.05)
+    _label_axes(ax, "recall", "precision", title)
+    ax.legend(fontsize=7, loc="lower left")
+    return ax
+
+
+def before_after(
+    before: Any,
+    after: Any,
+    *,
+    xlabel: str = "before",
+    ylabel: str = "after",
+    title: str = "",
+    lines: Sequence[float] = (),
+    ax: Axes | None = None,
+) -> Axes:
+    """Paired measurements as a scatter against the diagonal: a point above it improved
+    (e.g. each window's IoU with its object before and after box regression). ``lines``
+    marks thresholds on both axes (dotted)."""
+    ax = _figure_axes(ax, (3.0, 3.0))
+    before, after = _np(before), _np(after)
+    ax.scatter(before, after, s=3, alpha=0.3, color="C0", linewidths=0)
+    lo = float(min(before.min(), after.min(), 0.0))
+    hi = float(max(before.max(), after.max(), 1.0))
+    ax.plot([lo, hi], [lo, hi], color="k", linewidth=0.8)
+    for level in lines:
+        ax.axvline(level, color="k", linewidth=0.6, linestyle=":")
+        ax.axhline(level, color="k", linewidth=0.6, linestyle=":")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
+    _label_axes(ax, xlabel, ylabel, title)
+    return ax
+
+
+def training_curves(
+    histories: dict[str, Sequence[dict[str, float]]],
+    keys: Sequence[str] = ("total_loss",),
+    *,
+    ax: Axes | None = None,
+    title: str = "",
+    logy: bool = False,
+) -> Axes:
+    """Loss curves of training runs: ``histories`` maps a run's name to its logged records
+    (dicts with ``"step"`` and the ``keys``: an engine ``metrics.jsonl`` or a results
+    file's ``loss_history``). One line per (run, key); runs keep one colour, keys differ
+    by line style."""
+    ax = _figure_axes(ax, (4.4, 2.6))
+    styles = ["-", "--", ":", "-."]
+    for r, (name, records) in enumerate(histories.items()):
+        for k, key in enumerate(keys):
+            points = [(rec["step"], rec[key]) for rec in records if key in rec]
+            if not points:
+                raise KeyError(f"training_curves: run {name!r} logged no {key!r}")
+            steps, values = zip(*points, strict=True)
+            label = name if len(keys) == 1 else (key if len(histories) == 1 else f"{name}: {key}")
+            ax.plot(steps, values, styles[k % len(styles)], color=f"C{r}", label=label)
+    if logy:
+        ax.set_yscale("log")
+    _label_axes(ax, "training step", "loss", title)
+    ax.legend(fontsize=6)
+    return ax
+
+
+def recall_curves(
+    num_proposals: Sequence[int],
+    recalls: dict[str, Sequence[float]],
+    *,
+    iou: float = 0.5,
+    ax: Axes | None = None,
+    title: str = "",
+) -> Axes:
+    """Recall (share of objects some proposal covers at IoU >= ``iou``) against the number
+    of proposals per image (log scale), one curve per method."""
+    ax = _figure_axes(ax, (3.8, 2.6))
+    for k, (name, values) in enumerate(recalls.items()):
+        ax.plot(num_proposals, _np(values), "o-", color=f"C{k}", markersize=3, label=name)
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)
+    _label_axes(ax, "proposals per image", f"recall at IoU {iou:g}", title)
+    ax.legend(fontsize=6)
+    return ax
+
+
+def ablation_bars(
+    summary: dict[str, dict[str, Any]],
+    metric: str,
+    *,
+    names: Sequence[str] | None = None,
+    labels: dict[str, str] | None = None,
+    paper: dict[str, float | None] | None = None,
+    paper_label: str = "paper",
+    ax: Axes | None = None,
+    title: str = "",
+    legend: bool = True,
+) -> Axes:
+    """An ablation table as horizontal bars, in %: each setting's mean ``metric`` over its
+    seeds (a bar), every seed's range (a whisker from the worst to the best seed), and
+    the paper's number (a hollow diamond, ``paper`` in %) where there is one.
+
+    ``summary`` is a results file's ``summary`` (``{setting: {metric: {"mean", "min",
+    "max"}, "n": seeds}}``); ``names`` picks and orders the settings (top to bottom);
+    ``labels`` replaces their names on the axis; ``legend=False`` leaves the legend out
+    (for all but one of several panels). An effect is real only where whiskers do not
+    overlap."""
+    names = list(summary) if names is None else list(names)
+    ax = _figure_axes(ax, (5.0, 0.35 * len(names) + 0.9))
+    y = np.arange(len(names))[::-1]
+    for yi, name in zip(y, names, strict=True):
+        s = summary[name][metric]
+        mean, lo, hi = 100 * s["mean"], 100 * s["min"], 100 * s["max"]
+        ax.barh(yi, mean, color="C0", alpha=0.6, height=0.6)
+        ax.plot([lo, hi], [yi, yi], color="k", linewidth=1.2)
+        ax.plot([lo, hi], [yi, yi], "|", color="k", markersize=8)
+        value = paper.get(name) if paper else None
+        if value is not None:
+            ax.plot(value, yi, "D", mfc="none", color="C3", markersize=5)
+    seeds = sorted({summary[n].get("n", 0) for n in names})
+    handles = [
+        plt.Rectangle((0, 0), 1, 1, color="C0", alpha=0.6),
+        plt.Line2D([], [], color="k", marker="|", markersize=8),
+    ]
+    text = [f"ours, mean of {'/'.join(map(str, seeds))} seeds", "ours, worst to best seed"]
+    if paper and any(v is not None for v in paper.values()):
+        handles.append(plt.Line2D([], [], color="C3", marker="D", mfc="none", linestyle=""))
+        text.append(paper_label)
+    ax.set_yticks(y)
+    ax.set_yticklabels([(labels or {}).get(n, n) for n in names], fontsize=7)
+    _label_axes(ax, f"{metric}, %", "", title)
+    if legend:  # below the axis label, where no bar can hide it
+        ax.legend(handles, text, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3)
+    return ax
+
+
+def ap_vs_seconds(
+    rows: Sequence[dict[str, Any]],
+    metric: str = "AP",
+    *,
+    ax: Axes | None = None,
+    title: str = "",
+) -> Axes:
+    """The evolution table as a picture: each detector's ``metric`` (in %) against its
+    seconds per image (log scale), labelled with its chapter and name. Up and to the left
+    is better."""
+    ax = _figure_axes(ax, (4.6, 2.8))
+    for k, row in enumerate(rows):
+        x, y = row["seconds_per_image"], 100 * row["metrics"][metric]
+        ax.plot(x, y, "o", color=f"C{k}")
+        ax.annotate(
+            f"{row['chapter']} {row['detector']}",
+            (x, y),
+            textcoords="offset points",
+            xytext=(4, 3),
+            fontsize=7,
+        )
+    ax.set_xscale("log")
+    lo = min(r["seconds_per_image"] for r in rows)
+    hi = max(r["seconds_per_image"] for r in rows)
+    ax.set_xlim(lo / 2, hi * 8)
+    _label_axes(ax, "seconds per image (log scale)", f"box {metric}, %", title)
+    return ax
+
+
+# ----------------------------------------------------------------------------------------
+# Feature maps, RoI bins and sampling points (chapters 03, 05 and 06).
+# ----------------------------------------------------------------------------------------
+
+
+def feature_grid(
+    ax: Axes,
+    values: Any = None,
+    size: int | None = None,
+    *,
+    numbers: bool = False,
+    fmt: str = "{:.0f}",
+    cmap: str = "Greys",
+    colorbar: bool = False,
+) -> Axes:
+    """A feature map drawn as its grid of cells, in the coordinates RoIAlign uses: cell
+    ``(r, c)`` is the unit square centred at ``(x, y) = (c, r)``. ``values`` (H, W) shades
+    the cells (``numbers`` writes each value in its cell; ``colorbar`` adds a scale);
+    without values, ``size`` gives an empty ``size x size`` grid."""
+    if values is not None:
+        values = _np(values)
+        size_h, size_w = values.shape
+    else:
+        size_h = size_w = int(size)
+    if values is not None:
+        extent = (-0.5, size_w - 0.5, size_h - 0.5, -0.5)
+        im = ax.imshow(values, cmap=cmap, alpha=0.45, extent=extent)
+        if colorbar:
+            ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+        if numbers:
+            for r in range(size_h):
+                for c in range(size_w):
+                    ax.text(c, r, fmt.format(values[r, c]), ha="center", va="center", fontsize=6)
+    ax.set_xlim(-0.5, size_w - 0.5)
+    ax.set_ylim(size_h - 0.5, -0.5)
+    ax.set_xticks(range(size_w))
+    ax.set_yticks(range(size_h))
+    ax.set_xticks(np.arange(-0.5, size_w), minor=True)
+    ax.set_yticks(np.arange(-0.5, size_h), minor=True)
+    ax.grid(True, which="minor", linewidth=0.4, color="0.6")
+    ax.tick_params(labelsize=6, which="both", length=0)
+    ax.set_aspect("equal")
+    return ax
+
+
+def draw_region(ax: Axes, box: Any, colour: Any = "tab:blue", **kwargs: Any) -> Axes:
+    """One (x1, y1, x2, y2) rectangle drawn exactly where it is, in the axes' coordinates
+    (a box scaled to a :func:`feature_grid`; :func:`draw_boxes` is for image pixels)."""
+    x1, y1, x2, y2 = (float(v) for v in _np(box).reshape(4))
+    kwargs.setdefault("linewidth", 1.2)
+    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, **kwargs))
+    return ax
+
+
+def draw_bins(ax: Axes, cells: Any, colours: Sequence[Any] | None = None, **kwargs: Any) -> Axes:
+    """RoIPool's bins over a :func:`feature_grid`: ``cells`` is ``(ph, pw, 4)`` half-open
+    cell ranges ``(x_start, y_start, x_end, y_end)`` (``roi_ops.roi_pool_cells``). Each
+    bin is outlined just inside its cells, alternately inset, so overlapping bins stay
+    apart; ``colours`` gives one colour per bin (row-major), black by default."""
+    flat = _np(cells).reshape(-1, 4)
+    kwargs.setdefault("linewidth", 1.0)
+    for i, (x0, y0, x1, y1) in enumerate(flat.tolist()):
+        inset = 0.05 + 0.06 * (i % 2)
+        colour = colours[i] if colours is not None else "black"
+        ax.add_patch(
+            Rectangle(
+                (x0 - 0.5 + inset, y0 - 0.5 + inset),
+                x1 - x0 - 2 * inset,
+                y1 - y0 - 2 * inset,
+                fill=False,
+                edgecolor=colour,
+                **kwargs,
+            )
+        )
+    return ax
+
+
+def draw_points(
+    ax: Axes, points: Any, colour: Any = "tab:red", marker: str = "o", size: float = 8
+) -> Axes:
+    """Sampling points ``(..., 2)`` as (x, y) on a :func:`feature_grid`."""
+    flat = _np(points).reshape(-1, 2)
+    ax.scatter(flat[:, 0], flat[:, 1], s=size, color=colour, marker=marker, zorder=3)
+    return ax
+
+
+def value_grid(
+    values: Any,
+    *,
+    ax: Axes | None = None,
+    fmt: str = "{:.2f}",
+    colours: Sequence[Any] | None = None,
+    title: str = "",
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> Axes:
+    """A small (H, W) array as a table of numbers on lightly shaded cells (a pooled RoI);
+    ``colours`` frames each cell (row-major), matching the bins it came from."""
+    values = _np(values)
+    h, w = values.shape
+    ax = _figure_axes(ax, (0.6 * w + 0.5, 0.6 * h + 0.5))
+    ax.imshow(values, cmap="Greys", alpha=0.3, vmin=vmin, vmax=vmax)
+    for i in range(h):
+        for j in range(w):
+            ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=9)
+            if colours is not None:
+                ax.add_patch(
+                    Rectangle(
+                        (j - 0.45, i - 0.45),
+                        0.9,
+                        0.9,
+                        fill=False,
+                        edgecolor=colours[i * w + j],
+                        linewidth=2,
+                    )
+                )
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def heatmap(
+    values: Any,
+    *,
+    ax: Axes | None = None,
+    title: str = "",
+    cmap: str = "viridis",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    colorbar: bool = True,
+) -> Axes:
+    """An (H, W) map (a feature norm, an objectness map) with its colour scale beside it,
+    so a reader can tell what the colours mean."""
+    ax = _figure_axes(ax, (2.2, 2.0))
+    im = ax.imshow(_np(values), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+    return ax

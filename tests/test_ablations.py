@@ -248,6 +248,20 @@ def test_paper_metric_per_table():
     )
     assert "VOC" in ablations.PAPER_METRIC["table8"]
     assert "box AP" in ablations.PAPER_METRIC["table2d"]
+    # VOC mAP is AP at IoU 0.5: those tables compare with our AP50, the COCO ones with AP
+    assert set(ablations.COMPARABLE_METRIC) == set(ablations.TABLES)
+    for table, metric in ablations.COMPARABLE_METRIC.items():
+        voc = "IoU 0.5" in ablations.PAPER_METRIC[table]
+        assert metric == ("AP50" if voc else "AP"), table
+        assert metric in ablations.SUMMARY_METRICS
+
+
+def test_table8_labels_say_which_anchors_ran():
+    for name, setting in ablations.faster_rcnn_grid("table8").items():
+        sizes = setting["overrides"]["anchor_sizes"]
+        assert "/".join(str(s) for s in sizes) + " px" in setting["label"], name
+        if name.startswith("1s"):  # the paper's size beside ours
+            assert f"(paper {name[-3:]}^2)" in setting["label"]
 
 
 @pytest.mark.parametrize("table", ["table2c", "table2d"])
@@ -477,3 +491,29 @@ def test_grid_reports_a_failed_run_and_keeps_the_others(tmp_path, monkeypatch):
         run_specs(specs, tmp_path, workers=0, progress=False, log=logged.append)
     assert len(list(tmp_path.glob("*.json"))) == 1
     assert "about" in logged[0] and any("FAILED bad/seed0" in line for line in logged)
+
+
+def test_read_grid_results_takes_labels_and_order_from_the_grid(tmp_path):
+    from rcnn_steps.utils import write_results
+
+    grid = ablations.faster_rcnn_grid("table8")
+    stale = {name: dict(setting, label="an old label") for name, setting in grid.items()}
+    summary = {name: {"AP50": {"mean": 0.5, "min": 0.4, "max": 0.6}, "n": 2} for name in grid}
+    results = {
+        "table": "table8",
+        "preset": "cpu",
+        "max_iter": 1500,
+        "paper_metric": "old",
+        "settings": stale,
+        "runs": {},
+        "summary": dict(sorted(summary.items())),
+    }
+    path = tmp_path / "ablation_table8.json"
+    write_results(path, results, preset="cpu", seeds=[0, 1])
+    read = ablations.read_grid_results("table8", path)
+    assert read["order"] == list(grid)  # the paper's order, not the file's sorted keys
+    assert read["labels"]["1s1r_128"] == grid["1s1r_128"]["label"] != "an old label"
+    assert read["paper"]["3s3r"] == 69.9 and read["metric"] == "AP50"
+    assert read["summary"]["3s3r"]["AP50"]["mean"] == 0.5
+    with pytest.raises(ValueError, match="holds the grid 'table8', not 'table9'"):
+        ablations.read_grid_results("table9", path)

@@ -27,11 +27,14 @@ from rcnn_steps.roi_ops import (
     FLT_MAX,
     ROI_OP_NAMES,
     RoIOp,
+    bilinear_sample,
     get_roi_op,
     roi_align,
+    roi_align_reference,
     roi_align_sampling_points,
     roi_pool,
     roi_pool_cells,
+    roi_pool_reference,
     roi_warp,
 )
 
@@ -296,81 +299,62 @@ def test_roi_align_gradcheck():
 
 
 # ----------------------------------------------------------------------------------------
-# RoIAlign max: against a loop written from the definition
+# The reference versions (loops written from the papers' definitions), and RoIAlign max
+# judged by the reference where torchvision has no oracle
 # ----------------------------------------------------------------------------------------
-
-
-def bilinear_reference(plane: torch.Tensor, y: float, x: float) -> torch.Tensor:
-    """The value of a (C, H, W) map at (y, x), torchvision's border rules, plain Python."""
-    channels, height, width = plane.shape
-    if y < -1.0 or y > height or x < -1.0 or x > width:
-        return plane[:, 0, 0] * 0  # outside: reads 0 (still part of the graph)
-    y, x = max(y, 0.0), max(x, 0.0)
-    y0, x0 = int(y), int(x)
-    if y0 >= height - 1:
-        y0 = y1 = height - 1
-        y = float(y0)
-    else:
-        y1 = y0 + 1
-    if x0 >= width - 1:
-        x0 = x1 = width - 1
-        x = float(x0)
-    else:
-        x1 = x0 + 1
-    ly, lx = y - y0, x - x0
-    hy, hx = 1 - ly, 1 - lx
-    return (
-        hy * hx * plane[:, y0, x0]
-        + hy * lx * plane[:, y0, x1]
-        + ly * hx * plane[:, y1, x0]
-        + ly * lx * plane[:, y1, x1]
-    )
-
-
-def roi_align_reference(x, rois, output_size, scale, sampling_ratio, aligned, mode):
-    """Mask R-CNN's RoIAlign as loops over RoIs, bins and sampling points (float64)."""
-    ph, pw = output_size
-    outs = []
-    for roi in rois.tolist():
-        b = int(roi[0])
-        offset = 0.5 if aligned else 0.0
-        x1, y1, x2, y2 = (v * scale - offset for v in roi[1:])
-        roi_w, roi_h = x2 - x1, y2 - y1
-        if not aligned:
-            roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
-        bin_w, bin_h = roi_w / pw, roi_h / ph
-        ny = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_h / ph)
-        nx = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_w / pw)
-        bins = []
-        for i in range(ph):
-            for j in range(pw):
-                points = [
-                    bilinear_reference(
-                        x[b],
-                        y1 + i * bin_h + (s + 0.5) * bin_h / ny,
-                        x1 + j * bin_w + (t + 0.5) * bin_w / nx,
-                    )
-                    for s in range(max(ny, 0))
-                    for t in range(max(nx, 0))
-                ]
-                if not points:
-                    bins.append(x[b, :, 0, 0] * 0)
-                elif mode == "avg":
-                    bins.append(torch.stack(points).sum(0) / (ny * nx))
-                else:
-                    bins.append(torch.stack(points).max(0).values)
-        outs.append(torch.stack(bins, 1).view(-1, ph, pw))
-    return torch.stack(outs)
 
 
 @pytest.mark.parametrize(("sampling_ratio", "aligned"), [(2, False), (3, True), (-1, False)])
 def test_reference_loop_equals_torchvision_in_avg_mode(sampling_ratio, aligned):
-    """The reference loop is right (checked where an oracle exists)..."""
+    """The reference loop is right (checked where an oracle exists), forward and backward,
+    and so is the fast version beside it..."""
     x = feature_map(2, 3, 7, 8, torch.float64, seed=19)
     rois = random_rois(2, 4, 7, 8, 0.5, torch.float64, seed=20)
-    ref = roi_align_reference(x, rois, (3, 2), 0.5, sampling_ratio, aligned, "avg")
-    theirs = tv.roi_align(x, rois, (3, 2), 0.5, sampling_ratio, aligned)
-    torch.testing.assert_close(ref, theirs, **tolerance(torch.float64))
+    args = ((3, 2), 0.5, sampling_ratio, aligned)
+    ref = forward_backward(roi_align_reference, x, rois, *args)
+    theirs = forward_backward(tv.roi_align, x, rois, *args)
+    ours = forward_backward(roi_align, x, rois, *args)
+    for other in (theirs, ours):
+        torch.testing.assert_close(ref[0], other[0], **tolerance(torch.float64))
+        torch.testing.assert_close(ref[1], other[1], **tolerance(torch.float64))
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_roi_align_reference_equals_fast_version_in_float32_too(dtype):
+    x = feature_map(2, 3, 9, 11, dtype, seed=25)
+    rois = random_rois(2, 20, 9, 11, 0.25, dtype, seed=26)
+    for mode in ("avg", "max"):
+        ref = roi_align_reference(x, rois, 4, 0.25, -1, False, mode)
+        torch.testing.assert_close(
+            ref, roi_align(x, rois, 4, 0.25, -1, False, mode), **tolerance(dtype)
+        )
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize(("output_size", "scale"), [(7, 0.25), ((3, 5), 0.5), (2, 1 / 16)])
+def test_roi_pool_reference_equals_torchvision_and_the_fast_version(
+    dtype, relu, output_size, scale
+):
+    """The outputs exactly; the gradients to rounding (several bins that pick one cell add
+    up their gradients in another order). ReLU maps: ties go to the first cell of a bin."""
+    x = feature_map(2, 3, 9, 11, dtype, seed=27, relu=relu)
+    rois = random_rois(2, 30, 9, 11, scale, dtype, seed=28)
+    ref = forward_backward(roi_pool_reference, x, rois, output_size, scale)
+    for fn in (tv.roi_pool, roi_pool):
+        out, grad = forward_backward(fn, x, rois, output_size, scale)
+        exactly_equal(ref[0], out)
+        torch.testing.assert_close(ref[1], grad, **tolerance(dtype))
+
+
+def test_reference_versions_take_the_same_inputs():
+    x = feature_map(2, 3, 6, 6, seed=29)
+    boxes = [torch.tensor([[1.0, 2.0, 20.0, 18.0]]), torch.tensor([[0.0, 0.0, 9.0, 30.0]])]
+    for ref, fast in ((roi_pool_reference, roi_pool), (roi_align_reference, roi_align)):
+        torch.testing.assert_close(ref(x, boxes, 2, 0.25), fast(x, boxes, 2, 0.25))
+        assert ref(x, [torch.zeros(0, 4)], 3, 0.25).shape == (0, 3, 3, 3)
+        with pytest.raises(ValueError, match="shape \\(N, C, H, W\\)"):
+            ref(x[0], boxes, 2, 0.25)
 
 
 @pytest.mark.parametrize(
@@ -709,3 +693,12 @@ class TestOnCuda:
         on_gpu = forward_backward(op, x.to(self.device), rois.to(self.device), 3)
         torch.testing.assert_close(on_gpu[0].cpu(), on_cpu[0], **tolerance(torch.float64))
         torch.testing.assert_close(on_gpu[1].cpu(), on_cpu[1], **tolerance(torch.float64))
+
+
+def test_bilinear_sample_weights_the_four_cells_and_reads_zero_far_outside():
+    plane = torch.arange(12.0).reshape(1, 3, 4)  # value = 4 r + c
+    assert bilinear_sample(plane, 1.0, 2.0).item() == 6.0  # on a cell centre: that cell
+    assert bilinear_sample(plane, 0.5, 0.25).item() == pytest.approx(4 * 0.5 + 0.25)  # linear
+    assert bilinear_sample(plane, -0.5, -0.5).item() == 0.0  # clamped onto cell (0, 0)
+    assert bilinear_sample(plane, 2.5, 3.5).item() == 11.0  # past the last cell: the last
+    assert bilinear_sample(plane, -1.5, 1.0).item() == 0.0  # more than a cell outside

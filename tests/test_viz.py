@@ -6,6 +6,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
@@ -67,4 +68,110 @@ def test_draw_target_and_detections_on_dataset_items(tiny_synth):
     fig, axes = viz.image_grid(5, cols=4)
     assert len(axes) == 5 and len(fig.axes) == 8
     assert SKELETON  # the synthetic skeleton is what draw_target is given in the book
+    plt.close("all")
+
+
+# Measurements as pictures
+
+
+def test_curves_histogram_and_pr_curve():
+    ax = viz.curves(
+        {"a": ([0, 1, 2], [1.0, 0.5, 0.2]), "b": ([0, 1, 2], [1.0, 0.8, 0.6])},
+        xlabel="shift",
+        ylabel="IoU",
+        hlines=(0.5, 0.75),
+        logx=False,
+    )
+    assert [ln.get_label() for ln in ax.get_lines()][:2] == ["a", "b"]
+    assert len(ax.get_lines()) == 4 and ax.get_xlabel() == "shift"
+    ax = viz.histogram([1, 2, 2, 3], bins=[0, 1, 2, 3, 4], marks=(2.5,))
+    assert sum(p.get_height() for p in ax.patches) == 4 and len(ax.get_lines()) == 1
+    ax = viz.pr_curve(np.array([0.25, 0.5, 0.5]), np.array([1.0, 1.0, 0.667]))
+    envelope = ax.get_lines()[1]
+    assert envelope.get_ydata()[-1] == pytest.approx(0.667)  # the best precision from there on
+    plt.close("all")
+
+
+def test_training_curves_one_line_per_run_and_key():
+    run = [{"step": 10, "total_loss": 2.0, "loss_cls": 1.5}, {"step": 20, "total_loss": 1.0}]
+    ax = viz.training_curves({"seed 0": run, "seed 1": run}, keys=("total_loss",))
+    assert [ln.get_label() for ln in ax.get_lines()] == ["seed 0", "seed 1"]
+    assert list(ax.get_lines()[0].get_xdata()) == [10, 20]
+    ax = viz.training_curves({"r": run}, keys=("total_loss", "loss_cls"))
+    assert [ln.get_label() for ln in ax.get_lines()] == ["total_loss", "loss_cls"]
+    assert list(ax.get_lines()[1].get_xdata()) == [10]  # only the records that logged it
+    with pytest.raises(KeyError, match="logged no 'loss_box'"):
+        viz.training_curves({"r": run}, keys=("loss_box",))
+    plt.close("all")
+
+
+def test_recall_curves_and_ap_vs_seconds():
+    ax = viz.recall_curves([10, 100], {"ours": [0.3, 0.9], "opencv": [0.4, 0.7]}, iou=0.7)
+    assert ax.get_xscale() == "log" and "0.7" in ax.get_ylabel()
+    rows = [
+        {"chapter": "02", "detector": "R-CNN", "metrics": {"AP": 0.5}, "seconds_per_image": 0.4},
+        {"chapter": "04", "detector": "Faster", "metrics": {"AP": 0.3}, "seconds_per_image": 0.01},
+    ]
+    ax = viz.ap_vs_seconds(rows)
+    assert [t.get_text() for t in ax.texts] == ["02 R-CNN", "04 Faster"]
+    assert ax.get_lines()[0].get_ydata()[0] == pytest.approx(50.0)  # in %
+    plt.close("all")
+
+
+def test_ablation_bars_show_mean_spread_and_paper_in_percent():
+    summary = {
+        "a": {"AP50": {"mean": 0.6, "min": 0.55, "max": 0.65}, "n": 2},
+        "b": {"AP50": {"mean": 0.4, "min": 0.39, "max": 0.41}, "n": 2},
+    }
+    ax = viz.ablation_bars(
+        summary, "AP50", names=["b", "a"], labels={"a": "setting A"}, paper={"a": 69.9, "b": None}
+    )
+    bars = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert [round(b.get_width(), 6) for b in bars] == [40.0, 60.0]  # top to bottom: b, a
+    whiskers = [ln for ln in ax.get_lines() if ln.get_marker() == "None"]
+    spans = sorted(tuple(round(float(x), 6) for x in w.get_xdata()) for w in whiskers)
+    assert spans == [(39.0, 41.0), (55.0, 65.0)]
+    diamonds = [ln for ln in ax.get_lines() if ln.get_marker() == "D"]
+    assert len(diamonds) == 1 and diamonds[0].get_xdata()[0] == 69.9
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["b", "setting A"]
+    assert "%" in ax.get_xlabel() and ax.get_legend() is not None
+    ax = viz.ablation_bars(summary, "AP50", legend=False)
+    assert ax.get_legend() is None
+    plt.close("all")
+
+
+def test_feature_grid_regions_bins_points_and_value_grid():
+    fig, ax = plt.subplots()
+    viz.feature_grid(ax, torch.arange(16.0).reshape(4, 4), numbers=True, colorbar=True)
+    assert ax.get_xlim() == (-0.5, 3.5) and len(ax.texts) == 16 and len(fig.axes) == 2
+    viz.draw_region(ax, torch.tensor([0.5, 0.5, 2.0, 3.0]), "blue")
+    (region,) = _rects(ax)
+    assert (region.get_x(), region.get_width(), region.get_height()) == (0.5, 1.5, 2.5)
+    cells = torch.tensor([[[0, 0, 2, 3], [1, 0, 4, 3]]])  # two bins sharing column 1
+    viz.draw_bins(ax, cells, colours=["red", "green"])
+    bins = _rects(ax)[1:]
+    assert len(bins) == 2 and bins[0].get_x() > -0.5 and bins[1].get_x() + bins[1].get_width() < 3.5
+    viz.draw_points(ax, torch.zeros(2, 2, 2))
+    assert len(ax.collections[-1].get_offsets()) == 4
+    ax = viz.value_grid(np.array([[1.0, 2.0], [3.0, 4.0]]), colours=["r", "g", "b", "k"])
+    assert [t.get_text() for t in ax.texts] == ["1.00", "2.00", "3.00", "4.00"]
+    assert len(_rects(ax)) == 4
+    ax = viz.heatmap(np.zeros((3, 3)), title="objectness")
+    assert len(ax.figure.axes) == 2  # the map and its colour bar
+    plt.close("all")
+
+
+def test_draw_detections_without_captions():
+    dets = {"boxes": torch.tensor([[1.0, 1.0, 5.0, 5.0]]), "labels": [1], "scores": [0.9]}
+    ax = viz.draw_detections(torch.zeros(3, 8, 8), dets, ["bg", "a"], captions=False)
+    assert len(_rects(ax)) == 1 and not ax.texts
+    plt.close("all")
+
+
+def test_before_after_scatter_with_diagonal_and_thresholds():
+    ax = viz.before_after([0.3, 0.6], [0.5, 0.55], lines=(0.5,))
+    assert len(ax.collections[0].get_offsets()) == 2
+    diagonal = ax.get_lines()[0]
+    assert list(diagonal.get_xdata()) == list(diagonal.get_ydata())  # y = x
+    assert len(ax.get_lines()) == 3  # the diagonal and the threshold on each axis
     plt.close("all")
