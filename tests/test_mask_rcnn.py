@@ -353,3 +353,14 @@ def test_gpu_and_coco_presets_build_and_take_one_step_on_cpu(preset):
         assert (schedule.momentum, schedule.weight_decay) == (0.9, 1e-4)
         assert config.rpn_post_nms_top_n_test == 1000 and config.detections_per_img == 100
         assert feed["batch_size"] == 2 and feed["max_size"] == 1333
+
+
+def test_keypoint_ap_of_noisy_truth_is_one_without_noise_and_falls_with_it(tiny_synth):
+    from rcnn_steps.runner import keypoint_ap_of_noisy_truth, load_datasets
+
+    _, val = load_datasets(tiny_synth)
+    ap = keypoint_ap_of_noisy_truth(val, val.image_ids, [0, 1, 8], seed=0)
+    assert ap[0.0] == 1.0
+    assert ap[0.0] > ap[1.0] > ap[8.0]
+    with pytest.raises(ValueError, match="no labelled keypoints"):
+        keypoint_ap_of_noisy_truth(val, [], [0])
