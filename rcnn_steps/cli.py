@@ -275,6 +275,7 @@ def _train_command(args: argparse.Namespace) -> int:
         shown = {k: v for k, v in final.items() if k.endswith("/AP")}
         print(f"{out}: step {result.step}, " + ", ".join(f"{k} {v}" for k, v in shown.items()))
     if world > 1:
+        torch.distributed.barrier()  # no rank tears gloo down while another still uses it
         torch.distributed.destroy_process_group()
     return 0
 

@@ -59,6 +59,7 @@ def _train_classifier(rank, world, port, out_dir, batch):
     sampler = distributed_sampler(data, seed=0, shuffle=False)
     loader = torch.utils.data.DataLoader(data, batch_size=batch, sampler=sampler)
     train(_classifier(), loader, _config(out_dir), loss_fn=classification_loss)
+    torch.distributed.barrier()  # no rank tears gloo down while another still uses it
     torch.distributed.destroy_process_group()
 
 
@@ -100,6 +101,7 @@ def _train_detector(rank, world, port, root, out_dir, stop_at, resume):
     model = FasterRCNN(DetectorConfig.ci_mask(keypoint_counts=(0, 0, 0, 0, 0, 11)))
     config = _config(out_dir, max_iter=4, lr=0.01, checkpoint_every=2)
     train(model, loader, config, stop_at=stop_at, resume=resume)
+    torch.distributed.barrier()  # no rank tears gloo down while another still uses it
     torch.distributed.destroy_process_group()
 
 
