@@ -476,7 +476,13 @@ MASK_TABLES = (
     "mrcnn_5",
     "mrcnn_6",
     "mrcnn_pixels",
+    "mrcnn_long",
 )
+#: The final model of chapter 08: the base with the exact pixel convention (the best mask AP
+#: of the grids), trained at :data:`LONG_MAX_ITER` iterations for ``mrcnn_long``.
+FINAL_OVERRIDES: dict[str, Any] = {"mask_aligned": True}
+#: The final model's budget: 4x the grids' 1500 iterations of ``cpu_mask``.
+LONG_MAX_ITER = 6000
 #: Our metric beside each Mask R-CNN table's paper numbers (``segm``: mask AP, ``bbox``:
 #: box AP, ``keypoints``: keypoint AP), as :func:`rcnn_steps.runner.evaluate` names them.
 MASK_TABLE_METRIC = {
@@ -489,6 +495,7 @@ MASK_TABLE_METRIC = {
     "mrcnn_5": "keypoints",
     "mrcnn_6": "keypoints",
     "mrcnn_pixels": "segm",
+    "mrcnn_long": "segm",
 }
 PAPER_METRIC.update(
     {
@@ -504,6 +511,7 @@ PAPER_METRIC.update(
         "mrcnn_5": "Mask R-CNN Table 5 (ResNet-50-FPN), COCO minival person keypoint AP, %",
         "mrcnn_6": "Mask R-CNN Table 6 (ResNet-50-FPN), COCO minival person keypoint AP, %",
         "mrcnn_pixels": "not in the paper: the pixel convention of mask targets and pasting",
+        "mrcnn_long": "Mask R-CNN Table 2(c) (ResNet-50-C4), COCO minival mask AP / AP50 / AP75, %",
     }
 )
 COMPARABLE_METRIC.update({t: "AP" for t in MASK_TABLES})
@@ -547,6 +555,11 @@ def mask_rcnn_grid(table: str) -> dict[str, dict[str, Any]]:
       targets by RoIAlign without the half-pixel shift, masks pasted into a box rounded
       a pixel too large) vs ``exact`` (``mask_aligned=True``, Detectron2's convention;
       chapter 07 measures what the round trip loses with each).
+    - ``mrcnn_long`` (the final model's budget; mask AP): ``roialign`` (the final model:
+      the base with ``mask_aligned=True``) vs ``roipool`` (the same with RoIPool in every
+      branch), meant to run at ``--max-iter`` :data:`LONG_MAX_ITER` (4x the grids'
+      budget), to show that the headline effect of Table 2(c) holds for a longer-trained
+      model.
     """
     if table == "mrcnn_2a":
         c4 = {"fpn": False, "feature_stage": "c4", "box_head": "c5", "mask_head": "c5",
@@ -622,6 +635,19 @@ def mask_rcnn_grid(table: str) -> dict[str, dict[str, Any]]:
             "torchvision": _mask_setting({}, None, "torchvision's pixel convention"),
             "exact": _mask_setting({"mask_aligned": True}, None, "exact (Detectron2's)"),
         }
+    if table == "mrcnn_long":
+        return {
+            "roipool": _mask_setting(
+                {**FINAL_OVERRIDES, "roi_op": "roipool"},
+                _ap_triple(_PAPER_2C["roipool"]),
+                "RoIPool, exact pixels",
+            ),  # fmt: skip
+            "roialign": _mask_setting(
+                FINAL_OVERRIDES,
+                _ap_triple(_PAPER_2C["roialign_avg"]),
+                "RoIAlign avg, exact pixels (the final model)",
+            ),  # fmt: skip
+        }
     raise ValueError(f"mask_rcnn_grid: unknown table {table!r}; one of {list(MASK_TABLES)}.")
 
 
@@ -650,10 +676,13 @@ def run_key(name: str, seed: int) -> str:
     return f"{name}/seed{int(seed)}"
 
 
-def _specs(table, settings, seeds, preset, max_iter, root, num_eval_images, timing_threads):
+def _specs(table, settings, seeds, preset, max_iter, root, num_eval_images, timing_threads,
+           keep_runs=None):  # fmt: skip
+    from dataclasses import replace
+
     from rcnn_steps.grid import RunSpec
 
-    return [
+    specs = [
         RunSpec(
             name=name,
             seed=int(seed),
@@ -669,6 +698,9 @@ def _specs(table, settings, seeds, preset, max_iter, root, num_eval_images, timi
         for name, setting in settings.items()
         for seed in seeds
     ]
+    if keep_runs is None:
+        return specs
+    return [replace(s, out_dir=str(Path(keep_runs) / f"{s.name}-{s.key()}")) for s in specs]
 
 
 def run_tables(
@@ -687,6 +719,7 @@ def run_tables(
     progress: bool = True,
     verbose: bool = True,
     paths: dict[str, str | Path] | None = None,
+    keep_runs: str | Path | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run every (setting, seed) of ``tables`` (:func:`rcnn_steps.grid.run_specs`: in
     ``workers`` processes of one thread, each run cached in ``cache_dir``, default
@@ -698,7 +731,9 @@ def run_tables(
     seed): run}``) and ``summary`` (:func:`rcnn_steps.grid.summarise`). A file made with
     another preset, ``max_iter`` or number of evaluation images is refused rather than
     mixed. ``settings`` restricts the tables to some setting names. Returns ``{table:
-    results}``. ``paths`` names another file for some tables."""
+    results}``. ``paths`` names another file for some tables; ``keep_runs`` keeps each
+    run's checkpoint (``last.pt``) and ``metrics.jsonl`` in ``keep_runs/<setting>-<key>/``
+    (:func:`rcnn_steps.engine.export_weights` makes a weights-only copy to share)."""
     from rcnn_steps.grid import run_specs, summarise
     from rcnn_steps.runner import schedule
     from rcnn_steps.utils import read_results, write_results
@@ -732,7 +767,7 @@ def run_tables(
             runs = dict(held.get("runs", {}))
             earlier = list(old["provenance"].get("seeds") or [])
         specs = _specs(table, chosen, seeds, preset, max_iter, root, num_eval_images,
-                       timing_threads)  # fmt: skip
+                       timing_threads, keep_runs)  # fmt: skip
         all_specs += specs
         plans[table] = dict(
             preset=preset, full=full, iters=iters, out=out, runs=runs,
@@ -871,6 +906,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     gr.add_argument("--timing-threads", type=int, default=1,
                     help="threads while val images are timed")  # fmt: skip
     gr.add_argument("--root", type=Path, default=None, help="a synthetic/COCO-format set")
+    gr.add_argument("--keep-runs", type=Path, default=None,
+                    help="keep each run's last.pt and metrics.jsonl here")  # fmt: skip
     gr.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     out_dir = args.out_dir or results_dir()
@@ -886,6 +923,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         timing_threads=args.timing_threads,
         workers=args.workers,
         progress=not args.no_progress,
+        keep_runs=args.keep_runs,
     )
     for results in tables.values():
         _print_summary(results)

@@ -583,6 +583,31 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     return checkpoint
 
 
+#: What a weights-only copy keeps of a training checkpoint (what ``predict`` and
+#: :func:`rcnn_steps.cli.load_run` need): no optimizer state, RNG or metrics window.
+EXPORTED_KEYS = ("model", "model_description", "step", "config", "eval_history")
+
+
+def export_weights(
+    checkpoint: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
+    """Write a weights-only copy of a training checkpoint (verified on load) to ``out``:
+    the model's state dict, its description (the config that rebuilds it), the step, the
+    training config and the evaluations, with a fresh checksum; about a third of
+    ``last.pt``'s size, for sharing or committing a trained model. ``out`` is never
+    overwritten unless ``overwrite``."""
+    src, out = Path(checkpoint), Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists: pass overwrite=True to replace it, or another path")
+    if out.resolve() == src.resolve():
+        raise ValueError(f"export_weights: {out} is the checkpoint itself; pick another path")
+    saved = load_checkpoint(src)
+    if "model" not in saved:
+        raise CheckpointError(f"checkpoint {src} holds no model weights ('model' is missing)")
+    save_checkpoint(out, {k: saved[k] for k in EXPORTED_KEYS if k in saved})
+    return out
+
+
 def _short_reason(error: BaseException) -> str:
     """The error's type and the first sentence of its message, nothing about loading
     the file unsafely."""

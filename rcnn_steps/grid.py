@@ -76,6 +76,9 @@ class RunSpec:
     num_eval_images: int | None = None
     root: str | None = None
     timing_threads: int | None = None
+    #: where to keep the run's checkpoint and metrics.jsonl (not part of the key: keeping
+    #: a run does not change its result); None keeps nothing
+    out_dir: str | None = None
 
     def key(self) -> str:
         """The cache key: a hash of everything that decides the run's result (not its
@@ -151,6 +154,7 @@ def _run_one(spec: RunSpec) -> dict[str, Any]:
         root=spec.root,
         num_eval_images=spec.num_eval_images,
         timing_threads=spec.timing_threads,
+        out_dir=spec.out_dir,
     )
     record["commit"] = git_commit()
     record["code_diff_sha256"] = code_diff_hash()

@@ -476,6 +476,43 @@ def test_mask_tables_run_in_parallel_workers_and_share_runs(tiny_synth, tmp_path
     assert "2 already in" in printed[0] and "0 to do" in printed[0]
 
 
+def test_long_table_is_the_final_model_and_kept_runs_export_and_load(tiny_synth, tmp_path):
+    from rcnn_steps.cli import load_run
+    from rcnn_steps.engine import CheckpointError, export_weights, load_checkpoint
+
+    grid = ablations.mask_rcnn_grid("mrcnn_long")
+    final = grid["roialign"]["overrides"]
+    assert final == {**ablations.MASK_BASE, **ablations.FINAL_OVERRIDES}
+    assert grid["roipool"]["overrides"] == {**final, "roi_op": "roipool"}
+    # keeping a run's checkpoint does not change its cache key
+    kwargs = dict(root=tiny_synth, num_eval_images=2, verbose=False, progress=False)
+    table = ablations.run_tables(
+        ["mrcnn_long"], [0], "ci", tmp_path, max_iter=2, workers=0, settings=["roialign"],
+        keep_runs=tmp_path / "kept", **kwargs,
+    )["mrcnn_long"]  # fmt: skip
+    assert table["runs"]["roialign/seed0"]["spec"]["out_dir"].startswith(str(tmp_path / "kept"))
+    folders = list((tmp_path / "kept").iterdir())
+    assert len(folders) == 1 and folders[0].name.startswith("roialign-ci_mask-s0-")
+    assert (tmp_path / "runs" / f"{folders[0].name.removeprefix('roialign-')}.json").exists()
+    last = folders[0] / "last.pt"
+    out = export_weights(last, tmp_path / "final.pt")
+    assert out.stat().st_size < last.stat().st_size
+    assert set(load_checkpoint(out)) <= {"model", "model_description", "step", "config",
+                                         "eval_history"}  # fmt: skip
+    model, _ = load_run(out)
+    full = load_checkpoint(last)["model"]
+    assert all(torch.equal(v, full[k]) for k, v in model.state_dict().items())
+    assert model.config.mask_aligned and model.config.roi_op == "roialign_avg"
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        export_weights(last, out)
+    with pytest.raises(ValueError, match="the checkpoint itself"):
+        export_weights(last, last, overwrite=True)
+    (tmp_path / "bad.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        export_weights(tmp_path / "bad.pt", tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
+
+
 def test_grid_reports_a_failed_run_and_keeps_the_others(tmp_path, monkeypatch):
     from rcnn_steps.grid import RunSpec, run_specs
 
