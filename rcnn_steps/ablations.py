@@ -444,6 +444,63 @@ def read_grid_results(table: str, path: str | Path | None = None) -> dict[str, A
     }
 
 
+def compare_settings(
+    grid: dict[str, Any],
+    baseline: str,
+    variant: str,
+    metric: str = "AP",
+    *,
+    family: str | None = None,
+    paper_key: str = "paper",
+) -> dict[str, Any]:
+    """One effect of a table, ours beside the paper's: ``variant`` minus ``baseline``.
+
+    ``grid`` is :func:`read_grid_results`'s dict; ``metric`` one of the paper's (``AP``,
+    ``AP50``, ``AP75``, also ``APs``/``APm``/``APl`` for ours), read in ``family``
+    (default: the table's, e.g. ``mask_`` for the mask tables; ``""`` for boxes);
+    ``paper_key`` picks the paper's numbers (``paper_box`` for Table 2(d)'s boxes).
+    Returns, in AP points (%): ``ours`` (the difference of the seed means), ``ours_min``
+    / ``ours_max`` (of the per-seed means: variant's worst minus baseline's best and the
+    reverse), ``separated`` (the two settings' seed ranges do not overlap: the effect is
+    beyond the seed spread), ``paper`` (None where the paper has no number),
+    ``same_direction`` and ``ratio`` (ours / the paper's effect; None without one or
+    where the paper's is 0), and
+    ``verdict``, the sentence a chapter prints."""
+    fam = grid["family"] if family is None else family
+    a, b = grid["summary"][baseline], grid["summary"][variant]
+    for name, s in ((baseline, a), (variant, b)):
+        if not s.get("n") or fam + metric not in s:
+            raise ValueError(
+                f"{grid['table']}: setting {name!r} has no {fam + metric} yet; run "
+                f"`python -m rcnn_steps.ablations grid --tables {grid['table']}`"
+            )
+    ma, mb = a[fam + metric], b[fam + metric]
+    ours = 100 * (mb["mean"] - ma["mean"])
+    low, high = 100 * (mb["min"] - ma["max"]), 100 * (mb["max"] - ma["min"])
+    paper_a, paper_b = a.get(paper_key) or {}, b.get(paper_key) or {}
+    paper = None
+    if metric in paper_a and metric in paper_b:
+        paper = round(paper_b[metric] - paper_a[metric], 2)
+    separated = low > 0 or high < 0
+    same = None if paper is None or paper == 0 else (ours > 0) == (paper > 0)
+    ratio = None if paper is None or paper == 0 else ours / paper
+    if paper is None:
+        verdict = "no paper number"
+    elif paper == 0:
+        verdict = "the paper saw no difference"
+    elif same:
+        verdict = f"reproduces in direction, {ratio:.1f}x the paper's effect"
+    else:
+        verdict = "opposite to the paper"
+    verdict += ", beyond the seed spread" if separated else ", within the seed spread"
+    return {
+        "baseline": baseline, "variant": variant, "metric": fam + metric,
+        "ours": round(ours, 2), "ours_min": round(low, 2), "ours_max": round(high, 2),
+        "separated": separated, "paper": paper, "same_direction": same,
+        "ratio": None if ratio is None else round(ratio, 2), "verdict": verdict,
+    }  # fmt: skip
+
+
 def _ap_triple(values: tuple[float, float, float]) -> dict[str, float]:
     return dict(zip(("AP", "AP50", "AP75"), values, strict=True))
 

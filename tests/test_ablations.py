@@ -554,3 +554,49 @@ def test_read_grid_results_takes_labels_and_order_from_the_grid(tmp_path):
     assert read["summary"]["3s3r"]["AP50"]["mean"] == 0.5
     with pytest.raises(ValueError, match="holds the grid 'table8', not 'table9'"):
         ablations.read_grid_results("table9", path)
+
+
+def _toy_grid(values: dict[str, list[float]], paper: dict[str, float | None]) -> dict:
+    from rcnn_steps.grid import _spread
+
+    summary = {
+        name: {
+            "n": len(v),
+            "mask_AP": _spread(v),
+            "paper": None if paper[name] is None else {"AP": paper[name]},
+        }
+        for name, v in values.items()
+    }
+    return {"table": "toy", "family": "mask_", "summary": summary}
+
+
+@pytest.mark.parametrize(
+    "values, paper, want",
+    [
+        ({"a": [0.30, 0.32], "b": [0.40, 0.41]}, {"a": 26.9, "b": 30.3},
+         ("reproduces in direction, 2.8x the paper's effect, beyond the seed spread", True)),
+        ({"a": [0.30, 0.36], "b": [0.33, 0.35]}, {"a": 30.0, "b": 31.0},
+         ("reproduces in direction, 1.0x the paper's effect, within the seed spread", False)),
+        ({"a": [0.40, 0.41], "b": [0.30, 0.32]}, {"a": 26.9, "b": 30.3},
+         ("opposite to the paper, beyond the seed spread", True)),
+        ({"a": [0.40, 0.41], "b": [0.30, 0.32]}, {"a": 31.5, "b": 31.5},
+         ("the paper saw no difference, beyond the seed spread", True)),
+        ({"a": [0.40, 0.41], "b": [0.30, 0.32]}, {"a": None, "b": 31.5},
+         ("no paper number, beyond the seed spread", True)),
+    ],
+)  # fmt: skip
+def test_compare_settings_says_what_reproduces(values, paper, want):
+    c = ablations.compare_settings(_toy_grid(values, paper), "a", "b")
+    assert (c["verdict"], c["separated"]) == want
+    mean = lambda v: 100 * statistics.mean(v)  # noqa: E731
+    assert c["ours"] == pytest.approx(mean(values["b"]) - mean(values["a"]), abs=0.01)
+    assert c["ours_min"] == pytest.approx(100 * (min(values["b"]) - max(values["a"])), abs=0.01)
+    if c["ratio"] is not None:
+        assert c["ratio"] == pytest.approx(c["ours"] / c["paper"], abs=0.01)
+
+
+def test_compare_settings_refuses_a_setting_not_run_yet():
+    grid = _toy_grid({"a": [0.3], "b": [0.4]}, {"a": None, "b": None})
+    grid["summary"]["b"] = {"n": 0, "paper": None}
+    with pytest.raises(ValueError, match="'b' has no mask_AP yet.*--tables toy"):
+        ablations.compare_settings(grid, "a", "b")

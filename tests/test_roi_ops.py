@@ -35,6 +35,7 @@ from rcnn_steps.roi_ops import (
     roi_pool,
     roi_pool_cells,
     roi_pool_reference,
+    roi_pool_region,
     roi_warp,
 )
 
@@ -702,3 +703,29 @@ def test_bilinear_sample_weights_the_four_cells_and_reads_zero_far_outside():
     assert bilinear_sample(plane, -0.5, -0.5).item() == 0.0  # clamped onto cell (0, 0)
     assert bilinear_sample(plane, 2.5, 3.5).item() == 11.0  # past the last cell: the last
     assert bilinear_sample(plane, -1.5, 1.0).item() == 0.0  # more than a cell outside
+
+
+def test_roi_pool_region_is_the_union_of_roipools_bins_and_its_iou():
+    from torchvision.ops import box_iou as tv_box_iou
+
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(40, 2, generator=g) * 100
+    wh = torch.rand(40, 2, generator=g) * 60 + 2
+    boxes = torch.cat([xy, xy + wh], 1)
+    for scale in (1 / 4, 1 / 16):
+        regions, iou = roi_pool_region(boxes, scale)
+        for box, region, value in zip(boxes, regions, iou, strict=True):
+            cells = roi_pool_cells(box, scale, 7)
+            union = torch.stack([cells[..., :2].amin((0, 1)), cells[..., 2:].amax((0, 1))])
+            assert torch.equal(region, union.flatten().float() / scale)
+            want = tv_box_iou(box[None], region[None])[0, 0]
+            assert value == pytest.approx(want.item(), abs=1e-6)
+    # on cell boundaries RoIPool reads the box exactly ... except its inclusive last cell
+    _, iou = roi_pool_region(torch.tensor([[16.0, 16.0, 48.0, 48.0]]), 1 / 16)
+    assert iou.item() == pytest.approx((32 * 32) / (48 * 48))
+    # the error shrinks as the box spans more cells
+    shifted = torch.tensor([[5.0, 5.0, 5.0 + w, 5.0 + w] for w in (16.0, 64.0, 256.0)])
+    _, iou = roi_pool_region(shifted, 1 / 16)
+    assert iou[0] < iou[1] < iou[2]
+    with pytest.raises(ValueError, match=r"\(R, 4\) tensor"):
+        roi_pool_region(torch.zeros(4), 1 / 16)
