@@ -52,7 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from rcnn_steps.boxes import box_area
-from rcnn_steps.roi_ops import get_roi_op
+from rcnn_steps.roi_ops import get_roi_op, roi_pool_region
 
 __all__ = ["LevelMapper", "MultiScaleRoIPooler", "feature_level"]
 
@@ -113,6 +113,30 @@ class LevelMapper:
 
     def __call__(self, boxes: Tensor | Sequence[Tensor]) -> Tensor:
         return self.level(boxes) - self.k_min
+
+
+def roi_size_in_cells(boxes: Tensor, mapper: LevelMapper) -> tuple[Tensor, Tensor, Tensor]:
+    """How many cells each RoI spans on the level FPN eq. (1) pools it from, and what
+    RoIPool's rounding to cells costs it there (chapter 08's object-size experiment).
+
+    Args:
+        boxes: ``(R, 4)`` xyxy boxes in image pixels.
+        mapper: the pyramid's :class:`LevelMapper` (our ``cpu_mask``: s0 = 56, k0 = 4;
+            the paper's: s0 = 224).
+
+    Returns:
+        ``(cells, iou, level)``, each ``(R,)``: ``sqrt(w h) / 2**k`` (the box's side in
+        cells of its level k), the IoU of the box with the region RoIPool reads of it
+        (:func:`rcnn_steps.roi_ops.roi_pool_region`) and k itself.
+    """
+    level = mapper.level(boxes)
+    stride = 2.0 ** level.to(boxes.dtype)
+    cells = torch.sqrt(box_area(boxes)) / stride
+    iou = torch.empty_like(cells)
+    for k in level.unique().tolist():
+        on_level = level == k
+        iou[on_level] = roi_pool_region(boxes[on_level], 2.0**-k)[1]
+    return cells, iou, level
 
 
 def feature_level(feature: Tensor, image_shape: Sequence[int]) -> int:

@@ -5,7 +5,12 @@ import torch
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import LevelMapper as TvLevelMapper
 
-from rcnn_steps.poolers import LevelMapper, MultiScaleRoIPooler, feature_level
+from rcnn_steps.poolers import (
+    LevelMapper,
+    MultiScaleRoIPooler,
+    feature_level,
+    roi_size_in_cells,
+)
 from rcnn_steps.roi_ops import ROI_OP_NAMES, get_roi_op
 
 
@@ -166,3 +171,22 @@ def test_clear_errors():
         MultiScaleRoIPooler()([feats["p2"], torch.zeros(2, 3, 16, 16)], boxes, (128, 128))
     with pytest.raises(ValueError, match="unknown RoI layer"):
         MultiScaleRoIPooler("roialign")
+
+
+def test_roi_size_in_cells_reads_each_box_on_its_own_level():
+    from rcnn_steps.roi_ops import roi_pool_region
+
+    boxes = torch.tensor(
+        [[3.0, 5.0, 23.0, 21.0], [10.5, 2.0, 70.0, 61.5], [0.0, 0.0, 200.0, 160.0]]
+    )
+    mapper = LevelMapper(2, 5, canonical_size=56, canonical_level=4)
+    cells, iou, level = roi_size_in_cells(boxes, mapper)
+    assert level.tolist() == mapper.level(boxes).tolist() == [2, 4, 5]
+    for i, k in enumerate(level.tolist()):
+        side = ((boxes[i, 2] - boxes[i, 0]) * (boxes[i, 3] - boxes[i, 1])).sqrt()
+        assert cells[i].item() == pytest.approx(side.item() / 2**k)
+        assert iou[i] == roi_pool_region(boxes[i : i + 1], 2.0**-k)[1][0]
+    # the paper's s0 = 224 on images 4x larger: the same objects span 4x the cells
+    big = LevelMapper(2, 5, canonical_size=224, canonical_level=4)
+    cells4, iou4, _ = roi_size_in_cells(boxes[:2] * 4, big)
+    assert torch.allclose(cells4, cells[:2] * 4) and (iou4 > iou[:2]).all()
