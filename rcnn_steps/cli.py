@@ -482,7 +482,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     pr.add_argument("--score-threshold", type=float, default=0.5)
     pr.add_argument("--device", default="cpu")
     pr.add_argument("--overwrite", action="store_true")
+
+    ex = sub.add_parser("export", help="a weights-only copy of a checkpoint, to share or commit")
+    ex.add_argument("--checkpoint", type=Path, required=True, help="e.g. runs/mine/last.pt")
+    ex.add_argument("--out", type=Path, required=True, help="e.g. results/final_model.pt")
+    ex.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
+    if args.command == "export":
+        from rcnn_steps.engine import export_weights
+
+        try:
+            out = export_weights(args.checkpoint, args.out, overwrite=args.overwrite)
+        except FileExistsError:
+            raise SystemExit(
+                f"export: {args.out} exists: pass --overwrite to replace it, or another --out"
+            ) from None
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): load it with `predict`")
+        return 0
     if args.command == "train":
         return _train_command(args)
     if args.command == "predict":

@@ -63,6 +63,15 @@ def test_the_worked_example_trains_and_predicts(example, tmp_path, capsys):
     with pytest.raises(SystemExit, match="does not exist"):
         cli.main(["predict", "--checkpoint", str(run / "last.pt"), "--images",
                   str(tmp_path / "nowhere"), "--out", str(tmp_path / "p2")])  # fmt: skip
+    # a weights-only copy beside run.json predicts the same detections
+    slim = run / "model.pt"
+    assert cli.main(["export", "--checkpoint", str(run / "last.pt"), "--out", str(slim)]) == 0
+    assert slim.stat().st_size < (run / "last.pt").stat().st_size
+    with pytest.raises(SystemExit, match="exists: pass --overwrite"):
+        cli.main(["export", "--checkpoint", str(run / "last.pt"), "--out", str(slim)])
+    assert cli.main(["predict", "--checkpoint", str(slim), "--images", str(images), "--out",
+                     str(tmp_path / "p3"), "--score-threshold", "0.0"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "p3" / "detections.json").read_text()) == found
 
 
 def test_polygons_crowds_and_sizes_load_as_pycocotools_reads_them(example):
