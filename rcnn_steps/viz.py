@@ -609,11 +609,15 @@ def ablation_bars(
     "max"}, "n": seeds}}``); ``names`` picks and orders the settings (top to bottom);
     ``labels`` replaces their names on the axis; ``legend=False`` leaves the legend out
     (for all but one of several panels). An effect is real only where whiskers do not
-    overlap."""
+    overlap. A setting without ``metric`` (not run yet) gets an empty row marked "not
+    run"."""
     names = list(summary) if names is None else list(names)
     ax = _figure_axes(ax, (5.0, 0.35 * len(names) + 0.9))
     y = np.arange(len(names))[::-1]
     for yi, name in zip(y, names, strict=True):
+        if metric not in summary[name]:  # a setting not run yet: an empty row, said so
+            ax.text(0.5, yi, "not run", fontsize=7, va="center", color="grey")
+            continue
         s = summary[name][metric]
         mean, lo, hi = 100 * s["mean"], 100 * s["min"], 100 * s["max"]
         ax.barh(yi, mean, color="C0", alpha=0.6, height=0.6)
@@ -622,7 +626,7 @@ def ablation_bars(
         value = paper.get(name) if paper else None
         if value is not None:
             ax.plot(value, yi, "D", mfc="none", color="C3", markersize=5)
-    seeds = sorted({summary[n].get("n", 0) for n in names})
+    seeds = sorted({summary[n].get("n", 0) for n in names if metric in summary[n]})
     handles = [
         plt.Rectangle((0, 0), 1, 1, color="C0", alpha=0.6),
         plt.Line2D([], [], color="k", marker="|", markersize=8),

@@ -137,6 +137,12 @@ def test_ablation_bars_show_mean_spread_and_paper_in_percent():
     assert "%" in ax.get_xlabel() and ax.get_legend() is not None
     ax = viz.ablation_bars(summary, "AP50", legend=False)
     assert ax.get_legend() is None
+    # a setting not run yet is an empty row that says so, and not counted in the legend
+    summary["c"] = {"n": 0}
+    ax = viz.ablation_bars(summary, "AP50", names=["a", "c"])
+    assert len([p for p in ax.patches if isinstance(p, Rectangle)]) == 1
+    assert [t.get_text() for t in ax.texts] == ["not run"]
+    assert ax.get_legend().get_texts()[0].get_text() == "ours, mean of 2 seeds"
     plt.close("all")
 
 
