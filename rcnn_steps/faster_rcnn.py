@@ -178,6 +178,9 @@ class DetectorConfig:
     preset: str = field(default="default", compare=False)
 
     def __post_init__(self) -> None:
+        for name, value in vars(self).items():  # lists from JSON (a checkpoint, run.json)
+            if isinstance(value, list):  # become the tuples the defaults are, so configs
+                setattr(self, name, tuple(value))  # read back compare equal
         if self.feature_stage not in STAGES:
             raise ValueError(f"feature_stage must be one of {STAGES}, got {self.feature_stage!r}.")
         if self.box_head not in ("mlp", "c5"):

@@ -408,3 +408,12 @@ def test_evaluate_writes_fpn_results_to_their_own_file():
     assert evaluate_results_path("cpu").name == "faster_rcnn.json"
     assert evaluate_results_path("cpu_fpn").name == "faster_rcnn_fpn.json"
     assert evaluate_results_path("cpu_mask").name == "mask_rcnn.json"
+
+
+@pytest.mark.parametrize("preset", ["cpu", "cpu_fpn", "cpu_mask", "gpu_mask"])
+def test_a_config_read_back_from_json_equals_the_original(preset):
+    import json
+
+    config = getattr(DetectorConfig, preset)()
+    again = DetectorConfig(**json.loads(json.dumps(config.to_dict())))
+    assert again == config and isinstance(again.image_mean, tuple)
