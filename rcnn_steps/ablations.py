@@ -492,7 +492,11 @@ def compare_settings(
         verdict = f"reproduces in direction, {ratio:.1f}x the paper's effect"
     else:
         verdict = "opposite to the paper"
-    verdict += ", beyond the seed spread" if separated else ", within the seed spread"
+    if min(a["n"], b["n"]) < 2:  # one seed has no spread: nothing is "beyond" it
+        separated = False
+        verdict += ", one seed (no spread to compare with)"
+    else:
+        verdict += ", beyond the seed spread" if separated else ", within the seed spread"
     return {
         "baseline": baseline, "variant": variant, "metric": fam + metric,
         "ours": round(ours, 2), "ours_min": round(low, 2), "ours_max": round(high, 2),

@@ -583,6 +583,9 @@ def _toy_grid(values: dict[str, list[float]], paper: dict[str, float | None]) ->
          ("the paper saw no difference, beyond the seed spread", True)),
         ({"a": [0.40, 0.41], "b": [0.30, 0.32]}, {"a": None, "b": 31.5},
          ("no paper number, beyond the seed spread", True)),
+        ({"a": [0.30], "b": [0.40]}, {"a": 26.9, "b": 30.3},
+         ("reproduces in direction, 2.9x the paper's effect, one seed (no spread to compare "
+          "with)", False)),
     ],
 )  # fmt: skip
 def test_compare_settings_says_what_reproduces(values, paper, want):
