@@ -661,7 +661,7 @@ def ap_vs_seconds(
             f"{row['chapter']} {row['detector']}",
             (x, y),
             textcoords="offset points",
-            xytext=(4, 3),
+            xytext=(4, 3 if k % 2 == 0 else -10),  # alternate, so neighbours' labels part
             fontsize=7,
         )
     ax.set_xscale("log")
