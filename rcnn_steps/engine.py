@@ -593,7 +593,7 @@ def export_weights(
 ) -> Path:
     """Write a weights-only copy of a training checkpoint (verified on load) to ``out``:
     the model's state dict, its description (the config that rebuilds it), the step, the
-    training config and the evaluations, with a fresh checksum; about a third of
+    training config and the evaluations, with a fresh checksum; about half of
     ``last.pt``'s size, for sharing or committing a trained model. ``out`` is never
     overwritten unless ``overwrite``."""
     src, out = Path(checkpoint), Path(out)
