@@ -282,8 +282,10 @@ def _train_command(args: argparse.Namespace) -> int:
 
 def load_run(checkpoint: str | Path, device: str = "cpu"):
     """A trained model from a run's checkpoint (verified: :func:`rcnn_steps.engine.
-    load_checkpoint`) and what its run folder says (``run.json``: class names, keypoint
-    names, skeleton, the feeding): ``(model in eval mode, run description)``."""
+    load_checkpoint`) and what the run says about itself (class names, keypoint names,
+    skeleton, the feeding): ``(model in eval mode, run description)``. The description is
+    the one stored in the file by ``export`` when there is one, else its folder's
+    ``run.json``, else ``{}``."""
     import json
 
     from rcnn_steps.engine import load_checkpoint
@@ -301,8 +303,31 @@ def load_run(checkpoint: str | Path, device: str = "cpu"):
     model = FasterRCNN(DetectorConfig(**{k: v for k, v in config.items() if k in fields}))
     model.load_state_dict(ckpt["model"])
     run_file = path.parent / RUN_FILE
-    run = json.loads(run_file.read_text()) if run_file.exists() else {}
+    run = ckpt.get("run") or (json.loads(run_file.read_text()) if run_file.exists() else {})
     return model.to(device).eval(), run
+
+
+def data_description(root: str | Path, split: str = "train") -> dict:
+    """What a run records of its data (``run.json``'s ``"data"``): the root, the class
+    names, the keypoint names and the skeleton of ``root/annotations/instances_<split>.
+    json``. A missing file is an error that says what was looked for."""
+    from rcnn_steps.data import CocoDataset
+
+    root = Path(root)
+    annotations = root / "annotations" / f"instances_{split}.json"
+    if not annotations.is_file():
+        raise SystemExit(
+            f"--data {root}: no {annotations.relative_to(root)} there; pass the folder that "
+            "holds annotations/ (the set the model was trained on)"
+        )
+    dataset = CocoDataset(root / split, annotations, load_masks=False)
+    return {
+        "root": str(root.resolve()),
+        "splits": [split],
+        "class_names": dataset.class_names,
+        "keypoint_names": dataset.keypoint_names,
+        "skeleton": [list(p) for p in dataset.skeleton],
+    }
 
 
 def _predict_command(args: argparse.Namespace) -> int:
@@ -486,13 +511,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     ex = sub.add_parser("export", help="a weights-only copy of a checkpoint, to share or commit")
     ex.add_argument("--checkpoint", type=Path, required=True, help="e.g. runs/mine/last.pt")
     ex.add_argument("--out", type=Path, required=True, help="e.g. results/final_model.pt")
+    ex.add_argument(
+        "--data", type=Path, default=None,
+        help="the set it was trained on, to record its class names when the checkpoint's "
+        "folder has no run.json (e.g. a grid run kept with --keep-runs)",
+    )  # fmt: skip
     ex.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "export":
+        import json
+
         from rcnn_steps.engine import export_weights
 
+        run_file = args.checkpoint.parent / RUN_FILE
+        run = json.loads(run_file.read_text()) if run_file.exists() else None
+        if args.data is not None:
+            run = {**(run or {}), "data": data_description(args.data)}
         try:
-            out = export_weights(args.checkpoint, args.out, overwrite=args.overwrite)
+            out = export_weights(args.checkpoint, args.out, overwrite=args.overwrite, run=run)
         except FileExistsError:
             raise SystemExit(
                 f"export: {args.out} exists: pass --overwrite to replace it, or another --out"

@@ -589,13 +589,22 @@ EXPORTED_KEYS = ("model", "model_description", "step", "config", "eval_history")
 
 
 def export_weights(
-    checkpoint: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    run: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a weights-only copy of a training checkpoint (verified on load) to ``out``:
     the model's state dict, its description (the config that rebuilds it), the step, the
     training config and the evaluations, with a fresh checksum; about half of
     ``last.pt``'s size, for sharing or committing a trained model. ``out`` is never
-    overwritten unless ``overwrite``."""
+    overwritten unless ``overwrite``.
+
+    ``run``: what the run says about itself (the ``run.json`` that ``python -m
+    rcnn_steps train`` writes beside its checkpoints: class names, keypoint names, the
+    feeding), stored in the copy under ``"run"`` as plain values, so the file alone is
+    enough to predict with names (:func:`rcnn_steps.cli.load_run` reads it)."""
     src, out = Path(checkpoint), Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists: pass overwrite=True to replace it, or another path")
@@ -604,7 +613,10 @@ def export_weights(
     saved = load_checkpoint(src)
     if "model" not in saved:
         raise CheckpointError(f"checkpoint {src} holds no model weights ('model' is missing)")
-    save_checkpoint(out, {k: saved[k] for k in EXPORTED_KEYS if k in saved})
+    kept = {k: saved[k] for k in EXPORTED_KEYS if k in saved}
+    if run is not None:
+        kept["run"] = _plain(run)
+    save_checkpoint(out, kept)
     return out
 
 

@@ -1,5 +1,6 @@
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -503,6 +504,21 @@ def test_long_table_is_the_final_model_and_kept_runs_export_and_load(tiny_synth,
     full = load_checkpoint(last)["model"]
     assert all(torch.equal(v, full[k]) for k, v in model.state_dict().items())
     assert model.config.mask_aligned and model.config.roi_op == "roialign_avg"
+    assert load_run(out)[1] == {}  # a kept grid run has no run.json: no names to give
+    # the run's description travels inside the copy, so the file alone names its classes
+    named = export_weights(last, tmp_path / "named.pt", run={"data": {"class_names": ["bg", "a"]}})
+    assert load_run(named)[1] == {"data": {"class_names": ["bg", "a"]}}
+    from rcnn_steps.cli import main as cli
+
+    cli(["export", "--checkpoint", str(last), "--out", str(tmp_path / "cli.pt"),
+         "--data", str(tiny_synth)])  # fmt: skip
+    data = load_run(tmp_path / "cli.pt")[1]["data"]
+    assert data["class_names"][0] == "__background__" and len(data["class_names"]) > 1
+    assert data["root"] == str(Path(tiny_synth).resolve())
+    with pytest.raises(SystemExit, match="no annotations/instances_train.json"):
+        cli(["export", "--checkpoint", str(last), "--out", str(tmp_path / "no.pt"),
+             "--data", str(tmp_path)])  # fmt: skip
+    assert not (tmp_path / "no.pt").exists()
     with pytest.raises(FileExistsError, match="overwrite=True"):
         export_weights(last, out)
     with pytest.raises(ValueError, match="the checkpoint itself"):
