@@ -3,6 +3,7 @@
 python scripts/run_book.py --out build/book     # executed copies in build/book/
 python scripts/run_book.py --inplace            # refresh the committed outputs
 python scripts/run_book.py --out build/book 00  # only chapters whose name starts 00
+python scripts/run_book.py --out build/book --allow-errors 04  # every failing cell, one pass
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ def main() -> int:
     where.add_argument("--out", type=Path, help="folder for the executed notebooks")
     where.add_argument("--inplace", action="store_true", help="overwrite book/*.ipynb")
     parser.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
+    parser.add_argument(
+        "--allow-errors", action="store_true",
+        help="run on past a failing cell and list every failure (authors, after results change)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     notebooks = sorted(BOOK.glob("[0-9][0-9]_*.ipynb"))
@@ -44,7 +49,16 @@ def main() -> int:
             timeout=args.timeout,
             kernel_name="python3",
             resources={"metadata": {"path": str(BOOK)}},
+            allow_errors=args.allow_errors,
         ).execute()
+        failed = [
+            (i, out.get("ename"), out.get("evalue"))
+            for i, cell in enumerate(nb.cells)
+            for out in cell.get("outputs", [])
+            if out.get("output_type") == "error"
+        ]
+        for i, name, value in failed:
+            print(f"{path.name}: cell {i} failed: {name}: {value}", flush=True)
         target = path if args.inplace else args.out / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, target)
