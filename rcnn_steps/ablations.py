@@ -82,6 +82,7 @@ __all__ = [
     "TABLES",
     "detector_config",
     "faster_rcnn_grid",
+    "grid_eval_images",
     "load_datasets",
     "main",
     "read_grid_results",
@@ -407,6 +408,18 @@ def faster_rcnn_grid(table: str) -> dict[str, dict[str, Any]]:
     raise ValueError(f"faster_rcnn_grid: unknown table {table!r}; one of {list(TABLES)}.")
 
 
+def grid_eval_images(results: dict[str, Any], default: int | None = None) -> int | None:
+    """How many val images a grid's runs were evaluated on: the file's
+    ``num_eval_images``, else (files of an earlier version record it per run only) the
+    one count all its runs share, else ``default`` (no runs yet)."""
+    if results.get("num_eval_images") is not None:
+        return int(results["num_eval_images"])
+    counts = {run.get("num_eval_images") for run in results.get("runs", {}).values()}
+    if not counts:
+        return default
+    return counts.pop() if len(counts) == 1 else None
+
+
 def read_grid_results(table: str, path: str | Path | None = None) -> dict[str, Any]:
     """A grid's results file (default ``results/ablation_<table>.json``) with what a
     chapter needs to show it, the settings' order, labels and paper numbers taken from
@@ -414,7 +427,8 @@ def read_grid_results(table: str, path: str | Path | None = None) -> dict[str, A
 
     ``{"table", "order", "labels", "paper", "paper_metric", "metric" (ours beside the
     paper's, :data:`COMPARABLE_METRIC`), "summary", "runs", "settings", "preset",
-    "max_iter", "provenance"}``. A file of another table is an error.
+    "max_iter", "num_eval_images" (:func:`grid_eval_images`), "provenance"}``. A file of
+    another table is an error.
     """
     from rcnn_steps.utils import read_results, results_dir
 
@@ -440,6 +454,7 @@ def read_grid_results(table: str, path: str | Path | None = None) -> dict[str, A
         "settings": grid,
         "preset": results["preset"],
         "max_iter": results["max_iter"],
+        "num_eval_images": grid_eval_images(results),
         "provenance": payload["provenance"],
     }
 
@@ -819,8 +834,9 @@ def run_tables(
             held = old["results"]
             wanted = (("table", table), ("preset", preset), ("max_iter", iters),
                       ("num_eval_images", num_eval_images))  # fmt: skip
+            held = {**held, "num_eval_images": grid_eval_images(held, num_eval_images)}
             for key, want in wanted:
-                if held.get(key, want if key == "num_eval_images" else None) != want:
+                if held.get(key) != want:
                     raise ValueError(
                         f"{out} holds runs with {key}={held.get(key)!r}, not {want!r}: pass "
                         "another output folder (or delete the file) rather than mix two grids"

@@ -97,6 +97,17 @@ def test_run_grid_writes_and_resumes(tiny_synth, tmp_path, monkeypatch):
     # another max_iter is refused rather than mixed into the file
     with pytest.raises(ValueError, match="max_iter"):
         run_grid("table8", [0], "ci", out, max_iter=4, **kwargs)
+    # so is another number of val images, also in a file of an earlier version that
+    # records it per run only
+    with pytest.raises(ValueError, match="num_eval_images=4, not 3"):
+        run_grid("table8", [0], "ci", out, max_iter=3, **{**kwargs, "num_eval_images": 3})
+    payload["results"].pop("num_eval_images")
+    out.write_text(json.dumps(payload))
+    assert ablations.grid_eval_images(payload["results"]) == 4
+    with pytest.raises(ValueError, match="num_eval_images=4, not 3"):
+        run_grid("table8", [0], "ci", out, max_iter=3, **{**kwargs, "num_eval_images": 3})
+    assert ablations.read_grid_results("table8", out)["num_eval_images"] == 4
+    assert ablations.grid_eval_images({"runs": {}}, 200) == 200  # nothing run yet
 
 
 def _fake_run(metrics_by_key, calls, fail_at=None):
