@@ -49,7 +49,7 @@ __all__ = [
 DEFAULT_RUN_SECONDS = {
     "ci": 30.0,
     "ci_mask": 45.0,
-    "cpu": 420.0,
+    "cpu": 300.0,  # box runs of 1500 iterations took 120-450 s (2026-11-27)
     "cpu_fpn": 600.0,
     "cpu_mask": 900.0,
 }
