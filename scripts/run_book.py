@@ -40,7 +40,7 @@ def main() -> int:
     if not notebooks:
         print("no chapters matched", file=sys.stderr)
         return 1
-    total = time.time()
+    total, failures = time.time(), 0
     for path in notebooks:
         start = time.time()
         nb = nbformat.read(path, as_version=4)
@@ -59,12 +59,15 @@ def main() -> int:
         ]
         for i, name, value in failed:
             print(f"{path.name}: cell {i} failed: {name}: {value}", flush=True)
+        failures += len(failed)
         target = path if args.inplace else args.out / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, target)
         print(f"{path.name:<45} {time.time() - start:7.1f} s  -> {target}", flush=True)
     print(f"{len(notebooks)} chapters in {time.time() - total:.1f} s")
-    return 0
+    if failures:  # written with their errors: fix them before committing
+        print(f"{failures} cell(s) failed", file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
