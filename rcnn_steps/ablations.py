@@ -423,7 +423,9 @@ def grid_eval_images(results: dict[str, Any], default: int | None = None) -> int
 def read_grid_results(table: str, path: str | Path | None = None) -> dict[str, Any]:
     """A grid's results file (default ``results/ablation_<table>.json``) with what a
     chapter needs to show it, the settings' order, labels and paper numbers taken from
-    :func:`table_grid` (so a label that changed after the run reads as it is now):
+    :func:`table_grid` (so a label that changed after the run reads as it is now; a
+    setting added to the table after the file was written is in ``summary`` as not run,
+    ``n`` 0):
 
     ``{"table", "order", "labels", "paper", "paper_metric", "metric" (ours beside the
     paper's, :data:`COMPARABLE_METRIC`), "summary", "runs", "settings", "preset",
@@ -449,7 +451,7 @@ def read_grid_results(table: str, path: str | Path | None = None) -> dict[str, A
         "paper_metric": PAPER_METRIC[table],
         "metric": COMPARABLE_METRIC[table],
         "family": {"segm": "mask_", "keypoints": "kp_"}.get(MASK_TABLE_METRIC.get(table, ""), ""),
-        "summary": results["summary"],
+        "summary": {**{name: {"seeds": [], "n": 0} for name in grid}, **results["summary"]},
         "runs": results["runs"],
         "settings": grid,
         "preset": results["preset"],
