@@ -16,7 +16,9 @@ and ``python -m rcnn_steps train`` on your own data. Nothing below imports it.
   boxes, masks and keypoints as the model gives them, and seconds per image) and
   :func:`evaluate` (pycocotools' AP for each);
 - :func:`run_setting`: train one detector and evaluate it, returning a JSON-able record
-  (one run of a results file or of a grid).
+  (one run of a results file or of a grid);
+- :func:`fit_few_images`: the first test of a detector that learns nothing (can it fit a
+  handful of training images?).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
     "detect",
     "detector_config",
     "evaluate",
+    "fit_few_images",
     "keypoint_ap_of_noisy_truth",
     "load_datasets",
     "run_setting",
@@ -546,6 +549,77 @@ def run_setting(
         }
     )
     return record
+
+
+def fit_few_images(
+    preset: str,
+    overrides: dict[str, Any] | None = None,
+    *,
+    num_images: int = 16,
+    max_iter: int = 300,
+    class_name: str | None = None,
+    root: str | Path | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The first test of a detector that learns nothing: can it fit a handful of images?
+
+    Trains ``preset``'s detector (with ``overrides``, seeded by ``seed``) on the first
+    ``num_images`` train images of ``root`` that hold an object of ``class_name`` (None:
+    the first images), for ``max_iter`` iterations of the preset's schedule shortened as
+    :func:`schedule` does, then evaluates it on the *same* images. A model that cannot
+    fit them has a defect (targets, loss, decoding); one that fits them but scores
+    nothing on the val split lacks data or training, not code.
+
+    Returns ``{"image_ids", "max_iter", "final_losses", "loss_history", "metrics"}``,
+    ``metrics`` as :func:`evaluate` gives them (box AP, and mask and keypoint AP with
+    those branches), on the training images."""
+    from rcnn_steps.data import collate_fn
+    from rcnn_steps.engine import TrainConfig, train
+    from rcnn_steps.faster_rcnn import FasterRCNN
+    from rcnn_steps.utils import seed_everything
+
+    if num_images < 1:
+        raise ValueError(f"fit_few_images: num_images must be at least 1, got {num_images}")
+    config = detector_config(preset, overrides)
+    train_set, _ = load_datasets(root, masks=config.masks)
+    if class_name is not None and class_name not in train_set.class_names[1:]:
+        raise ValueError(
+            f"fit_few_images: no class {class_name!r} in this set; its classes are "
+            f"{train_set.class_names[1:]}"
+        )
+    chosen = []
+    for index, image_id in enumerate(train_set.image_ids):
+        if class_name is not None:
+            labels = {train_set.coco.cats[a["category_id"]]["name"]
+                      for a in train_set.coco.imgToAnns.get(image_id, [])}  # fmt: skip
+            if class_name not in labels:
+                continue
+        chosen.append(index)
+        if len(chosen) == num_images:
+            break
+    if len(chosen) < num_images:
+        raise ValueError(
+            f"fit_few_images: only {len(chosen)} train images hold a {class_name!r}; "
+            f"ask for at most that many"
+        )
+    seed_everything(seed)
+    model = FasterRCNN(config)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(train_set, chosen),
+        batch_size=min(8, num_images),
+        shuffle=True,
+        collate_fn=collate_fn,
+    )
+    train_cfg = TrainConfig(**schedule(preset, max_iter), seed=seed, progress=False)
+    result = train(model, loader, train_cfg)
+    image_ids = [train_set.image_ids[i] for i in chosen]
+    found, _ = detect(model, train_set, image_ids)
+    return {
+        "image_ids": image_ids,
+        "max_iter": train_cfg.max_iter,
+        **{k: v for k, v in result.summary().items() if k != "train_sec_per_iter"},
+        "metrics": evaluate(train_set, image_ids, found),
+    }
 
 
 # ----------------------------------------------------------------------------------------

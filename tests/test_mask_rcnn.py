@@ -364,3 +364,31 @@ def test_keypoint_ap_of_noisy_truth_is_one_without_noise_and_falls_with_it(tiny_
     assert ap[0.0] > ap[1.0] > ap[8.0]
     with pytest.raises(ValueError, match="no labelled keypoints"):
         keypoint_ap_of_noisy_truth(val, [], [0])
+
+
+def test_fit_few_images_trains_and_scores_on_the_same_person_images(tiny_synth):
+    from rcnn_steps.runner import fit_few_images, load_datasets
+
+    train_set, _ = load_datasets(tiny_synth)
+    out = fit_few_images(
+        "ci_mask", {"masks": False, "keypoints": True}, num_images=2, max_iter=2,
+        class_name="person", root=tiny_synth,
+    )  # fmt: skip
+    assert len(out["image_ids"]) == 2 and out["max_iter"] == 2
+    for image_id in out["image_ids"]:  # each chosen image holds a person
+        names = {train_set.coco.cats[a["category_id"]]["name"]
+                 for a in train_set.coco.imgToAnns[image_id]}  # fmt: skip
+        assert "person" in names
+    assert "loss_keypoint" in out["final_losses"] and out["loss_history"]
+    assert set(out["metrics"]) >= {"bbox"} and 0.0 <= out["metrics"]["bbox"]["AP"] <= 1.0
+
+
+def test_fit_few_images_says_what_is_wrong_with_its_arguments(tiny_synth):
+    from rcnn_steps.runner import fit_few_images
+
+    with pytest.raises(ValueError, match="no class 'cat' in this set; its classes are"):
+        fit_few_images("ci_mask", class_name="cat", root=tiny_synth, max_iter=1)
+    with pytest.raises(ValueError, match="only .* train images hold a 'person'"):
+        fit_few_images("ci_mask", class_name="person", num_images=10_000, root=tiny_synth)
+    with pytest.raises(ValueError, match="num_images must be at least 1"):
+        fit_few_images("ci_mask", num_images=0, root=tiny_synth)
