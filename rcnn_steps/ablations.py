@@ -555,6 +555,7 @@ MASK_TABLES = (
     "mrcnn_6",
     "mrcnn_pixels",
     "mrcnn_long",
+    "mrcnn_kp_weight",
 )
 #: The final model of chapter 08: the base with the exact pixel convention (the best mask AP
 #: of the grids), trained at :data:`LONG_MAX_ITER` iterations for ``mrcnn_long``.
@@ -574,6 +575,7 @@ MASK_TABLE_METRIC = {
     "mrcnn_6": "keypoints",
     "mrcnn_pixels": "segm",
     "mrcnn_long": "segm",
+    "mrcnn_kp_weight": "keypoints",
 }
 PAPER_METRIC.update(
     {
@@ -591,6 +593,10 @@ PAPER_METRIC.update(
         "mrcnn_pixels": "not in the paper: the pixel convention of mask targets and pasting",
         "mrcnn_long": (
             "Mask R-CNN Tables 2(b) and 2(c) (ResNet-50-C4), COCO minival mask AP / AP50 / AP75, %"
+        ),
+        "mrcnn_kp_weight": (
+            "not in the paper (which weights every loss 1): the keypoint loss weight of the "
+            "keypoint-only model, keypoint AP"
         ),
     }
 )
@@ -631,6 +637,10 @@ def mask_rcnn_grid(table: str) -> dict[str, dict[str, Any]]:
       vs ``kp_mask`` (both branches: the ``cpu_mask`` preset as it is, 64.7).
     - ``mrcnn_6`` (keypoint AP): ``kp_roipool`` (keypoint-only with RoIPool in every
       branch, 59.8) vs ``kp_roialign`` (= ``kp_only``, 64.2).
+    - ``mrcnn_kp_weight`` (not in the paper; keypoint AP): the keypoint-only model of
+      ``mrcnn_5`` with the keypoint loss weighted 1 (``w1``, the paper's; the same run as
+      ``kp_only``) or 0.1 (``w0.1``, Detectron2's ``ROI_KEYPOINT_HEAD.LOSS_WEIGHT``): at
+      ``cpu_mask``'s learning rate the branch stops learning at 1 (chapter 08).
     - ``mrcnn_pixels`` (not in the paper; mask AP): ``torchvision`` (the base: mask
       targets by RoIAlign without the half-pixel shift, masks pasted into a box rounded
       a pixel too large) vs ``exact`` (``mask_aligned=True``, Detectron2's convention;
@@ -710,6 +720,12 @@ def mask_rcnn_grid(table: str) -> dict[str, dict[str, Any]]:
         return {
             "kp_roipool": _mask_setting({**kp, "roi_op": "roipool"}, {"AP": 59.8}, "RoIPool"),
             "kp_roialign": _mask_setting(kp, {"AP": 64.2}, "RoIAlign"),
+        }
+    if table == "mrcnn_kp_weight":
+        kp = {"masks": False, "keypoints": True}
+        return {
+            "w1": _mask_setting(kp, None, "keypoint loss weight 1 (the paper's)"),
+            "w0.1": _mask_setting({**kp, "keypoint_loss_weight": 0.1}, None, "weight 0.1"),
         }
     if table == "mrcnn_pixels":
         return {

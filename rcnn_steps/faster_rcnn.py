@@ -174,6 +174,9 @@ class DetectorConfig:
     keypoint_pooled_size: int = 14  #: RoI features (heatmaps are 4x: 56 x 56)
     keypoint_head_channels: int = 512  #: width of the convs (paper: 512)
     keypoint_head_convs: int = 8  #: 3x3 convs (paper: 8)
+    #: multiplies loss_keypoint (Detectron2's ROI_KEYPOINT_HEAD.LOSS_WEIGHT; the paper: 1).
+    #: At cpu_mask's learning rate the branch stops learning at 1 (chapter 08)
+    keypoint_loss_weight: float = 1.0
     # -- bookkeeping ------------------------------------------------------------------
     preset: str = field(default="default", compare=False)
 
@@ -238,6 +241,11 @@ class DetectorConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")  # fmt: skip
+        if not self.keypoint_loss_weight > 0:
+            raise ValueError(
+                f"keypoint_loss_weight must be > 0, got {self.keypoint_loss_weight}; to train "
+                "without the keypoint branch set keypoints=False."
+            )
         if self.mask_head_convs < 0 or self.keypoint_head_convs < 1:
             raise ValueError(
                 "mask_head_convs must be >= 0 and keypoint_head_convs >= 1, got "
@@ -693,7 +701,9 @@ def build_keypoint_branch(config: DetectorConfig, in_channels: int) -> KeypointB
         in_channels, (config.keypoint_head_channels,) * config.keypoint_head_convs
     )
     predictor = KeypointRCNNPredictor(head.out_channels, sum(config.keypoint_counts))
-    return KeypointBranch(pooler, head, predictor, config.keypoint_counts)
+    return KeypointBranch(
+        pooler, head, predictor, config.keypoint_counts, config.keypoint_loss_weight
+    )
 
 
 def build_roi_heads(config: DetectorConfig, backbone: nn.Module) -> RoIHeads:

@@ -265,6 +265,8 @@ class KeypointBranch(nn.Module):
         predictor: :class:`KeypointRCNNPredictor` with ``sum(keypoint_counts)`` channels.
         keypoint_counts: one count per class (labels 1..C), 0 for classes without
             keypoints (:func:`keypoint_counts_of`).
+        loss_weight: multiplies the keypoint loss (Detectron2's
+            ``ROI_KEYPOINT_HEAD.LOSS_WEIGHT``; default 1, the paper's).
     """
 
     def __init__(
@@ -273,8 +275,12 @@ class KeypointBranch(nn.Module):
         head: nn.Module,
         predictor: nn.Module,
         keypoint_counts: Sequence[int],
+        loss_weight: float = 1.0,
     ) -> None:
         super().__init__()
+        if not loss_weight > 0:
+            raise ValueError(f"KeypointBranch: loss_weight must be > 0, got {loss_weight}.")
+        self.loss_weight = float(loss_weight)
         counts = tuple(int(c) for c in keypoint_counts)
         if not counts or min(counts) < 0 or max(counts) == 0:
             raise ValueError(
@@ -298,7 +304,8 @@ class KeypointBranch(nn.Module):
         return self.channels.shape[1]
 
     def extra_repr(self) -> str:
-        return f"keypoint_counts={self.keypoint_counts}"
+        weight = "" if self.loss_weight == 1.0 else f", loss_weight={self.loss_weight}"
+        return f"keypoint_counts={self.keypoint_counts}{weight}"
 
     def has_keypoints(self, labels: Tensor) -> Tensor:
         """``(R,)`` bool: which of these class labels have a keypoint set."""
@@ -326,8 +333,9 @@ class KeypointBranch(nn.Module):
         targets: Sequence[Mapping[str, Tensor]],
     ) -> Tensor:
         """:func:`keypointrcnn_loss` of positive ``rois`` (per image; ``labels`` their
-        classes, concatenated) whose class has keypoints; each class's keypoints past its
-        own count are not counted. ``targets`` need ``keypoints`` ``(G, K, 3)``."""
+        classes, concatenated) whose class has keypoints, times ``loss_weight``; each
+        class's keypoints past its own count are not counted. ``targets`` need
+        ``keypoints`` ``(G, K, 3)``."""
         gt = []
         k_max = self.num_keypoints
         for i, t in enumerate(targets):
@@ -345,7 +353,8 @@ class KeypointBranch(nn.Module):
             # An object's keypoints past its class's own count are not labelled.
             kps[..., 2] *= (self.channels[t["labels"]] >= 0).to(kps.dtype)
             gt.append(kps)
-        return keypointrcnn_loss(self.select(logits, labels), list(rois), gt, list(matched_idxs))
+        loss = keypointrcnn_loss(self.select(logits, labels), list(rois), gt, list(matched_idxs))
+        return self.loss_weight * loss
 
     def predict(
         self, logits: Tensor, detections: Sequence[dict[str, Tensor]], has_keypoints: Tensor

@@ -456,7 +456,9 @@ def test_mask_tables_build_and_share_their_baseline():
     ]
     kp_only = ablations.mask_rcnn_grid("mrcnn_5")["kp_only"]["overrides"]
     kp_key = RunSpec("x", 0, "cpu_mask", kp_only).key()
-    assert sorted(keys[kp_key]) == ["mrcnn_5/kp_only", "mrcnn_6/kp_roialign"]
+    assert sorted(keys[kp_key]) == ["mrcnn_5/kp_only", "mrcnn_6/kp_roialign", "mrcnn_kp_weight/w1"]
+    weighted = ablations.mask_rcnn_grid("mrcnn_kp_weight")["w0.1"]["overrides"]
+    assert weighted == {**kp_only, "keypoint_loss_weight": 0.1}
     assert ablations.mask_rcnn_grid("mrcnn_2d")["roipool"]["paper_box"]["AP"] == 28.2
     assert ablations.mask_rcnn_grid("mrcnn_2a")["fpn_deep"]["overrides"]["backbone_blocks"] == 2
 

@@ -150,6 +150,11 @@ def test_branch_with_two_keypoint_sets_trains_and_predicts():
     clean[0, 2:, 2] = 0
     expected = keypointrcnn_loss(selected, rois, [clean], [torch.tensor([0, 1])])
     torch.testing.assert_close(loss, expected)
+    # loss_weight scales the loss (and so its gradient) and nothing else
+    branch.loss_weight = 0.1
+    weighted = branch.loss(logits, labels, rois, [torch.tensor([0, 1])], targets)
+    torch.testing.assert_close(weighted, 0.1 * expected)
+    branch.loss_weight = 1.0
     # narrower keypoint arrays are padded; a missing one is a clear error
     targets[0]["keypoints"] = kps[:, :3]
     branch.loss(logits, labels, rois, [torch.tensor([0, 1])], targets)
@@ -171,3 +176,21 @@ def test_branch_rejects_inconsistent_sets():
         KeypointBranch(RoIPooler(), KeypointRCNNHeads(4, (8,)), KeypointRCNNPredictor(8, 1), (0, 0))
     with pytest.raises(ValueError, match="need sum"):
         KeypointBranch(RoIPooler(), KeypointRCNNHeads(4, (8,)), KeypointRCNNPredictor(8, 3), (2, 2))
+    with pytest.raises(ValueError, match="loss_weight must be > 0"):
+        KeypointBranch(
+            RoIPooler(),
+            KeypointRCNNHeads(4, (8,)),
+            KeypointRCNNPredictor(8, 2),
+            (2,),
+            loss_weight=0,
+        )
+
+
+def test_config_keypoint_loss_weight_reaches_the_branch():
+    from rcnn_steps.faster_rcnn import DetectorConfig, FasterRCNN
+
+    model = FasterRCNN(DetectorConfig.ci_mask(keypoint_loss_weight=0.1))
+    assert model.roi_heads.keypoint_branch.loss_weight == 0.1
+    assert "loss_weight=0.1" in repr(model.roi_heads.keypoint_branch)
+    with pytest.raises(ValueError, match="keypoint_loss_weight must be > 0.*keypoints=False"):
+        DetectorConfig.ci_mask(keypoint_loss_weight=0.0)
