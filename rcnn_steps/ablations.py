@@ -522,6 +522,19 @@ def compare_settings(
     }  # fmt: skip
 
 
+def widest_seed_range(grid: dict[str, Any], metric: str = "AP", family: str | None = None) -> float:
+    """The noise floor of a table: the widest worst-to-best seed range of ``metric`` (read
+    in ``family``, default the table's, as :func:`compare_settings` does) over its
+    settings that ran, in AP points (%). An effect measured on one seed (e.g. at the
+    final model's budget) is read against it."""
+    fam = grid["family"] if family is None else family
+    ranges = [s[fam + metric]["max"] - s[fam + metric]["min"]
+              for s in grid["summary"].values() if fam + metric in s]  # fmt: skip
+    if not ranges:
+        raise ValueError(f"widest_seed_range: no setting of {grid['table']!r} has {fam + metric}")
+    return round(100 * max(ranges), 2)
+
+
 def _ap_triple(values: tuple[float, float, float]) -> dict[str, float]:
     return dict(zip(("AP", "AP50", "AP75"), values, strict=True))
 

@@ -636,3 +636,11 @@ def test_compare_settings_refuses_a_setting_not_run_yet():
     grid["summary"]["b"] = {"n": 0, "paper": None}
     with pytest.raises(ValueError, match="'b' has no mask_AP yet.*--tables toy"):
         ablations.compare_settings(grid, "a", "b")
+
+
+def test_widest_seed_range_is_the_widest_setting_in_points():
+    grid = _toy_grid({"a": [0.30, 0.32], "b": [0.40, 0.45], "c": [0.5]}, dict.fromkeys("abc"))
+    grid["summary"]["d"] = {"n": 0, "paper": None}  # not run: ignored
+    assert ablations.widest_seed_range(grid) == 5.0
+    with pytest.raises(ValueError, match="no setting of 'toy' has AP75"):
+        ablations.widest_seed_range(grid, "AP75", family="")
