@@ -456,9 +456,16 @@ def test_mask_tables_build_and_share_their_baseline():
     ]
     kp_only = ablations.mask_rcnn_grid("mrcnn_5")["kp_only"]["overrides"]
     kp_key = RunSpec("x", 0, "cpu_mask", kp_only).key()
-    assert sorted(keys[kp_key]) == ["mrcnn_5/kp_only", "mrcnn_6/kp_roialign", "mrcnn_kp_weight/w1"]
-    weighted = ablations.mask_rcnn_grid("mrcnn_kp_weight")["w0.1"]["overrides"]
-    assert weighted == {**kp_only, "keypoint_loss_weight": 0.1}
+    assert sorted(keys[kp_key]) == [
+        "mrcnn_5/kp_only",
+        "mrcnn_6/kp_roialign",
+        "mrcnn_kp_weight/w0.1",
+    ]
+    assert kp_only["keypoint_loss_weight"] == ablations.KEYPOINT_LOSS_WEIGHT == 0.1
+    paper_weight = ablations.mask_rcnn_grid("mrcnn_kp_weight")["w1"]["overrides"]
+    assert paper_weight == {"masks": False, "keypoints": True}
+    kp_mask = ablations.mask_rcnn_grid("mrcnn_5")["kp_mask"]["overrides"]
+    assert kp_mask == {"keypoints": True, "keypoint_loss_weight": 0.1}
     assert ablations.mask_rcnn_grid("mrcnn_2d")["roipool"]["paper_box"]["AP"] == 28.2
     assert ablations.mask_rcnn_grid("mrcnn_2a")["fpn_deep"]["overrides"]["backbone_blocks"] == 2
 
