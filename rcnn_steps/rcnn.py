@@ -43,7 +43,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ __all__ = [
     "label_proposals",
     "load_proposals",
     "make_proposals",
+    "preset_config",
     "proposals_path",
     "rcnn_loss",
     "regression_targets",
@@ -559,6 +560,25 @@ PRESETS = {
     "cpu": RCNNConfig(),
 }
 
+
+def preset_config(preset: str, crop_size: int | None = None) -> RCNNConfig:
+    """The preset's :class:`RCNNConfig`, with another warped crop side ``S`` if given: the
+    controlled test of how much of R-CNN's accuracy its crops' resolution buys (chapter 08:
+    same proposals, images and schedule, only ``S`` changes). ``S`` must be a multiple of 8
+    (the CNN pools three times)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    config = PRESETS[preset]
+    if crop_size is None or crop_size == config.crop_size:
+        return config
+    if crop_size < 8 or crop_size % 8:
+        raise ValueError(
+            f"crop_size must be a positive multiple of 8 (the CNN pools three times), got "
+            f"{crop_size}"
+        )
+    return replace(config, crop_size=crop_size)
+
+
 #: R-CNN's box coder: (10, 10, 5, 5) normalises the targets to about unit variance (the
 #: weights later fixed by Fast R-CNN; the R-CNN paper's ridge regressor needed none).
 RCNN_BOX_CODER_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
@@ -662,8 +682,8 @@ def _evaluate_command(args) -> int:
     from rcnn_steps.utils import seed_everything, set_threads, write_results
 
     started = time.time()
+    config = preset_config(args.preset, args.crop_size)
     set_threads(args.threads)
-    config = PRESETS[args.preset]
     train, val = synth_datasets()
     train_path, val_path = proposals_path("train"), proposals_path("val")
     eval_ids = evaluation_image_ids(val)
@@ -744,11 +764,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     pr.add_argument("--out", type=Path, default=None)
     ev = sub.add_parser("evaluate", help="train, evaluate, write results and the table row")
     ev.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    ev.add_argument("--out", type=Path, default=results_dir() / "rcnn.json")
+    ev.add_argument("--out", type=Path, default=None, help="default results/rcnn.json")
     ev.add_argument("--threads", type=int, default=2)
     ev.add_argument("--progress", action="store_true")
     ev.add_argument("--no-evolution", action="store_true", help="do not add the table row")
+    ev.add_argument(
+        "--crop-size",
+        type=int,
+        default=None,
+        help="warp to S x S crops instead of the preset's (a multiple of 8; needs --out, "
+        "and adds no row to the evolution table)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "evaluate":
+        try:
+            config = preset_config(args.preset, args.crop_size)
+        except ValueError as err:
+            parser.error(str(err))
+        if config != PRESETS[args.preset]:
+            if args.out is None:
+                parser.error(
+                    f"--crop-size {args.crop_size} changes the preset: name the results file "
+                    "with --out (results/rcnn.json is the evolution table's R-CNN)"
+                )
+            args.no_evolution = True
+        args.out = args.out or results_dir() / "rcnn.json"
     if args.command == "proposals":
         if args.num_images is None:
             from rcnn_steps.evolution import NUM_EVAL_IMAGES

@@ -1,9 +1,12 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from rcnn_steps.boxes import BoxCoder
 from rcnn_steps.rcnn import (
+    PRESETS,
     RCNN_BOX_CODER_WEIGHTS,
     RCNNConfig,
     RCNNNet,
@@ -14,6 +17,7 @@ from rcnn_steps.rcnn import (
     label_proposals,
     load_proposals,
     make_proposals,
+    preset_config,
     rcnn_loss,
     regression_targets,
     train_rcnn,
@@ -167,6 +171,30 @@ def test_tiny_end_to_end(tiny_synth, tmp_path):
     image = train.load_image(train.image_ids[0])
     det = detect(model, image, props[train.image_ids[0]], BoxCoder(RCNN_BOX_CODER_WEIGHTS), 16)
     assert det["boxes"].shape[1] == 4 and len(det["scores"]) == len(det["labels"])
+
+
+def test_preset_config_changes_only_the_crop_size():
+    assert preset_config("cpu") is PRESETS["cpu"] and preset_config("cpu", 32) is PRESETS["cpu"]
+    small = preset_config("cpu", 16)
+    assert small.crop_size == 16 and small == replace(PRESETS["cpu"], crop_size=16)
+    assert PRESETS["cpu"].crop_size == 32  # the preset itself is untouched
+    for bad in (12, 0, -8):
+        with pytest.raises(ValueError, match="multiple of 8"):
+            preset_config("cpu", bad)
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset_config("gpu")
+
+
+def test_evaluate_command_refuses_a_changed_crop_without_its_own_file(capsys):
+    from rcnn_steps.rcnn import main
+
+    # both fail at parsing, before any proposal or image is read
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--crop-size", "16"])
+    assert "name the results file with --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--crop-size", "12", "--out", "x.json"])
+    assert "multiple of 8" in capsys.readouterr().err
 
 
 @pytest.mark.gpu
