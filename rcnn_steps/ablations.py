@@ -669,7 +669,8 @@ def mask_rcnn_grid(table: str) -> dict[str, dict[str, Any]]:
       branch, Table 2(c)'s question) and vs ``softmax`` (the same with a softmax over the
       classes, Table 2(b)'s), meant to run at ``--max-iter`` :data:`LONG_MAX_ITER` (4x
       the grids' budget), to show whether the headline effects hold for a longer-trained
-      model.
+      model; and vs ``keypoints`` (the final model with the keypoint branch, its loss
+      weighted :data:`KEYPOINT_LOSS_WEIGHT`: the full Mask R-CNN of chapter 08's pictures).
     """
     if table == "mrcnn_2a":
         c4 = {"fpn": False, "feature_stage": "c4", "box_head": "c5", "mask_head": "c5",
@@ -770,6 +771,15 @@ def mask_rcnn_grid(table: str) -> dict[str, dict[str, Any]]:
                 {**FINAL_OVERRIDES, "mask_loss": "softmax"},
                 mask_rcnn_grid("mrcnn_2b")["softmax"]["paper"],  # Table 2(b)'s question
                 "softmax over classes, exact pixels",
+            ),  # fmt: skip
+            "keypoints": _mask_setting(
+                {
+                    **FINAL_OVERRIDES,
+                    "keypoints": True,
+                    "keypoint_loss_weight": KEYPOINT_LOSS_WEIGHT,
+                },
+                None,
+                "with keypoints (loss weight 0.1), exact pixels",
             ),  # fmt: skip
         }
     raise ValueError(f"mask_rcnn_grid: unknown table {table!r}; one of {list(MASK_TABLES)}.")

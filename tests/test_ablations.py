@@ -507,6 +507,11 @@ def test_long_table_is_the_final_model_and_kept_runs_export_and_load(tiny_synth,
     assert grid["roipool"]["overrides"] == {**final, "roi_op": "roipool"}
     assert grid["softmax"]["overrides"] == {**final, "mask_loss": "softmax"}
     assert grid["softmax"]["paper"] == ablations.mask_rcnn_grid("mrcnn_2b")["softmax"]["paper"]
+    assert grid["keypoints"]["overrides"] == {
+        **final,
+        "keypoints": True,
+        "keypoint_loss_weight": 0.1,
+    }
     # keeping a run's checkpoint does not change its cache key
     kwargs = dict(root=tiny_synth, num_eval_images=2, verbose=False, progress=False)
     table = ablations.run_tables(
