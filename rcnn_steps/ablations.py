@@ -578,6 +578,11 @@ LONG_MAX_ITER = 6000
 #: The keypoint loss weight of Tables 5 and 6 (Detectron2's default): at the paper's 1 the
 #: keypoint branch collapses at ``cpu_mask``'s learning rate (table ``mrcnn_kp_weight``).
 KEYPOINT_LOSS_WEIGHT = 0.1
+#: The keypoint branch as Tables 5, 6 and the final model's keypoint twin train it.
+_WEIGHTED_KEYPOINTS: dict[str, Any] = {
+    "keypoints": True,
+    "keypoint_loss_weight": KEYPOINT_LOSS_WEIGHT,
+}
 #: Our metric beside each Mask R-CNN table's paper numbers (``segm``: mask AP, ``bbox``:
 #: box AP, ``keypoints``: keypoint AP), as :func:`rcnn_steps.runner.evaluate` names them.
 MASK_TABLE_METRIC = {
@@ -729,15 +734,14 @@ def mask_rcnn_grid(table: str) -> dict[str, dict[str, Any]]:
             "mask": _mask_setting({}, {"AP": 38.2}, "Mask R-CNN (box and mask branches)"),
         }
     if table == "mrcnn_5":
-        kp_weight = {"keypoints": True, "keypoint_loss_weight": KEYPOINT_LOSS_WEIGHT}
         return {
             "kp_only": _mask_setting(
-                {**kp_weight, "masks": False}, {"AP": 64.2}, "keypoint branch only"
+                {**_WEIGHTED_KEYPOINTS, "masks": False}, {"AP": 64.2}, "keypoint branch only"
             ),
-            "kp_mask": _mask_setting(kp_weight, {"AP": 64.7}, "keypoints and masks"),
+            "kp_mask": _mask_setting(_WEIGHTED_KEYPOINTS, {"AP": 64.7}, "keypoints and masks"),
         }
     if table == "mrcnn_6":
-        kp = {"masks": False, "keypoints": True, "keypoint_loss_weight": KEYPOINT_LOSS_WEIGHT}
+        kp = {**_WEIGHTED_KEYPOINTS, "masks": False}
         return {
             "kp_roipool": _mask_setting({**kp, "roi_op": "roipool"}, {"AP": 59.8}, "RoIPool"),
             "kp_roialign": _mask_setting(kp, {"AP": 64.2}, "RoIAlign"),
@@ -773,11 +777,7 @@ def mask_rcnn_grid(table: str) -> dict[str, dict[str, Any]]:
                 "softmax over classes, exact pixels",
             ),  # fmt: skip
             "keypoints": _mask_setting(
-                {
-                    **FINAL_OVERRIDES,
-                    "keypoints": True,
-                    "keypoint_loss_weight": KEYPOINT_LOSS_WEIGHT,
-                },
+                {**FINAL_OVERRIDES, **_WEIGHTED_KEYPOINTS},
                 None,
                 "with keypoints (loss weight 0.1), exact pixels",
             ),  # fmt: skip

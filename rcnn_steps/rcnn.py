@@ -682,7 +682,7 @@ def _evaluate_command(args) -> int:
     from rcnn_steps.utils import seed_everything, set_threads, write_results
 
     started = time.time()
-    config = preset_config(args.preset, args.crop_size)
+    config = args.config  # the preset, or another crop size (checked in main)
     set_threads(args.threads)
     train, val = synth_datasets()
     train_path, val_path = proposals_path("train"), proposals_path("val")
@@ -789,6 +789,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             args.no_evolution = True
         args.out = args.out or results_dir() / "rcnn.json"
+        args.config = config
     if args.command == "proposals":
         if args.num_images is None:
             from rcnn_steps.evolution import NUM_EVAL_IMAGES
