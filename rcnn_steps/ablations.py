@@ -613,7 +613,8 @@ PAPER_METRIC.update(
         "mrcnn_6": "Mask R-CNN Table 6 (ResNet-50-FPN), COCO minival person keypoint AP, %",
         "mrcnn_pixels": "not in the paper: the pixel convention of mask targets and pasting",
         "mrcnn_long": (
-            "Mask R-CNN Tables 2(b) and 2(c) (ResNet-50-C4), COCO minival mask AP / AP50 / AP75, %"
+            "Mask R-CNN Tables 2(a) (backbone), 2(b) and 2(c) (ResNet-50-C4), COCO minival mask "
+            "AP / AP50 / AP75, %"
         ),
         "mrcnn_kp_weight": (
             "not in the paper (which weights every loss 1): the keypoint loss weight of the "
@@ -622,6 +623,12 @@ PAPER_METRIC.update(
     }
 )
 COMPARABLE_METRIC.update({t: "AP" for t in MASK_TABLES})
+
+
+#: Table 2(a)'s C4 design: the RPN and RoIs on c4 (stride 16), res5 as the box head, the
+#: C4 mask head (res5 + deconv, 14 x 14 masks), chapter 05's C4 anchors.
+_C4: dict[str, Any] = {"fpn": False, "feature_stage": "c4", "box_head": "c5", "mask_head": "c5",
+                       "anchor_sizes": FPN_TABLE3_ANCHOR_SIZES}  # fmt: skip
 
 
 def _mask_setting(overrides: dict[str, Any], paper: Any, label: str, **extra: Any) -> dict:
@@ -674,15 +681,14 @@ def mask_rcnn_grid(table: str) -> dict[str, dict[str, Any]]:
       branch, Table 2(c)'s question) and vs ``softmax`` (the same with a softmax over the
       classes, Table 2(b)'s), meant to run at ``--max-iter`` :data:`LONG_MAX_ITER` (4x
       the grids' budget), to show whether the headline effects hold for a longer-trained
-      model; and vs ``keypoints`` (the final model with the keypoint branch, its loss
-      weighted :data:`KEYPOINT_LOSS_WEIGHT`: the full Mask R-CNN of chapter 08's pictures).
+      model; vs ``c4`` (the same on the C4 design of ``mrcnn_2a``, Table 2(a)'s question);
+      and vs ``keypoints`` (the final model with the keypoint branch, its loss weighted
+      :data:`KEYPOINT_LOSS_WEIGHT`: the full Mask R-CNN of chapter 08's pictures).
     """
     if table == "mrcnn_2a":
-        c4 = {"fpn": False, "feature_stage": "c4", "box_head": "c5", "mask_head": "c5",
-              "anchor_sizes": FPN_TABLE3_ANCHOR_SIZES}  # fmt: skip
         rows = {
-            "c4": (c4, "C4 (stride 16), res5 heads, width 32, 1 conv per stage (R50-C4)"),
-            "c4_deep": ({**c4, "backbone_blocks": 2}, "C4, 2 convs per stage (R101-C4)"),
+            "c4": (_C4, "C4 (stride 16), res5 heads, width 32, 1 conv per stage (R50-C4)"),
+            "c4_deep": ({**_C4, "backbone_blocks": 2}, "C4, 2 convs per stage (R101-C4)"),
             "fpn": ({}, "FPN P2-P6, FCN mask head, 1 conv per stage (R50-FPN)"),
             "fpn_deep": ({"backbone_blocks": 2}, "FPN, 2 convs per stage (R101-FPN)"),
         }
@@ -781,6 +787,11 @@ def mask_rcnn_grid(table: str) -> dict[str, dict[str, Any]]:
                 None,
                 "with keypoints (loss weight 0.1), exact pixels",
             ),  # fmt: skip
+            "c4": _mask_setting(
+                {**FINAL_OVERRIDES, **_C4},
+                _ap_triple(_PAPER_2A["c4"]),  # Table 2(a)'s question, against roialign (FPN)
+                "C4 (stride 16), res5 heads, exact pixels",
+            ),  # fmt: skip
         }
     raise ValueError(f"mask_rcnn_grid: unknown table {table!r}; one of {list(MASK_TABLES)}.")
 
@@ -849,6 +860,7 @@ def run_tables(
     num_eval_images: int | None = None,
     timing_threads: int | None = None,
     workers: int = 2,
+    threads_per_worker: int = 1,
     cache_dir: str | Path | None = None,
     progress: bool = True,
     verbose: bool = True,
@@ -856,9 +868,10 @@ def run_tables(
     keep_runs: str | Path | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run every (setting, seed) of ``tables`` (:func:`rcnn_steps.grid.run_specs`: in
-    ``workers`` processes of one thread, each run cached in ``cache_dir``, default
-    ``out_dir/runs``, so shared settings run once and a killed grid resumes), and write
-    ``out_dir/ablation_<table>.json`` for each table, updated after every run.
+    ``workers`` processes of ``threads_per_worker`` threads, each run cached in
+    ``cache_dir``, default ``out_dir/runs``, so shared settings run once and a killed
+    grid resumes), and write ``out_dir/ablation_<table>.json`` for each table, updated
+    after every run.
 
     Each file's ``results`` hold ``table, preset, max_iter, num_eval_images,
     paper_metric, comparable_metric, settings`` (the grid), ``runs`` (``{run_key(name,
@@ -949,8 +962,8 @@ def run_tables(
         from rcnn_steps.data import ensure_synth
 
         ensure_synth()
-    done = run_specs(all_specs, cache_dir, workers=workers, progress=progress, log=log,
-                     on_result=on_result)  # fmt: skip
+    done = run_specs(all_specs, cache_dir, workers=workers, threads_per_worker=threads_per_worker,
+                     progress=progress, log=log, on_result=on_result)  # fmt: skip
     final = {}
     for table in plans:
         collect(done, table)
@@ -1037,7 +1050,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     gr.add_argument("--out-dir", type=Path, default=None, help="default: results/")
     gr.add_argument("--workers", type=int, default=default_workers(),
-                    help="parallel runs, one thread each (default: one per core)")  # fmt: skip
+                    help="parallel runs (default: one per core)")  # fmt: skip
+    gr.add_argument("--threads-per-worker", type=int, default=1,
+                    help="torch threads of each worker: 1 for many runs; one long run alone "
+                         "(--workers 1) may take one per core")  # fmt: skip
     gr.add_argument("--timing-threads", type=int, default=1,
                     help="threads while val images are timed")  # fmt: skip
     gr.add_argument("--root", type=Path, default=None, help="a synthetic/COCO-format set")
@@ -1057,6 +1073,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_eval_images=args.num_eval_images,
         timing_threads=args.timing_threads,
         workers=args.workers,
+        threads_per_worker=args.threads_per_worker,
         progress=not args.no_progress,
         keep_runs=args.keep_runs,
     )

@@ -139,7 +139,10 @@ def _worker_init(threads: int) -> None:
 
 def _run_one(spec: RunSpec) -> dict[str, Any]:
     """One run in a worker: :func:`rcnn_steps.runner.run_setting` plus the code's
-    provenance (the commit it ran from)."""
+    provenance (the commit it ran from) and the torch threads it trained on (they change
+    its speed, not what it computes beyond float rounding)."""
+    import torch
+
     from rcnn_steps.runner import run_setting
     from rcnn_steps.utils import code_diff_hash, git_commit
 
@@ -156,6 +159,7 @@ def _run_one(spec: RunSpec) -> dict[str, Any]:
         timing_threads=spec.timing_threads,
         out_dir=spec.out_dir,
     )
+    record["train_threads"] = torch.get_num_threads()
     record["commit"] = git_commit()
     record["code_diff_sha256"] = code_diff_hash()
     record["spec"] = _canonical(asdict(spec))

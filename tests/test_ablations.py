@@ -507,6 +507,9 @@ def test_long_table_is_the_final_model_and_kept_runs_export_and_load(tiny_synth,
     assert grid["roipool"]["overrides"] == {**final, "roi_op": "roipool"}
     assert grid["softmax"]["overrides"] == {**final, "mask_loss": "softmax"}
     assert grid["softmax"]["paper"] == ablations.mask_rcnn_grid("mrcnn_2b")["softmax"]["paper"]
+    table_2a = ablations.mask_rcnn_grid("mrcnn_2a")
+    assert grid["c4"]["overrides"] == {**table_2a["c4"]["overrides"], **ablations.FINAL_OVERRIDES}
+    assert grid["c4"]["paper"] == table_2a["c4"]["paper"]
     assert grid["keypoints"]["overrides"] == {
         **final,
         "keypoints": True,
@@ -656,3 +659,21 @@ def test_widest_seed_range_is_the_widest_setting_in_points():
     assert ablations.widest_seed_range(grid) == 5.0
     with pytest.raises(ValueError, match="no setting of 'toy' has AP75"):
         ablations.widest_seed_range(grid, "AP75", family="")
+
+
+def test_long_table_c4_trains_and_the_grid_cli_takes_threads_per_worker(tiny_synth, tmp_path):
+    """The final model on the C4 design runs end to end (exact pixels with the C4 mask
+    head), in one worker of two threads, as the CLI's --threads-per-worker asks."""
+    out = tmp_path / "out"
+    code = ablations.main(
+        ["grid", "--tables", "mrcnn_long", "--settings", "c4", "--seeds", "0", "--scale", "ci",
+         "--max-iter", "2", "--workers", "1", "--threads-per-worker", "2", "--root",
+         str(tiny_synth), "--num-eval-images", "2", "--out-dir", str(out), "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    table = json.loads((out / "ablation_mrcnn_long.json").read_text())["results"]
+    run = table["runs"]["c4/seed0"]
+    assert run["spec"]["overrides"]["feature_stage"] == "c4"
+    assert run["spec"]["overrides"]["mask_aligned"] is True
+    assert run["train_threads"] == 2
+    assert "segm_metrics" in run
