@@ -510,6 +510,9 @@ def test_long_table_is_the_final_model_and_kept_runs_export_and_load(tiny_synth,
     table_2a = ablations.mask_rcnn_grid("mrcnn_2a")
     assert grid["c4"]["overrides"] == {**table_2a["c4"]["overrides"], **ablations.FINAL_OVERRIDES}
     assert grid["c4"]["paper"] == table_2a["c4"]["paper"]
+    # FPN vs C4 at this budget compares with Table 2(a)'s own rows, on "paper_2a"
+    assert grid["c4"]["paper_2a"] == table_2a["c4"]["paper"]
+    assert grid["roialign"]["paper_2a"] == table_2a["fpn"]["paper"]
     assert grid["keypoints"]["overrides"] == {
         **final,
         "keypoints": True,
