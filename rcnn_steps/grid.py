@@ -12,7 +12,10 @@ runs and keeps them:
 - **worker processes**, by default one per core with one thread each: on a 2-core
   machine that was the fastest way to run many small jobs (two jobs of two threads each
   oversubscribe the cores and slowed torch down up to 20x; one job of two threads leaves
-  half the time on the table between ops);
+  half the time on the table between ops). Not always: Table 2(a)'s C4 runs took
+  1.9-2.4 s per iteration as one of two one-thread workers, and 0.54 s alone on two
+  threads (``threads_per_worker``, the C4 twin of chapter 08), so a single long run, and
+  C4 runs, may be faster one at a time;
 - **a plan before it starts**: the runs to do, those already cached, and the estimated
   wall time from the cached runs of the same preset (or a measured default per preset),
   then a progress bar with the time left.
@@ -192,6 +195,11 @@ def run_specs(
 
     from rcnn_steps.utils import atomic_write_bytes
 
+    if threads_per_worker < 1:
+        raise ValueError(
+            f"threads_per_worker must be at least 1 (torch threads of each worker), got "
+            f"{threads_per_worker}"
+        )
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     unique: dict[str, RunSpec] = {}
@@ -207,6 +215,13 @@ def run_specs(
         f"{cache_dir}, {len(todo)} to do on {parallel} worker(s) x {threads_per_worker} "
         f"thread(s): about {_format_seconds(total)}"
     )
+    cores = os.cpu_count() or 1
+    if todo and min(len(todo), parallel) * threads_per_worker > cores:
+        log(
+            f"warning: {min(len(todo), parallel)} worker(s) x {threads_per_worker} thread(s) "
+            f"oversubscribe {cores} core(s), which slowed torch down up to 20x here; use one "
+            f"thread per worker, or --workers 1 --threads-per-worker {cores} for one run"
+        )
     if not todo:
         return done
 

@@ -579,6 +579,29 @@ def test_grid_reports_a_failed_run_and_keeps_the_others(tmp_path, monkeypatch):
     assert "about" in logged[0] and any("FAILED bad/seed0" in line for line in logged)
 
 
+def test_grid_refuses_zero_threads_and_warns_when_it_oversubscribes(tmp_path, monkeypatch):
+    from rcnn_steps import grid
+    from rcnn_steps.grid import RunSpec, run_specs
+
+    def fake(name, overrides, seed, preset, max_iter=None, **kwargs):
+        return {"name": name, "seed": seed, "metrics": {"AP": 0.5}, "wall_time_s": 2.0}
+
+    monkeypatch.setattr(runner, "run_setting", fake)
+    specs = [RunSpec("a", 0, "ci", {"rpn_lambda": 2.0})]
+    with pytest.raises(ValueError, match="threads_per_worker must be at least 1"):
+        run_specs(specs, tmp_path, workers=0, threads_per_worker=0, progress=False)
+    assert not list(tmp_path.glob("*.json"))  # nothing ran
+    monkeypatch.setattr(grid.os, "cpu_count", lambda: 2)
+    logged = []
+    run_specs(specs, tmp_path, workers=0, threads_per_worker=4, progress=False,
+              log=logged.append)  # fmt: skip
+    assert any("oversubscribe 2 core(s)" in line for line in logged)
+    logged.clear()  # one thread in one worker: no warning (and the run is cached now)
+    run_specs(specs + [RunSpec("b", 0, "ci")], tmp_path, workers=0, progress=False,
+              log=logged.append)  # fmt: skip
+    assert not any("warning" in line for line in logged)
+
+
 def test_read_grid_results_takes_labels_and_order_from_the_grid(tmp_path):
     from rcnn_steps.utils import write_results
 
