@@ -215,10 +215,10 @@ def run_specs(
         f"{cache_dir}, {len(todo)} to do on {parallel} worker(s) x {threads_per_worker} "
         f"thread(s): about {_format_seconds(total)}"
     )
-    cores = os.cpu_count() or 1
-    if todo and min(len(todo), parallel) * threads_per_worker > cores:
+    cores, busy = os.cpu_count() or 1, min(len(todo), parallel)
+    if busy * threads_per_worker > cores:
         log(
-            f"warning: {min(len(todo), parallel)} worker(s) x {threads_per_worker} thread(s) "
+            f"warning: {busy} worker(s) x {threads_per_worker} thread(s) "
             f"oversubscribe {cores} core(s), which slowed torch down up to 20x here; use one "
             f"thread per worker, or --workers 1 --threads-per-worker {cores} for one run"
         )
