@@ -11,13 +11,18 @@
 2. Every figure (a code cell that displays a PNG) is followed by an explanation: a
    markdown cell that is not a heading, after at most two code cells without figures.
 
-The checks run on the committed outputs, so a chapter whose prose drifts from a re-run's
-numbers fails here and in nbval alike.
+The checks run on the committed outputs, and (1) again on the chapters as executed under
+another CPU kernel set than the one that wrote the committed outputs: ``make test`` executes
+them with ``ONEDNN_MAX_CPU_ISA=SSE41`` into ``build/book-rerun`` and names that folder in
+``RCNN_BOOK_RERUN``. Training, float sums and timing move from one CPU to another, so a
+number the prose quotes from such an output must be quoted at a precision that holds on
+both: a chapter whose words hold only on its author's machine fails here.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -26,6 +31,8 @@ import pytest
 BOOK = Path(__file__).resolve().parents[1] / "book"
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 CHAPTERS = sorted(BOOK.glob("[0-9][0-9]_*.ipynb"))
+#: The chapters executed under another kernel set (see the module docstring), or None.
+RERUN = Path(os.environ["RCNN_BOOK_RERUN"]) if os.environ.get("RCNN_BOOK_RERUN") else None
 
 #: The papers' numbers and fixed constants the prose may quote without printing them: each
 #: a phrase (a regular expression) that is taken out of the prose before its numbers are
@@ -267,6 +274,35 @@ def test_every_number_in_the_prose_comes_from_code(path):
     assert not bad, f"{path.name}: numbers no output or results file supports:\n" + "\n".join(bad)
 
 
+def rerun_problems(committed: dict, rerun: dict) -> list[str]:
+    """Why ``rerun`` is not an execution of ``committed``'s cells (none if it is)."""
+    sources = [(c["cell_type"], _source(c)) for c in committed["cells"]]
+    if sources != [(c["cell_type"], _source(c)) for c in rerun["cells"]]:
+        return ["its cells are not the committed chapter's: execute the chapter again"]
+    return [
+        f"cell {i} failed: {out.get('ename')}: {out.get('evalue')}"
+        for i, cell in enumerate(rerun["cells"])
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "error"
+    ]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_the_prose_holds_under_another_kernel_set(path):
+    if RERUN is None:
+        pytest.skip("RCNN_BOOK_RERUN is not set: `make test` executes the book to check this")
+    rerun_path = RERUN / path.name
+    assert rerun_path.exists(), f"{rerun_path} is missing: `make test` writes it"
+    rerun = json.loads(rerun_path.read_text())
+    problems = rerun_problems(json.loads(path.read_text()), rerun)
+    assert not problems, f"{rerun_path}:\n" + "\n".join(problems)
+    bad = unsupported_numbers(rerun)
+    assert not bad, (
+        f"{path.name}: numbers the re-run under another kernel set ({RERUN}) does not "
+        "support; quote them at a precision that holds on both:\n" + "\n".join(bad)
+    )
+
+
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_every_figure_is_explained(path):
     bad = unexplained_figures(json.loads(path.read_text()))
@@ -346,3 +382,20 @@ def test_a_figure_needs_a_prose_cell_after_it():
         nb = _nb(("code", "plot()", _FIGURE), follower, ("markdown", "text"))
         assert unexplained_figures(nb) == ["cell 0: 'plot()'"]
     assert unexplained_figures(_nb(("code", "plot()", _FIGURE))) == ["cell 0: 'plot()'"]
+
+
+def test_a_rerun_must_be_of_the_same_cells_and_without_errors():
+    committed = _nb(("markdown", "AP 0.45"), ("code", "train()", _stream("AP 0.45\n")))
+    rerun = json.loads(json.dumps(committed))
+    rerun["cells"][1]["outputs"] = _stream("AP 0.44\n")
+    assert rerun_problems(committed, rerun) == []
+    assert [b.split("'")[1] for b in unsupported_numbers(rerun, Path("/nonexistent"))] == ["0.45"]
+    rerun["cells"][0]["source"] = "AP about 0.4"
+    assert rerun_problems(committed, rerun) == [
+        "its cells are not the committed chapter's: execute the chapter again"
+    ]
+    rerun["cells"][0]["source"] = committed["cells"][0]["source"]
+    rerun["cells"][1]["outputs"] = [
+        {"output_type": "error", "ename": "AssertionError", "evalue": ""}
+    ]
+    assert rerun_problems(committed, rerun) == ["cell 1 failed: AssertionError: "]

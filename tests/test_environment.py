@@ -46,3 +46,29 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
     assert "make test" in ci and "make test" in readme
+
+
+def _make_variables_and_recipe(target: str) -> tuple[dict[str, str], list[str]]:
+    text = (ROOT / "Makefile").read_text()
+    variables = dict(re.findall(r"^([A-Z_]+) :?= (.*)$", text, re.MULTILINE))
+    recipe = re.search(rf"^{target}:.*\n((?:\t.*\n)+)", text, re.MULTILINE)
+    assert recipe, f"no {target} target in the Makefile"
+    return variables, recipe.group(1).splitlines()
+
+
+def test_make_test_checks_the_book_under_other_cpu_kernels():
+    """The committed outputs are written with the defaults (`make book-update`); `make test`
+    must execute the chapters under other kernels, or a chapter whose outputs hold only on
+    its author's CPU passes CI (issue 22)."""
+    variables, recipe = _make_variables_and_recipe("test")
+    kernel_variables = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+    for name in ("NBVAL_KERNELS", "RERUN_KERNELS"):
+        assert any(v in variables.get(name, "") for v in kernel_variables), name
+    nbval = [line for line in recipe if "$(NBVAL)" in line]
+    assert nbval and all("env $(NBVAL_KERNELS)" in line for line in nbval)
+    rerun = [line for line in recipe if "run_book.py" in line]
+    assert rerun and "env $(RERUN_KERNELS)" in rerun[0] and "--out build/book-rerun" in rerun[0]
+    assert any(
+        "RCNN_BOOK_RERUN=build/book-rerun" in line and "pytest tests" in line for line in recipe
+    )
+    assert variables["NBVAL_KERNELS"] != variables["RERUN_KERNELS"]  # two kernel sets, not one
