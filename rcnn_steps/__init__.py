@@ -3,14 +3,14 @@
 The modules read like the book's table of contents:
 
 - chapter 00: :mod:`rcnn_steps.data` (the synthetic COCO-format set and its loader),
-  :mod:`rcnn_steps.boxes` (IoU, NMS, box coding), :mod:`rcnn_steps.evaluation`
+  :mod:`rcnn_steps.ops.boxes` (IoU, NMS, box coding), :mod:`rcnn_steps.evaluation`
   (AP from scratch and through pycocotools), :mod:`rcnn_steps.viz` (drawing);
 - chapter 01: :mod:`rcnn_steps.engine` (the one training loop),
   :mod:`rcnn_steps.sliding_window`;
 - chapter 02: :mod:`rcnn_steps.selective_search`, :mod:`rcnn_steps.rcnn`;
 - chapter 03: :mod:`rcnn_steps.roi_ops` (RoIPool, and RoIAlign/RoIWarp for chapter 06),
   :mod:`rcnn_steps.losses`, :mod:`rcnn_steps.fast_rcnn`;
-- chapter 04: :mod:`rcnn_steps.image_list`, :mod:`rcnn_steps.anchors`,
+- chapter 04: :mod:`rcnn_steps.ops.image_list`, :mod:`rcnn_steps.anchors`,
   :mod:`rcnn_steps.matcher`, :mod:`rcnn_steps.sampler`, :mod:`rcnn_steps.backbones`,
   :mod:`rcnn_steps.rpn`, :mod:`rcnn_steps.roi_heads`, :mod:`rcnn_steps.faster_rcnn`;
 - chapter 05: :mod:`rcnn_steps.fpn` (the feature pyramid), :mod:`rcnn_steps.poolers`

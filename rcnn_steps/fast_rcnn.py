@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rcnn_steps.boxes import clip_boxes_to_image
 from rcnn_steps.faster_rcnn import DetectorConfig, build_backbone, build_roi_heads, preprocess
+from rcnn_steps.ops import clip_boxes_to_image
 
 __all__ = [
     "PRESETS",

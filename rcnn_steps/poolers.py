@@ -51,7 +51,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from rcnn_steps.boxes import box_area
+from rcnn_steps.ops import box_area
 from rcnn_steps.roi_ops import get_roi_op, roi_pool_region
 
 __all__ = ["LevelMapper", "MultiScaleRoIPooler", "feature_level"]

@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rcnn_steps.boxes import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 from rcnn_steps.losses import fastrcnn_loss
 from rcnn_steps.matcher import Matcher, label_anchors
+from rcnn_steps.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 from rcnn_steps.roi_ops import get_roi_op
 from rcnn_steps.sampler import BalancedPositiveNegativeSampler
 from rcnn_steps.utils import StageClock

@@ -287,7 +287,7 @@ def _check_batch_and_coordinates(fn: str, rois: Tensor, num_images: int) -> None
         if bad[1]:
             raise ValueError(
                 f"{fn}: boxes contain nan or inf coordinates; drop or clip those boxes "
-                "first (e.g. rcnn_steps.boxes.clip_boxes_to_image)."
+                "first (e.g. rcnn_steps.ops.boxes.clip_boxes_to_image)."
             )
 
 
