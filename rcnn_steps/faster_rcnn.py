@@ -45,7 +45,7 @@ from rcnn_steps.mask_head import (
     MaskRCNNHeads,
     MaskRCNNPredictor,
 )
-from rcnn_steps.ops import ImageList
+from rcnn_steps.ops import ROI_OP_NAMES, ImageList
 from rcnn_steps.poolers import MultiScaleRoIPooler
 from rcnn_steps.roi_heads import (
     C5BoxHead,
@@ -55,7 +55,6 @@ from rcnn_steps.roi_heads import (
     TwoMLPHead,
     check_targets,
 )
-from rcnn_steps.roi_ops import ROI_OP_NAMES
 from rcnn_steps.rpn import RegionProposalNetwork, RPNHead
 from rcnn_steps.utils import StageClock
 
