@@ -1,4 +1,4 @@
-"""Time rcnn_steps.boxes against torchvision.ops at detection-like sizes.
+"""Time rcnn_steps.ops.boxes against torchvision.ops at detection-like sizes.
 
     python benchmarks/bench_boxes.py                   # CPU, and CUDA when present
     python benchmarks/bench_boxes.py --device cpu --repeats 50
@@ -33,7 +33,7 @@ import torchvision.ops as tv_ops
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from rcnn_steps import boxes as ours  # noqa: E402
+from rcnn_steps.ops import boxes as ours  # noqa: E402
 from rcnn_steps.utils import (  # noqa: E402
     benchmark_devices,
     load_average,
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
 
     set_threads(args.threads)
     info = machine_info()
-    print("# rcnn_steps.boxes vs torchvision.ops")
+    print("# rcnn_steps.ops.boxes vs torchvision.ops")
     print(
         f"machine: {info['cpu']} ({info['cpu_count']} cores), torch threads: "
         f"{torch.get_num_threads()}" + (f", GPU: {info['gpu']}" if "gpu" in info else "")

@@ -1,4 +1,4 @@
-"""Time rcnn_steps.roi_ops against torchvision's compiled RoIPool and RoIAlign kernels.
+"""Time the RoI layers of rcnn_steps.ops against torchvision's compiled kernels.
 
     python benchmarks/bench_roi_ops.py                       # CPU, and CUDA when present
     python benchmarks/bench_roi_ops.py --device cpu --threads 1 --repeats 7
@@ -13,7 +13,7 @@ pooled to 7 x 7 for the box head and 14 x 14 for the mask head. RoIAlign runs wi
 (``-1``), as torchvision's and Detectron2's heads use them.
 
 torchvision's CPU RoI kernels are single-threaded C++ loops; ours are a few dozen PyTorch
-ops each, run on ``rcnn_steps.roi_ops.CPU_THREADS`` threads (torch's setting by default; see
+ops each, run on ``rcnn_steps.ops.roi_checks.CPU_THREADS`` threads (torch's setting by default; see
 its comment; ``--ours-threads`` changes it). ``--threads`` is torch's own setting.
 
 Each row prints the median time of ours and of torchvision's forward (no gradient), and
@@ -40,7 +40,8 @@ import torchvision.ops as tv_ops
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from rcnn_steps import roi_ops as ours  # noqa: E402
+from rcnn_steps import ops as ours  # noqa: E402
+from rcnn_steps.ops import roi_checks  # noqa: E402
 from rcnn_steps.utils import (  # noqa: E402
     benchmark_devices,
     load_average,
@@ -198,9 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--ours-threads",
         type=int,
-        default=ours.CPU_THREADS,
-        help="rcnn_steps.roi_ops.CPU_THREADS: threads our layers may use, at most --threads "
-        f"(default {ours.CPU_THREADS}, the library's; 0 means all of --threads)",
+        default=roi_checks.CPU_THREADS,
+        help="rcnn_steps.ops.roi_checks.CPU_THREADS: threads our layers may use, at most --threads "
+        f"(default {roi_checks.CPU_THREADS}, the library's; 0 means all of --threads)",
     )
     parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all")
     parser.add_argument("--seed", type=int, default=0)
@@ -208,13 +209,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     set_threads(args.threads)
-    ours.CPU_THREADS = args.ours_threads or None
+    roi_checks.CPU_THREADS = args.ours_threads or None
     info = machine_info()
-    print("# rcnn_steps.roi_ops vs torchvision.ops (compiled kernels)")
+    print("# rcnn_steps.ops RoI layers vs torchvision.ops (compiled kernels)")
     print(
         f"machine: {info['cpu']} ({info['cpu_count']} cores), torch threads: "
         f"{torch.get_num_threads()} (torchvision's CPU RoI kernels use one), ours: "
-        f"CPU_THREADS={ours.CPU_THREADS}" + (f", GPU: {info['gpu']}" if "gpu" in info else "")
+        f"CPU_THREADS={roi_checks.CPU_THREADS}" + (f", GPU: {info['gpu']}" if "gpu" in info else "")
     )
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}")
     print(f"load average at start: {load_average()}")

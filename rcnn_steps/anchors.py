@@ -32,7 +32,7 @@ from numbers import Real
 import torch
 from torch import Tensor, nn
 
-from rcnn_steps.image_list import ImageList
+from rcnn_steps.ops import ImageList
 
 __all__ = [
     "AnchorGenerator",
@@ -249,7 +249,7 @@ class AnchorGenerator(nn.Module):
         """Anchors for every image of a batch.
 
         Args:
-            image_list: the padded batch (an :class:`~rcnn_steps.image_list.ImageList`,
+            image_list: the padded batch (an :class:`~rcnn_steps.ops.image_list.ImageList`,
                 or anything with ``.tensors`` (N, C, H, W) and ``.image_sizes``).
             feature_maps: one ``(N, C_l, H_l, W_l)`` feature map per level.
 

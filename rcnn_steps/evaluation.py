@@ -1022,7 +1022,7 @@ def simulate_detections(
         raise ValueError("box_noise and false_positives_per_image must not be negative")
     import torch
 
-    from rcnn_steps.boxes import box_iou, clip_boxes_to_image
+    from rcnn_steps.ops import box_iou, clip_boxes_to_image
 
     generator = torch.Generator().manual_seed(seed)
     index_of = {image_id: i for i, image_id in enumerate(dataset.image_ids)}

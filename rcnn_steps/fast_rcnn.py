@@ -4,7 +4,7 @@ proposals, and a multi-task head.
 R-CNN (chapter 02) warps every proposal out of the image and runs the whole CNN on each:
 ~2000 forward passes per image. Fast R-CNN (section 2, Figure 1) runs the convolutional
 layers *once* on the image, and reads each proposal's feature off the shared map with
-RoIPool (:func:`rcnn_steps.roi_ops.roi_pool`); a small head then scores the classes and
+RoIPool (:func:`rcnn_steps.ops.roipool.roi_pool`); a small head then scores the classes and
 refines the box, trained end to end with one multi-task loss
 (:func:`rcnn_steps.losses.fastrcnn_loss`). The proposals still come from outside
 (selective search, chapter 02's cached proposals): that is what Faster R-CNN's RPN
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rcnn_steps.boxes import clip_boxes_to_image
 from rcnn_steps.faster_rcnn import DetectorConfig, build_backbone, build_roi_heads, preprocess
+from rcnn_steps.ops import clip_boxes_to_image
 
 __all__ = [
     "PRESETS",

@@ -17,7 +17,8 @@ The whole detector of chapter 04, read top to bottom:
 
 Images are float ``(3, H, W)`` in [0, 1], any size (the synthetic set's are 128 x 128);
 they are normalised, padded to a multiple of 32 (64 with FPN's P6;
-:class:`~rcnn_steps.image_list.ImageList`) and never resized, so boxes stay in the image's pixels.
+:class:`~rcnn_steps.ops.image_list.ImageList`) and never resized, so boxes stay in the
+image's pixels.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from rcnn_steps.anchors import AnchorGenerator
 from rcnn_steps.backbones import STAGES, ResNetBackbone, TinyBackbone
 from rcnn_steps.engine import TrainConfig
 from rcnn_steps.fpn import BackboneWithFPN, check_levels, level_number
-from rcnn_steps.image_list import ImageList
 from rcnn_steps.keypoint_head import KeypointBranch, KeypointRCNNHeads, KeypointRCNNPredictor
 from rcnn_steps.mask_head import (
     MASK_HEADS,
@@ -45,6 +45,7 @@ from rcnn_steps.mask_head import (
     MaskRCNNHeads,
     MaskRCNNPredictor,
 )
+from rcnn_steps.ops import ROI_OP_NAMES, ImageList
 from rcnn_steps.poolers import MultiScaleRoIPooler
 from rcnn_steps.roi_heads import (
     C5BoxHead,
@@ -54,7 +55,6 @@ from rcnn_steps.roi_heads import (
     TwoMLPHead,
     check_targets,
 )
-from rcnn_steps.roi_ops import ROI_OP_NAMES
 from rcnn_steps.rpn import RegionProposalNetwork, RPNHead
 from rcnn_steps.utils import StageClock
 

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rcnn_steps.roi_ops import roi_align
+from rcnn_steps.ops import roi_align
 
 __all__ = [
     "MASK_HEADS",

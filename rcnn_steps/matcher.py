@@ -2,7 +2,7 @@
 
 Before a detector can compute a loss it must decide, for every anchor (RPN) or proposal
 (RoI head), whether it is an object and which one: compare every prediction with every
-ground-truth box (an IoU matrix, :func:`rcnn_steps.boxes.box_iou`) and threshold the
+ground-truth box (an IoU matrix, :func:`rcnn_steps.ops.boxes.box_iou`) and threshold the
 best overlap. Faster R-CNN (section 3.1.2, "Loss Function") labels an anchor
 
 - positive if its IoU with some ground-truth box is >= 0.7, *or* if it is the anchor (or

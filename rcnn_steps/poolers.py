@@ -19,7 +19,7 @@ reads them all.
   sent a level down; we add the same eps, tests/test_poolers.py).
 - :class:`MultiScaleRoIPooler`: the call of :class:`rcnn_steps.roi_heads.RoIPooler` with
   a list (or dict) of maps: assigns each RoI a level, pools each level's RoIs with the
-  RoI layer named in the config (any of :func:`rcnn_steps.roi_ops.get_roi_op`'s), and
+  RoI layer named in the config (any of :func:`rcnn_steps.ops.roi_layers.get_roi_op`'s), and
   returns them in the input order. With ``"roialign_avg"`` and ``aligned=False`` it
   equals ``torchvision.ops.MultiScaleRoIAlign``, forward and backward.
 
@@ -51,8 +51,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from rcnn_steps.boxes import box_area
-from rcnn_steps.roi_ops import get_roi_op, roi_pool_region
+from rcnn_steps.ops import box_area, get_roi_op, roi_pool_region
 
 __all__ = ["LevelMapper", "MultiScaleRoIPooler", "feature_level"]
 
@@ -127,7 +126,7 @@ def roi_size_in_cells(boxes: Tensor, mapper: LevelMapper) -> tuple[Tensor, Tenso
     Returns:
         ``(cells, iou, level)``, each ``(R,)``: ``sqrt(w h) / 2**k`` (the box's side in
         cells of its level k), the IoU of the box with the region RoIPool reads of it
-        (:func:`rcnn_steps.roi_ops.roi_pool_region`) and k itself.
+        (:func:`rcnn_steps.ops.roipool.roi_pool_region`) and k itself.
     """
     level = mapper.level(boxes)
     stride = 2.0 ** level.to(boxes.dtype)
@@ -151,7 +150,7 @@ class MultiScaleRoIPooler(nn.Module):
     """A fixed-size feature per RoI from a feature pyramid, each RoI from its level (eq. 1).
 
     Args:
-        roi_op: any name of :func:`rcnn_steps.roi_ops.get_roi_op` ("roipool",
+        roi_op: any name of :func:`rcnn_steps.ops.roi_layers.get_roi_op` ("roipool",
             "roiwarp_max", "roiwarp_avg", "roialign_max", "roialign_avg").
         output_size: ``ph`` (= ``pw``), 7 in the papers, or ``(ph, pw)``.
         sampling_ratio: sampling points per bin side (RoIWarp/RoIAlign).

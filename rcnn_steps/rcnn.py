@@ -15,8 +15,8 @@ the warped crop. Test time, for one image (paper section 2.2):
    in (:func:`warp_boxes`, appendix A "Object proposal transformations");
 3. a small CNN (:class:`RCNNNet`) scores every crop for each class and background, and a
    class-specific box regressor refines it with R-CNN's parameterisation (appendix C,
-   :class:`rcnn_steps.boxes.BoxCoder`);
-4. greedy NMS per class (:func:`rcnn_steps.boxes.batched_nms`, IoU 0.3 as in the
+   :class:`rcnn_steps.ops.boxes.BoxCoder`);
+4. greedy NMS per class (:func:`rcnn_steps.ops.boxes.batched_nms`, IoU 0.3 as in the
    released code).
 
 Training (section 2.3): proposals with IoU >= 0.5 with a ground-truth box are positives of
@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rcnn_steps.boxes import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+from rcnn_steps.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
 __all__ = [
     "PAPER_CROP_SIZE",

@@ -9,7 +9,7 @@ Fast R-CNN (Girshick 2015, section 2) in four small parts:
    (:class:`~rcnn_steps.sampler.BalancedPositiveNegativeSampler`).
 2. **RoI feature extraction** (section 2.1): :class:`RoIPooler` reads a fixed ``7 x 7``
    feature per RoI with the RoI layer named in the config (``"roipool"`` here; RoIAlign
-   arrives in chapter 06 through the same field, :func:`rcnn_steps.roi_ops.get_roi_op`).
+   arrives in chapter 06 through the same field, :func:`rcnn_steps.ops.roi_layers.get_roi_op`).
 3. **The head**: :class:`TwoMLPHead` (flatten -> fc -> fc, the "fc6, fc7" of VGG) or
    :class:`C5BoxHead` (res5 on each RoI, the C4 design), then
    :class:`FastRCNNPredictor`: K + 1 class scores and class-specific deltas (section 2.2).
@@ -39,10 +39,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rcnn_steps.boxes import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 from rcnn_steps.losses import fastrcnn_loss
 from rcnn_steps.matcher import Matcher, label_anchors
-from rcnn_steps.roi_ops import get_roi_op
+from rcnn_steps.ops import (
+    BoxCoder,
+    batched_nms,
+    box_iou,
+    clip_boxes_to_image,
+    get_roi_op,
+    remove_small_boxes,
+)
 from rcnn_steps.sampler import BalancedPositiveNegativeSampler
 from rcnn_steps.utils import StageClock
 
@@ -125,7 +131,8 @@ class RoIPooler(nn.Module):
 
     Args:
         roi_op: "roipool" (Fast R-CNN), "roiwarp_max", "roiwarp_avg", "roialign_max",
-            "roialign_avg" (Mask R-CNN Table 2(c)), see :func:`rcnn_steps.roi_ops.get_roi_op`.
+            "roialign_avg" (Mask R-CNN Table 2(c)), see
+            :func:`rcnn_steps.ops.roi_layers.get_roi_op`.
         output_size: ``ph`` (= ``pw``), 7 in the papers.
         sampling_ratio: sampling points per bin side for RoIWarp/RoIAlign (ignored by
             RoIPool).

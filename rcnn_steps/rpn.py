@@ -2,7 +2,7 @@
 
 A small network slid over the backbone's feature map: at every cell a 3x3 conv and two
 sibling 1x1 convs predict, for each of the A anchors of the cell, an objectness logit and
-four box deltas (eq. 2, :class:`~rcnn_steps.boxes.BoxCoder` with weights (1, 1, 1, 1)).
+four box deltas (eq. 2, :class:`~rcnn_steps.ops.boxes.BoxCoder` with weights (1, 1, 1, 1)).
 Proposals are the decoded anchors, filtered (section 3.3): per level the top
 ``pre_nms_top_n`` by objectness, clipped to the image, tiny boxes removed, NMS at 0.7,
 the best ``post_nms_top_n`` kept. Training labels anchors with :class:`Matcher` (0.7 /
@@ -26,10 +26,16 @@ import torch
 from torch import Tensor, nn
 
 from rcnn_steps.anchors import AnchorGenerator, anchor_visibility
-from rcnn_steps.boxes import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
-from rcnn_steps.image_list import ImageList
 from rcnn_steps.losses import NORMALIZATIONS, rpn_loss
 from rcnn_steps.matcher import Matcher, label_anchors
+from rcnn_steps.ops import (
+    BoxCoder,
+    ImageList,
+    batched_nms,
+    box_iou,
+    clip_boxes_to_image,
+    remove_small_boxes,
+)
 from rcnn_steps.sampler import BalancedPositiveNegativeSampler
 
 __all__ = ["RPNHead", "RegionProposalNetwork", "flatten_head_outputs"]

@@ -44,7 +44,7 @@ from scipy import ndimage
 from skimage import color
 from skimage.segmentation import felzenszwalb
 
-from rcnn_steps.boxes import box_iou
+from rcnn_steps.ops import box_iou
 
 __all__ = [
     "COLOUR_BINS",

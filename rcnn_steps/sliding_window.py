@@ -29,7 +29,7 @@ share their computation. This module builds each piece, in the order the chapter
    offsets, moves each window off the grid and onto the object.
 6. **Detection and evaluation** (:func:`postprocess`, :func:`detect`,
    :func:`evaluate_detector`): per-class score thresholding, class-wise NMS
-   (:func:`rcnn_steps.boxes.batched_nms`), COCO box AP (:mod:`rcnn_steps.evaluation`).
+   (:func:`rcnn_steps.ops.boxes.batched_nms`), COCO box AP (:mod:`rcnn_steps.evaluation`).
 
 ``python -m rcnn_steps.sliding_window evaluate --preset cpu`` trains, measures and writes
 ``results/sliding_window.json`` and the chapter's row of the evolution table.
@@ -58,9 +58,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rcnn_steps.boxes import BoxCoder, batched_nms, box_iou, clip_boxes_to_image
 from rcnn_steps.engine import TrainConfig, TrainResult, classification_loss, train
 from rcnn_steps.evaluation import coco_evaluate, detections_to_coco
+from rcnn_steps.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image
 
 __all__ = [
     "INPUT_SIZE",

@@ -728,7 +728,7 @@ def draw_region(ax: Axes, box: Any, colour: Any = "tab:blue", **kwargs: Any) -> 
 
 def draw_bins(ax: Axes, cells: Any, colours: Sequence[Any] | None = None, **kwargs: Any) -> Axes:
     """RoIPool's bins over a :func:`feature_grid`: ``cells`` is ``(ph, pw, 4)`` half-open
-    cell ranges ``(x_start, y_start, x_end, y_end)`` (``roi_ops.roi_pool_cells``). Each
+    cell ranges ``(x_start, y_start, x_end, y_end)`` (``ops.roipool.roi_pool_cells``). Each
     bin is outlined just inside its cells, alternately inset, so overlapping bins stay
     apart; ``colours`` gives one colour per bin (row-major), black by default."""
     flat = _np(cells).reshape(-1, 4)

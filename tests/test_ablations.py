@@ -278,7 +278,7 @@ def test_table8_labels_say_which_anchors_ran():
 
 @pytest.mark.parametrize("table", ["table2c", "table2d"])
 def test_roi_layer_overrides_build_the_right_model(table):
-    from rcnn_steps.roi_ops import RoIOp
+    from rcnn_steps.ops import RoIOp
 
     stride = {"table2c": 8, "table2d": 32}[table]
     for setting in faster_rcnn_grid(table).values():

@@ -25,7 +25,7 @@ from rcnn_steps.anchors import (
     anchors_by_level,
     generate_base_anchors,
 )
-from rcnn_steps.image_list import ImageList
+from rcnn_steps.ops import ImageList
 
 
 def exactly_equal(actual, expected):

@@ -1,4 +1,4 @@
-"""Tests for rcnn_steps.boxes (chapter 00; BoxCoder chapters 01-04).
+"""Tests for rcnn_steps.ops.boxes (chapter 00; BoxCoder chapters 01-04).
 
 torchvision is the oracle: every function that torchvision.ops has is compared with it on
 random inputs (hypothesis) and on the edge cases that break naive code: empty inputs,
@@ -20,8 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision.models.detection._utils import BoxCoder as TvBoxCoder
 
-import rcnn_steps.boxes
-from rcnn_steps.boxes import (
+import rcnn_steps.ops.boxes
+from rcnn_steps.ops.boxes import (
     NMS_BLOCK_SIZE_CPU,
     BoxCoder,
     _largest_at_most,
@@ -47,7 +47,7 @@ def nms_block_size(size: int):
     """Run NMS with blocks of ``size`` boxes on CPU. Small blocks make a few dozen boxes
     span many blocks, so the random tests reach the code that carries kept boxes from
     one block to the next (and, per class, looks back to where a class starts)."""
-    return mock.patch.object(rcnn_steps.boxes, "NMS_BLOCK_SIZE_CPU", size)
+    return mock.patch.object(rcnn_steps.ops.boxes, "NMS_BLOCK_SIZE_CPU", size)
 
 
 def exactly_equal(actual: torch.Tensor, expected: torch.Tensor) -> None:

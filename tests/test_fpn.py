@@ -16,7 +16,7 @@ from rcnn_steps.fpn import (
     check_levels,
     level_number,
 )
-from rcnn_steps.image_list import ImageList
+from rcnn_steps.ops import ImageList
 from rcnn_steps.rpn import RegionProposalNetwork, RPNHead
 
 IN_CHANNELS = [6, 10, 12, 16]

@@ -1,4 +1,4 @@
-"""Tests for rcnn_steps.image_list (chapter 04).
+"""Tests for rcnn_steps.ops.image_list (chapter 04).
 
 The oracle is torchvision's batching, ``GeneralizedRCNNTransform.batch_images``, which pads
 to the largest image rounded up to ``size_divisible``: our padded batch must equal it bit
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from rcnn_steps.image_list import ImageList
+from rcnn_steps.ops.image_list import ImageList
 
 TV_TRANSFORM = GeneralizedRCNNTransform(
     min_size=800, max_size=1333, image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0]

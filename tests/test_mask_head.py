@@ -230,7 +230,7 @@ def test_aligned_round_trip_keeps_a_mask_and_the_legacy_rule_shifts_it():
 
 
 def test_aligned_targets_are_the_half_pixel_shifted_roi_align():
-    from rcnn_steps.roi_ops import roi_align
+    from rcnn_steps.ops import roi_align
 
     g = torch.Generator().manual_seed(9)
     masks = _masks(g)

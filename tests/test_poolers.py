@@ -5,13 +5,13 @@ import torch
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import LevelMapper as TvLevelMapper
 
+from rcnn_steps.ops import ROI_OP_NAMES, get_roi_op
 from rcnn_steps.poolers import (
     LevelMapper,
     MultiScaleRoIPooler,
     feature_level,
     roi_size_in_cells,
 )
-from rcnn_steps.roi_ops import ROI_OP_NAMES, get_roi_op
 
 
 def _boxes(n, max_xy, min_wh, max_wh, seed=0, dtype=torch.float32):
@@ -174,7 +174,7 @@ def test_clear_errors():
 
 
 def test_roi_size_in_cells_reads_each_box_on_its_own_level():
-    from rcnn_steps.roi_ops import roi_pool_region
+    from rcnn_steps.ops import roi_pool_region
 
     boxes = torch.tensor(
         [[3.0, 5.0, 23.0, 21.0], [10.5, 2.0, 70.0, 61.5], [0.0, 0.0, 200.0, 160.0]]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from rcnn_steps.boxes import BoxCoder
+from rcnn_steps.ops import BoxCoder
 from rcnn_steps.rcnn import (
     PRESETS,
     RCNN_BOX_CODER_WEIGHTS,

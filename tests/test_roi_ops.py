@@ -1,4 +1,5 @@
-"""Tests for rcnn_steps.roi_ops (chapters 03 and 06).
+"""Tests for the RoI layers of rcnn_steps.ops: roipool (chapter 03), roialign and
+roi_layers (chapter 06), and the argument checks they share (roi_checks).
 
 torchvision is the oracle for RoIPool and RoIAlign (average): forward and backward on
 random maps and boxes, and on the boxes that break naive code (outside the map, smaller
@@ -22,21 +23,22 @@ import torchvision.ops as tv
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import rcnn_steps.roi_ops
-from rcnn_steps.roi_ops import (
-    FLT_MAX,
-    ROI_OP_NAMES,
-    RoIOp,
+import rcnn_steps.ops
+from rcnn_steps.ops import roi_checks, roialign, roipool
+from rcnn_steps.ops.roi_layers import ROI_OP_NAMES, RoIOp, get_roi_op
+from rcnn_steps.ops.roialign import (
     bilinear_sample,
-    get_roi_op,
     roi_align,
     roi_align_reference,
     roi_align_sampling_points,
+    roi_warp,
+)
+from rcnn_steps.ops.roipool import (
+    FLT_MAX,
     roi_pool,
     roi_pool_cells,
     roi_pool_reference,
     roi_pool_region,
-    roi_warp,
 )
 
 FLOATS = [torch.float32, torch.float64]
@@ -199,7 +201,7 @@ def test_roi_pool_many_rois_and_channel_slices(monkeypatch):
     slices (the memory bound), still equal torchvision."""
     x = feature_map(3, 5, 10, 12, seed=7, relu=True)
     rois = random_rois(3, 300, 10, 12, 0.5, seed=8)
-    monkeypatch.setattr(rcnn_steps.roi_ops, "ROI_POOL_TABLE_BYTES", 1)
+    monkeypatch.setattr(roipool, "ROI_POOL_TABLE_BYTES", 1)
     ours = forward_backward(roi_pool, x, rois, (4, 3), 0.5)
     theirs = forward_backward(tv.roi_pool, x, rois, (4, 3), 0.5)
     exactly_equal(ours[0], theirs[0])
@@ -624,22 +626,22 @@ def test_mode_and_sampling_ratio_errors():
 
 
 def test_thread_setting_is_respected_and_restored(monkeypatch):
-    """The layers run their CPU work on rcnn_steps.roi_ops.CPU_THREADS threads (see its
+    """The layers run their CPU work on rcnn_steps.ops.roi_checks.CPU_THREADS threads (see its
     comment) and give torch its own setting back; the result does not depend on it."""
     x = feature_map(2, 4, 9, 9, seed=46)
     rois = random_rois(2, 20, 9, 9, 0.5, seed=47)
     torch.set_num_threads(2)
     seen = []
-    real_apply = rcnn_steps.roi_ops._WeightedGather.apply
+    real_apply = roialign._WeightedGather.apply
 
     def spy(*args):
         seen.append(torch.get_num_threads())
         return real_apply(*args)
 
-    monkeypatch.setattr(rcnn_steps.roi_ops._WeightedGather, "apply", spy)
+    monkeypatch.setattr(roialign._WeightedGather, "apply", spy)
     results = {}
     for threads in (1, None):
-        monkeypatch.setattr(rcnn_steps.roi_ops, "CPU_THREADS", threads)
+        monkeypatch.setattr(roi_checks, "CPU_THREADS", threads)
         results[threads] = [op(x, rois, 3) for _, op in ALL_OPS]
         assert torch.get_num_threads() == 2
     assert seen[0] == 1 and seen[-1] == 2
@@ -648,8 +650,8 @@ def test_thread_setting_is_respected_and_restored(monkeypatch):
 
 
 def test_no_device_specific_calls():
-    source = Path(rcnn_steps.roi_ops.__file__).read_text()
-    assert ".cuda(" not in source
+    for path in Path(rcnn_steps.ops.__file__).parent.glob("*.py"):
+        assert ".cuda(" not in path.read_text(), path.name
 
 
 # ----------------------------------------------------------------------------------------

@@ -193,7 +193,7 @@ def test_rpn_parts_drop_into_torchvisions_rpn(seed):
     from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 
     from rcnn_steps.anchors import AnchorGenerator
-    from rcnn_steps.image_list import ImageList
+    from rcnn_steps.ops import ImageList
 
     # RPNHead predicts the same number of anchors on every level: 3 ratios x 1 size
     sizes, ratios = ((16,), (32,)), ((0.5, 1.0, 2.0), (0.5, 1.0, 2.0))

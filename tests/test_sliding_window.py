@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rcnn_steps import sliding_window as sw
-from rcnn_steps.boxes import box_iou
 from rcnn_steps.data import CocoDataset
+from rcnn_steps.ops import box_iou
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,590 @@
+"""RoIAlign (Mask R-CNN section 3) and RoIWarp: RoIs read by bilinear sampling.
+
+- :func:`roi_align` removes both of RoIPool's quantisations
+  (:mod:`~rcnn_steps.ops.roipool`): each bin is sampled at ``n x n`` regular points at
+  their exact, fractional positions, each point is read by bilinear interpolation
+  (:func:`roi_align_sampling_points`, :func:`bilinear_sample`), and the points are averaged
+  (or max-pooled: ``mode="max"``, the "RoIAlign max" row of Mask R-CNN Table 2(c)).
+- :func:`roi_warp` (Mask R-CNN Table 2(c), after Dai et al.'s MNC) is in between: it
+  rounds the box like RoIPool but then samples it bilinearly like RoIAlign, so comparing
+  it with RoIAlign isolates what the first quantisation costs.
+
+RoIAlign samples at continuous coordinates in which cell ``(r, c)`` has its centre at
+``(x, y) = (c, r)``; with ``aligned=True`` it first shifts the box by -0.5 cell so that box
+corners are cell corners (the "half-pixel" correction of Detectron2, the right choice for
+new models), with ``aligned=False`` (the Mask R-CNN paper's and torchvision's detection
+models' setting) it does not.
+
+Taught in chapter 06 ("RoIAlign").
+
+The fast layers are vectorised PyTorch: one sparse weighted gather over the feature map
+(:class:`_WeightedGather`), no Python loop over RoIs. Because they do not read like the
+paper, :func:`roi_align_reference` beside them does, looping over RoIs, bins and sampling
+points; the chapter teaches it first. ``tests/test_roi_ops.py`` checks :func:`roi_align`
+against ``torchvision.ops.roi_align`` forward and backward (to rounding) and against the
+reference, and ``benchmarks/bench_roi_ops.py`` times it against torchvision's compiled
+kernels. How it is computed, and why that way, is in the docstring of
+:func:`_roi_align_avg_plan`. Arguments, coordinates and CPU threads: see
+:mod:`~rcnn_steps.ops.roi_checks`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rcnn_steps.ops.roi_checks import (
+    Boxes,
+    _check_input,
+    _check_mode,
+    _check_sampling_ratio,
+    _check_scale,
+    _cpu_threads,
+    _pair,
+    _rois_from_boxes,
+    _single_box,
+)
+from rcnn_steps.ops.roipool import _round_half_away
+
+__all__ = [
+    "bilinear_sample",
+    "roi_align",
+    "roi_align_reference",
+    "roi_align_sampling_points",
+    "roi_warp",
+]
+
+# ----------------------------------------------------------------------------------------
+# A sparse weighted gather with an exact, fast backward.
+# ----------------------------------------------------------------------------------------
+
+
+class _WeightedGather(torch.autograd.Function):
+    """``out[r] = sum_e weights[e] * x[cols[e]]`` over the entries e of bag r.
+
+    In matrix terms ``out = S @ x`` for a sparse ``(R, M)`` matrix S stored row by row:
+    entry e is ``S[rows[e], cols[e]] = weights[e]``, the entries of row 0 first, then row 1,
+    ..., and ``offsets[r]`` is where row r starts. RoIAlign is exactly this with x the
+    feature map as ``(N * H * W, C)`` rows (one row per cell, channels contiguous) and one
+    row of S per output bin holding the bilinear weights of the cells the bin reads.
+
+    The forward is ``torch.nn.functional.embedding_bag(mode="sum")`` with per-sample
+    weights, a kernel made for exactly this (it is how recommender models sum embedding
+    rows), vectorised over the channels. Its own backward measured ~5x slower than its
+    forward on CPU, so the backward here is the same gather with the transposed matrix,
+    ``grad_x = S^T @ grad_out``: the entries sorted by column (a stable sort of integers)
+    and this Function called again, which also keeps the backward differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, rows: Tensor, cols: Tensor, offsets: Tensor, weights: Tensor):
+        ctx.save_for_backward(rows, cols, weights)
+        ctx.num_x_rows = x.shape[0]
+        return F.embedding_bag(cols, x, offsets, mode="sum", per_sample_weights=weights)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        rows, cols, weights = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        # S^T row by row: the entries grouped by column, in row order within a column.
+        with _cpu_threads(cols.device, limit=1):
+            order = torch.argsort(cols, stable=True)
+            col_counts = torch.bincount(cols, minlength=ctx.num_x_rows)
+            col_offsets = torch.cumsum(col_counts, 0) - col_counts
+            transposed = (cols[order], rows[order], col_offsets, weights[order])
+        with _cpu_threads(cols.device):
+            grad_x = _WeightedGather.apply(grad_out.contiguous(), *transposed)
+        return grad_x, None, None, None, None
+
+
+def _feature_rows(input: Tensor) -> Tensor:
+    """``(N, C, H, W)`` to ``(N * H * W, C)``: one row per cell, channels contiguous, so
+    each gathered cell is one contiguous vector (free if the input is channels_last)."""
+    return input.permute(0, 2, 3, 1).reshape(-1, input.shape[1])
+
+
+def _bags_to_output(out: Tensor, num_rois: int, ph: int, pw: int) -> Tensor:
+    """``(K * ph * pw, C)`` bins back to torchvision's contiguous ``(K, C, ph, pw)``."""
+    return out.view(num_rois, ph, pw, out.shape[1]).permute(0, 3, 1, 2).contiguous()
+
+
+# ----------------------------------------------------------------------------------------
+# RoIAlign and RoIWarp (chapter 06)
+# ----------------------------------------------------------------------------------------
+
+
+def _sampling_grid(
+    rois: Tensor, spatial_scale: float, ph: int, pw: int, sampling_ratio: int, aligned: bool
+):
+    """RoIAlign's sampling points, per axis: they are separable.
+
+    For a RoI with corners scaled to the map, ``x1' = x1 * scale - o`` etc. (``o = 0.5``
+    when aligned, else 0), size ``w = x2' - x1'`` (forced >= 1 when not aligned, so a
+    malformed box becomes one cell), bins of ``w / pw`` and ``n`` points per bin side
+    (``sampling_ratio``, or ``ceil(w / pw)`` when it is <= 0: about one point per cell),
+    the points of bin column j are at
+
+        x = x1' + j * (w / pw) + (s + 1/2) * (w / pw) / n,      s = 0, ..., n - 1
+
+    and likewise in y. Every point of bin (i, j) is (x of column j, y of row i), so the
+    2-D grid is the product of two 1-D grids. Computed in the RoIs' dtype with the same
+    operations in the same order as torchvision's kernel, so the points are bit-equal.
+
+    Returns ``(ys, xs, ny, nx)``: ``ys`` of shape ``(K, ph, G)``, ``xs`` ``(K, pw, G')``
+    and the per-RoI point counts ``ny``, ``nx`` (int64, ``(K,)``, 0 for an empty grid).
+    With an adaptive ratio the counts differ by RoI; the grids are padded to the largest
+    (G, G') and points ``s >= n`` of a RoI must be ignored (their coordinates are
+    meaningless).
+    """
+    dtype, device = rois.dtype, rois.device
+    scale = torch.tensor(spatial_scale, dtype=dtype, device=device)
+    offset = 0.5 if aligned else 0.0
+    x1, y1, x2, y2 = (rois[:, i] * scale - offset for i in range(1, 5))
+    roi_w, roi_h = x2 - x1, y2 - y1
+    if not aligned:
+        roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
+    axes = []
+    for start, size, bins in ((y1, roi_h, ph), (x1, roi_w, pw)):
+        bin_size = size / bins
+        if sampling_ratio > 0:
+            n = torch.full_like(bin_size, sampling_ratio, dtype=torch.long)
+        else:
+            # ceil(w / pw); negative for a reversed aligned box: no points at all.
+            n = torch.ceil(bin_size).long().clamp(min=0)
+        n_max = int(n.max()) if n.numel() else 0
+        bin_index = torch.arange(bins, dtype=dtype, device=device)
+        point = torch.arange(n_max, dtype=dtype, device=device) + 0.5
+        n_div = n.clamp(min=1).to(dtype)  # padded points divide by 1: no inf/nan
+        coords = (start[:, None, None] + bin_index[None, :, None] * bin_size[:, None, None]) + (
+            point[None, None, :] * bin_size[:, None, None]
+        ) / n_div[:, None, None]
+        axes.append((coords, n))
+    (ys, ny), (xs, nx) = axes
+    return ys, xs, ny, nx
+
+
+def _bilinear_taps(coords: Tensor, size: int):
+    """torchvision's bilinear interpolation along one axis of ``size`` cells.
+
+    A point at ``t`` reads cells ``lo = floor(t)`` and ``hi = lo + 1`` with weights
+    ``1 - (t - lo)`` and ``t - lo``. Border rules (torchvision's, from Caffe2): a point
+    below -1 or beyond ``size`` reads nothing (weights 0: "outside the map"); otherwise
+    t is clamped to >= 0, and a point at or past the last cell reads the last cell with
+    weight 1. In 2-D a point is outside if either coordinate is, and its four weights
+    are products of the two axes' weights, so applying the rule per axis gives the same
+    zeros.
+
+    Returns ``(lo, hi, w_lo, w_hi)``, indices int64 (always valid cells) and weights in
+    the coordinates' dtype.
+    """
+    # `not (t >= -1 and t <= size)` rather than `t < -1 or t > size`: nan is outside too.
+    inside = (coords >= -1.0) & (coords <= size)
+    t = torch.where(inside, coords.clamp(min=0.0), 0.0)
+    lo = t.floor().long()  # t >= 0, so floor is the kernel's (int) truncation
+    at_end = lo >= size - 1
+    lo = torch.where(at_end, size - 1, lo)
+    hi = torch.where(at_end, size - 1, lo + 1)
+    t = torch.where(at_end, lo.to(t.dtype), t)
+    frac = t - lo.to(t.dtype)
+    w_lo = torch.where(inside, 1.0 - frac, 0.0)
+    w_hi = torch.where(inside, frac, 0.0)
+    return lo, hi, w_lo, w_hi
+
+
+def _axis_weights(coords: Tensor, n: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """The summed interpolation weights of each bin along one axis, compacted.
+
+    ``W[k, i, :]`` is the ``(size,)`` vector of the sum over the bin's points of their
+    bilinear weights (the RoIAlign-avg output is ``W_y X W_x^T / (n_y n_x)`` per RoI). It has
+    at most two nonzeros per point, so we keep only those: ``(K, bins, L)`` cell indices
+    and weights, L the most nonzeros any bin has (padding has weight 0). Duplicates (two
+    points reading the same cell) are merged, which is where this beats summing the
+    points one by one.
+    """
+    num_rois, bins, n_max = coords.shape
+    lo, hi, w_lo, w_hi = _bilinear_taps(coords, size)
+    used = torch.arange(n_max, device=coords.device)[None, None, :] < n[:, None, None]
+    dense = coords.new_zeros((num_rois, bins, size))
+    dense.scatter_add_(2, lo, torch.where(used, w_lo, 0.0))
+    dense.scatter_add_(2, hi, torch.where(used, w_hi, 0.0))
+    nonzero = dense != 0
+    width = int(nonzero.sum(2).max()) if dense.numel() else 0
+    # Nonzero cells first (a stable sort keeps them in ascending order), then padding.
+    cells = torch.argsort(nonzero.to(torch.uint8), dim=2, descending=True, stable=True)
+    cells = cells[:, :, :width]
+    return cells, dense.gather(2, cells)
+
+
+def _roi_align_avg_plan(rois: Tensor, size, ph, pw, spatial_scale, sampling_ratio, aligned):
+    """RoIAlign (average) as one sparse-times-dense product: the sparse matrix.
+
+    The output is linear in the features: per RoI and channel, ``Y = W_y X W_x^T`` with
+    ``W_y`` the ``(ph, H)`` summed interpolation weights of the bin rows and ``W_x`` the
+    ``(pw, W)`` ones of the bin columns (:func:`_axis_weights`). Computed densely that is
+    two matrix products per RoI and channel (``K x C x H x W x pw`` multiply-adds: 2.3
+    GMAC at K = 512, C = 256, 50 x 50, 7 x 7; measured 1.5x torchvision's forward time on
+    2 CPU cores even as batched matmuls), but W_y and W_x have only a few nonzeros per
+    row. So we take, for every bin, the outer product of its row and column nonzeros:
+    about (n + 1)^2 cells with weights ``w_y * w_x / (n_y n_x)``, and :func:`_roi_align`
+    sums those cells' channel vectors with one :class:`_WeightedGather` over the
+    ``(N * H * W, C)`` feature rows. That is K x ph x pw x ~(n + 1)^2 x C multiply-adds
+    (~45 M at the sizes above, about 7 cells per bin), no more than torchvision's kernel
+    does, vectorised over channels; the weights cost O(K x ph x H) to build. Python loops
+    over nothing.
+    """
+    height, width = size
+    ys, xs, ny, nx = _sampling_grid(rois, spatial_scale, ph, pw, sampling_ratio, aligned)
+    rows, wy = _axis_weights(ys, ny, height)  # (K, ph, Ly)
+    cols, wx = _axis_weights(xs, nx, width)  # (K, pw, Lx)
+    # torchvision divides each bin's sum by max(ny * nx, 1) once; so do we.
+    count = (ny * nx).clamp(min=1).to(rois.dtype)[:, None, None, None, None]
+    batch = rois[:, 0].long()[:, None, None, None, None]
+    cell = (batch * height + rows[:, :, None, :, None]) * width + cols[:, None, :, None, :]
+    weight = (wy[:, :, None, :, None] * wx[:, None, :, None, :]) / count  # (K, ph, pw, Ly, Lx)
+    return _sparse_rows(cell, weight)
+
+
+def _sparse_rows(cell: Tensor, weight: Tensor):
+    """The entries of a sparse matrix, row by row, for :class:`_WeightedGather`: one row
+    per index of the leading dimensions of ``cell``/``weight`` (in row-major order), its
+    entries along the last two, entries of weight 0 dropped.
+
+    Returns ``(rows, cols, offsets, weights)``.
+    """
+    num_bags, per_bag = math.prod(cell.shape[:-2]), cell.shape[-2] * cell.shape[-1]
+    keep = (weight != 0).view(-1)
+    entry = keep.nonzero().squeeze(1)  # flat positions, row-major
+    counts = keep.view(num_bags, per_bag).sum(1)
+    offsets = torch.cumsum(counts, 0) - counts
+    rows = entry // max(per_bag, 1)
+    return rows, cell.reshape(-1)[entry], offsets, weight.reshape(-1)[entry]
+
+
+def _roi_align_max_plan(rois: Tensor, size, ph, pw, spatial_scale, sampling_ratio, aligned):
+    """RoIAlign with a max over each bin's sampling points ("RoIAlign max"): the plan.
+
+    A maximum is not linear, so the points cannot be merged as in the average: every
+    point (bin i, j; point s, t) becomes its own row of the sparse matrix, its four
+    bilinear taps, so one :class:`_WeightedGather` gives a ``(K, ph, pw, G * G', C)``
+    tensor of point values, and :func:`_roi_align` takes the maximum over the points.
+    Returns the sparse rows and ``used``, ``(K, G * G')``: which of the (padded) points
+    each RoI has (with an adaptive ratio RoIs have different grids; the others are set to
+    -inf before the maximum, and a bin with no points at all outputs 0).
+    """
+    height, width = size
+    ys, xs, ny, nx = _sampling_grid(rois, spatial_scale, ph, pw, sampling_ratio, aligned)
+    y_lo, y_hi, wy_lo, wy_hi = _bilinear_taps(ys, height)  # (K, ph, G)
+    x_lo, x_hi, wx_lo, wx_hi = _bilinear_taps(xs, width)  # (K, pw, G')
+    rows = torch.stack((y_lo, y_hi), -1)[:, :, None, :, None, :, None]  # (K,ph,1,G,1,2,1)
+    cols = torch.stack((x_lo, x_hi), -1)[:, None, :, None, :, None, :]  # (K,1,pw,1,G',1,2)
+    wy = torch.stack((wy_lo, wy_hi), -1)[:, :, None, :, None, :, None]
+    wx = torch.stack((wx_lo, wx_hi), -1)[:, None, :, None, :, None, :]
+    batch = rois[:, 0].long()[:, None, None, None, None, None, None]
+    cell = (batch * height + rows) * width + cols  # (K, ph, pw, G, G', 2, 2)
+    used_y = torch.arange(ys.shape[2], device=rois.device)[None, :] < ny[:, None]  # (K, G)
+    used_x = torch.arange(xs.shape[2], device=rois.device)[None, :] < nx[:, None]  # (K, G')
+    used = (used_y[:, :, None] & used_x[:, None, :]).flatten(1)
+    return _sparse_rows(cell, wy * wx), used
+
+
+def _roi_align(input, rois, ph, pw, spatial_scale, sampling_ratio, aligned, mode) -> Tensor:
+    """:func:`roi_align` on checked arguments, ``rois`` a (K, 5) tensor."""
+    num_rois, channels = rois.shape[0], input.shape[1]
+    plan = _roi_align_avg_plan if mode == "avg" else _roi_align_max_plan
+    with _cpu_threads(input.device, limit=1):
+        sparse = plan(rois, input.shape[2:], ph, pw, spatial_scale, sampling_ratio, aligned)
+    if mode == "avg":
+        out = _WeightedGather.apply(_feature_rows(input), *sparse)  # (K * ph * pw, C)
+        return _bags_to_output(out, num_rois, ph, pw)
+    (rows, cols, offsets, weights), used = sparse
+    points = _WeightedGather.apply(_feature_rows(input), rows, cols, offsets, weights)
+    points = points.view(num_rois, ph, pw, used.shape[1], channels)
+    best = _PointMax.apply(points, used)  # (K, ph, pw, C)
+    return _bags_to_output(best.view(-1, channels), num_rois, ph, pw)
+
+
+class _PointMax(torch.autograd.Function):
+    """The maximum over each bin's sampling points, gradient to the first winning point.
+
+    ``points`` is ``(K, ph, pw, P, C)``, ``used`` ``(K, P)`` the points each RoI has;
+    bins of a RoI without points output 0. The first winner (in the points' row-major
+    order, as ``torch.max`` picks it) is found without ``argmax``, which measured
+    ~100x slower than ``amax`` over this short, strided dimension on CPU: the largest of
+    ``P - p`` over the points p that equal the maximum.
+    """
+
+    @staticmethod
+    def forward(ctx, points: Tensor, used: Tensor) -> Tensor:
+        num_points = points.shape[3]
+        any_point = used.any(1)[:, None, None, None]  # (K, 1, 1, 1)
+        if num_points == 0:  # no RoI has any point (e.g. only reversed aligned boxes)
+            ctx.save_for_backward(None)
+            ctx.num_points = 0
+            return points.new_zeros(points.shape[:3] + points.shape[4:])
+        points = points.masked_fill(~used[:, None, None, :, None], -math.inf)
+        best = points.amax(dim=3)
+        countdown = torch.arange(num_points, 0, -1, device=points.device, dtype=torch.int16)
+        hits = torch.where(points == best[:, :, :, None], countdown[:, None], 0)
+        first = num_points - hits.amax(dim=3)  # (K, ph, pw, C) int16
+        ctx.save_for_backward(torch.where(any_point, first, -1))
+        ctx.num_points = num_points
+        return torch.where(any_point, best, 0.0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (first,) = ctx.saved_tensors
+        if ctx.num_points == 0:
+            return grad[:, :, :, None, :].expand(*grad.shape[:3], 0, grad.shape[3]), None
+        point = torch.arange(ctx.num_points, device=grad.device, dtype=torch.int16)
+        winner = point[:, None] == first[:, :, :, None, :]  # (K, ph, pw, P, C)
+        return torch.where(winner, grad[:, :, :, None, :], 0.0), None
+
+
+def roi_align(
+    input: Tensor,
+    boxes: Boxes,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    mode: str = "avg",
+) -> Tensor:
+    """RoIAlign, Mask R-CNN section 3: bilinear sampling without any quantisation.
+
+    The RoI, scaled to the map (and shifted by -0.5 cell when ``aligned``), is cut into
+    ``ph x pw`` equal bins at fractional positions; each bin is sampled at ``n_y x n_x``
+    regular points (``sampling_ratio`` per side, or ``ceil(roi_size / bins)`` per side
+    when ``sampling_ratio <= 0``, which differs by RoI), each point's value is the
+    bilinear interpolation of the four nearest cells, and the bin's output is the mean
+    of its points (``mode="avg"``, the paper's RoIAlign and torchvision's):
+
+        y[k, c, i, j] = 1 / (n_y n_x) * sum over points p of bin (i, j) of
+                        sum over cells (r, s) of  b_y(p, r) b_x(p, s) x[b_k, c, r, s]
+
+    with ``b(p, r) = max(0, 1 - |p - r|)`` the bilinear weights (Mask R-CNN Figure 3),
+    or their maximum (``mode="max"``, "RoIAlign max" in Mask R-CNN Table 2(c)). Points
+    more than one cell outside the map read 0; see :func:`_bilinear_taps` for the border
+    rules and :func:`roi_align_sampling_points` to see the points.
+
+    Taught in chapter 06 ("RoIAlign"). How it is computed: :func:`_roi_align_avg_plan`
+    (one sparse-times-dense product) and :func:`_roi_align_max_plan`.
+
+    Args:
+        input: ``(N, C, H, W)`` feature maps.
+        boxes: ``(K, 5)`` tensor of (batch_index, x1, y1, x2, y2), or a list of ``(L_i,
+            4)`` tensors, one per image; in image coordinates.
+        output_size: ``ph`` or ``(ph, pw)``.
+        spatial_scale: 1 / stride.
+        sampling_ratio: points per bin side; <= 0 for adaptive.
+        aligned: shift the box by -0.5 cell first (Detectron2's correction). False
+            keeps the original behaviour, which also forces the RoI to be at least one
+            cell wide and tall.
+        mode: "avg" or "max" over each bin's points.
+
+    Returns:
+        ``(K, C, ph, pw)``. With ``mode="avg"`` equals ``torchvision.ops.roi_align``,
+        forward and backward, up to float rounding (the sums run in another order) for
+        finite inputs. (torchvision also multiplies a nan or inf cell by a weight 0 where a
+        point sits exactly on a cell or outside the map, making the output nan; we skip
+        cells of weight 0.) A bin with no points (a reversed box with ``aligned=True``)
+        outputs 0.
+    """
+    fn = "roi_align"
+    _check_input(fn, input)
+    ph, pw = _pair(fn, output_size)
+    spatial_scale = _check_scale(fn, spatial_scale)
+    sampling_ratio = _check_sampling_ratio(fn, sampling_ratio)
+    mode = _check_mode(fn, mode)
+    with _cpu_threads(input.device):
+        rois = _rois_from_boxes(fn, boxes, input)
+        return _roi_align(input, rois, ph, pw, spatial_scale, sampling_ratio, bool(aligned), mode)
+
+
+def roi_warp(
+    input: Tensor,
+    boxes: Boxes,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 2,
+    mode: str = "avg",
+    aligned: bool = False,
+) -> Tensor:
+    """RoIWarp: RoIPool's rounded box, sampled bilinearly like RoIAlign.
+
+    Mask R-CNN Table 2(c) compares RoIPool, RoIWarp and RoIAlign and explains (section
+    3): RoIWarp, from Dai et al.'s MNC, "adopts bilinear resampling" but "overlooked the
+    alignment issue and was implemented ... as quantizing RoI just like RoIPool", and so
+    performs on par with RoIPool. Precisely, what we implement is
+
+        roi_warp(x, boxes) = roi_align(x, round(boxes * spatial_scale), spatial_scale=1)
+
+    the corners rounded to whole cells exactly as :func:`roi_pool` rounds them (halves
+    away from zero), then everything else as :func:`roi_align` with the same output size,
+    sampling ratio, mode and ``aligned``: no second quantisation into bins. So a box
+    whose corners already lie on the grid gives exactly RoIAlign's output, and the gap
+    between the two rows of Table 2(c) measures the first quantisation alone.
+
+    Why not a copy of MNC's layer: MNC's Caffe kernel samples one point per bin, at the
+    bin's top-left corner, so it differs from RoIAlign in three ways at once (rounding,
+    sample count, sample position), and the paper's "RoIWarp avg/max" rows need several
+    points per bin to average or max over. The default ``sampling_ratio=2`` is the
+    paper's "four regular locations" per bin.
+
+    Taught in chapter 06 ("RoIAlign").
+
+    Args:
+        input, boxes, output_size, spatial_scale: as in :func:`roi_align`.
+        sampling_ratio: points per bin side (default 2); <= 0 for adaptive, counted on
+            the rounded box.
+        mode: "avg" or "max" over each bin's points.
+        aligned: passed to RoIAlign for the rounded box (default False, the setting of
+            the Mask R-CNN paper's experiments).
+
+    Returns:
+        ``(K, C, ph, pw)``; gradients flow to the input as in :func:`roi_align`.
+    """
+    fn = "roi_warp"
+    _check_input(fn, input)
+    ph, pw = _pair(fn, output_size)
+    spatial_scale = _check_scale(fn, spatial_scale)
+    sampling_ratio = _check_sampling_ratio(fn, sampling_ratio)
+    mode = _check_mode(fn, mode)
+    with _cpu_threads(input.device):
+        rois = _rois_from_boxes(fn, boxes, input)
+        scale = torch.tensor(spatial_scale, dtype=rois.dtype, device=rois.device)
+        rounded = torch.cat((rois[:, :1], _round_half_away(rois[:, 1:] * scale)), 1)
+        return _roi_align(input, rounded, ph, pw, 1.0, sampling_ratio, bool(aligned), mode)
+
+
+def roi_align_sampling_points(
+    box: Tensor | Sequence[float],
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> Tensor:
+    """Where RoIAlign samples one box: the points to draw over a feature grid.
+
+    Taught in chapter 06: with :func:`roi_pool_cells` it shows that RoIAlign's points
+    follow the box continuously (x = 1.1 and 2.2 at stride 16 give points 0.069 cell
+    apart) where RoIPool's cells jump.
+
+    Args:
+        box: one box (x1, y1, x2, y2) in image coordinates (numbers are taken as float32).
+        output_size, spatial_scale, sampling_ratio, aligned: as in :func:`roi_align`.
+
+    Returns:
+        ``(ph, pw, n_y, n_x, 2)`` sample coordinates ``(x, y)`` on the feature map, in the
+        coordinates in which cell (r, c) is centred at (c, r) and spans [c - 0.5, c + 0.5];
+        point (s, t) of bin (i, j) is at ``[i, j, s, t]``. These are the positions before
+        the border rules of :func:`_bilinear_taps` (a point more than a cell outside the
+        map reads 0), computed by the same code as :func:`roi_align`.
+    """
+    fn = "roi_align_sampling_points"
+    ph, pw = _pair(fn, output_size)
+    spatial_scale = _check_scale(fn, spatial_scale)
+    sampling_ratio = _check_sampling_ratio(fn, sampling_ratio)
+    roi = _single_box(fn, box)
+    ys, xs, ny, nx = _sampling_grid(roi, spatial_scale, ph, pw, sampling_ratio, bool(aligned))
+    ys, xs = ys[0, :, : int(ny[0])], xs[0, :, : int(nx[0])]  # (ph, n_y), (pw, n_x)
+    n_y, n_x = ys.shape[1], xs.shape[1]
+    grid_x = xs[None, :, None, :].expand(ph, pw, n_y, n_x)
+    grid_y = ys[:, None, :, None].expand(ph, pw, n_y, n_x)
+    return torch.stack((grid_x, grid_y), dim=-1)
+
+
+def bilinear_sample(feature: Tensor, y: float, x: float) -> Tensor:
+    """The ``(C,)`` value of a ``(C, H, W)`` map at the fractional point (x, y), cell (r, c)
+    centred at (c, r): the four cells around the point weighted by ``(1 - |y - r|)(1 -
+    |x - c|)`` (Mask R-CNN Figure 3). Border rules as in torchvision: a point more than one
+    cell outside the map reads 0; otherwise it is clamped onto the map. One point at a
+    time, for :func:`roi_align_reference` and for reading; taught in chapter 06."""
+    height, width = feature.shape[1:]
+    if y < -1.0 or y > height or x < -1.0 or x > width:
+        return feature.new_zeros(feature.shape[0])
+    y, x = max(y, 0.0), max(x, 0.0)
+    r0, c0 = int(y), int(x)
+    r1, c1 = r0 + 1, c0 + 1
+    if r0 >= height - 1:
+        r0 = r1 = height - 1
+        y = float(r0)
+    if c0 >= width - 1:
+        c0 = c1 = width - 1
+        x = float(c0)
+    dy, dx = y - r0, x - c0
+    return (
+        (1 - dy) * (1 - dx) * feature[:, r0, c0]
+        + (1 - dy) * dx * feature[:, r0, c1]
+        + dy * (1 - dx) * feature[:, r1, c0]
+        + dy * dx * feature[:, r1, c1]
+    )
+
+
+def roi_align_reference(
+    input: Tensor,
+    boxes: Boxes,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    mode: str = "avg",
+) -> Tensor:
+    """RoIAlign written as Mask R-CNN section 3 defines it, one RoI, bin and point at a time.
+
+    The readable definition beside :func:`roi_align`, whose sparse sampling plans are hard
+    to learn from: no rounding anywhere; each of the ``ph x pw`` equal bins is sampled at
+    ``n_y x n_x`` regular points, each point read by bilinear interpolation
+    (:func:`bilinear_sample`), and the bin outputs their mean (``mode="avg"``) or maximum
+    (``"max"``). Equal to :func:`roi_align` and, for "avg", to
+    ``torchvision.ops.roi_align``, forward and backward, up to float rounding
+    (tests/test_roi_ops.py); hundreds of times slower. Taught in chapter 06 before the
+    fast version's speed.
+
+    Args and returns: as :func:`roi_align`.
+    """
+    fn = "roi_align_reference"
+    _check_input(fn, input)
+    ph, pw = _pair(fn, output_size)
+    spatial_scale = _check_scale(fn, spatial_scale)
+    sampling_ratio = _check_sampling_ratio(fn, sampling_ratio)
+    mode = _check_mode(fn, mode)
+    rois = _rois_from_boxes(fn, boxes, input)
+    offset = 0.5 if aligned else 0.0  # the half-pixel correction
+    rows = []
+    for roi in rois.tolist():
+        feature = input[int(roi[0])]
+        x1, y1, x2, y2 = (v * spatial_scale - offset for v in roi[1:])
+        roi_w, roi_h = x2 - x1, y2 - y1
+        if not aligned:  # the original forces at least one cell
+            roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
+        bin_w, bin_h = roi_w / pw, roi_h / ph
+        # points per bin side: fixed, or about one per cell ("adaptive")
+        n_y = sampling_ratio if sampling_ratio > 0 else max(math.ceil(bin_h), 0)
+        n_x = sampling_ratio if sampling_ratio > 0 else max(math.ceil(bin_w), 0)
+        bins = []
+        for i in range(ph):
+            for j in range(pw):
+                points = [
+                    bilinear_sample(
+                        feature,
+                        y1 + i * bin_h + (s + 0.5) * bin_h / n_y,
+                        x1 + j * bin_w + (t + 0.5) * bin_w / n_x,
+                    )
+                    for s in range(n_y)
+                    for t in range(n_x)
+                ]
+                if not points:  # a reversed aligned box has no points
+                    bins.append(feature.new_zeros(feature.shape[0]))
+                elif mode == "avg":
+                    bins.append(torch.stack(points).mean(0))
+                else:  # the gradient goes to the first winning point
+                    bins.append(torch.stack(points).max(0).values)
+        rows.append(torch.stack(bins, 1).view(-1, ph, pw))
+    if not rows:
+        return input.new_zeros((0, input.shape[1], ph, pw))
+    return torch.stack(rows)
