@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rcnn_steps.utils import CommandError, add_debug_argument, run_command
+
 __all__ = ["evaluate_results_path", "load_run", "main"]
 
 #: The presets ``evaluate`` knows, with the chapter, the evolution table's detector name
@@ -66,7 +68,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     started = time.time()
     overrides = _parse_overrides(args.set)
     if overrides and args.out is None:
-        raise SystemExit(
+        raise CommandError(
             "evaluate: with --set, name the results file with --out (the preset's default "
             f"file, {evaluate_results_path(args.preset)}, is for the preset as it is)"
         )
@@ -158,7 +160,7 @@ def _parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
     for item in items or ():
         name, sep, text = item.partition("=")
         if not sep or name not in fields:
-            raise SystemExit(
+            raise CommandError(
                 f"--set takes FIELD=VALUE with a DetectorConfig field, got {item!r}"
                 + ("" if not sep else f"; {name!r} is not a field")
             )
@@ -219,7 +221,7 @@ def _train_command(args: argparse.Namespace) -> int:
     out = Path(args.out)
     run_file = out / RUN_FILE
     if run_file.exists() and not (args.resume or args.overwrite):
-        raise SystemExit(
+        raise CommandError(
             f"train: {out} already holds a run ({RUN_FILE}); pass --resume to continue it, "
             "--overwrite to replace it, or another --out"
         )
@@ -295,7 +297,7 @@ def load_run(checkpoint: str | Path, device: str = "cpu"):
     ckpt = load_checkpoint(path, map_location=device)
     config = (ckpt.get("model_description") or {}).get("config")
     if not config:
-        raise SystemExit(
+        raise CommandError(
             f"{path} does not say which model it holds (no model config): it was not "
             "written by `python -m rcnn_steps train`"
         )
@@ -316,7 +318,7 @@ def data_description(root: str | Path, split: str = "train") -> dict:
     root = Path(root)
     annotations = root / "annotations" / f"instances_{split}.json"
     if not annotations.is_file():
-        raise SystemExit(
+        raise CommandError(
             f"--data {root}: no {annotations.relative_to(root)} there; pass the folder that "
             "holds annotations/ (the set the model was trained on)"
         )
@@ -358,14 +360,14 @@ def _predict_command(args: argparse.Namespace) -> int:
     inputs = [Path(p) for p in args.images]
     missing = [str(p) for p in inputs if not p.exists()]
     if missing:
-        raise SystemExit(f"predict: {', '.join(missing)} does not exist")
+        raise CommandError(f"predict: {', '.join(missing)} does not exist")
     candidates = [f for p in inputs for f in ([p] if p.is_file() else sorted(p.iterdir()))]
     files = [f for f in candidates if f.suffix.lower() in suffixes]
     if not files:
-        raise SystemExit(f"predict: no images ({', '.join(sorted(suffixes))}) in {args.images}")
+        raise CommandError(f"predict: no images ({', '.join(sorted(suffixes))}) in {args.images}")
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise SystemExit(
+        raise CommandError(
             f"predict: {out} is not empty; pass --overwrite to write into it, or another --out"
         )
     out.mkdir(parents=True, exist_ok=True)
@@ -410,9 +412,10 @@ def _predict_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m rcnn_steps evaluate --preset P``: train the preset's detector on the
-    synthetic train set, measure box (and mask, keypoint) AP and seconds per image on the
-    evolution table's val images, write the results file and the table's row."""
+    """``python -m rcnn_steps <command>``: ``train``, ``predict``, ``evaluate`` or ``export``
+    (see the module's docstring). A user's error (bad input, a missing or damaged file)
+    is one line on stderr and exit status 2; Ctrl-C is one line and 130; ``--debug``
+    shows the traceback instead (:func:`rcnn_steps.utils.run_command`)."""
     from rcnn_steps.evolution import add_evaluate_arguments
 
     parser = argparse.ArgumentParser(prog="python -m rcnn_steps")
@@ -517,29 +520,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         "folder has no run.json (e.g. a grid run kept with --keep-runs)",
     )  # fmt: skip
     ex.add_argument("--overwrite", action="store_true")
+    add_debug_argument(parser, ev, tr, pr, ex)
     args = parser.parse_args(argv)
-    if args.command == "export":
-        import json
+    commands = {"evaluate": _evaluate_command, "train": _train_command,
+                "predict": _predict_command, "export": _export_command}  # fmt: skip
 
-        from rcnn_steps.engine import export_weights
+    def interrupted() -> str:
+        last = Path(args.out) / "last.pt" if args.command == "train" else None
+        if last is not None and last.exists():
+            return f"interrupted; add --resume to the same command to continue from {last}"
+        return "interrupted"
 
-        run_file = args.checkpoint.parent / RUN_FILE
-        run = json.loads(run_file.read_text()) if run_file.exists() else None
-        if args.data is not None:
-            run = {**(run or {}), "data": data_description(args.data)}
-        try:
-            out = export_weights(args.checkpoint, args.out, overwrite=args.overwrite, run=run)
-        except FileExistsError:
-            raise SystemExit(
-                f"export: {args.out} exists: pass --overwrite to replace it, or another --out"
-            ) from None
-        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): load it with `predict`")
-        return 0
-    if args.command == "train":
-        return _train_command(args)
-    if args.command == "predict":
-        return _predict_command(args)
-    return _evaluate_command(args)  # fmt: skip
+    return run_command(commands[args.command], args, interrupted)
+
+
+def _export_command(args: argparse.Namespace) -> int:
+    import json
+
+    from rcnn_steps.engine import export_weights
+
+    run_file = args.checkpoint.parent / RUN_FILE
+    run = json.loads(run_file.read_text()) if run_file.exists() else None
+    if args.data is not None:
+        run = {**(run or {}), "data": data_description(args.data)}
+    try:
+        out = export_weights(args.checkpoint, args.out, overwrite=args.overwrite, run=run)
+    except FileExistsError:
+        raise CommandError(
+            f"export: {args.out} exists: pass --overwrite to replace it, or another --out"
+        ) from None
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): load it with `predict`")
+    return 0
 
 
 if __name__ == "__main__":

@@ -247,3 +247,52 @@ class StageClock:
     def lap(self, name: str) -> None:
         if self.out is not None:
             self.out[name] = self._now() - self.t0
+
+
+# ----------------------------------------------------------------------------------------
+# Command lines: one line for a user's mistake, a traceback for ours
+
+
+class CommandError(ValueError):
+    """A command's input cannot be used; the message says what is wrong and what to do."""
+
+
+#: The errors a user causes with bad input (a missing file, a bad value, a damaged
+#: checkpoint or data set: :class:`~rcnn_steps.data.DatasetError` and
+#: :class:`~rcnn_steps.engine.CheckpointError` are ValueErrors): reported in one line.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+
+
+def add_debug_argument(*parsers: Any) -> None:
+    """Give each argparse parser a ``--debug`` flag (full tracebacks); the first parser's
+    default is False, the others' leave it as the first set it, so the flag works before
+    or after a subcommand."""
+    import argparse
+
+    for i, parser in enumerate(parsers):
+        parser.add_argument(
+            "--debug",
+            action="store_true",
+            default=False if i == 0 else argparse.SUPPRESS,
+            help="show the full traceback of an error instead of one line",
+        )
+
+
+def run_command(command: Any, args: Any, interrupted: Any = None) -> int:
+    """``command(args)``'s exit status, with a user's error (:data:`USER_ERRORS`) printed
+    as one line on stderr (``error: ...``, status 2) and Ctrl-C as one line (status 130:
+    ``interrupted``, or what ``interrupted()`` says), unless ``args.debug``; any other
+    exception (a bug) keeps its traceback."""
+    try:
+        return command(args)
+    except USER_ERRORS as e:
+        if getattr(args, "debug", False):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {message} (--debug shows the traceback)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        print(interrupted() if interrupted else "interrupted", file=sys.stderr)
+        return 130

@@ -4,7 +4,9 @@ data/README.md; ``python -m rcnn_steps.data check --images DIR --annotations FIL
 folder through :class:`~rcnn_steps.data.CocoDataset` and reports what it holds, and
 ``python -m rcnn_steps.data check ROOT`` does so for every ``ROOT/annotations/
 instances_<split>.json`` with its images in ``ROOT/<split>/`` (the synthetic set's layout,
-and COCO 2017's). A data error is reported in one line (``error: ...``, exit status 1)."""
+and COCO 2017's). A data error is reported in one line (``error: ...``, exit status 1;
+other bad input, such as an --out that cannot be written, status 2; ``--debug`` shows the
+traceback)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from rcnn_steps.data.coco import CocoDataset, DatasetError
 from rcnn_steps.data.synth import generate
+from rcnn_steps.utils import add_debug_argument, run_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,8 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--images", help="folder of the image files")
     c.add_argument("--annotations", help="instances_*.json")
     c.add_argument("--read-images", type=int, default=20, help="how many images to decode")
+    add_debug_argument(parser, s, e, c)
     args = parser.parse_args(argv)
+    return run_command(lambda args: _command(parser, args), args)
 
+
+def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "synth":
         start = time.time()
         try:
@@ -93,16 +100,22 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
         pairs = [(root / f.stem.removeprefix("instances_"), f) for f in files]
-    return max(check(images_dir, ann_file, args.read_images) for images_dir, ann_file in pairs)
+    return max(
+        check(images_dir, ann_file, args.read_images, debug=args.debug)
+        for images_dir, ann_file in pairs
+    )
 
 
-def check(images: Path, annotations: Path, read_images: int) -> int:
-    """Read one split and print what it holds; a data error is one line on stderr."""
+def check(images: Path, annotations: Path, read_images: int, debug: bool = False) -> int:
+    """Read one split and print what it holds; a data error is one line on stderr (its
+    traceback with ``debug``)."""
     try:
         ds = CocoDataset(images, annotations, include_crowd=True)
         for i in range(min(read_images, len(ds))):
             ds[i]
     except DatasetError as e:
+        if debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 1
     counts = Counter(a["category_id"] for a in ds.coco.anns.values())
