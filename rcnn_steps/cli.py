@@ -332,6 +332,111 @@ def data_description(root: str | Path, split: str = "train") -> dict:
     }
 
 
+#: The image files ``predict`` reads (PIL decodes them all), in folders and sub-folders.
+IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+#: What ``predict`` writes beside its outputs: the list of the files it wrote, so that
+#: ``--overwrite`` removes those and nothing else.
+PREDICT_MANIFEST = "predict_manifest.json"
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """Whether path ``a`` is ``b`` or lies inside it (both resolved)."""
+    return a == b or b in a.parents
+
+
+def _check_device(device: str) -> None:
+    """A one-line error for a device this machine does not have (e.g. ``cuda`` without a
+    GPU), before any checkpoint is read."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise CommandError(f"--device {device}: not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CommandError(
+                f"--device {device}: CUDA is not available here (no GPU, or a CPU-only "
+                "build of torch); run with --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CommandError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s) "
+                f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})"
+            )
+
+
+def _predict_inputs(images: Sequence[Path], out: Path) -> list[tuple[Path, Path]]:
+    """The image files of ``images`` (files, folders and their sub-folders) with the
+    drawing each gets under ``out`` (sub-folders mirrored, ``.png``). Refuses a missing
+    input and an ``out`` that is, holds or lies inside an input; names skipped files."""
+    missing = [str(p) for p in images if not p.exists()]
+    if missing:
+        raise CommandError(f"predict: {', '.join(missing)} does not exist")
+    where = out.resolve()
+    for p in images:
+        if _inside(where, p.resolve()) or _inside(p.resolve(), where):
+            raise CommandError(
+                f"predict: --out {out} and --images {p} overlap (one is, holds or lies inside "
+                "the other): the drawings could replace your images; pick an --out elsewhere"
+            )
+    pairs: list[tuple[Path, Path]] = []
+    skipped: list[Path] = []
+    taken: set[Path] = set()
+    for p in images:
+        found = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+        for f in found:
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                skipped.append(f)
+                continue
+            rel = Path(f.name) if f == p else f.relative_to(p)
+            drawing = rel.with_suffix(".png")
+            n = 1
+            while drawing in taken:  # a.jpg beside a.png, or the same name in two inputs
+                drawing = rel.with_name(f"{rel.stem}_{n}.png")
+                n += 1
+            taken.add(drawing)
+            pairs.append((f, drawing))
+    if skipped:
+        kinds = sorted({f.suffix.lower() or f.name for f in skipped})
+        print(f"predict: skipped {len(skipped)} file(s) that are not images "
+              f"({', '.join(kinds[:8])}), e.g. {skipped[0]}", file=sys.stderr)  # fmt: skip
+    if not pairs:
+        raise CommandError(
+            f"predict: no images ({', '.join(IMAGE_SUFFIXES)}) in "
+            f"{', '.join(str(p) for p in images)}"
+        )
+    return pairs
+
+
+def _clear_predictions(out: Path, overwrite: bool, clear: bool = True) -> None:
+    """Make ``out`` ready for ``predict``: refuse a file, or a non-empty folder without
+    ``overwrite``; with it (and ``clear``), remove the files an earlier ``predict`` listed
+    in its manifest (and sub-folders it left empty), never other files."""
+    import json
+
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"predict: --out {out} is a file; pass a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise CommandError(
+            f"predict: {out} is not empty; pass --overwrite to write into it, or another --out"
+        )
+    manifest = out / PREDICT_MANIFEST
+    if not clear or not manifest.is_file():
+        return
+    root = out.resolve()
+    for name in json.loads(manifest.read_text()).get("files", []):
+        path = (out / name).resolve()
+        if root in path.parents and path.is_file():
+            path.unlink()
+            for folder in path.parents:
+                if folder == root or any(folder.iterdir()):
+                    break
+                folder.rmdir()
+
+
 def _predict_command(args: argparse.Namespace) -> int:
     import json
 
@@ -339,44 +444,68 @@ def _predict_command(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
     import torch
     from PIL import Image
 
     from rcnn_steps import viz
+    from rcnn_steps.data.coco import read_image
     from rcnn_steps.data.transforms import ResizeShortestSide
     from rcnn_steps.evaluation import detections_to_coco
     from rcnn_steps.runner import _resized_back, trim_keypoints
     from rcnn_steps.utils import atomic_write_bytes
 
+    out = Path(args.out)
+    pairs = _predict_inputs(args.images, out)
+    _clear_predictions(out, args.overwrite, clear=False)  # the checks only
+    _check_device(args.device)
     model, run = load_run(args.checkpoint, args.device)
+    if not run:
+        raise CommandError(
+            f"predict: {args.checkpoint} carries no run description and there is no "
+            f"{RUN_FILE} beside it ({args.checkpoint.parent / RUN_FILE}), so its class names "
+            f"and image size are unknown: copy the run folder's {RUN_FILE} next to it, or "
+            "make a self-contained copy with `python -m rcnn_steps export --checkpoint "
+            "RUN/last.pt --out FILE` (add --data SET for a run without run.json)"
+        )
     data = run.get("data", {})
     names = data.get("class_names")
     feed = run.get("feeding", {})
     resize = ResizeShortestSide(feed["test_size"], feed.get("max_size")) if feed.get(
         "test_size"
     ) else None  # fmt: skip
-    suffixes = {".png", ".jpg", ".jpeg", ".bmp"}
-    inputs = [Path(p) for p in args.images]
-    missing = [str(p) for p in inputs if not p.exists()]
-    if missing:
-        raise CommandError(f"predict: {', '.join(missing)} does not exist")
-    candidates = [f for p in inputs for f in ([p] if p.is_file() else sorted(p.iterdir()))]
-    files = [f for f in candidates if f.suffix.lower() in suffixes]
-    if not files:
-        raise CommandError(f"predict: no images ({', '.join(sorted(suffixes))}) in {args.images}")
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise CommandError(
-            f"predict: {out} is not empty; pass --overwrite to write into it, or another --out"
-        )
+    failed: list[tuple[Path, str]] = []
+
+    def unreadable(file: Path, error: BaseException) -> None:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        failed.append((file, reason))
+        print(f"predict: skipped {file}: cannot be read ({reason})", file=sys.stderr)
+
+    readable = []
+    for file, drawing in pairs:  # a cheap first look: fake images fail before any work
+        try:
+            with Image.open(file) as im:
+                im.verify()
+            readable.append((file, drawing))
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            unreadable(file, e)
+    _clear_predictions(out, args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+    manifest = {"command": " ".join(["python -m rcnn_steps", *sys.argv[1:]]), "files": written}
+
+    def record(name: Path) -> None:
+        written.append(name.as_posix())
+        text = json.dumps(manifest, indent=1) + "\n"
+        atomic_write_bytes(out / PREDICT_MANIFEST, text.encode())
+
     keypoint_labels = [i for i, c in enumerate(model.config.keypoint_counts, 1) if c]
     everything = []
-    for i, file in enumerate(files):
-        with Image.open(file) as im:
-            image = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy())
-        image = image.permute(2, 0, 1).float().div_(255)
+    for i, (file, drawing) in enumerate(readable):
+        try:
+            image = read_image(file)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # truncated, ...
+            unreadable(file, e)
+            continue
         size = image.shape[-2:]
         batch, scale = image, None
         if resize is not None:
@@ -395,19 +524,27 @@ def _predict_command(args: argparse.Namespace) -> int:
         )  # fmt: skip
         trim_keypoints(results, kept["labels"], model.config.keypoint_counts)
         for r in results:
-            r["file_name"] = file.name
+            r["file_name"] = drawing.with_name(file.name).as_posix()  # sub/x.jpg
             if names:
                 r["class_name"] = names[r["category_id"]]
         everything += results
         fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
         viz.draw_instances(image, det, names, args.score_threshold, data.get("skeleton", ()),
                            data.get("keypoint_names") or None, keypoint_labels, ax=ax)  # fmt: skip
-        fig.savefig(out / f"{file.stem}.png", bbox_inches="tight")
+        (out / drawing).parent.mkdir(parents=True, exist_ok=True)
+        record(drawing)
+        fig.savefig(out / drawing, bbox_inches="tight")
         plt.close(fig)
     text = json.dumps(everything, indent=1) + "\n"
+    record(Path("detections.json"))
     atomic_write_bytes(out / "detections.json", text.encode())
-    print(f"{len(files)} images, {len(everything)} detections above {args.score_threshold}: "
+    done = len(pairs) - len(failed)
+    print(f"{done} images, {len(everything)} detections above {args.score_threshold}: "
           f"{out / 'detections.json'} and one drawing per image in {out}")  # fmt: skip
+    if failed:
+        print(f"predict: {len(failed)} of {len(pairs)} images could not be read and were "
+              f"skipped (named above), e.g. {failed[0][0]}", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

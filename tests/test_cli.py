@@ -3,12 +3,16 @@ status 2 (``--debug`` for the traceback), and ``predict`` on real folders (unrea
 16-bit, .tif/.webp and nested images, a checkpoint without its run, overlapping and
 reused output folders, a missing GPU). One tiny ``ci_mask`` run is shared."""
 
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from rcnn_steps import cli
 from rcnn_steps.data.__main__ import main as data_main
@@ -133,3 +137,114 @@ def test_the_real_entry_point_exits_2_with_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"error: checkpoint {tmp_path / 'a.pt'} does not exist (--debug shows the traceback)"
     ]
+
+
+# ----------------------------------------------------------------------------------------
+# Family 4: predict on real folders
+
+
+def test_predict_refuses_an_out_that_is_holds_or_lies_in_its_images(run, example, tmp_path):
+    images = _images(example, tmp_path / "photos")
+    before = {f.name: f.read_bytes() for f in images.iterdir()}
+    ckpt = run / "last.pt"
+    for out in (images, images / "drawn", tmp_path):
+        with pytest.raises(ValueError, match="overlap"):
+            _predict(ckpt, images, out, "--overwrite", "--debug")
+        assert _predict(ckpt, images, out, "--overwrite") == 2
+    one = next(images.iterdir())
+    assert _predict(ckpt, one, images, "--overwrite") == 2  # out holds an input file
+    assert {f.name: f.read_bytes() for f in images.iterdir()} == before
+
+
+def test_predict_skips_unreadable_images_names_them_and_exits_1(run, example, tmp_path, capsys):
+    images = _images(example, tmp_path / "photos")
+    (images / "fake.jpg").write_text("this is text, not a JPEG")
+    buffer = tmp_path / "full.jpg"
+    Image.open(next(iter(sorted(images.glob("*.png"))))).convert("RGB").save(buffer, "JPEG")
+    data = buffer.read_bytes()
+    (images / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    assert _predict(run / "last.pt", images, out) == 1
+    err = capsys.readouterr().err
+    assert "fake.jpg" in err and "truncated.jpg" in err
+    assert "2 of 4 images could not be read" in err
+    good = sorted(p.name for p in images.glob("*.png"))
+    assert sorted(p.name for p in out.glob("*.png")) == good
+    found = json.loads((out / "detections.json").read_text())
+    assert {d["file_name"] for d in found} <= set(good)
+
+
+def test_predict_refuses_a_checkpoint_without_its_run_json(run, example, tmp_path, capsys):
+    alone = tmp_path / "copied" / "last.pt"
+    alone.parent.mkdir()
+    shutil.copy(run / "last.pt", alone)
+    assert _predict(alone, example / "val", tmp_path / "p") == 2
+    _one_error_line(capsys, "run.json", str(alone.parent / "run.json"), "export")
+    assert not (tmp_path / "p").exists()
+    # an exported copy carries run.json's contents, so it predicts on its own
+    exported = tmp_path / "copied" / "model.pt"
+    assert cli.main(["export", "--checkpoint", str(run / "last.pt"), "--out", str(exported)]) == 0
+    assert _predict(exported, example / "val", tmp_path / "p2") == 0
+    found = json.loads((tmp_path / "p2" / "detections.json").read_text())
+    assert found and "class_name" in found[0]
+
+
+def test_predict_on_cuda_without_a_gpu_says_so(run, example, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _predict(run / "last.pt", example / "val", tmp_path / "p", "--device", "cuda") == 2
+    line = _one_error_line(capsys, "CUDA is not available", "--device cpu")
+    assert "damaged" not in line
+    assert not (tmp_path / "p").exists()
+
+
+def test_predict_overwrite_removes_only_what_it_wrote(run, example, tmp_path):
+    first = _images(example, tmp_path / "first", n=3)
+    second = tmp_path / "second"
+    second.mkdir()
+    last = sorted(first.glob("*.png"))[-1]
+    shutil.move(last, second / "other.png")
+    out = tmp_path / "out"
+    assert _predict(run / "last.pt", first, out) == 0
+    (out / "notes.txt").write_text("the user's own file")
+    (out / "mine.png").write_bytes(b"the user's own drawing")
+    assert _predict(run / "last.pt", second, out, "--overwrite") == 0
+    left = sorted(p.name for p in out.iterdir())
+    assert left == ["detections.json", "mine.png", "notes.txt", "other.png",
+                    "predict_manifest.json"]  # fmt: skip
+    found = json.loads((out / "detections.json").read_text())
+    assert {d["file_name"] for d in found} <= {"other.png"}
+
+
+def test_predict_reads_16_bit_pngs_as_training_does(run, example, tmp_path):
+    grey = np.asarray(Image.open(sorted((example / "val").glob("*.png"))[0]).convert("L"))
+    eight, sixteen = tmp_path / "eight", tmp_path / "sixteen"
+    eight.mkdir()
+    sixteen.mkdir()
+    Image.fromarray(grey).save(eight / "a.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(sixteen / "a.png")  # same values
+    assert Image.open(sixteen / "a.png").mode == "I;16"
+    assert _predict(run / "last.pt", eight, tmp_path / "p8") == 0
+    assert _predict(run / "last.pt", sixteen, tmp_path / "p16") == 0
+    found8 = json.loads((tmp_path / "p8" / "detections.json").read_text())
+    found16 = json.loads((tmp_path / "p16" / "detections.json").read_text())
+    assert found8 and found16 == found8  # v / 65535 == (v / 257) / 255: not clipped to white
+
+
+def test_predict_reads_tif_webp_and_sub_folders(run, example, tmp_path, capsys):
+    images = _images(example, tmp_path / "photos", n=3)
+    a, b, c = sorted(images.glob("*.png"))
+    (images / "sub").mkdir()
+    shutil.move(a, images / "sub" / a.name)
+    Image.open(b).convert("RGB").save(images / "b.tif")
+    b.unlink()
+    Image.open(c).convert("RGB").save(images / "c.webp", lossless=True)
+    c.unlink()
+    (images / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    assert _predict(run / "last.pt", images, out) == 0
+    assert "notes.txt" in capsys.readouterr().err  # named, not silently skipped
+    drawn = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert drawn == ["b.png", "c.png", f"sub/{a.name}"]
+    found = json.loads((out / "detections.json").read_text())
+    assert {d["file_name"] for d in found} <= {"b.tif", "c.webp", f"sub/{a.name}"}
+    assert f"sub/{a.name}" in {d["file_name"] for d in found}

@@ -21,7 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from pycocotools.coco import COCO
 
-__all__ = ["CocoDataset", "DatasetError", "collate_fn", "load_coco_json"]
+__all__ = ["CocoDataset", "DatasetError", "collate_fn", "load_coco_json", "read_image"]
 
 #: COCO's OKS sigmas for its 17 person keypoints (used when a category gives none).
 COCO_PERSON_OKS_SIGMAS = [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72] + [
@@ -260,6 +260,25 @@ def _flip_pairs_from(category: dict) -> list[tuple[int, int]]:
     return pairs
 
 
+def read_image(path: str | Path, what: str | None = None) -> torch.Tensor:
+    """The pixels of one image file as training reads them: (3, H, W) float32 in [0, 1],
+    grey and RGBA converted to RGB, 16-bit grey scaled by 1 / 65535 (not clipped at 255).
+    Raises :class:`DatasetError` for 32-bit or float pixels (``what`` names the file in
+    the message) and PIL's ``OSError`` for a missing, corrupt or truncated file."""
+    with Image.open(path) as im:
+        if im.mode.startswith("I;16"):  # 16-bit grey: convert("RGB") would clip
+            grey = torch.from_numpy(np.asarray(im).astype(np.float32)).div_(65535.0)
+            return grey.expand(3, -1, -1).contiguous()
+        if im.mode in ("I", "F"):
+            raise DatasetError(
+                f"{what or f'image file {path}'} has mode {im.mode!r} "
+                "(32-bit integer or float pixels), whose range of values is "
+                "unknown; save it as an 8- or 16-bit PNG, or a JPEG"
+            )
+        array = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+        return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+
+
 class CocoDataset(torch.utils.data.Dataset):
     """Images and targets from a COCO-format annotation file.
 
@@ -377,19 +396,7 @@ class CocoDataset(torch.utils.data.Dataset):
         info = self.coco.imgs[image_id]
         path = self.images_dir / info["file_name"]
         try:
-            with Image.open(path) as im:
-                if im.mode.startswith("I;16"):  # 16-bit grey: convert("RGB") would clip
-                    grey = torch.from_numpy(np.asarray(im).astype(np.float32)).div_(65535.0)
-                    image = grey.expand(3, -1, -1).contiguous()
-                elif im.mode in ("I", "F"):
-                    raise DatasetError(
-                        f"image file {path} (image id {image_id}) has mode {im.mode!r} "
-                        "(32-bit integer or float pixels), whose range of values is "
-                        "unknown; save it as an 8- or 16-bit PNG, or a JPEG"
-                    )
-                else:
-                    array = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-                    image = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+            image = read_image(path, f"image file {path} (image id {image_id})")
         except FileNotFoundError as e:
             raise DatasetError(
                 f"image file {path} (image id {image_id}) does not exist; check that "
