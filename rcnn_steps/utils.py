@@ -1,13 +1,15 @@
 """Small shared helpers: seeds and threads, devices, paths, and results files.
 
 Every chapter starts with :func:`seed_everything` and :func:`set_threads` so that its
-outputs are the same on every run (nbval compares them), and every library command that
+outputs are the same on every run on one machine (another CPU's kernels move the last
+digits of what it trains: nbval compares only what does not move), and every library command that
 produces numbers for the book writes them with :func:`write_results`, which records how
 they were made (GUIDE section 7).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -267,8 +269,6 @@ def add_debug_argument(*parsers: Any) -> None:
     """Give each argparse parser a ``--debug`` flag (full tracebacks); the first parser's
     default is False, the others' leave it as the first set it, so the flag works before
     or after a subcommand."""
-    import argparse
-
     for i, parser in enumerate(parsers):
         parser.add_argument(
             "--debug",
