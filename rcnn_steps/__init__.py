@@ -22,7 +22,14 @@ The modules read like the book's table of contents:
   (RoIs pooled from their level), and ResNet backbones in :mod:`rcnn_steps.backbones`;
 - chapter 06: :mod:`rcnn_steps.ops.roialign` (RoIAlign, RoIWarp and RoIAlign's readable
   reference), :mod:`rcnn_steps.ops.roi_layers` (Mask R-CNN Table 2(c)'s RoI layers as one
-  config field), :mod:`rcnn_steps.ablations`;
+  config field);
+- chapter 07: :mod:`rcnn_steps.mask_head` (mask targets, per-class sigmoid or softmax,
+  pasting), :mod:`rcnn_steps.keypoint_head` (keypoints as one-hot heatmaps),
+  :mod:`rcnn_steps.mask_rcnn` (the test-time cascade), :mod:`rcnn_steps.runner` (a preset
+  trained and scored);
+- chapter 08: :mod:`rcnn_steps.ablations` (the papers' tables as data),
+  :mod:`rcnn_steps.grid` (their runs, cached and resumable), :mod:`rcnn_steps.cli`
+  (``python -m rcnn_steps train | predict | evaluate | export``);
 - shared plumbing: :mod:`rcnn_steps.utils` (seeds, threads, devices, results files),
   :mod:`rcnn_steps.evolution` (the table of every chapter's detector).
 """
