@@ -437,6 +437,67 @@ def _clear_predictions(out: Path, overwrite: bool, clear: bool = True) -> None:
                 folder.rmdir()
 
 
+#: The longer side, in pixels, at which ``predict`` draws (its figures are 400 px wide):
+#: a 3000 x 2000 photo is drawn from an 800 x 533 copy, its masks pasted at that size.
+DRAWING_SIDE = 800
+
+
+def mask_rles(probs, boxes, size, aligned: bool) -> list[dict]:
+    """COCO RLEs (``counts`` as str) of ``(D, 1, M, M)`` mask probabilities pasted into an
+    image of ``size`` (H, W) at ``boxes`` and cut at 0.5: one mask at a time, each over
+    its box's window (:func:`rcnn_steps.mask_head.paste_masks_in_windows`), so memory is
+    one ``H x W`` byte canvas however many detections there are."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    from rcnn_steps.mask_head import paste_masks_in_windows
+
+    canvas = np.zeros(tuple(size), dtype=np.uint8, order="F")
+    rles = []
+    for window, (top, left) in paste_masks_in_windows(probs, boxes, size, aligned=aligned):
+        canvas[:] = 0
+        h, w = window.shape
+        canvas[top : top + h, left : left + w] = (window >= 0.5).numpy()
+        rle = mask_utils.encode(canvas)
+        rles.append({"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")})
+    return rles
+
+
+def drawn_detections(image, det: dict, mask_branch=None):
+    """``(image, detections)`` as ``predict`` draws them: at most :data:`DRAWING_SIDE`
+    pixels on the longer side (boxes and keypoints scaled with the image), masks pasted
+    at that size from ``det["mask_probs"]`` when the model left them unpasted."""
+    import torch
+
+    from rcnn_steps.mask_head import paste_masks_in_windows
+
+    h, w = image.shape[-2:]
+    scale = min(1.0, DRAWING_SIDE / max(h, w))
+    shown = dict(det)
+    if scale < 1.0:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        image = torch.nn.functional.interpolate(
+            image[None], size=size, mode="bilinear", antialias=True, align_corners=False
+        )[0]
+        sy, sx = size[0] / h, size[1] / w
+        shown["boxes"] = det["boxes"] * torch.tensor([sx, sy, sx, sy])
+        if "keypoints" in det:
+            kps = det["keypoints"].clone()
+            kps[..., 0] *= sx
+            kps[..., 1] *= sy
+            shown["keypoints"] = kps
+    if "mask_probs" in det:
+        size = image.shape[-2:]
+        masks = torch.zeros((len(det["boxes"]), *size), dtype=torch.bool)
+        windows = paste_masks_in_windows(
+            shown.pop("mask_probs"), shown["boxes"], size, aligned=mask_branch.aligned
+        )
+        for mask, (window, (top, left)) in zip(masks, windows, strict=True):
+            mask[top : top + window.shape[0], left : left + window.shape[1]] = window >= 0.5
+        shown["masks"] = masks
+    return image, shown
+
+
 def _predict_command(args: argparse.Namespace) -> int:
     import json
 
@@ -499,6 +560,9 @@ def _predict_command(args: argparse.Namespace) -> int:
         atomic_write_bytes(out / PREDICT_MANIFEST, text.encode())
 
     keypoint_labels = [i for i, c in enumerate(model.config.keypoint_counts, 1) if c]
+    mask_branch = getattr(model.roi_heads, "mask_branch", None)
+    if mask_branch is not None:
+        mask_branch.paste = False  # pasted below, one mask at a time (bounded memory)
     everything = []
     for i, (file, drawing) in enumerate(readable):
         try:
@@ -520,17 +584,23 @@ def _predict_command(args: argparse.Namespace) -> int:
         kept = {k: v[keep] for k, v in det.items()}
         results = detections_to_coco(
             i, kept["boxes"], kept["scores"], kept["labels"], None,
-            masks=kept.get("masks"), keypoints=kept.get("keypoints"),
+            keypoints=kept.get("keypoints"),
         )  # fmt: skip
         trim_keypoints(results, kept["labels"], model.config.keypoint_counts)
+        if mask_branch is not None:
+            rles = mask_rles(kept["mask_probs"], kept["boxes"], size, mask_branch.aligned)
+            for r, rle in zip(results, rles, strict=True):
+                r["segmentation"] = rle
         for r in results:
             r["file_name"] = drawing.with_name(file.name).as_posix()  # sub/x.jpg
             if names:
                 r["class_name"] = names[r["category_id"]]
         everything += results
+        shown_image, shown = drawn_detections(image, kept, mask_branch)
         fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
-        viz.draw_instances(image, det, names, args.score_threshold, data.get("skeleton", ()),
-                           data.get("keypoint_names") or None, keypoint_labels, ax=ax)  # fmt: skip
+        viz.draw_instances(shown_image, shown, names, args.score_threshold,
+                           data.get("skeleton", ()), data.get("keypoint_names") or None,
+                           keypoint_labels, ax=ax)  # fmt: skip
         (out / drawing).parent.mkdir(parents=True, exist_ok=True)
         record(drawing)
         fig.savefig(out / drawing, bbox_inches="tight")

@@ -56,6 +56,7 @@ __all__ = [
     "maskrcnn_loss",
     "maskrcnn_softmax_loss",
     "paste_masks_in_image",
+    "paste_masks_in_windows",
     "project_masks_on_boxes",
 ]
 
@@ -402,35 +403,95 @@ def paste_masks_in_image(
     if d == 0:
         return masks.new_zeros((0, 1, h, w))
     if aligned:
-        return _paste_aligned(masks, boxes, h, w)
-    m = masks.shape[-1]
+        return _paste_aligned(masks, boxes, (0, h), (0, w))
+    corners, src = _paste_corners(boxes, masks.shape[-1], padding)
     padded = F.pad(masks[:, 0], (padding,) * 4)  # (D, M + 2p, M + 2p)
-    scale = (m + 2 * padding) / m
-    half = (boxes[:, 2:] - boxes[:, :2]) * 0.5 * scale
-    centre = (boxes[:, 2:] + boxes[:, :2]) * 0.5
-    corners = torch.cat([centre - half, centre + half], dim=1).to(torch.int64)  # truncation
-    src = m + 2 * padding
     rows = _resize_matrix(corners[:, 1], corners[:, 3], src, h)  # (D, H, src)
     cols = _resize_matrix(corners[:, 0], corners[:, 2], src, w)  # (D, W, src)
     pasted = rows @ padded.to(rows.dtype) @ cols.transpose(1, 2)
     return pasted.to(masks.dtype)[:, None]
 
 
-def _paste_aligned(masks: Tensor, boxes: Tensor, h: int, w: int) -> Tensor:
-    """:func:`paste_masks_in_image` with ``aligned=True``: ``grid_sample`` at every pixel
+def _paste_corners(boxes: Tensor, m: int, padding: int) -> tuple[Tensor, int]:
+    """``aligned=False``'s pixel box of each mask: the box grown by ``padding`` mask cells
+    on every side, corners truncated to whole pixels, ``(D, 4)`` int64; and the padded
+    mask's side ``M + 2 padding``."""
+    scale = (m + 2 * padding) / m
+    half = (boxes[:, 2:] - boxes[:, :2]) * 0.5 * scale
+    centre = (boxes[:, 2:] + boxes[:, :2]) * 0.5
+    corners = torch.cat([centre - half, centre + half], dim=1).to(torch.int64)  # truncation
+    return corners, m + 2 * padding
+
+
+def _paste_aligned(
+    masks: Tensor, boxes: Tensor, rows: tuple[int, int], cols: tuple[int, int]
+) -> Tensor:
+    """:func:`paste_masks_in_image` with ``aligned=True`` over the image pixels ``rows =
+    (top, bottom)`` x ``cols = (left, right)`` (half-open): ``grid_sample`` at every pixel
     centre, in coordinates where the box spans [-1, 1] (``align_corners=False``: -1 and 1
     are the mask's outer edges, so cell centres sit where the box's bins' centres are)."""
     d = masks.shape[0]
     boxes = boxes.to(torch.float32)
-    xs = torch.arange(w, device=masks.device, dtype=torch.float32) + 0.5
-    ys = torch.arange(h, device=masks.device, dtype=torch.float32) + 0.5
+    xs = torch.arange(*cols, device=masks.device, dtype=torch.float32) + 0.5
+    ys = torch.arange(*rows, device=masks.device, dtype=torch.float32) + 0.5
     widths = (boxes[:, 2:3] - boxes[:, 0:1]).clamp(min=1e-6)
     heights = (boxes[:, 3:4] - boxes[:, 1:2]).clamp(min=1e-6)
     gx = (xs[None] - boxes[:, 0:1]) / widths * 2 - 1  # (D, W)
     gy = (ys[None] - boxes[:, 1:2]) / heights * 2 - 1  # (D, H)
+    h, w = len(ys), len(xs)
     grid = torch.stack([gx[:, None, :].expand(d, h, w), gy[:, :, None].expand(d, h, w)], dim=3)
     pasted = F.grid_sample(masks.to(torch.float32), grid, align_corners=False)
     return pasted.to(masks.dtype)
+
+
+def paste_masks_in_windows(
+    masks: Tensor,
+    boxes: Tensor,
+    img_shape: Sequence[int],
+    padding: int = 1,
+    aligned: bool = False,
+) -> list[tuple[Tensor, tuple[int, int]]]:
+    """:func:`paste_masks_in_image` one mask at a time, each over only the window of image
+    pixels it can reach: memory grows with the boxes' areas, not with ``D x H x W`` (100
+    float masks of a 3000 x 2000 photo are 2.4 GB; ``predict`` uses this).
+
+    The window is the box grown by what the paste adds around it (``aligned=False``: the
+    padding, rounded out to whole pixels; ``aligned=True``: half a mask cell, read
+    bilinearly, plus a pixel), clipped to the image. Outside it the full paste is exactly
+    0; inside it equals the full paste up to float rounding (the same products over a
+    smaller matrix).
+
+    Args:
+        masks: ``(D, 1, M, M)`` probabilities.
+        boxes: ``(D, 4)`` xyxy in image pixels.
+        img_shape: ``(H, W)``.
+
+    Returns:
+        ``D`` pairs ``(window (h_i, w_i), (top_i, left_i))``: the pasted values of image
+        rows ``top_i .. top_i + h_i - 1`` and columns ``left_i .. left_i + w_i - 1``.
+    """
+    h, w = int(img_shape[0]), int(img_shape[1])
+    m = masks.shape[-1]
+    windows = []
+    for mask, box in zip(masks, boxes, strict=True):
+        if aligned:
+            reach = (box[2:] - box[:2]) / m  # a mask cell, in pixels (x, y)
+            lo = (box[:2] - reach).floor().long() - 1
+            hi = (box[2:] + reach).ceil().long() + 2
+            top, bottom = int(lo[1].clamp(0, h)), int(hi[1].clamp(0, h))
+            left, right = int(lo[0].clamp(0, w)), int(hi[0].clamp(0, w))
+            pasted = _paste_aligned(mask[None], box[None], (top, bottom), (left, right))[0, 0]
+        else:
+            corners, src = _paste_corners(box[None], m, padding)
+            x1, y1, x2, y2 = (int(v) for v in corners[0])
+            top, bottom = min(max(y1, 0), h), min(max(y2 + 1, 0), h)
+            left, right = min(max(x1, 0), w), min(max(x2 + 1, 0), w)
+            rows = _resize_matrix(corners[:, 1], corners[:, 3], src, h)[:, top:bottom]
+            cols = _resize_matrix(corners[:, 0], corners[:, 2], src, w)[:, left:right]
+            padded = F.pad(mask, (padding,) * 4).to(rows.dtype)  # (1, M + 2p, M + 2p)
+            pasted = (rows @ padded @ cols.transpose(1, 2))[0].to(masks.dtype)
+        windows.append((pasted, (top, left)))
+    return windows
 
 
 # ----------------------------------------------------------------------------------------
@@ -472,6 +533,9 @@ class MaskBranch(nn.Module):
         self.predictor = predictor
         self.loss_name = loss
         self.aligned = aligned
+        #: paste the masks into the image at test time (``"masks"``), or leave them in
+        #: their boxes' frame (``"mask_probs"``; see :meth:`predict`). Not a weight.
+        self.paste = True
 
     def extra_repr(self) -> str:
         return f"loss={self.loss_name!r}, aligned={self.aligned}"
@@ -516,8 +580,14 @@ class MaskBranch(nn.Module):
         image_sizes: Sequence[tuple[int, int]],
     ) -> list[Tensor]:
         """Adds ``"masks"`` ``(D_i, 1, h, w)`` (probabilities pasted into the image) to
-        each image's detections; returns the ``(D_i, 1, M, M)`` probabilities."""
+        each image's detections; returns the ``(D_i, 1, M, M)`` probabilities. With
+        :attr:`paste` False it adds those unpasted probabilities as ``"mask_probs"``
+        instead, for a caller that pastes them its own way (``predict`` on large photos:
+        :func:`paste_masks_in_windows`)."""
         probs = maskrcnn_inference(mask_logits, [d["labels"] for d in detections], self.loss_name)
         for det, prob, size in zip(detections, probs, image_sizes, strict=True):
-            det["masks"] = paste_masks_in_image(prob, det["boxes"], size, aligned=self.aligned)
+            if self.paste:
+                det["masks"] = paste_masks_in_image(prob, det["boxes"], size, aligned=self.aligned)
+            else:
+                det["mask_probs"] = prob
         return probs

@@ -15,6 +15,7 @@ from rcnn_steps.mask_head import (
     maskrcnn_loss,
     maskrcnn_softmax_loss,
     paste_masks_in_image,
+    paste_masks_in_windows,
     project_masks_on_boxes,
 )
 from rcnn_steps.roi_heads import RoIPooler
@@ -151,6 +152,45 @@ def test_paste_puts_a_full_mask_on_its_box():
     pasted = paste_masks_in_image(mask, torch.tensor([[10.0, 20.0, 40.0, 30.0]]), (64, 64))[0, 0]
     inside = pasted[21:30, 11:40]
     assert (inside > 0.99).all() and pasted[:15].sum() == 0 and pasted[:, 45:].sum() == 0
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_paste_in_windows_equals_the_full_paste(aligned):
+    """Each mask pasted over its window only: the same values there, and the full paste
+    is 0 everywhere else (boxes partly or wholly outside the image, sub-pixel ones)."""
+    g = torch.Generator().manual_seed(7)
+    masks = torch.rand(40, 1, 14, 14, generator=g)
+    boxes = _boxes(g, 40, -20, 110, 0.3, 60)
+    boxes[0] = torch.tensor([-30.0, 5.0, -10.0, 20.0])  # entirely outside
+    boxes[1] = torch.tensor([10.0, 10.0, 10.2, 10.3])  # sub-pixel
+    full = paste_masks_in_image(masks, boxes, (96, 120), aligned=aligned)[:, 0]
+    windows = paste_masks_in_windows(masks, boxes, (96, 120), aligned=aligned)
+    assert len(windows) == 40
+    for i, (window, (top, left)) in enumerate(windows):
+        canvas = torch.zeros(96, 120)
+        canvas[top : top + window.shape[0], left : left + window.shape[1]] = window
+        torch.testing.assert_close(canvas, full[i], atol=1e-5, rtol=0)
+        if i > 1:  # the window is about the box, not the image
+            w, h = (boxes[i, 2:] - boxes[i, :2]).tolist()
+            assert window.shape[0] <= h * 1.2 + 5 and window.shape[1] <= w * 1.2 + 5
+    assert windows[0][0].numel() == 0
+
+
+def test_mask_branch_can_leave_masks_unpasted():
+    g = torch.Generator().manual_seed(3)
+    pooler = RoIPooler("roialign_avg", 14)
+    branch = MaskBranch(pooler, MaskRCNNHeads(8, (8,)), MaskRCNNPredictor(8, 8, 3))
+    logits = torch.randn(2, 3, 28, 28, generator=g)
+    boxes = torch.tensor([[4.0, 4.0, 30.0, 20.0], [10.0, 0.0, 50.0, 40.0]])
+    pasted = [{"boxes": boxes, "labels": torch.tensor([1, 2])}]
+    branch.predict(logits, pasted, [(64, 64)])
+    branch.paste = False
+    unpasted = [{"boxes": boxes, "labels": torch.tensor([1, 2])}]
+    probs = branch.predict(logits, unpasted, [(64, 64)])
+    assert "masks" not in unpasted[0] and unpasted[0]["mask_probs"].shape == (2, 1, 28, 28)
+    torch.testing.assert_close(unpasted[0]["mask_probs"], probs[0])
+    again = paste_masks_in_image(unpasted[0]["mask_probs"], boxes, (64, 64))
+    torch.testing.assert_close(again, pasted[0]["masks"])
 
 
 def test_heads_load_torchvision_weights_and_agree():
