@@ -274,7 +274,7 @@ def faster_rcnn_grid(table: str) -> dict[str, dict[str, Any]]:
     - ``c4``, row (a) 31.6/53.1/13.2/35.6/47.1: the C4 design (He et al. 2016): the RPN
       and RoI pooling on c4 (stride 16, an 8 x 8 map on 128 px images) and the
       backbone's res5 stage run on every pooled RoI as the head (``box_head="c5"``,
-      :class:`~rcnn_steps.roi_heads.C5BoxHead`: res5, whose first conv has stride 2,
+      :class:`~rcnn_steps.modeling.roi_heads.C5BoxHead`: res5, whose first conv has stride 2,
       then a global average). Pooled 7 x 7, not the paper's 14 x 14: the paper pools
       14 x 14 so that its canonical 224 px RoI gets one bin per stride-16 cell; our
       objects span one or two cells at stride 16 (median sqrt(area) 16 px, canonical
@@ -575,8 +575,9 @@ MASK_TABLES = (
 FINAL_OVERRIDES: dict[str, Any] = {"mask_aligned": True}
 #: The final model's budget: 4x the grids' 1500 iterations of ``cpu_mask``.
 LONG_MAX_ITER = 6000
-#: The keypoint loss weight of Tables 5 and 6 (Detectron2's default): at the paper's 1 the
-#: keypoint branch collapses at ``cpu_mask``'s learning rate (table ``mrcnn_kp_weight``).
+#: The keypoint loss weight of our Tables 5 and 6 runs. The paper, Detectron and
+#: Detectron2 (``ROI_KEYPOINT_HEAD.LOSS_WEIGHT``) all use 1; at 1 our keypoint branch
+#: collapses at ``cpu_mask``'s learning rate (table ``mrcnn_kp_weight``), at 0.1 it learns.
 KEYPOINT_LOSS_WEIGHT = 0.1
 #: The keypoint branch as Tables 5, 6 and the final model's keypoint twin train it.
 _WEIGHTED_KEYPOINTS: dict[str, Any] = {
