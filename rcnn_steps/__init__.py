@@ -1,9 +1,12 @@
 """rcnn-steps: object detection rebuilt step by step, from sliding windows to Mask R-CNN.
 
-The library is being arranged in floors, each importing only from the floors below it.
-The first is in place: :mod:`rcnn_steps.ops`, the tensor operations (boxes, image lists,
-the RoI layers and their readable references), which imports nothing but torch. The other
-modules still sit directly in the package.
+The library is being arranged in floors, each importing only from the floors below it
+(``tests/test_layout.py`` checks it). Two are in place: :mod:`rcnn_steps.ops`, the tensor
+operations (boxes, image lists, the RoI layers and their readable references), which
+imports nothing but torch; and :mod:`rcnn_steps.modeling`, the parts a detector is built
+from (anchors, matcher, sampler, losses, backbones, RPN, poolers, FPN, the box, mask and
+keypoint branches), which imports only ``ops``. The detectors, data, training, evaluation
+and experiment modules still sit directly in the package.
 
 The modules read like the book's table of contents:
 
@@ -14,17 +17,20 @@ The modules read like the book's table of contents:
   :mod:`rcnn_steps.sliding_window`;
 - chapter 02: :mod:`rcnn_steps.selective_search`, :mod:`rcnn_steps.rcnn`;
 - chapter 03: :mod:`rcnn_steps.ops.roipool` (RoIPool and its readable reference),
-  :mod:`rcnn_steps.losses`, :mod:`rcnn_steps.fast_rcnn`;
-- chapter 04: :mod:`rcnn_steps.ops.image_list`, :mod:`rcnn_steps.anchors`,
-  :mod:`rcnn_steps.matcher`, :mod:`rcnn_steps.sampler`, :mod:`rcnn_steps.backbones`,
-  :mod:`rcnn_steps.rpn`, :mod:`rcnn_steps.roi_heads`, :mod:`rcnn_steps.faster_rcnn`;
-- chapter 05: :mod:`rcnn_steps.fpn` (the feature pyramid), :mod:`rcnn_steps.poolers`
-  (RoIs pooled from their level), and ResNet backbones in :mod:`rcnn_steps.backbones`;
+  :mod:`rcnn_steps.modeling.losses`, :mod:`rcnn_steps.fast_rcnn`;
+- chapter 04: :mod:`rcnn_steps.ops.image_list`, :mod:`rcnn_steps.modeling.anchors`,
+  :mod:`rcnn_steps.modeling.matcher`, :mod:`rcnn_steps.modeling.sampler`,
+  :mod:`rcnn_steps.modeling.backbones`, :mod:`rcnn_steps.modeling.rpn`,
+  :mod:`rcnn_steps.modeling.roi_heads`, :mod:`rcnn_steps.faster_rcnn`;
+- chapter 05: :mod:`rcnn_steps.modeling.fpn` (the feature pyramid),
+  :mod:`rcnn_steps.modeling.poolers` (RoIs pooled from their level), and ResNet backbones
+  in :mod:`rcnn_steps.modeling.backbones`;
 - chapter 06: :mod:`rcnn_steps.ops.roialign` (RoIAlign, RoIWarp and RoIAlign's readable
   reference), :mod:`rcnn_steps.ops.roi_layers` (Mask R-CNN Table 2(c)'s RoI layers as one
   config field);
-- chapter 07: :mod:`rcnn_steps.mask_head` (mask targets, per-class sigmoid or softmax,
-  pasting), :mod:`rcnn_steps.keypoint_head` (keypoints as one-hot heatmaps),
+- chapter 07: :mod:`rcnn_steps.modeling.mask_head` (mask targets, per-class sigmoid or
+  softmax, pasting), :mod:`rcnn_steps.modeling.keypoint_head` (keypoints as one-hot
+  heatmaps),
   :mod:`rcnn_steps.mask_rcnn` (the test-time cascade), :mod:`rcnn_steps.runner` (a preset
   trained and scored);
 - chapter 08: :mod:`rcnn_steps.ablations` (the papers' tables as data),

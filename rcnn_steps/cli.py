@@ -445,12 +445,12 @@ DRAWING_SIDE = 800
 def mask_rles(probs, boxes, size, aligned: bool) -> list[dict]:
     """COCO RLEs (``counts`` as str) of ``(D, 1, M, M)`` mask probabilities pasted into an
     image of ``size`` (H, W) at ``boxes`` and cut at 0.5: one mask at a time, each over
-    its box's window (:func:`rcnn_steps.mask_head.paste_masks_in_windows`), so memory is
+    its box's window (:func:`rcnn_steps.modeling.mask_head.paste_masks_in_windows`), so memory is
     one ``H x W`` byte canvas however many detections there are."""
     import numpy as np
     from pycocotools import mask as mask_utils
 
-    from rcnn_steps.mask_head import paste_masks_in_windows
+    from rcnn_steps.modeling.mask_head import paste_masks_in_windows
 
     canvas = np.zeros(tuple(size), dtype=np.uint8, order="F")
     rles = []
@@ -469,7 +469,7 @@ def drawn_detections(image, det: dict, mask_branch=None):
     at that size from ``det["mask_probs"]`` when the model left them unpasted."""
     import torch
 
-    from rcnn_steps.mask_head import paste_masks_in_windows
+    from rcnn_steps.modeling.mask_head import paste_masks_in_windows
 
     h, w = image.shape[-2:]
     scale = min(1.0, DRAWING_SIDE / max(h, w))

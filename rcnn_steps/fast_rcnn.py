@@ -6,13 +6,13 @@ R-CNN (chapter 02) warps every proposal out of the image and runs the whole CNN 
 layers *once* on the image, and reads each proposal's feature off the shared map with
 RoIPool (:func:`rcnn_steps.ops.roipool.roi_pool`); a small head then scores the classes and
 refines the box, trained end to end with one multi-task loss
-(:func:`rcnn_steps.losses.fastrcnn_loss`). The proposals still come from outside
+(:func:`rcnn_steps.modeling.losses.fastrcnn_loss`). The proposals still come from outside
 (selective search, chapter 02's cached proposals): that is what Faster R-CNN's RPN
 (chapter 04, :mod:`rcnn_steps.faster_rcnn`) replaces.
 
 Built from the same :class:`~rcnn_steps.faster_rcnn.DetectorConfig` as Faster R-CNN
 (its RPN fields are unused here), with the same backbone and
-:class:`~rcnn_steps.roi_heads.RoIHeads`, so the two chapters' detectors differ only in
+:class:`~rcnn_steps.modeling.roi_heads.RoIHeads`, so the two chapters' detectors differ only in
 where the proposals come from. Taught in chapter 03.
 """
 

@@ -9,7 +9,7 @@ The whole detector of chapter 04, read top to bottom:
    (:func:`train_config`).
 2. :func:`build_backbone`, :func:`build_rpn`, :func:`build_roi_heads`: the parts, built
    from the config (with ``fpn=True``, chapter 05's feature pyramid replaces the
-   backbone's single map: :mod:`rcnn_steps.fpn`, :mod:`rcnn_steps.poolers`).
+   backbone's single map: :mod:`rcnn_steps.modeling.fpn`, :mod:`rcnn_steps.modeling.poolers`).
 3. :class:`FasterRCNN`: ``forward(images, targets)`` in torchvision's convention (a dict
    of losses in training, a list of ``{boxes, labels, scores}`` in eval) and
    :meth:`FasterRCNN.inspect`, every stage's named intermediates for drawing
@@ -31,12 +31,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rcnn_steps.anchors import AnchorGenerator
-from rcnn_steps.backbones import STAGES, ResNetBackbone, TinyBackbone
 from rcnn_steps.engine import TrainConfig
-from rcnn_steps.fpn import BackboneWithFPN, check_levels, level_number
-from rcnn_steps.keypoint_head import KeypointBranch, KeypointRCNNHeads, KeypointRCNNPredictor
-from rcnn_steps.mask_head import (
+from rcnn_steps.modeling.anchors import AnchorGenerator
+from rcnn_steps.modeling.backbones import STAGES, ResNetBackbone, TinyBackbone
+from rcnn_steps.modeling.fpn import BackboneWithFPN, check_levels, level_number
+from rcnn_steps.modeling.keypoint_head import (
+    KeypointBranch,
+    KeypointRCNNHeads,
+    KeypointRCNNPredictor,
+)
+from rcnn_steps.modeling.mask_head import (
     MASK_HEADS,
     MASK_LOSSES,
     MaskBranch,
@@ -45,17 +49,16 @@ from rcnn_steps.mask_head import (
     MaskRCNNHeads,
     MaskRCNNPredictor,
 )
-from rcnn_steps.ops import ROI_OP_NAMES, ImageList
-from rcnn_steps.poolers import MultiScaleRoIPooler
-from rcnn_steps.roi_heads import (
+from rcnn_steps.modeling.poolers import MultiScaleRoIPooler, RoIPooler
+from rcnn_steps.modeling.roi_heads import (
     C5BoxHead,
     FastRCNNPredictor,
     RoIHeads,
-    RoIPooler,
     TwoMLPHead,
     check_targets,
 )
-from rcnn_steps.rpn import RegionProposalNetwork, RPNHead
+from rcnn_steps.modeling.rpn import RegionProposalNetwork, RPNHead
+from rcnn_steps.ops import ROI_OP_NAMES, ImageList
 from rcnn_steps.utils import StageClock
 
 __all__ = [
@@ -228,7 +231,7 @@ class DetectorConfig:
                 raise ValueError(
                     f"keypoint_counts must hold one count >= 0 per class ({self.num_classes} "
                     f"classes), at least one above 0, got {counts}; for a COCO-format "
-                    "dataset use rcnn_steps.keypoint_head.keypoint_counts_of(dataset."
+                    "dataset use rcnn_steps.modeling.keypoint_head.keypoint_counts_of(dataset."
                     "categories), or set keypoints=False for data without keypoints."
                 )
         for name in (
@@ -408,7 +411,7 @@ class DetectorConfig:
         quartiles 9 / 17 / 33, 5th-95th percentile 5-52 px) and the five octaves span
         them with one to spare at the top, as the paper's 32..512 span COCO's. The
         divisor also fixes s0 of eq. (1), ``roi_canonical_size = 224 / 4 = 56`` at
-        ``roi_canonical_level = 4`` (:mod:`rcnn_steps.poolers`).
+        ``roi_canonical_level = 4`` (:mod:`rcnn_steps.modeling.poolers`).
 
         Measured on the 634 val objects of the synthetic set (128 px; an object counts
         if some anchor reaches the IoU): this choice puts an anchor at IoU >= 0.5 on 72%
@@ -441,7 +444,7 @@ class DetectorConfig:
         Without ``backbone_weights`` the ResNet trains from scratch with ordinary batch
         norm and every stage trainable; with a local ImageNet state dict
         (``backbone_weights=path``) batch norm is frozen and the stem and c2 too
-        (torchvision's rule, :class:`~rcnn_steps.backbones.ResNetBackbone`). Not trained
+        (torchvision's rule, :class:`~rcnn_steps.modeling.backbones.ResNetBackbone`). Not trained
         in this repository; it needs a GPU.
         """
         values = dict(
@@ -588,7 +591,7 @@ def train_config(preset: str = "cpu", **overrides: Any) -> TrainConfig:
 def build_backbone(config: DetectorConfig) -> nn.Module:
     """The backbone (``config.backbone``): without FPN it returns only
     ``config.feature_stage``; with ``config.fpn`` it is a
-    :class:`~rcnn_steps.fpn.BackboneWithFPN` returning the levels ``config.fpn_levels``,
+    :class:`~rcnn_steps.modeling.fpn.BackboneWithFPN` returning the levels ``config.fpn_levels``,
     each ``config.fpn_channels`` wide. Either has ``out_channels`` and ``strides`` dicts
     by map name."""
     if config.fpn:
@@ -652,7 +655,7 @@ def build_rpn(config: DetectorConfig, in_channels: int) -> RegionProposalNetwork
 def build_pooler(config: DetectorConfig, roi_op: str, output_size: int) -> nn.Module:
     """A RoI pooler with the config's RoI layer settings: from ``config.feature_stage``,
     or with FPN each RoI from its level of ``config.fpn_roi_levels`` (FPN eq. 1,
-    :class:`~rcnn_steps.poolers.MultiScaleRoIPooler`). The box, mask and keypoint
+    :class:`~rcnn_steps.modeling.poolers.MultiScaleRoIPooler`). The box, mask and keypoint
     branches each have one (7, 14 and 14 bins)."""
     if config.fpn:
         return MultiScaleRoIPooler(
@@ -709,7 +712,7 @@ def build_keypoint_branch(config: DetectorConfig, in_channels: int) -> KeypointB
 def build_roi_heads(config: DetectorConfig, backbone: nn.Module) -> RoIHeads:
     """The box branch reading ``config.feature_stage`` of ``backbone``, or with FPN the
     levels ``config.fpn_roi_levels``, each RoI from the level of FPN eq. (1)
-    (:class:`~rcnn_steps.poolers.MultiScaleRoIPooler`) into fc6/fc7 on ``fpn_channels x 7
+    (:class:`~rcnn_steps.modeling.poolers.MultiScaleRoIPooler`) into fc6/fc7 on ``fpn_channels x 7
     x 7`` (the FPN paper's 2-fc head, section 4.2); with ``config.masks`` /
     ``config.keypoints`` also the mask and keypoint branches (Mask R-CNN)."""
     channels = config.fpn_channels if config.fpn else backbone.out_channels[config.feature_stage]
@@ -743,7 +746,7 @@ def preprocess(
     """Check, normalise and pad a batch: ``(ImageList, targets)``.
 
     Images: a list of ``(3, H, W)`` float tensors (or one ``(N, 3, H, W)`` tensor), values
-    in [0, 1]. Targets are checked with :func:`rcnn_steps.roi_heads.check_targets`.
+    in [0, 1]. Targets are checked with :func:`rcnn_steps.modeling.roi_heads.check_targets`.
     """
     if isinstance(images, Tensor):
         if images.dim() == 3:

@@ -12,9 +12,9 @@ default. Every switch the paper ablates is one config field: ``mask_head`` ("fcn
 ``mask_class_agnostic``, ``roi_op`` / ``mask_roi_op`` / ``keypoint_roi_op`` (Table 2c,
 Table 6), ``fpn`` and ``box_head`` (Table 2a), ``feature_stage`` (Table 2d).
 
-The parts live one level down: :mod:`rcnn_steps.mask_head` (mask targets, heads, losses,
-pasting) and :mod:`rcnn_steps.keypoint_head` (one-hot heatmap targets, the softmax loss,
-heatmaps back to points); :class:`rcnn_steps.roi_heads.RoIHeads` runs them "in parallel"
+The parts live one level down: :mod:`rcnn_steps.modeling.mask_head` (mask targets, heads, losses,
+pasting) and :mod:`rcnn_steps.modeling.keypoint_head` (one-hot heatmap targets, the softmax loss,
+heatmaps back to points); :class:`rcnn_steps.modeling.roi_heads.RoIHeads` runs them "in parallel"
 in training (on the box branch's positive RoIs) and "in cascade" at test time (on the
 kept detections only).
 

@@ -630,10 +630,10 @@ def config_for_data(
     preset: str, dataset, overrides: dict[str, Any] | None = None
 ) -> DetectorConfig:
     """The preset's config fitted to a dataset: ``num_classes`` its categories,
-    ``keypoint_counts`` its categories' keypoint sets (:func:`rcnn_steps.keypoint_head.
+    ``keypoint_counts`` its categories' keypoint sets (:func:`rcnn_steps.modeling.keypoint_head.
     keypoint_counts_of`), and the keypoint branch off when no category has keypoints;
     ``overrides`` last."""
-    from rcnn_steps.keypoint_head import keypoint_counts_of
+    from rcnn_steps.modeling.keypoint_head import keypoint_counts_of
 
     counts = keypoint_counts_of(dataset.categories)
     fitted: dict[str, Any] = dict(num_classes=dataset.num_classes, keypoint_counts=counts)

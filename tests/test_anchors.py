@@ -1,4 +1,4 @@
-"""Tests for rcnn_steps.anchors (chapter 04; multi-level in chapter 05).
+"""Tests for rcnn_steps.modeling.anchors (chapter 04; multi-level in chapter 05).
 
 torchvision's ``AnchorGenerator`` is the oracle: for the same sizes, ratios, images and
 feature maps, ours must return the same anchors in the same order, bit for bit (single
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TvAnchorGenerator
 from torchvision.models.detection.image_list import ImageList as TvImageList
 
-from rcnn_steps.anchors import (
+from rcnn_steps.modeling.anchors import (
     AnchorGenerator,
     anchor_visibility,
     anchors_at,

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from rcnn_steps.backbones import STAGES, TinyBackbone
+from rcnn_steps.modeling.backbones import STAGES, TinyBackbone
 
 
 def test_stages_shapes_and_strides():
@@ -59,7 +59,7 @@ def _random_stats(bn, seed=0):
 def test_frozen_batch_norm_equals_torchvision_and_eval_batch_norm(dtype):
     from torchvision.ops import FrozenBatchNorm2d as TvFrozenBatchNorm2d
 
-    from rcnn_steps.backbones import FrozenBatchNorm2d
+    from rcnn_steps.modeling.backbones import FrozenBatchNorm2d
 
     tv = _random_stats(TvFrozenBatchNorm2d(5)).to(dtype)
     ours = FrozenBatchNorm2d(5).to(dtype)
@@ -80,7 +80,7 @@ def test_frozen_batch_norm_equals_torchvision_and_eval_batch_norm(dtype):
 
 
 def test_freeze_batch_norm_replaces_every_batch_norm():
-    from rcnn_steps.backbones import FrozenBatchNorm2d, freeze_batch_norm
+    from rcnn_steps.modeling.backbones import FrozenBatchNorm2d, freeze_batch_norm
 
     net = TinyBackbone(width=8).eval()
     x = torch.rand(1, 3, 32, 32)
@@ -110,7 +110,7 @@ def resnet50_weights(tmp_path_factory):
 
 
 def test_resnet50_stages_equal_torchvision_with_loaded_weights(resnet50_weights):
-    from rcnn_steps.backbones import FrozenBatchNorm2d, ResNetBackbone
+    from rcnn_steps.modeling.backbones import FrozenBatchNorm2d, ResNetBackbone
 
     path, tv = resnet50_weights
     net = ResNetBackbone(50, weights_path=str(path))
@@ -133,7 +133,7 @@ def test_resnet50_stages_equal_torchvision_with_loaded_weights(resnet50_weights)
 
 
 def test_resnet_trainable_layers_and_defaults():
-    from rcnn_steps.backbones import ResNetBackbone
+    from rcnn_steps.modeling.backbones import ResNetBackbone
 
     def trainable(net):
         return {n for n, s in net.stages.items() if any(p.requires_grad for p in s.parameters())}
@@ -147,8 +147,8 @@ def test_resnet_trainable_layers_and_defaults():
 
 
 def test_resnet_return_stages_split_and_c4_design():
-    from rcnn_steps.backbones import ResNetBackbone
-    from rcnn_steps.roi_heads import C5BoxHead
+    from rcnn_steps.modeling.backbones import ResNetBackbone
+    from rcnn_steps.modeling.roi_heads import C5BoxHead
 
     net = ResNetBackbone(50, return_stages=("c4",), frozen_bn=True).eval()
     calls = []
@@ -163,14 +163,14 @@ def test_resnet_return_stages_split_and_c4_design():
 
 
 def test_resnet101_builds():
-    from rcnn_steps.backbones import ResNetBackbone
+    from rcnn_steps.modeling.backbones import ResNetBackbone
 
     net = ResNetBackbone(101, return_stages=("c4",))
     assert len(net.stages["c4"]) == 23 and net.out_channels["c5"] == 2048
 
 
 def test_resnet_bad_arguments(tmp_path):
-    from rcnn_steps.backbones import ResNetBackbone
+    from rcnn_steps.modeling.backbones import ResNetBackbone
 
     with pytest.raises(ValueError, match="depth"):
         ResNetBackbone(34)

@@ -7,17 +7,17 @@ from torchvision.models.detection import rpn as tv_rpn
 from torchvision.ops import FeaturePyramidNetwork as TvFPN
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from rcnn_steps.anchors import AnchorGenerator
-from rcnn_steps.backbones import TinyBackbone
-from rcnn_steps.fpn import (
+from rcnn_steps.modeling.anchors import AnchorGenerator
+from rcnn_steps.modeling.backbones import TinyBackbone
+from rcnn_steps.modeling.fpn import (
     FPN_LEVELS,
     BackboneWithFPN,
     FeaturePyramidNetwork,
     check_levels,
     level_number,
 )
+from rcnn_steps.modeling.rpn import RegionProposalNetwork, RPNHead
 from rcnn_steps.ops import ImageList
-from rcnn_steps.rpn import RegionProposalNetwork, RPNHead
 
 IN_CHANNELS = [6, 10, 12, 16]
 

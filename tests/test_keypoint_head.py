@@ -3,7 +3,7 @@ import torch
 from torchvision.models.detection import keypoint_rcnn as tv_keypoint_rcnn
 from torchvision.models.detection import roi_heads as tv
 
-from rcnn_steps.keypoint_head import (
+from rcnn_steps.modeling.keypoint_head import (
     KeypointBranch,
     KeypointRCNNHeads,
     KeypointRCNNPredictor,
@@ -14,7 +14,7 @@ from rcnn_steps.keypoint_head import (
     keypointrcnn_loss,
     keypoints_to_heatmap,
 )
-from rcnn_steps.roi_heads import RoIPooler
+from rcnn_steps.modeling.poolers import RoIPooler
 
 
 def _edge_case_keypoints():

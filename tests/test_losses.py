@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.detection import roi_heads as tv_roi_heads
 
-from rcnn_steps.losses import fastrcnn_loss, rpn_loss, smooth_l1_loss
+from rcnn_steps.modeling.losses import fastrcnn_loss, rpn_loss, smooth_l1_loss
 
 
 @pytest.mark.parametrize("beta", [1.0, 1 / 9, 0.0])

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torchvision.models.detection import mask_rcnn as tv_mask_rcnn
 from torchvision.models.detection import roi_heads as tv
 
-from rcnn_steps.mask_head import (
+from rcnn_steps.modeling.mask_head import (
     MaskBranch,
     MaskMLPHead,
     MaskMLPPredictor,
@@ -18,7 +18,7 @@ from rcnn_steps.mask_head import (
     paste_masks_in_windows,
     project_masks_on_boxes,
 )
-from rcnn_steps.roi_heads import RoIPooler
+from rcnn_steps.modeling.poolers import RoIPooler
 
 
 def _masks(g, n=3, size=64):

@@ -1,4 +1,4 @@
-"""Tests for rcnn_steps.matcher (chapter 04; RoI heads chapters 04-07).
+"""Tests for rcnn_steps.modeling.matcher (chapter 04; RoI heads chapters 04-07).
 
 torchvision's ``Matcher`` is the oracle, compared on random IoU matrices from random boxes
 (on a coarse integer grid, so exact ties and IoUs exactly at a threshold are common),
@@ -19,8 +19,8 @@ from torchvision.models.detection._utils import Matcher as TvMatcher
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import box_iou
 
-from rcnn_steps.matcher import Matcher, label_anchors
-from rcnn_steps.sampler import BalancedPositiveNegativeSampler
+from rcnn_steps.modeling.matcher import Matcher, label_anchors
+from rcnn_steps.modeling.sampler import BalancedPositiveNegativeSampler
 
 SETTINGS = [(0.7, 0.3, True), (0.5, 0.5, False), (0.5, 0.4, True), (0.7, 0.3, False)]
 

@@ -5,13 +5,13 @@ import torch
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import LevelMapper as TvLevelMapper
 
-from rcnn_steps.ops import ROI_OP_NAMES, get_roi_op
-from rcnn_steps.poolers import (
+from rcnn_steps.modeling.poolers import (
     LevelMapper,
     MultiScaleRoIPooler,
     feature_level,
     roi_size_in_cells,
 )
+from rcnn_steps.ops import ROI_OP_NAMES, get_roi_op
 
 
 def _boxes(n, max_xy, min_wh, max_wh, seed=0, dtype=torch.float32):

@@ -3,10 +3,10 @@ import torch
 from torchvision.models.detection import faster_rcnn as tv_faster_rcnn
 from torchvision.models.detection import roi_heads as tv_roi_heads
 
-from rcnn_steps.roi_heads import (
+from rcnn_steps.modeling.poolers import RoIPooler
+from rcnn_steps.modeling.roi_heads import (
     FastRCNNPredictor,
     RoIHeads,
-    RoIPooler,
     TwoMLPHead,
     check_targets,
 )

@@ -3,9 +3,9 @@ import torch
 from torchvision.models.detection import anchor_utils as tv_anchor_utils
 from torchvision.models.detection import rpn as tv_rpn
 
-from rcnn_steps.anchors import AnchorGenerator
+from rcnn_steps.modeling.anchors import AnchorGenerator
+from rcnn_steps.modeling.rpn import RegionProposalNetwork, RPNHead
 from rcnn_steps.ops import ImageList
-from rcnn_steps.rpn import RegionProposalNetwork, RPNHead
 
 SIZES, RATIOS = ((16, 32, 64),), ((0.5, 1.0, 2.0),)
 TOP_N = {"training": 300, "testing": 100}

@@ -1,4 +1,4 @@
-"""Tests for rcnn_steps.sampler (chapter 04; RoI heads chapters 04-07).
+"""Tests for rcnn_steps.modeling.sampler (chapter 04; RoI heads chapters 04-07).
 
 torchvision's ``BalancedPositiveNegativeSampler`` is the oracle: with the same global seed
 it must select exactly the same elements (it makes the same ``torch.randperm`` calls).
@@ -18,8 +18,8 @@ from torchvision.models.detection._utils import (
     BalancedPositiveNegativeSampler as TvSampler,
 )
 
-from rcnn_steps.matcher import Matcher, label_anchors
-from rcnn_steps.sampler import BalancedPositiveNegativeSampler
+from rcnn_steps.modeling.matcher import Matcher, label_anchors
+from rcnn_steps.modeling.sampler import BalancedPositiveNegativeSampler
 
 
 def make_labels(num_pos: int, num_neg: int, num_ignored: int, seed: int, classes: int = 1):
@@ -192,7 +192,7 @@ def test_rpn_parts_drop_into_torchvisions_rpn(seed):
     from torchvision.models.detection.anchor_utils import AnchorGenerator as TvAnchorGenerator
     from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 
-    from rcnn_steps.anchors import AnchorGenerator
+    from rcnn_steps.modeling.anchors import AnchorGenerator
     from rcnn_steps.ops import ImageList
 
     # RPNHead predicts the same number of anchors on every level: 3 ratios x 1 size

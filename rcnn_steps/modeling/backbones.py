@@ -24,7 +24,7 @@ Lin et al. 2017, section 3). Two seams are left open on purpose:
 - :meth:`TinyBackbone.split` cuts the network into a trunk up to a stage and the stages
   after it, sharing weights: the C4 design of Faster/Mask R-CNN (He et al. 2016, Mask
   R-CNN section 3.1 "Network Architecture") runs res5 on every pooled RoI instead of on
-  the image (:class:`rcnn_steps.roi_heads.C5BoxHead`).
+  the image (:class:`rcnn_steps.modeling.roi_heads.C5BoxHead`).
 
 For the GPU preset and for readers with pretrained weights, :class:`ResNetBackbone` wraps
 torchvision's ResNet-50/101 (built with ``weights=None``: nothing is downloaded; a local
@@ -120,7 +120,7 @@ class _StagedBackbone(nn.Module):
 
         ``split("c4")`` is the C4 design: ``trunk`` maps images to the stride-16 map the
         RPN and RoI pooling read, ``head`` is "res5" (c5) that the RoI head runs on every
-        pooled region (:class:`rcnn_steps.roi_heads.C5BoxHead`).
+        pooled region (:class:`rcnn_steps.modeling.roi_heads.C5BoxHead`).
         """
         if stage not in STAGES:
             raise ValueError(

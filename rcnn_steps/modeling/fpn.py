@@ -5,7 +5,7 @@ A ConvNet's stages already form a pyramid, C2..C5 at strides 4..32, but the fine
 semantically weak (few layers deep) and the coarse ones are too coarse for small objects.
 Section 3 builds a second pyramid P2..P5 that has *both* properties:
 
-- **bottom-up**: the backbone's stages C2..C5 (:mod:`rcnn_steps.backbones`);
+- **bottom-up**: the backbone's stages C2..C5 (:mod:`rcnn_steps.modeling.backbones`);
 - **lateral connections**: a 1x1 conv maps every C_k to ``d`` channels (``d = 256`` in
   the paper), so all levels share one width;
 - **top-down pathway**: starting from the coarsest, each level is upsampled 2x by nearest
@@ -17,10 +17,10 @@ Section 3 builds a second pyramid P2..P5 that has *both* properties:
   level of their own.
 
 Every P_k has ``d`` channels and the stride of its C_k (P6: 64). One RPN head with shared
-weights slides over all levels (:class:`rcnn_steps.rpn.RPNHead` takes a list of maps),
-each level with anchors of one size (:class:`rcnn_steps.anchors.AnchorGenerator`), and
+weights slides over all levels (:class:`rcnn_steps.modeling.rpn.RPNHead` takes a list of maps),
+each level with anchors of one size (:class:`rcnn_steps.modeling.anchors.AnchorGenerator`), and
 the RoI head pools each RoI from the level its size calls for
-(:class:`rcnn_steps.poolers.MultiScaleRoIPooler`, eq. 1).
+(:class:`rcnn_steps.modeling.poolers.MultiScaleRoIPooler`, eq. 1).
 
 The pieces:
 
@@ -28,8 +28,8 @@ The pieces:
   [, p_last+1])``. Equals ``torchvision.ops.FeaturePyramidNetwork(...,
   extra_blocks=LastLevelMaxPool())`` given the same weights (tests/test_fpn.py).
 - :class:`BackboneWithFPN`: a backbone returning stages ``c2..c5``
-  (:class:`~rcnn_steps.backbones.TinyBackbone` or
-  :class:`~rcnn_steps.backbones.ResNetBackbone`) followed by the FPN, with the
+  (:class:`~rcnn_steps.modeling.backbones.TinyBackbone` or
+  :class:`~rcnn_steps.modeling.backbones.ResNetBackbone`) followed by the FPN, with the
   ``out_channels``/``strides`` dicts the detector reads.
 
 Taught in chapter 05 ("Feature Pyramid Networks").
@@ -181,8 +181,8 @@ class BackboneWithFPN(nn.Module):
     Args:
         body: a backbone whose ``forward`` returns an ``OrderedDict`` with (at least) the
             stages ``c{k}`` of the requested levels, and which has ``out_channels`` and
-            ``strides`` dicts (:class:`~rcnn_steps.backbones.TinyBackbone`,
-            :class:`~rcnn_steps.backbones.ResNetBackbone`, built with ``return_stages``
+            ``strides`` dicts (:class:`~rcnn_steps.modeling.backbones.TinyBackbone`,
+            :class:`~rcnn_steps.modeling.backbones.ResNetBackbone`, built with ``return_stages``
             naming those stages).
         out_channels: ``d``, the FPN's width (256 in the paper).
         levels: the pyramid levels, consecutive, e.g. ``("p2", "p3", "p4", "p5", "p6")``

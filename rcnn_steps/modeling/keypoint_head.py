@@ -3,7 +3,7 @@ Pose Estimation").
 
 "We model a keypoint's location as a one-hot mask, and adopt Mask R-CNN to predict K
 masks, one for each of K keypoint types": the mask machinery of
-:mod:`rcnn_steps.mask_head`, with three changes:
+:mod:`rcnn_steps.modeling.mask_head`, with three changes:
 
 1. **Targets** (:func:`keypoints_to_heatmap`): "the target is a one-hot m x m binary
    mask where only a single pixel is labeled as foreground": a keypoint is mapped into
@@ -254,13 +254,13 @@ def keypoint_channel_table(counts: Sequence[int]) -> Tensor:
 
 
 class KeypointBranch(nn.Module):
-    """The keypoint branch as :class:`rcnn_steps.roi_heads.RoIHeads` runs it: ``pooler``
+    """The keypoint branch as :class:`rcnn_steps.modeling.roi_heads.RoIHeads` runs it: ``pooler``
     (14 x 14) -> ``head`` -> ``predictor`` (56 x 56 heatmaps), on the RoIs of classes
     with keypoints only.
 
     Args:
-        pooler: a RoI pooler (:class:`~rcnn_steps.roi_heads.RoIPooler` or
-            :class:`~rcnn_steps.poolers.MultiScaleRoIPooler`).
+        pooler: a RoI pooler (:class:`~rcnn_steps.modeling.poolers.RoIPooler` or
+            :class:`~rcnn_steps.modeling.poolers.MultiScaleRoIPooler`).
         head: :class:`KeypointRCNNHeads`.
         predictor: :class:`KeypointRCNNPredictor` with ``sum(keypoint_counts)`` channels.
         keypoint_counts: one count per class (labels 1..C), 0 for classes without

@@ -89,7 +89,8 @@ def rpn_loss(
 
         L = 1/N_cls sum_i L_cls(p_i, p*_i) + lambda 1/N_reg sum_i p*_i L_reg(t_i, t*_i)
 
-    over the sampled anchors i (:class:`~rcnn_steps.sampler.BalancedPositiveNegativeSampler`),
+    over the sampled anchors i
+    (:class:`~rcnn_steps.modeling.sampler.BalancedPositiveNegativeSampler`),
     ``L_cls`` the binary cross-entropy of the objectness, ``L_reg`` smooth L1 on the four
     deltas of the positive anchors (``p*_i = 1``).
 

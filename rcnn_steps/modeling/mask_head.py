@@ -25,7 +25,7 @@ each of its four parts is one function or module here:
    (:func:`maskrcnn_inference`), resized to the box and pasted into the image
    (:func:`paste_masks_in_image`), then binarised at 0.5.
 
-:class:`MaskBranch` wires the four together for :class:`rcnn_steps.roi_heads.RoIHeads`.
+:class:`MaskBranch` wires the four together for :class:`rcnn_steps.modeling.roi_heads.RoIHeads`.
 Every function of torchvision's with the same name gives the same result
 (tests/test_mask_head.py), and the modules have torchvision's parameter names, so its
 weights load into ours. Taught in chapter 07 ("Masks and keypoints").
@@ -499,14 +499,14 @@ def paste_masks_in_windows(
 
 
 class MaskBranch(nn.Module):
-    """The mask branch as :class:`rcnn_steps.roi_heads.RoIHeads` runs it: ``pooler`` (a
+    """The mask branch as :class:`rcnn_steps.modeling.roi_heads.RoIHeads` runs it: ``pooler`` (a
     RoI layer at ``14 x 14``) -> ``head`` -> ``predictor`` -> ``(R, num_masks, M, M)``
     logits; :meth:`loss` in training (on the box branch's sampled positive RoIs),
     :meth:`predict` at test time (on the kept detections only).
 
     Args:
-        pooler: a :class:`~rcnn_steps.roi_heads.RoIPooler` or
-            :class:`~rcnn_steps.poolers.MultiScaleRoIPooler`.
+        pooler: a :class:`~rcnn_steps.modeling.poolers.RoIPooler` or
+            :class:`~rcnn_steps.modeling.poolers.MultiScaleRoIPooler`.
         head: :class:`MaskRCNNHeads`, :class:`MaskMLPHead`, or the C4 design's res5
             stage (an ``nn.Module`` mapping ``(R, C4, S, S)`` to ``(R, C5, S/2, S/2)``).
         predictor: :class:`MaskRCNNPredictor` or :class:`MaskMLPPredictor`.

@@ -170,7 +170,7 @@ def label_anchors(matches: Tensor, gt_labels: Tensor | None = None) -> Tensor:
     (objectness, Faster R-CNN section 3.1.2: 1 for positive anchors, 0 for negative) and
     the RoI heads with the ground-truth classes (Fast R-CNN section 2.3: u >= 1 for
     foreground, u = 0 for background). The labels feed
-    :class:`rcnn_steps.sampler.BalancedPositiveNegativeSampler` directly.
+    :class:`rcnn_steps.modeling.sampler.BalancedPositiveNegativeSampler` directly.
 
     Args:
         matches: ``(N,)`` int64 from :class:`Matcher`.

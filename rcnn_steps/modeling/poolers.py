@@ -17,7 +17,7 @@ reads them all.
   Detectron, adds ``eps = 1e-6`` inside the floor so that a RoI exactly at a level's
   boundary, ``sqrt(wh) = s0 * 2**j``, whose log2 rounds to just below an integer, is not
   sent a level down; we add the same eps, tests/test_poolers.py).
-- :class:`MultiScaleRoIPooler`: the call of :class:`rcnn_steps.roi_heads.RoIPooler` with
+- :class:`MultiScaleRoIPooler`: the call of :class:`rcnn_steps.modeling.poolers.RoIPooler` with
   a list (or dict) of maps: assigns each RoI a level, pools each level's RoIs with the
   RoI layer named in the config (any of :func:`rcnn_steps.ops.roi_layers.get_roi_op`'s), and
   returns them in the input order. With ``"roialign_avg"`` and ``aligned=False`` it
@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from rcnn_steps.ops import box_area, get_roi_op, roi_pool_region
 
-__all__ = ["LevelMapper", "MultiScaleRoIPooler", "feature_level"]
+__all__ = ["LevelMapper", "MultiScaleRoIPooler", "RoIPooler", "feature_level"]
 
 
 class LevelMapper:
@@ -146,6 +146,52 @@ def feature_level(feature: Tensor, image_shape: Sequence[int]) -> int:
     return int(round(math.log2(ratio)))
 
 
+class RoIPooler(nn.Module):
+    """A fixed-size feature per RoI from one feature map, with a named RoI layer.
+
+    Args:
+        roi_op: "roipool" (Fast R-CNN), "roiwarp_max", "roiwarp_avg", "roialign_max",
+            "roialign_avg" (Mask R-CNN Table 2(c)), see
+            :func:`rcnn_steps.ops.roi_layers.get_roi_op`.
+        output_size: ``ph`` (= ``pw``), 7 in the papers.
+        sampling_ratio: sampling points per bin side for RoIWarp/RoIAlign (ignored by
+            RoIPool).
+        aligned: half-pixel correction for RoIWarp/RoIAlign.
+
+    Call: ``pooler(feature (N, C, H, W), boxes (list of (R_i, 4) image-pixel xyxy),
+    image_shape (H_img, W_img) of the padded batch) -> (sum R_i, C, ph, pw)``. The scale
+    1 / stride is read off the sizes. Chapter 05's multi-level pooler has the same call
+    with a list of maps.
+    """
+
+    def __init__(
+        self, roi_op: str = "roipool", output_size: int = 7, sampling_ratio: int = 2,
+        aligned: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.roi_op_name = roi_op
+        self.roi_op = get_roi_op(roi_op, aligned=aligned)
+        self.aligned = aligned
+        self.output_size = output_size
+        self.sampling_ratio = sampling_ratio
+
+    def extra_repr(self) -> str:
+        return (
+            f"roi_op={self.roi_op_name!r}, output_size={self.output_size}, "
+            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}"
+        )
+
+    def forward(
+        self, feature: Tensor, boxes: Sequence[Tensor], image_shape: Sequence[int]
+    ) -> Tensor:
+        # The backbone's stride is a power of two that divides the padded image size, so
+        # the ratio of sizes is exactly 1 / stride.
+        spatial_scale = feature.shape[-1] / image_shape[-1]
+        return self.roi_op(
+            feature, list(boxes), self.output_size, spatial_scale, self.sampling_ratio
+        )
+
+
 class MultiScaleRoIPooler(nn.Module):
     """A fixed-size feature per RoI from a feature pyramid, each RoI from its level (eq. 1).
 
@@ -159,7 +205,7 @@ class MultiScaleRoIPooler(nn.Module):
         levels: with a mapping of maps, the names to pool from (e.g. ``("p2", "p3",
             "p4", "p5")``, leaving P6 to the RPN); None: all of them.
 
-    Call, as :class:`rcnn_steps.roi_heads.RoIPooler`: ``pooler(features, boxes,
+    Call, as :class:`rcnn_steps.modeling.poolers.RoIPooler`: ``pooler(features, boxes,
     image_shape)`` with ``features`` a list (finest first) or mapping of ``(N, C, H_l,
     W_l)`` maps at consecutive strides ``2 ** k``; ``boxes`` a list of ``(R_i, 4)`` xyxy in
     image pixels; ``image_shape`` ``(H, W)`` of the padded batch (each map's k is read off

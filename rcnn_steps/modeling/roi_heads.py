@@ -4,22 +4,22 @@ Fast R-CNN (Girshick 2015, section 2) in four small parts:
 
 1. **Sampling** (section 2.3, "Mini-batch sampling"): in training, each image's
    proposals, with its ground-truth boxes appended (so every object has at least one
-   perfect RoI), are matched at IoU 0.5 (:class:`~rcnn_steps.matcher.Matcher`) and a
+   perfect RoI), are matched at IoU 0.5 (:class:`~rcnn_steps.modeling.matcher.Matcher`) and a
    mini-batch of RoIs is drawn with at most 25% foreground
-   (:class:`~rcnn_steps.sampler.BalancedPositiveNegativeSampler`).
+   (:class:`~rcnn_steps.modeling.sampler.BalancedPositiveNegativeSampler`).
 2. **RoI feature extraction** (section 2.1): :class:`RoIPooler` reads a fixed ``7 x 7``
    feature per RoI with the RoI layer named in the config (``"roipool"`` here; RoIAlign
    arrives in chapter 06 through the same field, :func:`rcnn_steps.ops.roi_layers.get_roi_op`).
 3. **The head**: :class:`TwoMLPHead` (flatten -> fc -> fc, the "fc6, fc7" of VGG) or
    :class:`C5BoxHead` (res5 on each RoI, the C4 design), then
    :class:`FastRCNNPredictor`: K + 1 class scores and class-specific deltas (section 2.2).
-4. **Loss / postprocess**: :func:`rcnn_steps.losses.fastrcnn_loss` in training; at test
+4. **Loss / postprocess**: :func:`rcnn_steps.modeling.losses.fastrcnn_loss` in training; at test
    time softmax, decode, clip, score threshold and per-class NMS (Fast R-CNN section
    2.4, with R-CNN section 2.2's NMS), :meth:`RoIHeads.postprocess_detections`.
 
 5. **Branches** (chapter 07, Mask R-CNN): an optional mask branch
-   (:class:`rcnn_steps.mask_head.MaskBranch`) and keypoint branch
-   (:class:`rcnn_steps.keypoint_head.KeypointBranch`). "Training in parallel, testing in
+   (:class:`rcnn_steps.modeling.mask_head.MaskBranch`) and keypoint branch
+   (:class:`rcnn_steps.modeling.keypoint_head.KeypointBranch`). "Training in parallel, testing in
    cascade": in training they run on the positive RoIs the box branch sampled, so the
    three losses come from the same RoIs; at test time they run on the detections only,
    after classification, regression and NMS (Mask R-CNN section 3.1).
@@ -39,24 +39,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rcnn_steps.losses import fastrcnn_loss
-from rcnn_steps.matcher import Matcher, label_anchors
+from rcnn_steps.modeling.losses import fastrcnn_loss
+from rcnn_steps.modeling.matcher import Matcher, label_anchors
+from rcnn_steps.modeling.sampler import BalancedPositiveNegativeSampler
 from rcnn_steps.ops import (
     BoxCoder,
     batched_nms,
     box_iou,
     clip_boxes_to_image,
-    get_roi_op,
     remove_small_boxes,
 )
-from rcnn_steps.sampler import BalancedPositiveNegativeSampler
 from rcnn_steps.utils import StageClock
 
 __all__ = [
     "C5BoxHead",
     "FastRCNNPredictor",
     "RoIHeads",
-    "RoIPooler",
     "TwoMLPHead",
     "check_targets",
 ]
@@ -126,52 +124,6 @@ def check_targets(
             )
 
 
-class RoIPooler(nn.Module):
-    """A fixed-size feature per RoI from one feature map, with a named RoI layer.
-
-    Args:
-        roi_op: "roipool" (Fast R-CNN), "roiwarp_max", "roiwarp_avg", "roialign_max",
-            "roialign_avg" (Mask R-CNN Table 2(c)), see
-            :func:`rcnn_steps.ops.roi_layers.get_roi_op`.
-        output_size: ``ph`` (= ``pw``), 7 in the papers.
-        sampling_ratio: sampling points per bin side for RoIWarp/RoIAlign (ignored by
-            RoIPool).
-        aligned: half-pixel correction for RoIWarp/RoIAlign.
-
-    Call: ``pooler(feature (N, C, H, W), boxes (list of (R_i, 4) image-pixel xyxy),
-    image_shape (H_img, W_img) of the padded batch) -> (sum R_i, C, ph, pw)``. The scale
-    1 / stride is read off the sizes. Chapter 05's multi-level pooler has the same call
-    with a list of maps.
-    """
-
-    def __init__(
-        self, roi_op: str = "roipool", output_size: int = 7, sampling_ratio: int = 2,
-        aligned: bool = False,
-    ) -> None:  # fmt: skip
-        super().__init__()
-        self.roi_op_name = roi_op
-        self.roi_op = get_roi_op(roi_op, aligned=aligned)
-        self.aligned = aligned
-        self.output_size = output_size
-        self.sampling_ratio = sampling_ratio
-
-    def extra_repr(self) -> str:
-        return (
-            f"roi_op={self.roi_op_name!r}, output_size={self.output_size}, "
-            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}"
-        )
-
-    def forward(
-        self, feature: Tensor, boxes: Sequence[Tensor], image_shape: Sequence[int]
-    ) -> Tensor:
-        # The backbone's stride is a power of two that divides the padded image size, so
-        # the ratio of sizes is exactly 1 / stride.
-        spatial_scale = feature.shape[-1] / image_shape[-1]
-        return self.roi_op(
-            feature, list(boxes), self.output_size, spatial_scale, self.sampling_ratio
-        )
-
-
 class TwoMLPHead(nn.Module):
     """flatten -> fc6 -> ReLU -> fc7 -> ReLU: ``(R, C, ph, pw) -> (R, representation_size)``.
 
@@ -238,8 +190,9 @@ class RoIHeads(nn.Module):
     """The box branch: sample RoIs, pool, head, predictor, loss or detections.
 
     Args:
-        pooler: a :class:`RoIPooler` (one map) or a
-            :class:`rcnn_steps.poolers.MultiScaleRoIPooler` (a feature pyramid, chapter 05).
+        pooler: a :class:`~rcnn_steps.modeling.poolers.RoIPooler` (one map) or a
+            :class:`~rcnn_steps.modeling.poolers.MultiScaleRoIPooler` (a feature pyramid,
+            chapter 05).
         box_head: :class:`TwoMLPHead` or :class:`C5BoxHead`.
         box_predictor: :class:`FastRCNNPredictor`.
         fg_iou_thresh: RoIs with IoU >= this with a ground truth are foreground (0.5).
@@ -253,8 +206,8 @@ class RoIHeads(nn.Module):
         score_thresh, nms_thresh, detections_per_img: postprocessing (0.05, 0.5, 100).
         min_size: detections smaller than this (pixels) are dropped (1e-2: empty boxes).
         sampler_generator: a ``torch.Generator`` for the sampler (None: global).
-        mask_branch: a :class:`rcnn_steps.mask_head.MaskBranch` (Mask R-CNN), or None.
-        keypoint_branch: a :class:`rcnn_steps.keypoint_head.KeypointBranch`, or None.
+        mask_branch: a :class:`rcnn_steps.modeling.mask_head.MaskBranch` (Mask R-CNN), or None.
+        keypoint_branch: a :class:`rcnn_steps.modeling.keypoint_head.KeypointBranch`, or None.
     """
 
     def __init__(
@@ -515,7 +468,7 @@ class RoIHeads(nn.Module):
             logits = self.mask_branch(feature, pos_rois, image_shape)
             losses["loss_mask"] = self.mask_branch.loss(logits, pos_rois, pos_matched, targets)
             if intermediates is not None:
-                from rcnn_steps.mask_head import mask_accuracy, mask_targets
+                from rcnn_steps.modeling.mask_head import mask_accuracy, mask_targets
 
                 gt = [t["masks"] for t in targets]
                 gt_labels = [t["labels"] for t in targets]
@@ -541,7 +494,7 @@ class RoIHeads(nn.Module):
             logits = branch(feature, kp_rois, image_shape)
             losses["loss_keypoint"] = branch.loss(logits, kp_labels, kp_rois, kp_matched, targets)
             if intermediates is not None:
-                from rcnn_steps.keypoint_head import keypoints_to_heatmap
+                from rcnn_steps.modeling.keypoint_head import keypoints_to_heatmap
 
                 heatmaps, valid = [], []
                 for r, m, t in zip(kp_rois, kp_matched, targets, strict=True):

@@ -7,7 +7,7 @@ Proposals are the decoded anchors, filtered (section 3.3): per level the top
 ``pre_nms_top_n`` by objectness, clipped to the image, tiny boxes removed, NMS at 0.7,
 the best ``post_nms_top_n`` kept. Training labels anchors with :class:`Matcher` (0.7 /
 0.3 with the low-quality rule, section 3.1.2), samples 256 per image at up to 1:1
-(section 3.1.3) and minimises eq. (1) (:func:`rcnn_steps.losses.rpn_loss`).
+(section 3.1.3) and minimises eq. (1) (:func:`rcnn_steps.modeling.losses.rpn_loss`).
 
 It replaces selective search (chapter 02/03) with proposals that cost a few convolutions
 on features the detector computes anyway. Taught in chapter 04.
@@ -25,9 +25,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from rcnn_steps.anchors import AnchorGenerator, anchor_visibility
-from rcnn_steps.losses import NORMALIZATIONS, rpn_loss
-from rcnn_steps.matcher import Matcher, label_anchors
+from rcnn_steps.modeling.anchors import AnchorGenerator, anchor_visibility
+from rcnn_steps.modeling.losses import NORMALIZATIONS, rpn_loss
+from rcnn_steps.modeling.matcher import Matcher, label_anchors
+from rcnn_steps.modeling.sampler import BalancedPositiveNegativeSampler
 from rcnn_steps.ops import (
     BoxCoder,
     ImageList,
@@ -36,7 +37,6 @@ from rcnn_steps.ops import (
     clip_boxes_to_image,
     remove_small_boxes,
 )
-from rcnn_steps.sampler import BalancedPositiveNegativeSampler
 
 __all__ = ["RPNHead", "RegionProposalNetwork", "flatten_head_outputs"]
 
@@ -118,7 +118,7 @@ class RegionProposalNetwork(nn.Module):
         min_size: proposals narrower or lower than this (pixels) are dropped.
         score_thresh: proposals with objectness probability below this are dropped.
         lambda_reg, normalization: the weight and normalisation of eq. (1), see
-            :func:`rcnn_steps.losses.rpn_loss` (torchvision's, lambda 1, by default).
+            :func:`rcnn_steps.modeling.losses.rpn_loss` (torchvision's, lambda 1, by default).
         ignore_cross_boundary: label anchors that cross the image border -1 (ignored) in
             training (section 3.3); torchvision does not (False).
         sampler_generator: a ``torch.Generator`` for the sampler (None: torch's global

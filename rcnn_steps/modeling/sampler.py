@@ -45,7 +45,7 @@ class BalancedPositiveNegativeSampler:
             does), so ``torch.manual_seed`` makes the draws repeat.
 
     Calling it on a list of per-image labels (>= 1 positive, 0 negative, < 0 ignored, as
-    :func:`rcnn_steps.matcher.label_anchors` makes them) returns two lists of boolean
+    :func:`rcnn_steps.modeling.matcher.label_anchors` makes them) returns two lists of boolean
     masks, the sampled positives and the sampled negatives of each image.
 
     Equals ``torchvision.models.detection._utils.BalancedPositiveNegativeSampler``: the

@@ -1,0 +1,59 @@
+"""The library's floors (the package docstring): each imports only from the floors below
+it, in function bodies too, so the import graph can be read off the folders."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import rcnn_steps
+
+PACKAGE = Path(rcnn_steps.__file__).parent
+
+#: What each floor may import from the package besides itself.
+FLOORS = {
+    "ops": (),
+    "modeling": ("rcnn_steps.ops", "rcnn_steps.utils"),
+}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every ``rcnn_steps`` module a file imports, anywhere in it."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names if node.module == "rcnn_steps"}
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            raise AssertionError(f"{path}: relative import; write the full rcnn_steps path")
+    return {m for m in found if m == "rcnn_steps" or m.startswith("rcnn_steps.")}
+
+
+def _allowed(module: str, floor: str) -> bool:
+    prefixes = (f"rcnn_steps.{floor}", *FLOORS[floor])
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+@pytest.mark.parametrize("floor", sorted(FLOORS))
+def test_a_floor_imports_only_from_the_floors_below(floor):
+    files = sorted((PACKAGE / floor).glob("*.py"))
+    assert files, f"no modules in rcnn_steps/{floor}"
+    upward = {
+        f"{path.relative_to(PACKAGE)} imports {module}"
+        for path in files
+        for module in _imported_modules(path)
+        if not _allowed(module, floor)
+    }
+    assert not upward, sorted(upward)
+
+
+def test_the_layout_check_sees_imports_inside_functions(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text(
+        "def f():\n    from rcnn_steps.engine import train\n    import rcnn_steps.viz\n"
+    )
+    found = _imported_modules(source)
+    assert found == {"rcnn_steps.engine", "rcnn_steps.viz"}
+    assert not _allowed("rcnn_steps.engine", "modeling") and _allowed("rcnn_steps.ops", "modeling")
