@@ -20,7 +20,6 @@ from pycocotools.cocoeval import COCOeval
 from rcnn_steps.evaluation import (
     COCO_AREA_RANGES,
     COCO_RECALL_THRESHOLDS,
-    _iou_xywh,
     average_precision_area,
     average_precision_coco101,
     average_precision_voc11,
@@ -31,6 +30,7 @@ from rcnn_steps.evaluation import (
     precision_recall,
     scaled_area_ranges,
 )
+from rcnn_steps.evaluation.matching import _iou_xywh
 
 SIZE = 128
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl"]

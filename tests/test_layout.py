@@ -14,6 +14,7 @@ PACKAGE = Path(rcnn_steps.__file__).parent
 FLOORS = {
     "ops": (),
     "modeling": ("rcnn_steps.ops", "rcnn_steps.utils"),
+    "evaluation": ("rcnn_steps.ops",),
 }
 
 
