@@ -191,6 +191,10 @@ class DetectorConfig:
     ``fpn=True`` the ``fpn_*`` and ``roi_canonical_*`` fields replace ``feature_stage``
     and ``anchor_sizes`` (which are then unused). ``num_classes`` counts object
     classes only (the synthetic set has 6); the predictor adds background.
+
+    Construction checks every field against its declared type and range
+    (:func:`check_config_field`, :data:`FIELD_LIMITS`, :data:`FIELD_CHOICES`) and then
+    how fields combine; :meth:`parse_override` reads a field's value from text.
     """
 
     # -- data and backbone ------------------------------------------------------------
