@@ -62,7 +62,13 @@ def torchvision_baseline(config):
 
 def _evaluate_command(args: argparse.Namespace) -> int:
     from rcnn_steps.evolution import add_row
-    from rcnn_steps.runner import detector_config, run_setting
+    from rcnn_steps.runner import (
+        DATA_FIELDS,
+        check_data_overrides,
+        detector_config,
+        load_datasets,
+        run_setting,
+    )
     from rcnn_steps.utils import set_threads, write_results
 
     started = time.time()
@@ -72,6 +78,9 @@ def _evaluate_command(args: argparse.Namespace) -> int:
             "evaluate: with --set, name the results file with --out (the preset's default "
             f"file, {evaluate_results_path(args.preset)}, is for the preset as it is)"
         )
+    config = detector_config(args.preset, overrides)  # the fields' combinations, checked now
+    if any(name in overrides for name in DATA_FIELDS):
+        check_data_overrides(load_datasets(args.root)[1], overrides)
     set_threads(args.threads)
     common: dict[str, Any] = dict(
         method="rpn",
@@ -81,7 +90,6 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         timing_threads=args.timing_threads,
     )
     run = run_setting("ours", overrides, args.seed, args.preset, args.max_iter, **common)
-    config = detector_config(args.preset, overrides)
     results: dict[str, Any] = {**run, "config": config.to_dict()}
     if args.baseline_torchvision:
         results["torchvision"] = run_setting(
@@ -148,26 +156,30 @@ def _evaluate_command(args: argparse.Namespace) -> int:
 
 
 def _parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
-    """``["mask_aligned=True", "roi_op=roipool"]`` -> ``{"mask_aligned": True, "roi_op":
-    "roipool"}``: values are Python literals where they parse as one, else strings."""
-    import ast
-    import dataclasses
-
+    """``["mask_aligned=true", "anchor_sizes=8,16"]`` -> ``{"mask_aligned": True,
+    "anchor_sizes": (8, 16)}``: each value read and checked as its DetectorConfig field
+    declares (:meth:`~rcnn_steps.faster_rcnn.DetectorConfig.parse_override`), so a value
+    the field cannot take is refused here, naming ``--set``, the field and what it
+    accepts, before any work starts. A field given twice is refused too (which one was
+    meant?)."""
     from rcnn_steps.faster_rcnn import DetectorConfig
 
-    fields = {f.name for f in dataclasses.fields(DetectorConfig)}
     overrides: dict[str, Any] = {}
+    given: dict[str, str] = {}
     for item in items or ():
         name, sep, text = item.partition("=")
-        if not sep or name not in fields:
+        name = name.strip()
+        if not sep:
+            raise CommandError(f"--set takes FIELD=VALUE with a DetectorConfig field, got {item!r}")
+        if name in given:
             raise CommandError(
-                f"--set takes FIELD=VALUE with a DetectorConfig field, got {item!r}"
-                + ("" if not sep else f"; {name!r} is not a field")
+                f"--set {name} is given twice ({given[name]!r} and {item!r}); give it once"
             )
         try:
-            overrides[name] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            overrides[name] = text
+            overrides[name] = DetectorConfig.parse_override(name, text)
+        except ValueError as e:
+            raise CommandError(f"--set {item}: {e}") from None
+        given[name] = item
     return overrides
 
 
@@ -200,15 +212,14 @@ def _train_command(args: argparse.Namespace) -> int:
     )
     from rcnn_steps.utils import atomic_write_bytes, code_diff_hash, git_commit, set_threads
 
+    config_overrides = _parse_overrides(args.set)  # before anything else starts
     if args.threads:
         set_threads(args.threads)
     rank, world, device = init_distributed(args.device)
     feed = feeding(args.preset)
     batch_size = args.batch_size or feed["batch_size"]
     config = config_for_data(
-        args.preset,
-        load_datasets(args.data, splits=tuple(args.splits))[1],
-        _parse_overrides(args.set),
+        args.preset, load_datasets(args.data, splits=tuple(args.splits))[1], config_overrides
     )
     train_set, val_set = load_datasets(
         args.data,

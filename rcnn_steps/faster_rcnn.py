@@ -24,9 +24,16 @@ image's pixels.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import difflib
+import functools
+import math
+import numbers
+import os
+import re
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -34,12 +41,13 @@ from torch import Tensor, nn
 from rcnn_steps.engine import TrainConfig
 from rcnn_steps.modeling.anchors import AnchorGenerator
 from rcnn_steps.modeling.backbones import STAGES, ResNetBackbone, TinyBackbone
-from rcnn_steps.modeling.fpn import BackboneWithFPN, check_levels, level_number
+from rcnn_steps.modeling.fpn import FPN_LEVELS, BackboneWithFPN, check_levels, level_number
 from rcnn_steps.modeling.keypoint_head import (
     KeypointBranch,
     KeypointRCNNHeads,
     KeypointRCNNPredictor,
 )
+from rcnn_steps.modeling.losses import NORMALIZATIONS
 from rcnn_steps.modeling.mask_head import (
     MASK_HEADS,
     MASK_LOSSES,
@@ -63,6 +71,8 @@ from rcnn_steps.utils import StageClock
 
 __all__ = [
     "DetectorConfig",
+    "accepted_values",
+    "check_config_field",
     "FasterRCNN",
     "build_backbone",
     "build_keypoint_branch",
@@ -77,6 +87,102 @@ __all__ = [
 #: The ``backbone`` names :class:`DetectorConfig` accepts.
 BACKBONES = ("tiny", "resnet50", "resnet101")
 
+# -- what each field accepts ---------------------------------------------------------
+# Every field of DetectorConfig is checked on construction against its declared type
+# (``bool``: True or False, not "false"; ``int``: an int; ``float``: a finite number;
+# ``tuple[int, ...]``: a tuple or list of ints; ``X | None``: also None) and against the
+# two tables below (:func:`check_config_field`), so the presets, configs read back from
+# JSON, ``python -m rcnn_steps train/evaluate --set`` (:meth:`DetectorConfig.
+# parse_override`) and any other caller meet one rule, with an error naming the field.
+
+#: The range of each number field (of every element of a tuple field), read off how the
+#: field is used: counts and sizes >= 1, IoUs, fractions and probabilities in [0, 1],
+#: loss weights and strides > 0. Fields not listed take any value of their type
+#: (``sampling_ratio``: <= 0 is RoIAlign's adaptive count; ``image_mean``).
+FIELD_LIMITS: dict[str, str] = {
+    "num_classes": ">= 1",
+    "backbone_width": ">= 1",
+    "backbone_blocks": ">= 0",
+    "backbone_trainable_layers": "in 0..5",
+    "image_std": "> 0",
+    "size_divisible": ">= 1",
+    "anchor_sizes": "> 0",
+    "anchor_aspect_ratios": "> 0",
+    "rpn_fg_iou_thresh": "in [0, 1]",
+    "rpn_bg_iou_thresh": "in [0, 1]",
+    "rpn_batch_size_per_image": ">= 1",
+    "rpn_positive_fraction": "in [0, 1]",
+    "rpn_pre_nms_top_n_train": ">= 1",
+    "rpn_pre_nms_top_n_test": ">= 1",
+    "rpn_post_nms_top_n_train": ">= 1",
+    "rpn_post_nms_top_n_test": ">= 1",
+    "rpn_nms_thresh": "in [0, 1]",
+    "rpn_min_size": ">= 0",
+    "rpn_score_thresh": "in [0, 1]",
+    "rpn_lambda": "> 0",
+    "fpn_channels": ">= 1",
+    "fpn_anchor_sizes": "> 0",
+    "roi_canonical_size": "> 0",
+    "roi_canonical_level": ">= 1",
+    "pooled_size": ">= 1",
+    "box_head_size": ">= 1",
+    "roi_fg_iou_thresh": "in [0, 1]",
+    "roi_bg_iou_thresh": "in [0, 1]",
+    "roi_bg_iou_low": "in [0, 1]",
+    "roi_batch_size_per_image": ">= 1",
+    "roi_positive_fraction": "in [0, 1]",
+    "box_score_thresh": "in [0, 1]",
+    "box_nms_thresh": "in [0, 1]",
+    "detections_per_img": ">= 1",
+    "mask_pooled_size": ">= 1",
+    "mask_head_channels": ">= 1",
+    "mask_head_convs": ">= 0",
+    "mask_mlp_layers": ">= 1",
+    "mask_mlp_size": ">= 1",
+    "keypoint_counts": ">= 0",
+    "keypoint_pooled_size": ">= 1",
+    "keypoint_head_channels": ">= 1",
+    "keypoint_head_convs": ">= 1",
+    "keypoint_loss_weight": "> 0",
+}
+_LIMIT_TESTS: dict[str, Callable[[float], bool]] = {
+    ">= 0": lambda v: v >= 0,
+    ">= 1": lambda v: v >= 1,
+    "> 0": lambda v: v > 0,
+    "in [0, 1]": lambda v: 0 <= v <= 1,
+    "in 0..5": lambda v: 0 <= v <= 5,
+}
+
+#: The names each string field (each element of a tuple of names) may take.
+FIELD_CHOICES: dict[str, tuple[str, ...]] = {
+    "backbone": BACKBONES,
+    "feature_stage": STAGES,
+    "rpn_normalization": NORMALIZATIONS,
+    "fpn_levels": FPN_LEVELS,
+    "fpn_roi_levels": FPN_LEVELS,
+    "roi_op": ROI_OP_NAMES,
+    "box_head": ("mlp", "c5"),
+    "mask_head": MASK_HEADS,
+    "mask_loss": MASK_LOSSES,
+    "mask_roi_op": ROI_OP_NAMES,
+    "keypoint_roi_op": ROI_OP_NAMES,
+}
+
+#: String fields that name a file (a ``pathlib.Path`` is accepted too).
+_PATH_FIELDS = ("backbone_weights",)
+
+#: Tuple fields that may be empty (``keypoint_counts``: unused with ``keypoints=False``).
+_MAY_BE_EMPTY = ("keypoint_counts",)
+
+#: What to say beside a refused value, where the range alone does not tell what to do.
+_FIELD_ADVICE: dict[str, str] = {
+    "num_classes": "object classes, background not counted",
+    "backbone_trainable_layers": "stages trained from the top: c5, c4, c3, c2, stem",
+    "roi_canonical_size": "s0 of FPN eq. 1",
+    "keypoint_loss_weight": "to train without the keypoint branch set keypoints=False",
+    "rpn_lambda": "the weight of the box regression loss in eq. 1",
+}
+
 
 @dataclass
 class DetectorConfig:
@@ -88,6 +194,10 @@ class DetectorConfig:
     ``fpn=True`` the ``fpn_*`` and ``roi_canonical_*`` fields replace ``feature_stage``
     and ``anchor_sizes`` (which are then unused). ``num_classes`` counts object
     classes only (the synthetic set has 6); the predictor adds background.
+
+    Construction checks every field against its declared type and range
+    (:func:`check_config_field`, :data:`FIELD_LIMITS`, :data:`FIELD_CHOICES`) and then
+    how fields combine; :meth:`parse_override` reads a field's value from text.
     """
 
     # -- data and backbone ------------------------------------------------------------
@@ -184,35 +294,32 @@ class DetectorConfig:
     preset: str = field(default="default", compare=False)
 
     def __post_init__(self) -> None:
-        for name, value in vars(self).items():  # lists from JSON (a checkpoint, run.json)
-            if isinstance(value, list):  # become the tuples the defaults are, so configs
-                setattr(self, name, tuple(value))  # read back compare equal
-        if self.feature_stage not in STAGES:
-            raise ValueError(f"feature_stage must be one of {STAGES}, got {self.feature_stage!r}.")
-        if self.box_head not in ("mlp", "c5"):
-            raise ValueError(f"box_head must be 'mlp' or 'c5', got {self.box_head!r}.")
+        for f in dataclasses.fields(self):  # type and range of each field, one by one
+            setattr(self, f.name, check_config_field(f.name, getattr(self, f.name)))
         self._check_backbone_and_fpn()
         if self.box_head == "c5" and self.feature_stage != "c4":
             raise ValueError(
                 "box_head='c5' runs res5 on RoIs pooled from c4: set feature_stage='c4'."
             )
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1 (object classes), got {self.num_classes}.")
-        self.anchor_sizes = tuple(self.anchor_sizes)
-        self.anchor_aspect_ratios = tuple(self.anchor_aspect_ratios)
+        for stage in ("rpn", "roi"):  # the matchers' rule (matcher.Matcher): bg <= fg
+            fg = getattr(self, f"{stage}_fg_iou_thresh")
+            bg = getattr(self, f"{stage}_bg_iou_thresh")
+            if bg > fg:
+                raise ValueError(
+                    f"{stage}_bg_iou_thresh ({bg}) must be <= {stage}_fg_iou_thresh ({fg}): "
+                    "below the first a box is background, from the second on an object."
+                )
+        if self.roi_bg_iou_low > self.roi_bg_iou_thresh:
+            raise ValueError(
+                f"roi_bg_iou_low ({self.roi_bg_iou_low}) must be <= roi_bg_iou_thresh "
+                f"({self.roi_bg_iou_thresh}): background RoIs are those with IoU in "
+                "[roi_bg_iou_low, roi_bg_iou_thresh), which would be empty."
+            )
         self._check_branches()
 
     def _check_branches(self) -> None:
-        """Validate the mask and keypoint fields (chapter 07)."""
+        """Validate how the mask and keypoint fields combine (chapter 07)."""
         self.keypoint_counts = tuple(int(c) for c in self.keypoint_counts)
-        for name in ("roi_op", "mask_roi_op", "keypoint_roi_op"):
-            value = getattr(self, name)
-            if value is not None and value not in ROI_OP_NAMES:
-                raise ValueError(f"{name} must be one of {ROI_OP_NAMES}, got {value!r}.")
-        if self.mask_head not in MASK_HEADS:
-            raise ValueError(f"mask_head must be one of {MASK_HEADS}, got {self.mask_head!r}.")
-        if self.mask_loss not in MASK_LOSSES:
-            raise ValueError(f"mask_loss must be one of {MASK_LOSSES}, got {self.mask_loss!r}.")
         if self.masks and self.mask_head == "c5" and self.box_head != "c5":
             raise ValueError(
                 "mask_head='c5' is the C4 design's mask head: it reuses the box head's res5 "
@@ -227,38 +334,43 @@ class DetectorConfig:
             )
         if self.keypoints:
             counts = self.keypoint_counts
-            if len(counts) != self.num_classes or min(counts) < 0 or max(counts) == 0:
+            if len(counts) != self.num_classes or max(counts, default=0) == 0:
                 raise ValueError(
                     f"keypoint_counts must hold one count >= 0 per class ({self.num_classes} "
                     f"classes), at least one above 0, got {counts}; for a COCO-format "
                     "dataset use rcnn_steps.modeling.keypoint_head.keypoint_counts_of(dataset."
                     "categories), or set keypoints=False for data without keypoints."
                 )
-        for name in (
-            "mask_pooled_size",
-            "keypoint_pooled_size",
-            "mask_head_channels",
-            "keypoint_head_channels",
-            "mask_mlp_size",
-            "mask_mlp_layers",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")  # fmt: skip
-        if not self.keypoint_loss_weight > 0:
-            raise ValueError(
-                f"keypoint_loss_weight must be > 0, got {self.keypoint_loss_weight}; to train "
-                "without the keypoint branch set keypoints=False."
-            )
-        if self.mask_head_convs < 0 or self.keypoint_head_convs < 1:
-            raise ValueError(
-                "mask_head_convs must be >= 0 and keypoint_head_convs >= 1, got "
-                f"{self.mask_head_convs} and {self.keypoint_head_convs}."
-            )
         if self.mask_head == "c5" and self.mask_pooled_size % 2:
             raise ValueError(
                 "mask_head='c5' halves the RoI features (res5 has stride 2) and the deconv "
                 f"doubles them back: mask_pooled_size must be even, got {self.mask_pooled_size}."
             )
+
+    @classmethod
+    def parse_override(cls, name: str, text: str) -> Any:
+        """The value of field ``name`` written as ``text`` on a command line (``python -m
+        rcnn_steps train --set name=text``), checked as the constructor checks it: bools
+        ``true`` / ``false`` in any case, ints, numbers (``1e-3``), names, tuples as
+        ``16,32,64`` (or Python's ``(16, 32, 64)``; ``16`` is a tuple of one), ``none``
+        for the fields that may be None. A ValueError names the field, the text and
+        what the field accepts, instead of keeping a value the field cannot take (the
+        string ``"false"`` is true)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if name not in fields:
+            close = difflib.get_close_matches(name, sorted(fields), n=1)
+            raise ValueError(
+                f"{name!r} is not a field of DetectorConfig"
+                + (f"; did you mean {close[0]!r}?" if close else "")
+                + " (config.display() lists them)"
+            )
+        if name == "preset":
+            raise ValueError(
+                "preset is the name of the preset a config was made from, not a setting; "
+                "choose the preset itself (--preset)"
+            )
+        value = _parse_field_text(name, text.strip())
+        return check_config_field(name, value, shown=text)
 
     @property
     def mask_resolution(self) -> int:
@@ -273,10 +385,6 @@ class DetectorConfig:
 
     def _check_backbone_and_fpn(self) -> None:
         """Validate the backbone and FPN fields and resolve ``size_divisible=None``."""
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}.")
-        if self.backbone_blocks < 0:
-            raise ValueError(f"backbone_blocks must be >= 0, got {self.backbone_blocks}.")
         if self.backbone != "tiny" and self.backbone_blocks != 1:
             raise ValueError(
                 "backbone_blocks sets TinyBackbone's depth; the ResNets have their own "
@@ -291,15 +399,6 @@ class DetectorConfig:
             )
         if self.backbone_weights is not None:
             self.backbone_weights = str(self.backbone_weights)
-        layers = self.backbone_trainable_layers
-        if layers is not None and (isinstance(layers, bool) or layers not in range(6)):
-            raise ValueError(
-                f"backbone_trainable_layers must be None or an int in 0..5 (stages trained "
-                f"from the top: c5, c4, c3, c2, stem), got {layers!r}."
-            )
-        self.fpn_levels = tuple(self.fpn_levels)
-        self.fpn_anchor_sizes = tuple(self.fpn_anchor_sizes)
-        self.fpn_roi_levels = tuple(self.fpn_roi_levels)
         largest_stride = 32
         if self.fpn:
             if self.box_head == "c5":
@@ -320,13 +419,6 @@ class DetectorConfig:
                 raise ValueError(
                     f"fpn_anchor_sizes needs one size per level of fpn_levels {self.fpn_levels} "
                     f"(FPN section 4.1: one scale per level), got {self.fpn_anchor_sizes}."
-                )
-            if self.fpn_channels < 1:
-                raise ValueError(f"fpn_channels must be >= 1, got {self.fpn_channels}.")
-            if not self.roi_canonical_size > 0:
-                raise ValueError(
-                    f"roi_canonical_size (s0 of FPN eq. 1) must be > 0, got "
-                    f"{self.roi_canonical_size}."
                 )
             largest_stride = 2 ** level_number(self.fpn_levels[-1])
         if self.size_divisible is None:
@@ -536,6 +628,156 @@ class DetectorConfig:
             print(f"  {'(mask resolution M)':<{width}}  {self.mask_resolution}")
         if self.keypoints:
             print(f"  {'(heatmap size m)':<{width}}  {self.heatmap_size}")
+
+
+class _FieldType(NamedTuple):
+    """A DetectorConfig field's declared type, as the checks read it."""
+
+    base: type  #: bool, int, float or str: of the value, or of each element of a tuple
+    length: int | None  #: None: one value; 0: a tuple of any length; n: of exactly n
+    optional: bool  #: None is accepted too
+
+
+@functools.cache
+def _field_types() -> dict[str, _FieldType]:
+    """Every field's declared type (``tuple[int, ...]``, ``str | None``, ...) by name."""
+    found = {}
+    for name, hint in typing.get_type_hints(DetectorConfig).items():
+        args = typing.get_args(hint)
+        optional = type(None) in args
+        if optional:
+            (hint,) = (a for a in args if a is not type(None))
+        length = None
+        if typing.get_origin(hint) is tuple:
+            elements = typing.get_args(hint)
+            length = 0 if elements[-1] is Ellipsis else len(elements)
+            hint = elements[0]
+        found[name] = _FieldType(hint, length, optional)
+    return found
+
+
+def accepted_values(name: str) -> str:
+    """What field ``name`` of :class:`DetectorConfig` accepts, in words: ``"true or
+    false"``, ``">= 1 (an int)"``, ``"one of ('fcn', 'mlp', 'c5')"``, ``"a tuple of one or
+    more ints > 0 (e.g. 16,32,64)"``..."""
+    kind = _field_types()[name]
+    limit, choices = FIELD_LIMITS.get(name), FIELD_CHOICES.get(name)
+    if kind.length is None:
+        if kind.base is bool:
+            what = "true or false"
+        elif choices:
+            what = f"one of {choices}"
+        elif kind.base is str:
+            what = "a path" if name in _PATH_FIELDS else "a string"
+        else:
+            number = "an int" if kind.base is int else "a finite number"
+            what = f"{limit} ({number})" if limit else number
+    else:
+        count = f"{kind.length}" if kind.length else "any number of"
+        if not kind.length and name not in _MAY_BE_EMPTY:
+            count = "one or more"
+        elements = {int: "ints", float: "finite numbers", str: "names"}[kind.base]
+        if choices:
+            elements += f" from {choices}"
+        if limit:
+            elements += f" {limit}"
+        example = ",".join(map(str, DetectorConfig.__dataclass_fields__[name].default))
+        what = f"a tuple of {count} {elements} (e.g. {example})"
+    return what + (" or None" if kind.optional else "")
+
+
+def check_config_field(name: str, value: Any, shown: str | None = None) -> Any:
+    """``value`` if field ``name`` of :class:`DetectorConfig` accepts it (a list, as
+    JSON stores a tuple, comes back as a tuple), else a ValueError naming the field, the
+    value (``shown``, when given: the text it was written as) and what the field accepts
+    (:func:`accepted_values`). The one rule of every field's type and range, run by the
+    constructor: ``masks="false"``, ``anchor_sizes=16`` or ``keypoint_loss_weight=nan``
+    are refused here, not silently kept or met later as a TypeError deep in a model."""
+    kind = _field_types()[name]
+    if isinstance(value, list):
+        value = tuple(value)
+    if not _fits(name, kind, value):
+        advice = _FIELD_ADVICE.get(name)
+        raise ValueError(
+            f"{name} must be {accepted_values(name)}, got "
+            f"{shown if shown is not None else value!r}" + (f"; {advice}" if advice else "") + "."
+        )
+    return value
+
+
+def _fits(name: str, kind: _FieldType, value: Any) -> bool:
+    """Whether ``value`` is of field ``name``'s declared type, range and choices."""
+    if value is None:
+        return kind.optional
+    if kind.length is None:
+        return _element_fits(name, kind.base, value)
+    if not isinstance(value, tuple):
+        return False
+    if kind.length and len(value) != kind.length:
+        return False
+    if not value and name not in _MAY_BE_EMPTY:
+        return False
+    return all(_element_fits(name, kind.base, v) for v in value)
+
+
+def _element_fits(name: str, base: type, value: Any) -> bool:
+    if base is bool:
+        return isinstance(value, bool)  # not the string "false", which is true
+    if base is str:
+        if name in _PATH_FIELDS and isinstance(value, os.PathLike):
+            return True
+        return isinstance(value, str) and value in FIELD_CHOICES.get(name, (value,))
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    if base is int and not isinstance(value, numbers.Integral):
+        return False
+    if not math.isfinite(value):
+        return False
+    limit = FIELD_LIMITS.get(name)
+    return limit is None or bool(_LIMIT_TESTS[limit](value))
+
+
+class _Unreadable(ValueError):
+    """A value written on a command line that is not of its field's type."""
+
+
+def _parse_field_text(name: str, text: str) -> Any:
+    """Field ``name``'s value written as ``text`` (see :meth:`DetectorConfig.
+    parse_override`); ``check_config_field`` then checks its range. Text that cannot be
+    of the field's type raises the same error as a value of the wrong type."""
+    kind = _field_types()[name]
+    try:
+        if kind.optional and text.lower() in ("none", "null"):
+            return None
+        if kind.length is None:
+            return _parse_element(kind.base, text)
+        inner = text[1:-1] if text[:1] + text[-1:] in ("()", "[]") else text
+        parts = [p.strip() for p in inner.split(",")]
+        if parts[-1] == "":  # "16," (Python's tuple of one) or "" (an empty tuple)
+            parts.pop()
+        return tuple(_parse_element(kind.base, p) for p in parts)
+    except _Unreadable:
+        check_config_field(name, text, shown=text)  # raises: a string is not of this type
+        raise
+
+
+def _parse_element(base: type, text: str) -> Any:
+    if base is bool:
+        if text.lower() not in ("true", "false"):
+            raise _Unreadable(text)
+        return text.lower() == "true"
+    if base is int:
+        if not re.fullmatch(r"[+-]?\d+", text):
+            raise _Unreadable(text)
+        return int(text)
+    if base is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise _Unreadable(text) from None
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]  # 'roipool' as Python writes it
+    return text
 
 
 #: The training schedule that goes with each preset (engine.TrainConfig fields), for

@@ -626,20 +626,58 @@ def fit_few_images(
 # Training on any COCO-format folder (python -m rcnn_steps train)
 
 
+#: The :class:`DetectorConfig` fields :func:`config_for_data` takes from the data (its
+#: categories); an override may repeat them, not change them.
+DATA_FIELDS = ("num_classes", "keypoint_counts")
+
+
 def config_for_data(
     preset: str, dataset, overrides: dict[str, Any] | None = None
 ) -> DetectorConfig:
     """The preset's config fitted to a dataset: ``num_classes`` its categories,
     ``keypoint_counts`` its categories' keypoint sets (:func:`rcnn_steps.modeling.keypoint_head.
     keypoint_counts_of`), and the keypoint branch off when no category has keypoints;
-    ``overrides`` last."""
+    ``overrides`` last. An override of :data:`DATA_FIELDS` that differs from the data,
+    or ``keypoints=True`` on data without keypoints, is a ValueError saying what the data
+    has (a model with the wrong number of classes would train on wrong labels)."""
     from rcnn_steps.modeling.keypoint_head import keypoint_counts_of
 
+    overrides = dict(overrides or {})
+    check_data_overrides(dataset, overrides)
     counts = keypoint_counts_of(dataset.categories)
     fitted: dict[str, Any] = dict(num_classes=dataset.num_classes, keypoint_counts=counts)
     if not any(counts):
         fitted["keypoints"] = False
-    return detector_config(preset, {**fitted, **(overrides or {})})
+    return detector_config(preset, {**fitted, **overrides})
+
+
+def check_data_overrides(dataset, overrides: dict[str, Any]) -> None:
+    """Refuse (ValueError) overrides that contradict ``dataset``: a value of
+    :data:`DATA_FIELDS` other than the data's, or ``keypoints=True`` where no category
+    has keypoints. The message says what the data has."""
+    from rcnn_steps.modeling.keypoint_head import keypoint_counts_of
+
+    counts = keypoint_counts_of(dataset.categories)
+    fitted = dict(num_classes=dataset.num_classes, keypoint_counts=counts)
+    names = ", ".join(c["name"] for c in dataset.categories)
+    for name in DATA_FIELDS:
+        if name in overrides and _as_stored(overrides[name]) != _as_stored(fitted[name]):
+            raise ValueError(
+                f"{name}={_as_stored(overrides[name])} does not fit the data: it has "
+                f"{dataset.num_classes} classes ({names}) with keypoint counts "
+                f"{_as_stored(counts)}; {' and '.join(DATA_FIELDS)} are set from the data, "
+                "leave them out of the overrides"
+            )
+    if overrides.get("keypoints") is True and not any(counts):
+        raise ValueError(
+            f"keypoints=True: no class of the data ({names}) has keypoints to learn; "
+            "leave keypoints out of the overrides (it is turned off for such data)"
+        )
+
+
+def _as_stored(value: Any) -> Any:
+    """A field's value as a config stores it (a list or tuple of counts: a tuple)."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
 def make_evaluator(

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,6 +20,8 @@ from rcnn_steps import cli
 from rcnn_steps.data.__main__ import main as data_main
 from rcnn_steps.data.example import make_example
 from rcnn_steps.engine import CheckpointError
+from rcnn_steps.faster_rcnn import DetectorConfig
+from rcnn_steps.runner import PRESETS, config_for_data, detector_config
 
 
 @pytest.fixture(scope="module")
@@ -297,3 +300,129 @@ def test_predict_on_a_3000_by_2000_photo_stays_in_bounded_memory(run, tmp_path):
     found = json.loads((tmp_path / "out" / "detections.json").read_text())
     assert len(found) >= 50  # enough masks that whole-image ones would need > 2 GB
     assert peak_mb < 2048, f"predict peaked at {peak_mb} MB"
+
+
+# ----------------------------------------------------------------------------------------
+# Family 1: --set overrides are read and checked as their DetectorConfig field declares
+
+
+def _train_argv(example, out, *sets):
+    argv = ["train", "--data", str(example), "--preset", "ci_mask", "--out", str(out)]
+    argv += ["--max-iter", "1", "--batch-size", "2", "--num-eval-images", "1", "--no-progress"]
+    return argv + [a for s in sets for a in ("--set", s)]
+
+
+def test_set_false_turns_a_branch_off(example, tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(_train_argv(example, out, "masks=false", "mask_aligned=True")) == 0
+    config = json.loads((out / "run.json").read_text())["config"]
+    assert config["masks"] is False and config["mask_aligned"] is True
+
+
+@pytest.mark.parametrize(
+    ("item", "words"),
+    [
+        ("masks=maybe", ["masks", "'maybe'", "true or false"]),
+        ("masks=0", ["masks", "true or false"]),
+        ("anchor_sizes=abc", ["anchor_sizes", "'abc'", "ints > 0"]),
+        ("anchor_sizes=8,-16", ["anchor_sizes", "ints > 0"]),
+        ("keypoint_loss_weight=nan", ["keypoint_loss_weight", "'nan'", "> 0", "finite"]),
+        ("keypoint_loss_weight=-1", ["keypoint_loss_weight", "> 0"]),
+        ("num_classes=2.5", ["num_classes", "'2.5'", "an int"]),
+        ("detections_per_img=0", ["detections_per_img", ">= 1"]),
+        ("rpn_fg_iou_thresh=1.5", ["rpn_fg_iou_thresh", "in [0, 1]"]),
+        ("roi_op=roialign", ["roi_op", "'roialign'", "roialign_avg"]),
+        ("mask_loss=dice", ["mask_loss", "sigmoid", "softmax"]),
+        ("mask_roi_op=bilinear", ["mask_roi_op", "or None"]),
+        ("image_std=0.2,0.2", ["image_std", "3 finite numbers"]),
+        ("fpn_levels=p2,p9", ["fpn_levels", "'p2,p9'", "p6"]),
+        ("mask_aligend=true", ["not a field", "'mask_aligned'"]),
+        ("preset=cpu", ["preset", "--preset"]),
+    ],
+)
+def test_set_refuses_a_value_its_field_cannot_take(example, tmp_path, capsys, item, words):
+    out = tmp_path / "run"
+    assert cli.main(_train_argv(example, out, item)) == 2
+    _one_error_line(capsys, f"--set {item}", *words)
+    assert not out.exists()
+
+
+def test_set_reads_values_as_their_fields_declare():
+    parsed = cli._parse_overrides(
+        ["masks=FALSE", "keypoints=True", "anchor_sizes=16", "anchor_aspect_ratios=(1, 2)",
+         "rpn_min_size=1e-2", "mask_roi_op=None", "roi_op='roialign_avg'", "pooled_size=5"]
+    )  # fmt: skip
+    assert parsed == {
+        "masks": False, "keypoints": True, "anchor_sizes": (16,),
+        "anchor_aspect_ratios": (1.0, 2.0), "rpn_min_size": 0.01, "mask_roi_op": None,
+        "roi_op": "roialign_avg", "pooled_size": 5,
+    }  # fmt: skip
+    config = detector_config("ci", {k: parsed[k] for k in ("anchor_sizes", "roi_op")})
+    assert config.anchor_sizes == (16,) and config.roi_op == "roialign_avg"
+
+
+def test_set_refuses_a_field_given_twice(example, tmp_path, capsys):
+    assert cli.main(_train_argv(example, tmp_path / "r", "masks=true", "masks=false")) == 2
+    _one_error_line(capsys, "masks", "twice")
+
+
+def test_set_refuses_num_classes_that_do_not_fit_the_data(example, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(_train_argv(example, out, "num_classes=2")) == 2
+    _one_error_line(capsys, "num_classes=2", "3 classes", "arrow", "set from the data")
+    assert cli.main(_train_argv(example, out, "keypoint_counts=3,4")) == 2
+    _one_error_line(capsys, "keypoint_counts=(3, 4)", "(3, 4, 0)")
+    assert not out.exists()
+    boxes_only = SimpleNamespace(categories=[{"id": 1, "name": "tile"}], num_classes=1)
+    with pytest.raises(ValueError, match="keypoints=True: no class of the data"):
+        config_for_data("ci_mask", boxes_only, {"keypoints": True})
+    assert config_for_data("ci_mask", boxes_only, {"num_classes": 1}).num_classes == 1
+
+
+def test_evaluate_checks_its_set_before_any_work(tmp_path, capsys):
+    argv = ["evaluate", "--preset", "ci", "--out", str(tmp_path / "r.json")]
+    assert cli.main([*argv, "--set", "roi_aligned=perhaps"]) == 2
+    _one_error_line(capsys, "--set roi_aligned=perhaps", "true or false")
+    assert cli.main([*argv, "--set", "box_head=c5", "--set", "feature_stage=c3"]) == 2
+    _one_error_line(capsys, "box_head='c5'", "feature_stage='c4'")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_the_config_checks_every_field_for_every_caller():
+    """The rule lives in DetectorConfig: Python callers meet it as --set does."""
+    for bad in (
+        dict(masks="false"), dict(anchor_sizes=16), dict(keypoint_loss_weight=float("nan")),
+        dict(rpn_batch_size_per_image=64.0), dict(box_score_thresh=-0.1),
+        dict(keypoint_counts=(0, 0, 0, 0, 0, -1)), dict(roi_bg_iou_low=0.6),
+        dict(rpn_bg_iou_thresh=0.8), dict(anchor_aspect_ratios=()),
+    ):  # fmt: skip
+        name = next(iter(bad))
+        with pytest.raises(ValueError, match=name):
+            detector_config("ci_mask", bad)
+
+
+def test_every_preset_and_stored_config_still_reads_back():
+    for name, make in PRESETS.items():
+        config = make()
+        stored = json.loads(json.dumps(config.to_dict()))  # tuples become lists
+        assert DetectorConfig(**stored) == config, name
+    fields = DetectorConfig.__dataclass_fields__
+
+    def configs(value):  # every DetectorConfig a results file records, at any depth
+        if isinstance(value, dict):
+            if {"num_classes", "rpn_lambda"} <= value.keys():
+                yield value
+            for v in value.values():
+                yield from configs(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from configs(v)
+
+    seen = 0
+    for path in sorted(Path(__file__).resolve().parents[1].glob("results/*.json")):
+        for stored in configs(json.loads(path.read_text())):
+            known = {k: v for k, v in stored.items() if k in fields}  # older: fewer fields
+            again = json.loads(json.dumps(DetectorConfig(**known).to_dict()))
+            assert {k: again[k] for k in known} == known, path.name
+            seen += 1
+    assert seen
