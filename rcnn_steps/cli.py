@@ -370,7 +370,7 @@ def _train_command(args: argparse.Namespace) -> int:
 
     if args.threads:
         set_threads(args.threads)
-    rank, world, device = init_distributed(args.device)
+    rank, world, device = init_distributed(args.device, timeout=args.timeout)
     feed = feeding(args.preset)
     batch_size = args.batch_size or feed["batch_size"]
     config = config_for_data(
@@ -806,6 +806,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     tr.add_argument("--threads", type=int, default=None, help="torch's CPU threads")
     tr.add_argument("--loader-workers", type=int, default=0)
+    tr.add_argument(
+        "--timeout", type=float, default=TRAIN_TIMEOUT_S,
+        help="under torchrun: seconds a process waits for the others (default "
+        f"{TRAIN_TIMEOUT_S:g}) before the run stops, naming the ranks that did not answer",
+    )  # fmt: skip
     tr.add_argument("--no-progress", action="store_true")
 
     pr = sub.add_parser("predict", help="draw and write a trained run's detections")
@@ -827,7 +832,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ex.add_argument("--overwrite", action="store_true")
     add_debug_argument(parser, ev, tr, pr, ex)
     args = parser.parse_args(argv)
-    commands = {"evaluate": _evaluate_command, "train": _train_command,
+    commands = {"evaluate": _evaluate_command, "train": _train_naming_silent_ranks,
                 "predict": _predict_command, "export": _export_command}  # fmt: skip
 
     def interrupted() -> str:
@@ -837,6 +842,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return "interrupted"
 
     return run_command(commands[args.command], args, interrupted)
+
+
+#: How long, by default, a process of ``torchrun ... train`` waits in a collective for
+#: the others: far longer than any wait of a healthy run of the book's sizes (a step, an
+#: evaluation's share, a checkpoint written by rank 0 take seconds), far shorter than
+#: gloo's 30 minutes of silence when a process is stopped or hung. Raise it for big data
+#: where one process may work alone for minutes (a large evaluation, a slow disk).
+TRAIN_TIMEOUT_S = 300.0
+
+
+def _train_naming_silent_ranks(args: argparse.Namespace) -> int:
+    """``train`` with a collective that times out (a stopped, hung or killed process)
+    reported in one line naming the ranks that did not answer
+    (:func:`rcnn_steps.engine.naming_silent_ranks`), and how to resume."""
+    from rcnn_steps.engine import SilentRanksError, naming_silent_ranks
+
+    if args.timeout <= 0:
+        raise CommandError(f"train: --timeout must be above 0 seconds, got {args.timeout:g}")
+    try:
+        with naming_silent_ranks(args.timeout):
+            return _train_command(args)
+    except SilentRanksError as e:
+        last = Path(args.out) / "last.pt"
+        then = f"; add --resume to continue from {last}" if last.exists() else ""
+        raise SilentRanksError(f"train: {e}{then}") from e
 
 
 def _export_command(args: argparse.Namespace) -> int:

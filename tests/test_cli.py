@@ -366,3 +366,49 @@ def test_export_refuses_data_with_other_classes_than_the_model(
     _one_error_line(capsys, "6 classes", "has 3")
     assert not (tmp_path / "m.pt").exists()
     assert cli.main([*argv, "--data", str(example)]) == 0
+
+
+# ----------------------------------------------------------------------------------------
+# Family 6: a process of a distributed run that stops answering
+
+
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="needs torch.distributed with gloo",
+)
+def test_train_names_the_rank_that_stopped_answering(example, tmp_path):
+    """Under ``torchrun --nproc_per_node 2 ... train --timeout 10``, rank 1 hangs in its
+    first step: rank 0 gives up after 10 s (not gloo's 30 minutes) with one line naming
+    rank 1, and the job ends."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = tmp_path / "hang_rank_1.py"
+    launcher.write_text(
+        "import os, sys, time\n"
+        "from rcnn_steps import cli, engine\n"
+        "if os.environ['RANK'] == '1':  # this rank hangs in its first step\n"
+        "    engine.detection_loss = lambda model, batch: time.sleep(600)\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", str(port), str(launcher), "train", "--data", str(example),
+        "--preset", "ci_mask", "--out", str(tmp_path / "run"), "--max-iter", "2",
+        "--batch-size", "1", "--device", "cpu", "--threads", "1", "--no-progress",
+        "--timeout", "10",
+    ]  # fmt: skip
+    env = {"OMP_NUM_THREADS": "1", "PATH": "", "PYTHONPATH": str(repo)}
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    took = time.monotonic() - started
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if "error: train:" in line]
+    assert len(lines) == 1, done.stderr[-3000:]
+    assert "rank 1 did not answer within 10 s" in lines[0] and "--timeout" in lines[0]
+    # 10 s, 2 s for the roll call, and room for two processes' start on a busy machine
+    assert took < 10 + 2 + 50, f"the job took {took:.0f} s"
