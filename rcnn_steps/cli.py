@@ -62,25 +62,11 @@ def torchvision_baseline(config):
 
 def _evaluate_command(args: argparse.Namespace) -> int:
     from rcnn_steps.evolution import add_row
-    from rcnn_steps.runner import (
-        DATA_FIELDS,
-        check_data_overrides,
-        detector_config,
-        load_datasets,
-        run_setting,
-    )
+    from rcnn_steps.runner import run_setting
     from rcnn_steps.utils import set_threads, write_results
 
     started = time.time()
-    overrides = _parse_overrides(args.set)
-    if overrides and args.out is None:
-        raise CommandError(
-            "evaluate: with --set, name the results file with --out (the preset's default "
-            f"file, {evaluate_results_path(args.preset)}, is for the preset as it is)"
-        )
-    config = detector_config(args.preset, overrides)  # the fields' combinations, checked now
-    if any(name in overrides for name in DATA_FIELDS):
-        check_data_overrides(load_datasets(args.root)[1], overrides)
+    overrides, config, out = _check_evaluate_arguments(args)
     set_threads(args.threads)
     common: dict[str, Any] = dict(
         method="rpn",
@@ -101,7 +87,6 @@ def _evaluate_command(args: argparse.Namespace) -> int:
             model_builder=torchvision_baseline,
             **common,
         )
-    out = args.out or evaluate_results_path(args.preset)
     write_results(out, results, preset=args.preset, seeds=[args.seed], started=started)
     metrics, seconds = run["metrics"], run["seconds_per_image"]
     chapter, detector, _ = EVALUATE_PRESETS[args.preset]
@@ -153,6 +138,181 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         f"trained {run['train_seconds']:.0f} s; wrote {out}"
     )
     return 0
+
+
+def _check_evaluate_arguments(args: argparse.Namespace):
+    """Every argument of ``evaluate`` checked before the first step of work (training
+    takes minutes, and a mistake found after it would lose them): ``(overrides, config,
+    out)``, the parsed ``--set``, the preset's config with it, and the results file to
+    write. Each mistake is a one-line :class:`CommandError` naming the argument."""
+    from rcnn_steps.runner import detector_config, schedule
+
+    _check_at_least("evaluate", args, threads=1, timing_threads=1, num_eval_images=1, max_iter=1)
+    if not 0 <= args.seed < 2**32:
+        raise CommandError(f"evaluate: --seed must be in 0 .. 2**32 - 1, got {args.seed}")
+    overrides = _parse_overrides(args.set)
+    if overrides and args.out is None:
+        raise CommandError(
+            "evaluate: with --set, name the results file with --out (the preset's default "
+            f"file, {evaluate_results_path(args.preset)}, is for the preset as it is)"
+        )
+    try:
+        config = detector_config(args.preset, overrides)
+    except (ValueError, TypeError) as e:
+        raise CommandError(f"evaluate: --set {' '.join(args.set)}: {e}") from None
+    schedule(args.preset, args.max_iter)  # the schedule exists and fits --max-iter
+    _check_book_classes(config, args.root)
+    out = args.out or evaluate_results_path(args.preset)
+    _check_out_file("evaluate", out, "results", overwrite=True)
+    return overrides, config, out
+
+
+def _check_at_least(command: str, args: argparse.Namespace, **minimums: int) -> None:
+    """Refuse an integer option below its minimum (``threads=1``: ``--threads 0`` is an
+    error, not torch's RuntimeError, nor a silent default); an option left out (None)
+    passes."""
+    for name, least in minimums.items():
+        value = getattr(args, name, None)
+        if value is not None and value < least:
+            flag = "--" + name.replace("_", "-")
+            raise CommandError(f"{command}: {flag} must be at least {least}, got {value}")
+
+
+def _book_classes(categories: Sequence[dict]) -> list[tuple[str, int]]:
+    """``(name, keypoint count)`` of each category, in the order of their ids (the order
+    of the model's labels 1..C): what a set's classes are, to the detector."""
+    ordered = sorted(categories, key=lambda c: c["id"])
+    return [(c["name"], len(c.get("keypoints") or ())) for c in ordered]
+
+
+def _check_book_classes(config, root: Path | None) -> None:
+    """``evaluate`` reproduces the book's numbers: its model is the preset's, sized for
+    the book's synthetic set (six classes, the person's eleven keypoints), and its
+    results file and table row are that detector on that set. So the ``--root`` set must
+    have the synthetic set's classes (a synthetic set of another size or seed does), and
+    ``--set`` must leave the model sized for them. Custom classes go to ``train``, which
+    sizes the model from the data; sizing it here would write a row of the book's table
+    for another task, and without this check the run dies after training (``label 6 has
+    no COCO category id``)."""
+    import json
+
+    from rcnn_steps.data import CATEGORIES
+
+    book = _book_classes(CATEGORIES)
+    if config.num_classes != len(book) or (
+        config.keypoints and config.keypoint_counts != tuple(k for _, k in book)
+    ):
+        raise CommandError(
+            f"evaluate: --set makes a model for {config.num_classes} classes (keypoint counts "
+            f"{config.keypoint_counts}); evaluate trains on the book's {len(book)} classes "
+            f"(keypoint counts {tuple(k for _, k in book)}); to train on other classes use "
+            "`python -m rcnn_steps train`"
+        )
+    if root is None:
+        return  # the book's own set (generated when missing), its classes by construction
+    for split in ("train", "val"):
+        annotations = Path(root) / "annotations" / f"instances_{split}.json"
+        if not annotations.is_file():
+            raise CommandError(
+                f"evaluate: --root {root} has no annotations/instances_{split}.json; pass a "
+                "folder laid out as the synthetic set (train/, val/, annotations/)"
+            )
+        try:
+            found = _book_classes(json.loads(annotations.read_text())["categories"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise CommandError(
+                f"evaluate: --root {root}: {annotations.name} is not a COCO annotation file "
+                f"with categories ({type(e).__name__}: {e})"
+            ) from None
+        if found != book:
+            names = ", ".join(name for name, _ in found)
+            raise CommandError(
+                f"evaluate: --root {root} has {len(found)} classes ({names}) in {split}, not "
+                f"the book's synthetic set's {len(book)} ({', '.join(n for n, _ in book)}): "
+                "evaluate reproduces the book's numbers on its classes; for your own data "
+                f"use `python -m rcnn_steps train --data {root}` (it sizes the model from "
+                "the data and evaluates it)"
+            )
+
+
+#: What ``--out`` names, by kind: the suffixes accepted, what the command writes there,
+#: what an existing file must be for the command to replace it, and an example name.
+OUT_FILE_KINDS: dict[str, tuple[tuple[str, ...], str, str, str]] = {
+    "results": ((".json",), "a JSON results file",
+                "a results file written by `python -m rcnn_steps evaluate`", "results.json"),
+    "weights": ((".pt", ".pth"), "a checkpoint", "a checkpoint", "model.pt"),
+}  # fmt: skip
+
+
+def _is_evaluate_results(path: Path) -> bool:
+    """Whether ``path`` is a results file that ``evaluate`` wrote (:func:`rcnn_steps.
+    utils.write_results` with a :func:`rcnn_steps.runner.run_setting` record: a method,
+    a config, metrics, and one of :data:`EVALUATE_PRESETS`)."""
+    from rcnn_steps.utils import read_results
+
+    try:
+        payload = read_results(path)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(payload, dict):
+        return False
+    results, provenance = payload.get("results"), payload.get("provenance")
+    return (
+        isinstance(results, dict)
+        and isinstance(provenance, dict)
+        and provenance.get("preset") in EVALUATE_PRESETS
+        and {"method", "config", "metrics"} <= set(results)
+    )
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint that loads and verifies."""
+    from rcnn_steps.engine import load_checkpoint
+
+    try:
+        load_checkpoint(path)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _check_out_file(command: str, path: Path, kind: str, overwrite: bool = False) -> None:
+    """Refuse, before any work, an ``--out`` file the command could not write or should
+    not replace: a folder, a name without the kind's suffix (:data:`OUT_FILE_KINDS`), a
+    place under a file or a folder this user cannot write, an existing file without
+    ``overwrite``, and, even with it, an existing file that is not of the kind (a
+    checkpoint is never replaced by a results file, nor a run's notes by weights)."""
+    import os
+
+    suffixes, writes, replaceable, example = OUT_FILE_KINDS[kind]
+    if path.is_dir():
+        raise CommandError(
+            f"{command}: --out {path} is a folder; name a file, e.g. {path / example}"
+        )
+    if path.suffix.lower() not in suffixes:
+        raise CommandError(
+            f"{command}: --out {path} must end in {' or '.join(suffixes)} ({command} writes "
+            f"{writes}), e.g. {path.with_suffix(suffixes[0])}"
+        )
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise CommandError(f"{command}: --out {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CommandError(f"{command}: --out {path}: cannot write in {folder}; pick another")
+    if not path.exists():
+        return
+    if not overwrite:
+        raise CommandError(
+            f"{command}: {path} exists: pass --overwrite to replace it, or another --out"
+        )
+    is_kind = _is_evaluate_results if kind == "results" else _is_checkpoint
+    if not is_kind(path):
+        raise CommandError(
+            f"{command}: --out {path} exists and is not {replaceable}, so {command} will not "
+            "replace it; pick another --out (or move that file away yourself)"
+        )
 
 
 def _parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
@@ -215,7 +375,7 @@ def _train_command(args: argparse.Namespace) -> int:
     config_overrides = _parse_overrides(args.set)  # before anything else starts
     if args.threads:
         set_threads(args.threads)
-    rank, world, device = init_distributed(args.device)
+    rank, world, device = init_distributed(args.device, timeout=args.timeout)
     feed = feeding(args.preset)
     batch_size = args.batch_size or feed["batch_size"]
     config = config_for_data(
@@ -719,6 +879,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     tr.add_argument("--threads", type=int, default=None, help="torch's CPU threads")
     tr.add_argument("--loader-workers", type=int, default=0)
+    tr.add_argument(
+        "--timeout", type=float, default=TRAIN_TIMEOUT_S,
+        help="under torchrun: seconds a process waits for the others (default "
+        f"{TRAIN_TIMEOUT_S:g}) before the run stops, naming the ranks that did not answer",
+    )  # fmt: skip
     tr.add_argument("--no-progress", action="store_true")
 
     pr = sub.add_parser("predict", help="draw and write a trained run's detections")
@@ -740,7 +905,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ex.add_argument("--overwrite", action="store_true")
     add_debug_argument(parser, ev, tr, pr, ex)
     args = parser.parse_args(argv)
-    commands = {"evaluate": _evaluate_command, "train": _train_command,
+    commands = {"evaluate": _evaluate_command, "train": _train_naming_silent_ranks,
                 "predict": _predict_command, "export": _export_command}  # fmt: skip
 
     def interrupted() -> str:
@@ -752,15 +917,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command(commands[args.command], args, interrupted)
 
 
+#: How long, by default, a process of ``torchrun ... train`` waits in a collective for
+#: the others: far longer than any wait of a healthy run of the book's sizes (a step, an
+#: evaluation's share, a checkpoint written by rank 0 take seconds), far shorter than
+#: gloo's 30 minutes of silence when a process is stopped or hung. Raise it for big data
+#: where one process may work alone for minutes (a large evaluation, a slow disk).
+TRAIN_TIMEOUT_S = 300.0
+
+
+def _train_naming_silent_ranks(args: argparse.Namespace) -> int:
+    """``train`` with a collective that times out (a stopped, hung or killed process)
+    reported in one line naming the ranks that did not answer
+    (:func:`rcnn_steps.engine.naming_silent_ranks`), and how to resume."""
+    from rcnn_steps.engine import SilentRanksError, naming_silent_ranks
+
+    if args.timeout <= 0:
+        raise CommandError(f"train: --timeout must be above 0 seconds, got {args.timeout:g}")
+    try:
+        with naming_silent_ranks(args.timeout):
+            return _train_command(args)
+    except SilentRanksError as e:
+        last = Path(args.out) / "last.pt"
+        then = f"; add --resume to continue from {last}" if last.exists() else ""
+        raise SilentRanksError(f"train: {e}{then}") from e
+
+
 def _export_command(args: argparse.Namespace) -> int:
     import json
 
     from rcnn_steps.engine import export_weights
 
+    _check_out_file("export", args.out, "weights", overwrite=args.overwrite)
     run_file = args.checkpoint.parent / RUN_FILE
     run = json.loads(run_file.read_text()) if run_file.exists() else None
     if args.data is not None:
-        run = {**(run or {}), "data": data_description(args.data)}
+        data = data_description(args.data)
+        _check_data_fits_checkpoint(args.data, data, args.checkpoint, run)
+        run = {**(run or {}), "data": data}
     try:
         out = export_weights(args.checkpoint, args.out, overwrite=args.overwrite, run=run)
     except FileExistsError:
@@ -769,6 +962,31 @@ def _export_command(args: argparse.Namespace) -> int:
         ) from None
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): load it with `predict`")
     return 0
+
+
+def _check_data_fits_checkpoint(root: Path, data: dict, checkpoint: Path, run: dict | None):
+    """Refuse ``export --data`` with a set that cannot be the one the checkpoint's model
+    was trained on: another number of classes than the model's config, or other class
+    names than the run's ``run.json`` records. Its names would be stored in the copy and
+    ``predict`` would label every detection with them, silently wrong."""
+    from rcnn_steps.engine import load_checkpoint
+
+    names = list(data["class_names"][1:])  # [0] is the background
+    config = (load_checkpoint(checkpoint).get("model_description") or {}).get("config") or {}
+    num_classes = config.get("num_classes")
+    if num_classes is not None and num_classes != len(names):
+        raise CommandError(
+            f"export: --data {root} has {len(names)} classes ({', '.join(names)}) but the "
+            f"model in {checkpoint} has {num_classes}: pass the set it was trained on"
+        )
+    recorded = ((run or {}).get("data") or {}).get("class_names")
+    if recorded is not None and list(recorded[1:]) != names:
+        raise CommandError(
+            f"export: --data {root} names its classes {', '.join(names)} but the run's "
+            f"{RUN_FILE} ({checkpoint.parent / RUN_FILE}) names them "
+            f"{', '.join(recorded[1:])}: pass the set the run was trained on, or leave "
+            "--data out (run.json's names are used)"
+        )
 
 
 if __name__ == "__main__":

@@ -426,3 +426,167 @@ def test_every_preset_and_stored_config_still_reads_back():
             assert {k: again[k] for k in known} == known, path.name
             seen += 1
     assert seen
+
+
+# ----------------------------------------------------------------------------------------
+# Family 5: evaluate and export check every argument before any work
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """``evaluate`` that would train raises :class:`Trained` instead: a refusal must come
+    before it, and an accepted command reaches it."""
+    from rcnn_steps import runner
+
+    class Trained(Exception):
+        pass
+
+    def refuse(*args, **kwargs):
+        raise Trained
+
+    monkeypatch.setattr(runner, "run_setting", refuse)
+    return Trained
+
+
+def _evaluate(*more):
+    return cli.main(["evaluate", "--preset", "ci", "--max-iter", "1", "--no-evolution", *more])
+
+
+def test_evaluate_refuses_a_set_without_the_books_classes(example, no_training, capsys):
+    assert _evaluate("--root", str(example), "--out", "x.json") == 2
+    _one_error_line(capsys, f"--root {example}", "3 classes", "arrow", "6", "rcnn_steps train")
+
+
+def test_evaluate_refuses_a_model_sized_for_other_classes(
+    tiny_synth, tmp_path, no_training, capsys
+):
+    out = str(tmp_path / "r.json")
+    assert _evaluate("--root", str(tiny_synth), "--set", "num_classes=3", "--out", out) == 2
+    _one_error_line(capsys, "--set", "3 classes", "train")
+    with pytest.raises(no_training):  # the book's classes in a smaller synthetic set: fine
+        _evaluate("--root", str(tiny_synth), "--out", out)
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("--num-eval-images", "0"), ("--threads", "0"), ("--timing-threads", "0"),
+     ("--max-iter", "0"), ("--num-eval-images", "-3")],
+)  # fmt: skip
+def test_evaluate_refuses_counts_below_one(
+    option, value, tiny_synth, tmp_path, no_training, capsys
+):
+    argv = ["--root", str(tiny_synth), "--out", str(tmp_path / "r.json"), option, value]
+    assert _evaluate(*argv) == 2
+    _one_error_line(capsys, option, "at least 1", value)
+
+
+def test_evaluate_refuses_an_out_it_cannot_write_or_must_not_replace(
+    run, tiny_synth, tmp_path, no_training, capsys
+):
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    root = ["--root", str(tiny_synth)]
+    assert _evaluate(*root, "--out", str(tmp_path)) == 2  # a folder
+    _one_error_line(capsys, str(tmp_path), "folder")
+    assert _evaluate(*root, "--out", str(run / "last.pt")) == 2  # a checkpoint
+    _one_error_line(capsys, "last.pt", ".json")
+    assert _evaluate(*root, "--out", str(run / "run.json")) == 2  # a JSON, not results
+    _one_error_line(capsys, "run.json", "not a results file")
+    assert _evaluate(*root, "--out", str(run / "run.json" / "r.json")) == 2  # under a file
+    _one_error_line(capsys, "is a file")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    # a results file evaluate wrote is replaced, as the preset's default file always is
+    from rcnn_steps.utils import write_results
+
+    earlier = tmp_path / "earlier.json"
+    write_results(earlier, {"method": "rpn", "config": {}, "metrics": {}}, preset="ci")
+    with pytest.raises(no_training):
+        _evaluate(*root, "--out", str(earlier))
+
+
+def test_export_refuses_a_folder_and_files_that_are_not_checkpoints(run, tmp_path, capsys):
+    argv = ["export", "--checkpoint", str(run / "last.pt"), "--overwrite", "--out"]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert cli.main([*argv, str(folder)]) == 2
+    _one_error_line(capsys, str(folder), "is a folder")
+    notes = tmp_path / "notes.pt"
+    notes.write_text("the user's notes, not a checkpoint")
+    assert cli.main([*argv, str(notes)]) == 2
+    _one_error_line(capsys, "notes.pt", "not a checkpoint")
+    assert notes.read_text() == "the user's notes, not a checkpoint"
+    assert cli.main([*argv, str(run / cli.RUN_FILE)]) == 2
+    _one_error_line(capsys, "run.json", ".pt")
+    assert cli.main([*argv, str(tmp_path / "model.pt")]) == 0  # a new file
+    assert cli.main([*argv, str(tmp_path / "model.pt")]) == 0  # a checkpoint: replaced
+
+
+def test_export_refuses_data_with_other_classes_than_the_model(
+    run, example, tiny_synth, tmp_path, capsys
+):
+    argv = ["export", "--checkpoint", str(run / "last.pt"), "--out", str(tmp_path / "m.pt")]
+    assert cli.main([*argv, "--data", str(tiny_synth)]) == 2  # six classes, model has three
+    _one_error_line(capsys, str(tiny_synth), "6 classes", "has 3")
+    renamed = tmp_path / "renamed"
+    shutil.copytree(example, renamed)
+    annotations = renamed / "annotations" / "instances_train.json"
+    coco = json.loads(annotations.read_text())
+    for category, name in zip(coco["categories"], ["kite", "arrow", "tile"], strict=True):
+        category["name"] = name
+    annotations.write_text(json.dumps(coco))
+    assert cli.main([*argv, "--data", str(renamed)]) == 2  # three classes, other names
+    _one_error_line(capsys, "kite, arrow, tile", "arrow, kite, tile", "run.json")
+    # without run.json beside it (a grid run), the class count is still checked
+    alone = tmp_path / "alone" / "last.pt"
+    alone.parent.mkdir()
+    shutil.copy(run / "last.pt", alone)
+    argv[2] = str(alone)
+    assert cli.main([*argv, "--data", str(tiny_synth)]) == 2
+    _one_error_line(capsys, "6 classes", "has 3")
+    assert not (tmp_path / "m.pt").exists()
+    assert cli.main([*argv, "--data", str(example)]) == 0
+
+
+# ----------------------------------------------------------------------------------------
+# Family 6: a process of a distributed run that stops answering
+
+
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="needs torch.distributed with gloo",
+)
+def test_train_names_the_rank_that_stopped_answering(example, tmp_path):
+    """Under ``torchrun --nproc_per_node 2 ... train --timeout 10``, rank 1 hangs in its
+    first step: rank 0 gives up after 10 s (not gloo's 30 minutes) with one line naming
+    rank 1, and the job ends."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = tmp_path / "hang_rank_1.py"
+    launcher.write_text(
+        "import os, sys, time\n"
+        "from rcnn_steps import cli, engine\n"
+        "if os.environ['RANK'] == '1':  # this rank hangs in its first step\n"
+        "    engine.detection_loss = lambda model, batch: time.sleep(600)\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", str(port), str(launcher), "train", "--data", str(example),
+        "--preset", "ci_mask", "--out", str(tmp_path / "run"), "--max-iter", "2",
+        "--batch-size", "1", "--device", "cpu", "--threads", "1", "--no-progress",
+        "--timeout", "10",
+    ]  # fmt: skip
+    env = {"OMP_NUM_THREADS": "1", "PATH": "", "PYTHONPATH": str(repo)}
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    took = time.monotonic() - started
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if "error: train:" in line]
+    assert len(lines) == 1, done.stderr[-3000:]
+    assert "rank 1 did not answer within 10 s" in lines[0] and "--timeout" in lines[0]
+    # 10 s, 2 s for the roll call, and room for two processes' start on a busy machine
+    assert took < 10 + 2 + 50, f"the job took {took:.0f} s"
