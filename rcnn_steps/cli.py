@@ -499,8 +499,8 @@ def _predict_command(args: argparse.Namespace) -> int:
     names and skeleton. ``image_id``: when every image read is one of the run's val images
     (same file name and size as in its annotation file), the dataset's image id, so that
     ``detections.json`` is COCO results for those images; otherwise each file's position
-    (0, 1, ...) in the sorted list of inputs, for every file (never a mix, whose ids could
-    collide), and ``file_name`` says which file it is."""
+    (0, 1, ...) among the inputs (in the order given, each folder sorted), for every file
+    (never a mix, whose ids could collide), and ``file_name`` says which file it is."""
     import json
 
     import matplotlib
@@ -737,8 +737,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="draw and write a trained run's detections",
         description="Writes detections.json (COCO results: category_id is the data's own "
         "category id; image_id is the dataset's id when every image is one of the run's val "
-        "images, by file name and size, else each file's position in the sorted inputs; "
-        "file_name and class_name name the file and the class) and one drawing per image.",
+        "images, by file name and size, else each file's position among the inputs, each "
+        "folder sorted; file_name and class_name name the file and the class) and one "
+        "drawing per image.",
     )
     pr.add_argument("--checkpoint", type=Path, required=True, help="e.g. runs/mine/last.pt")
     pr.add_argument("--images", nargs="+", type=Path, required=True, help="image files or folders")

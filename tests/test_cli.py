@@ -401,6 +401,10 @@ def _pair_on_the_tile(data):
     next(c for c in data["categories"] if c["name"] == "tile")["flip_pairs"] = [[0, 1]]
 
 
+def _sigmas_of_another_set(data):
+    next(c for c in data["categories"] if c["name"] == "kite")["oks_sigmas"] = [0.05] * 3
+
+
 def _no_categories(data):
     data["categories"], data["annotations"] = [], []
 
@@ -411,9 +415,10 @@ def _no_categories(data):
         (_pair_past_the_kite, ["flip_pairs", "[1, 4]", "4 keypoints"]),  # was an IndexError
         (_limb_past_the_kite, ["skeleton", "[1, 5]", "1-based"]),
         (_pair_on_the_tile, ["flip_pairs", "'tile'", "no keypoint names"]),
+        (_sigmas_of_another_set, ["oks_sigmas", "'kite'", "(4 here)"]),
         (_no_categories, ["no categories"]),
     ],
-    ids=["flip-pair", "skeleton", "pair-without-keypoints", "no-categories"],
+    ids=["flip-pair", "skeleton", "pair-without-keypoints", "oks-sigmas", "no-categories"],
 )
 def test_data_check_and_train_refuse_bad_categories_naming_the_file(
     example, tmp_path, capsys, edit, words
@@ -440,3 +445,22 @@ def test_train_refuses_a_train_split_with_nothing_to_train_on(example, tmp_path,
     assert _train_briefly(data, tmp_path / "run") == 2  # was: trained, printed bbox/AP -1.0
     _one_error_line(capsys, "instances_train.json", "nothing to train on")
     assert not (tmp_path / "run").exists()
+
+
+def test_predict_with_an_older_run_json_numbers_by_label(run, example, tmp_path, capsys):
+    folder = tmp_path / "old"
+    folder.mkdir()
+    shutil.copy(run / "last.pt", folder / "last.pt")
+    description = json.loads((run / "run.json").read_text())
+    del description["data"]["categories"]  # as written before categories were recorded
+    (folder / "run.json").write_text(json.dumps(description))
+    assert _predict(folder / "last.pt", example / "val", tmp_path / "p") == 0
+    found = json.loads((tmp_path / "p" / "detections.json").read_text())
+    names = description["data"]["class_names"]
+    assert found and all(d["class_name"] == names[d["category_id"]] for d in found)
+    # a run.json whose classes are not the model's is another run's
+    description["data"]["categories"] = [{"id": 1, "name": "arrow"}]
+    (folder / "run.json").write_text(json.dumps(description))
+    assert _predict(folder / "last.pt", example / "val", tmp_path / "q") == 2
+    _one_error_line(capsys, "1 categories", "3 classes", "run.json")
+    assert not (tmp_path / "q").exists()

@@ -82,7 +82,8 @@ def load_coco_json(annotation_file: str | os.PathLike) -> dict[str, Any]:
     ``bbox`` that is not four numbers, a polygon with an odd number of coordinates, an RLE
     whose ``size`` differs from its image's, keypoints whose count differs from their
     category's keypoint list, an empty ``categories`` list, and a category's ``skeleton``
-    (1-based) or ``flip_pairs`` (0-based) naming a keypoint it does not have.
+    (1-based) or ``flip_pairs`` (0-based) naming a keypoint it does not have, or
+    ``oks_sigmas`` that are not one positive number per keypoint.
 
     The boxes' values (non-finite, empty, outside the image) are :class:`CocoDataset`'s
     to judge (see its ``on_invalid_box``), and so are the image files."""
@@ -242,9 +243,10 @@ def _check_segmentation(path: Path, ann: dict, image: dict) -> None:
 
 def _check_keypoint_set(path: Path, category: dict) -> None:
     """A category's keypoint set is a list of names, and its ``skeleton`` (1-based, as COCO
-    writes it) and ``flip_pairs`` (0-based) are pairs of indices into it: an index past the
-    list would otherwise surface as an IndexError deep inside training, or a limb drawn
-    between the wrong points."""
+    writes it) and ``flip_pairs`` (0-based) are pairs of indices into it, and its
+    ``oks_sigmas`` one positive number per keypoint: an index past the list would
+    otherwise surface as an IndexError deep inside training or a limb drawn between the
+    wrong points, and sigmas of another length are silently replaced in keypoint AP."""
     names = category.get("keypoints") or []
     where = f"{path}: category {category['id']} ({category['name']!r})"
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -267,6 +269,13 @@ def _check_keypoint_set(path: Path, category: dict) -> None:
                     f"{k} keypoints, so indices ({convention}) are {accepted}: fix the pair "
                     "or the category's 'keypoints' list"
                 )
+    sigmas = category.get("oks_sigmas")
+    one_each = isinstance(sigmas, list) and len(sigmas) == k
+    if sigmas is not None and not (one_each and all(_is_number(v) and v > 0 for v in sigmas)):
+        raise DatasetError(
+            f"{where} has oks_sigmas {sigmas!r}; keypoint AP needs one positive number per "
+            f"keypoint ({k} here): fix the list, or remove it for the default 0.05 each"
+        )
 
 
 def _check_keypoints(path: Path, ann: dict, category: dict) -> None:
