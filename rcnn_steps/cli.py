@@ -379,7 +379,9 @@ def _train_command(args: argparse.Namespace) -> int:
     feed = feeding(args.preset)
     batch_size = args.batch_size or feed["batch_size"]
     config = config_for_data(
-        args.preset, load_datasets(args.data, splits=tuple(args.splits))[1], config_overrides
+        args.preset,
+        load_datasets(args.data, splits=tuple(args.splits))[0],  # the train split's classes
+        config_overrides,
     )
     train_set, val_set = load_datasets(
         args.data,
@@ -429,13 +431,7 @@ def _train_command(args: argparse.Namespace) -> int:
             "config": config.to_dict(),
             "train_config": train_cfg.to_dict(),
             "feeding": {**feed, "batch_size": batch_size, "processes": world},
-            "data": {
-                "root": str(Path(args.data).resolve()),
-                "splits": list(args.splits),
-                "class_names": train_set.class_names,
-                "keypoint_names": train_set.keypoint_names,
-                "skeleton": [list(p) for p in train_set.skeleton],
-            },
+            "data": _data_record(args.data, args.splits, train_set),
             "command": " ".join(["python -m rcnn_steps", *sys.argv[1:]]),
             "commit": git_commit(),
             "code_diff_sha256": code_diff_hash(),
@@ -480,10 +476,26 @@ def load_run(checkpoint: str | Path, device: str = "cpu"):
     return model.to(device).eval(), run
 
 
+def _data_record(root: str | Path, splits: Sequence[str], train_set) -> dict:
+    """``run.json``'s ``"data"``: the folder, the splits, and the train split's classes:
+    ``categories`` (each category's id, name and keypoint set: :class:`rcnn_steps.data.
+    LabelMap`), which ``predict`` reads, and the older ``class_names`` (by label),
+    ``keypoint_names`` and 0-based ``skeleton`` (the first keypoint category's), kept for
+    readers written before ``categories``."""
+    return {
+        "root": str(Path(root).resolve()),
+        "splits": list(splits),
+        "class_names": train_set.class_names,
+        "keypoint_names": train_set.keypoint_names,
+        "skeleton": [list(p) for p in train_set.skeleton],
+        "categories": train_set.label_map.categories,
+    }
+
+
 def data_description(root: str | Path, split: str = "train") -> dict:
-    """What a run records of its data (``run.json``'s ``"data"``): the root, the class
-    names, the keypoint names and the skeleton of ``root/annotations/instances_<split>.
-    json``. A missing file is an error that says what was looked for."""
+    """What a run records of its data (``run.json``'s ``"data"``, :func:`_data_record`):
+    the root and the classes (ids, names, keypoint sets) of ``root/annotations/
+    instances_<split>.json``. A missing file is an error that says what was looked for."""
     from rcnn_steps.data import CocoDataset
 
     root = Path(root)
@@ -493,14 +505,7 @@ def data_description(root: str | Path, split: str = "train") -> dict:
             f"--data {root}: no {annotations.relative_to(root)} there; pass the folder that "
             "holds annotations/ (the set the model was trained on)"
         )
-    dataset = CocoDataset(root / split, annotations, load_masks=False)
-    return {
-        "root": str(root.resolve()),
-        "splits": [split],
-        "class_names": dataset.class_names,
-        "keypoint_names": dataset.keypoint_names,
-        "skeleton": [list(p) for p in dataset.skeleton],
-    }
+    return _data_record(root, [split], CocoDataset(root / split, annotations, load_masks=False))
 
 
 #: The image files ``predict`` reads (PIL decodes them all), in folders and sub-folders.
@@ -669,7 +674,67 @@ def drawn_detections(image, det: dict, mask_branch=None):
     return image, shown
 
 
+def _run_categories(data: dict, num_classes: int, keypoint_counts: Sequence[int]) -> list[dict]:
+    """The model's classes, label 1 first: each one's category ``id`` in the data, ``name``
+    (None when unknown), ``keypoints`` and 0-based ``skeleton``, from ``run.json``'s
+    ``categories``. A ``run.json`` written before those were recorded has only the class
+    names and one keypoint set: its category ids are taken to be the labels, and every
+    keypoint class gets that set (what ``predict`` did then). Refuses a description whose
+    class count is not the model's (a ``run.json`` from another run)."""
+    categories = data.get("categories")
+    if not categories:
+        names = data.get("class_names") or []
+        counts = list(keypoint_counts) + [0] * num_classes
+        categories = [
+            {
+                "id": label,
+                "name": names[label] if label < len(names) else None,
+                "keypoints": list(data.get("keypoint_names") or []) if counts[label - 1] else [],
+                "skeleton": list(data.get("skeleton") or []) if counts[label - 1] else [],
+            }
+            for label in range(1, num_classes + 1)
+        ]
+    if len(categories) != num_classes:
+        raise CommandError(
+            f"predict: the run's description lists {len(categories)} categories but the "
+            f"model has {num_classes} classes: the {RUN_FILE} beside the checkpoint is "
+            "another run's; use the run's own folder, or an exported copy"
+        )
+    return categories
+
+
+def _val_image_ids(data: dict) -> dict[str, tuple[int, int, int] | None]:
+    """The run's val images by file name: ``{name: (image id, width, height)}``, read from
+    ``<root>/annotations/instances_<val split>.json`` as ``run.json`` names them (None
+    for a name two images share); ``{}`` when the run has no val split or the file is not
+    there any more (a model predicting away from its data)."""
+    import json
+
+    splits = data.get("splits") or []
+    if len(splits) < 2 or not data.get("root"):
+        return {}
+    path = Path(data["root"]) / "annotations" / f"instances_{splits[1]}.json"
+    try:
+        images = json.loads(path.read_text()).get("images", [])
+    except (OSError, ValueError, AttributeError):
+        return {}
+    found: dict[str, tuple[int, int, int] | None] = {}
+    for img in images:
+        name = Path(str(img.get("file_name", ""))).name
+        entry = (img.get("id"), img.get("width"), img.get("height"))
+        found[name] = None if name in found else entry
+    return found
+
+
 def _predict_command(args: argparse.Namespace) -> int:
+    """``predict``: detections on image files, as COCO results plus ``file_name`` and
+    ``class_name``, and one drawing per image. ``category_id`` is the data's own category
+    id (from ``run.json``'s ``categories``), and each class is drawn with its own keypoint
+    names and skeleton. ``image_id``: when every image read is one of the run's val images
+    (same file name and size as in its annotation file), the dataset's image id, so that
+    ``detections.json`` is COCO results for those images; otherwise each file's position
+    (0, 1, ...) among the inputs (in the order given, each folder sorted), for every file
+    (never a mix, whose ids could collide), and ``file_name`` says which file it is."""
     import json
 
     import matplotlib
@@ -700,7 +765,11 @@ def _predict_command(args: argparse.Namespace) -> int:
             "RUN/last.pt --out FILE` (add --data SET for a run without run.json)"
         )
     data = run.get("data", {})
-    names = data.get("class_names")
+    categories = _run_categories(data, model.config.num_classes, model.config.keypoint_counts)
+    names = ["__background__"] + [c["name"] for c in categories]
+    label_to_category_id = [0] + [c["id"] for c in categories]
+    val_images = _val_image_ids(data)
+    position = {file: n for n, (file, _) in enumerate(pairs)}
     feed = run.get("feeding", {})
     resize = ResizeShortestSide(feed["test_size"], feed.get("max_size")) if feed.get(
         "test_size"
@@ -730,12 +799,12 @@ def _predict_command(args: argparse.Namespace) -> int:
         text = json.dumps(manifest, indent=1) + "\n"
         atomic_write_bytes(out / PREDICT_MANIFEST, text.encode())
 
-    keypoint_labels = [i for i, c in enumerate(model.config.keypoint_counts, 1) if c]
     mask_branch = getattr(model.roi_heads, "mask_branch", None)
     if mask_branch is not None:
         mask_branch.paste = False  # pasted below, one mask at a time (bounded memory)
     everything = []
-    for i, (file, drawing) in enumerate(readable):
+    dataset_ids: list[int | None] = []  # each file's id among the run's val images
+    for file, drawing in readable:
         try:
             image = read_image(file)
         except (OSError, ValueError, Image.DecompressionBombError) as e:  # truncated, ...
@@ -754,28 +823,36 @@ def _predict_command(args: argparse.Namespace) -> int:
         keep = det["scores"] >= args.score_threshold
         kept = {k: v[keep] for k, v in det.items()}
         results = detections_to_coco(
-            i, kept["boxes"], kept["scores"], kept["labels"], None,
-            keypoints=kept.get("keypoints"),
+            position[file], kept["boxes"], kept["scores"], kept["labels"],
+            label_to_category_id, keypoints=kept.get("keypoints"),
         )  # fmt: skip
         trim_keypoints(results, kept["labels"], model.config.keypoint_counts)
         if mask_branch is not None:
             rles = mask_rles(kept["mask_probs"], kept["boxes"], size, mask_branch.aligned)
             for r, rle in zip(results, rles, strict=True):
                 r["segmentation"] = rle
-        for r in results:
+        for r, label in zip(results, kept["labels"].tolist(), strict=True):
             r["file_name"] = drawing.with_name(file.name).as_posix()  # sub/x.jpg
-            if names:
-                r["class_name"] = names[r["category_id"]]
-        everything += results
+            if names[label] is not None:
+                r["class_name"] = names[label]
+        everything.append(results)
+        known = val_images.get(file.name)
+        same_size = known is not None and tuple(known[1:]) == (int(size[1]), int(size[0]))
+        dataset_ids.append(known[0] if same_size else None)
         shown_image, shown = drawn_detections(image, kept, mask_branch)
         fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
-        viz.draw_instances(shown_image, shown, names, args.score_threshold,
-                           data.get("skeleton", ()), data.get("keypoint_names") or None,
-                           keypoint_labels, ax=ax)  # fmt: skip
+        shown_names = names if any(names[1:]) else None  # an old run without class names
+        viz.draw_instances(shown_image, shown, shown_names, args.score_threshold, ax=ax)
+        _draw_keypoints_by_class(ax, shown, categories, args.score_threshold)
         (out / drawing).parent.mkdir(parents=True, exist_ok=True)
         record(drawing)
         fig.savefig(out / drawing, bbox_inches="tight")
         plt.close(fig)
+    if dataset_ids and all(i is not None for i in dataset_ids):  # else positions, as made
+        for results, image_id in zip(everything, dataset_ids, strict=True):
+            for r in results:
+                r["image_id"] = image_id
+    everything = [r for results in everything for r in results]
     text = json.dumps(everything, indent=1) + "\n"
     record(Path("detections.json"))
     atomic_write_bytes(out / "detections.json", text.encode())
@@ -787,6 +864,22 @@ def _predict_command(args: argparse.Namespace) -> int:
               f"skipped (named above), e.g. {failed[0][0]}", file=sys.stderr)  # fmt: skip
         return 1
     return 0
+
+
+def _draw_keypoints_by_class(ax, det: dict, categories: list[dict], threshold: float) -> None:
+    """Each keypoint class's detections (score at least ``threshold``) drawn with that
+    class's own keypoint names and skeleton (a kite's, not the arrow's)."""
+    from rcnn_steps import viz
+
+    if "keypoints" not in det:
+        return
+    shown = det["scores"] >= threshold
+    for label, category in enumerate(categories, 1):
+        k = len(category.get("keypoints") or ())
+        mine = shown & (det["labels"] == label)
+        if k and mine.any():
+            viz.draw_keypoints(ax, det["keypoints"][mine][:, :k], category.get("skeleton") or (),
+                               names=category["keypoints"])  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -886,7 +979,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     tr.add_argument("--no-progress", action="store_true")
 
-    pr = sub.add_parser("predict", help="draw and write a trained run's detections")
+    pr = sub.add_parser(
+        "predict",
+        help="draw and write a trained run's detections",
+        description="Writes detections.json (COCO results: category_id is the data's own "
+        "category id; image_id is the dataset's id when every image is one of the run's val "
+        "images, by file name and size, else each file's position among the inputs, each "
+        "folder sorted; file_name and class_name name the file and the class) and one "
+        "drawing per image.",
+    )
     pr.add_argument("--checkpoint", type=Path, required=True, help="e.g. runs/mine/last.pt")
     pr.add_argument("--images", nargs="+", type=Path, required=True, help="image files or folders")
     pr.add_argument("--out", type=Path, required=True)

@@ -41,6 +41,7 @@ __all__ = [
     "evaluate",
     "fit_few_images",
     "keypoint_ap_of_noisy_truth",
+    "check_splits",
     "load_datasets",
     "run_setting",
     "schedule",
@@ -140,7 +141,13 @@ def load_datasets(
     their categories' flip pairs. ``min_sizes`` / ``max_size``: resize the train set's
     images (and targets) to a shorter side drawn from ``min_sizes``
     (:class:`~rcnn_steps.data.transforms.ResizeShortestSide`); the val set is left as it
-    is (:func:`detect` resizes at test time and maps the detections back)."""
+    is (:func:`detect` resizes at test time and maps the detections back).
+
+    The classes are the train split's: the val set is numbered by the train set's
+    :class:`~rcnn_steps.data.LabelMap`, and refused (a :class:`~rcnn_steps.data.
+    DatasetError` naming both files) when a category of its file is not the train file's
+    same id, name and keypoint names; it may lack a class. A train split with no
+    annotation to train on (none, or only crowds) is refused too (:func:`check_splits`)."""
     from rcnn_steps.data import CocoDataset, ensure_synth
     from rcnn_steps.data.transforms import (
         Compose,
@@ -163,7 +170,28 @@ def load_datasets(
         if steps:
             dataset.transforms = steps[0] if len(steps) == 1 else Compose(steps)
         datasets.append(dataset)
+    check_splits(*datasets)
     return tuple(datasets)
+
+
+def check_splits(train_set, *others) -> None:
+    """The rule of a (train, val) pair, in one place: the train split has something to
+    train on, and every other split is numbered by the train split's
+    :class:`~rcnn_steps.data.LabelMap` (:meth:`~rcnn_steps.data.CocoDataset.
+    use_label_map`, which refuses one whose categories disagree). Raises
+    :class:`~rcnn_steps.data.DatasetError` naming the files, before any work starts."""
+    from rcnn_steps.data import DatasetError
+
+    if not any(not a.get("iscrowd", 0) for a in train_set.coco.anns.values()):
+        crowds = len(train_set.coco.anns)
+        held = f"only {crowds} crowd regions" if crowds else "no annotations"
+        raise DatasetError(
+            f"{train_set.annotation_file}: the train split has nothing to train on "
+            f"({len(train_set)} images, {held}); a detector learns from annotated objects "
+            "(not crowds): annotate some, or pass the right file"
+        )
+    for other in others:
+        other.use_label_map(train_set.label_map)
 
 
 # ----------------------------------------------------------------------------------------

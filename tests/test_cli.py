@@ -590,3 +590,219 @@ def test_train_names_the_rank_that_stopped_answering(example, tmp_path):
     assert "rank 1 did not answer within 10 s" in lines[0] and "--timeout" in lines[0]
     # 10 s, 2 s for the roll call, and room for two processes' start on a busy machine
     assert took < 10 + 2 + 50, f"the job took {took:.0f} s"
+
+
+# ----------------------------------------------------------------------------------------
+# Family 2: the splits and the category ids
+
+
+def _variant(example, folder, train=None, val=None):
+    """A copy of the example set whose annotation files the functions ``train(data)`` and
+    ``val(data)`` edit in place."""
+    shutil.copytree(example, folder)
+    for split, edit in (("train", train), ("val", val)):
+        if edit is not None:
+            path = folder / "annotations" / f"instances_{split}.json"
+            data = json.loads(path.read_text())
+            edit(data)
+            path.write_text(json.dumps(data))
+    return folder
+
+
+def _renumber(ids):
+    """An edit giving the categories ``ids`` ({old id: new id}), annotations included."""
+
+    def edit(data):
+        for item in data["categories"]:
+            item["id"] = ids.get(item["id"], item["id"])
+        for item in data["annotations"]:
+            item["category_id"] = ids.get(item["category_id"], item["category_id"])
+
+    return edit
+
+
+def _train_briefly(data, out, *more):
+    argv = ["train", "--data", str(data), "--preset", "ci_mask", "--out", str(out)]
+    argv += ["--max-iter", "2", "--batch-size", "2", "--num-eval-images", "1", "--no-progress"]
+    return cli.main([*argv, *more])
+
+
+def _without_keypoints(data):
+    for item in data["categories"] + data["annotations"]:
+        for key in ("keypoints", "skeleton", "flip_pairs", "num_keypoints"):
+            item.pop(key, None)
+
+
+def _with_a_boat(data):
+    data["categories"].append({"id": 4, "name": "boat"})
+
+
+def _kite_points_reordered(data):
+    kite = next(c for c in data["categories"] if c["name"] == "kite")
+    kite["keypoints"] = ["top", "right", "left", "bottom"]
+
+
+@pytest.mark.parametrize(
+    "edit_val, words",
+    [
+        (_renumber({1: 2, 2: 1}), ["category 1", "'kite'", "'arrow'"]),  # AP 0.333 before
+        (_with_a_boat, ["category 4", "'boat'", "is not a category of"]),
+        (_renumber({3: 7}), ["category 7", "'tile'", "numbers 'tile' 3"]),
+        (_without_keypoints, ["category 1", "keypoints []", "'tip'"]),  # dropped the branch
+        (_kite_points_reordered, ["category 2", "same order"]),
+    ],
+    ids=["renumbered", "unknown-class", "other-id", "no-keypoints", "other-keypoints"],
+)
+def test_train_refuses_a_val_split_whose_categories_disagree_with_train(
+    example, tmp_path, capsys, edit_val, words
+):
+    data = _variant(example, tmp_path / "set", val=edit_val)
+    assert _train_briefly(data, tmp_path / "run") == 2
+    _one_error_line(capsys, "instances_val.json", "instances_train.json", *words)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_val_split_without_a_class_is_numbered_and_sized_as_train(example, tmp_path):
+    from rcnn_steps.runner import load_datasets
+
+    def no_kites(data):
+        data["categories"] = [c for c in data["categories"] if c["name"] != "kite"]
+        data["annotations"] = [a for a in data["annotations"] if a["category_id"] != 2]
+
+    data = _variant(example, tmp_path / "set", val=no_kites)
+    train_set, val_set = load_datasets(data)
+    assert val_set.label_to_category_id == train_set.label_to_category_id == {1: 1, 2: 2, 3: 3}
+    assert val_set.class_names == ["__background__", "arrow", "kite", "tile"]
+    tile = next(a["image_id"] for a in val_set.coco.anns.values()
+                if a["category_id"] == 3 and not a["iscrowd"])  # fmt: skip
+    labels = val_set.load_target(tile, *val_set.load_image(tile).shape[1:])["labels"]
+    assert 3 in labels.tolist()  # the tile's label is train's 3, not val's own 2
+    assert _train_briefly(data, tmp_path / "run") == 0  # was: step 1 failed on num_classes
+    config = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+    assert config["num_classes"] == 3 and list(config["keypoint_counts"]) == [3, 4, 0]
+
+
+def test_predict_writes_the_datas_category_and_image_ids(example, tmp_path):
+    data = _variant(example, tmp_path / "set", _renumber({2: 5, 3: 90}), _renumber({2: 5, 3: 90}))
+    assert _train_briefly(data, tmp_path / "run") == 0
+    run_data = json.loads((tmp_path / "run" / "run.json").read_text())["data"]
+    assert [(c["id"], c["name"]) for c in run_data["categories"]] == [
+        (1, "arrow"), (5, "kite"), (90, "tile")]  # fmt: skip
+    assert _predict(tmp_path / "run" / "last.pt", data / "val", tmp_path / "p") == 0
+    found = json.loads((tmp_path / "p" / "detections.json").read_text())
+    assert found and {d["category_id"] for d in found} <= {1, 5, 90}
+    names = {1: "arrow", 5: "kite", 90: "tile"}
+    assert all(d["class_name"] == names[d["category_id"]] for d in found)
+    val = json.loads((data / "annotations" / "instances_val.json").read_text())
+    ids = {img["file_name"]: img["id"] for img in val["images"]}
+    assert all(d["image_id"] == ids[d["file_name"]] for d in found)  # COCO results for val
+    # files that are not the run's val images: their positions in the sorted inputs
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for n, f in enumerate(sorted((data / "val").glob("*.png"))[:2]):
+        shutil.copy(f, photos / f"photo{n}.png")
+    assert _predict(tmp_path / "run" / "last.pt", photos, tmp_path / "q") == 0
+    found = json.loads((tmp_path / "q" / "detections.json").read_text())
+    positions = {("photo0.png", 0), ("photo1.png", 1)}
+    assert found and {(d["file_name"], d["image_id"]) for d in found} <= positions
+
+
+def test_every_keypoint_category_is_kept_and_drawn_with_its_own_set(
+    run, example, tmp_path, monkeypatch
+):
+    from rcnn_steps import viz
+
+    categories = json.loads((run / "run.json").read_text())["data"]["categories"]
+    assert [(c["name"], c["keypoints"], c["skeleton"]) for c in categories] == [
+        ("arrow", ["tip", "left_barb", "right_barb"], [[0, 1], [0, 2]]),
+        ("kite", ["top", "left", "right", "bottom"], [[0, 1], [0, 2], [1, 3], [2, 3]]),
+        ("tile", [], []),
+    ]
+    drawn = []
+
+    def draw_keypoints(ax, keypoints, skeleton=(), colour="white", names=None, **kw):
+        drawn.append((list(names or ()), [list(p) for p in skeleton], keypoints.shape[1]))
+
+    monkeypatch.setattr(viz, "draw_keypoints", draw_keypoints)
+    assert _predict(run / "last.pt", example / "val", tmp_path / "p") == 0
+    kite, arrow = categories[1], categories[0]
+    assert (kite["keypoints"], kite["skeleton"], 4) in drawn
+    assert (arrow["keypoints"], arrow["skeleton"], 3) in drawn
+    assert all(k == len(names) for names, _, k in drawn)
+
+
+def _pair_past_the_kite(data):
+    next(c for c in data["categories"] if c["name"] == "kite")["flip_pairs"] = [[1, 4]]
+
+
+def _limb_past_the_kite(data):
+    next(c for c in data["categories"] if c["name"] == "kite")["skeleton"] = [[1, 5]]
+
+
+def _pair_on_the_tile(data):
+    next(c for c in data["categories"] if c["name"] == "tile")["flip_pairs"] = [[0, 1]]
+
+
+def _sigmas_of_another_set(data):
+    next(c for c in data["categories"] if c["name"] == "kite")["oks_sigmas"] = [0.05] * 3
+
+
+def _no_categories(data):
+    data["categories"], data["annotations"] = [], []
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (_pair_past_the_kite, ["flip_pairs", "[1, 4]", "4 keypoints"]),  # was an IndexError
+        (_limb_past_the_kite, ["skeleton", "[1, 5]", "1-based"]),
+        (_pair_on_the_tile, ["flip_pairs", "'tile'", "no keypoint names"]),
+        (_sigmas_of_another_set, ["oks_sigmas", "'kite'", "(4 here)"]),
+        (_no_categories, ["no categories"]),
+    ],
+    ids=["flip-pair", "skeleton", "pair-without-keypoints", "oks-sigmas", "no-categories"],
+)
+def test_data_check_and_train_refuse_bad_categories_naming_the_file(
+    example, tmp_path, capsys, edit, words
+):
+    data = _variant(example, tmp_path / "set", train=edit)
+    assert data_main(["check", str(data)]) == 1
+    _one_error_line(capsys, "instances_train.json", *words)
+    assert _train_briefly(data, tmp_path / "run", "--flip") == 2
+    _one_error_line(capsys, "instances_train.json", *words)
+    assert not (tmp_path / "run").exists()
+
+
+def _only_crowds(data):
+    data["annotations"] = [a for a in data["annotations"] if a["iscrowd"]]
+
+
+def _no_annotations(data):
+    data["annotations"] = []
+
+
+@pytest.mark.parametrize("edit", [_no_annotations, _only_crowds], ids=["none", "crowds"])
+def test_train_refuses_a_train_split_with_nothing_to_train_on(example, tmp_path, capsys, edit):
+    data = _variant(example, tmp_path / "set", train=edit)
+    assert _train_briefly(data, tmp_path / "run") == 2  # was: trained, printed bbox/AP -1.0
+    _one_error_line(capsys, "instances_train.json", "nothing to train on")
+    assert not (tmp_path / "run").exists()
+
+
+def test_predict_with_an_older_run_json_numbers_by_label(run, example, tmp_path, capsys):
+    folder = tmp_path / "old"
+    folder.mkdir()
+    shutil.copy(run / "last.pt", folder / "last.pt")
+    description = json.loads((run / "run.json").read_text())
+    del description["data"]["categories"]  # as written before categories were recorded
+    (folder / "run.json").write_text(json.dumps(description))
+    assert _predict(folder / "last.pt", example / "val", tmp_path / "p") == 0
+    found = json.loads((tmp_path / "p" / "detections.json").read_text())
+    names = description["data"]["class_names"]
+    assert found and all(d["class_name"] == names[d["category_id"]] for d in found)
+    # a run.json whose classes are not the model's is another run's
+    description["data"]["categories"] = [{"id": 1, "name": "arrow"}]
+    (folder / "run.json").write_text(json.dumps(description))
+    assert _predict(folder / "last.pt", example / "val", tmp_path / "q") == 2
+    _one_error_line(capsys, "1 categories", "3 classes", "run.json")
+    assert not (tmp_path / "q").exists()

@@ -2,11 +2,18 @@
 
 - :func:`generate` / :func:`ensure_synth` write the seeded synthetic set
   (``python -m rcnn_steps.data synth --out DIR``);
-- :class:`CocoDataset` reads it, and real COCO 2017, into tensors;
+- :class:`CocoDataset` reads it, and real COCO 2017, into tensors, numbering the classes
+  by a :class:`LabelMap` (category id <-> label, names, keypoint sets);
 - :mod:`rcnn_steps.data.transforms` holds flips that keep keypoints' left and right.
 """
 
-from rcnn_steps.data.coco import CocoDataset, DatasetError, collate_fn, load_coco_json
+from rcnn_steps.data.coco import (
+    CocoDataset,
+    DatasetError,
+    LabelMap,
+    collate_fn,
+    load_coco_json,
+)
 from rcnn_steps.data.stats import dataset_statistics, size_class_of
 from rcnn_steps.data.synth import (
     CATEGORIES,
@@ -37,6 +44,7 @@ __all__ = [
     "CocoDataset",
     "Compose",
     "DatasetError",
+    "LabelMap",
     "RandomHorizontalFlip",
     "ResizeShortestSide",
     "SynthConfig",

@@ -21,7 +21,14 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from pycocotools.coco import COCO
 
-__all__ = ["CocoDataset", "DatasetError", "collate_fn", "load_coco_json", "read_image"]
+__all__ = [
+    "CocoDataset",
+    "DatasetError",
+    "LabelMap",
+    "collate_fn",
+    "load_coco_json",
+    "read_image",
+]
 
 #: COCO's OKS sigmas for its 17 person keypoints (used when a category gives none).
 COCO_PERSON_OKS_SIGMAS = [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72] + [
@@ -73,8 +80,10 @@ def load_coco_json(annotation_file: str | os.PathLike) -> dict[str, Any]:
     class that is never used), an annotation id below 1 (pycocotools' evaluation counts a
     match to id 0 as no match), an annotation whose image or category does not exist, a
     ``bbox`` that is not four numbers, a polygon with an odd number of coordinates, an RLE
-    whose ``size`` differs from its image's, and keypoints whose count differs from their
-    category's keypoint list.
+    whose ``size`` differs from its image's, keypoints whose count differs from their
+    category's keypoint list, an empty ``categories`` list, and a category's ``skeleton``
+    (1-based) or ``flip_pairs`` (0-based) naming a keypoint it does not have, or
+    ``oks_sigmas`` that are not one positive number per keypoint.
 
     The boxes' values (non-finite, empty, outside the image) are :class:`CocoDataset`'s
     to judge (see its ``on_invalid_box``), and so are the image files."""
@@ -134,6 +143,11 @@ def load_coco_json(annotation_file: str | os.PathLike) -> dict[str, Any]:
             )
         images[image_id] = img
 
+    if not data["categories"]:
+        raise DatasetError(
+            f"annotation file {path} has no categories (its 'categories' list is empty); "
+            'a detector needs at least one class: list them as {"id": 1, "name": "..."}'
+        )
     categories: dict[int, dict] = {}
     for cat in data["categories"]:
         if "id" not in cat or "name" not in cat:
@@ -150,6 +164,7 @@ def load_coco_json(annotation_file: str | os.PathLike) -> dict[str, Any]:
                 "become an extra class that is never trained: give every category its own id"
             )
         categories[cat["id"]] = cat
+        _check_keypoint_set(path, cat)
 
     annotation_ids: set[int] = set()
     for ann in data["annotations"]:
@@ -226,6 +241,43 @@ def _check_segmentation(path: Path, ann: dict, image: dict) -> None:
             )
 
 
+def _check_keypoint_set(path: Path, category: dict) -> None:
+    """A category's keypoint set is a list of names, and its ``skeleton`` (1-based, as COCO
+    writes it) and ``flip_pairs`` (0-based) are pairs of indices into it, and its
+    ``oks_sigmas`` one positive number per keypoint: an index past the list would
+    otherwise surface as an IndexError deep inside training or a limb drawn between the
+    wrong points, and sigmas of another length are silently replaced in keypoint AP."""
+    names = category.get("keypoints") or []
+    where = f"{path}: category {category['id']} ({category['name']!r})"
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DatasetError(f"{where} has keypoints {names!r}; they are a list of names")
+    k = len(names)
+    for key, first, convention in (("skeleton", 1, "1-based, as COCO writes them"),
+                                   ("flip_pairs", 0, "0-based (left, right) pairs")):  # fmt: skip
+        pairs = category.get(key) or []
+        last = first + k - 1
+        for pair in pairs if isinstance(pairs, list) else [pairs]:
+            if not (isinstance(pair, list) and len(pair) == 2 and all(map(_is_int, pair))):
+                raise DatasetError(
+                    f"{where}: its {key} holds {pair!r}; each entry is a pair of keypoint "
+                    f"indices ({convention})"
+                )
+            if not all(first <= i <= last for i in pair):
+                accepted = f"{first}..{last}" if k else "none: it lists no keypoint names"
+                raise DatasetError(
+                    f"{where}: its {key} pair {pair} names a keypoint it does not have; it has "
+                    f"{k} keypoints, so indices ({convention}) are {accepted}: fix the pair "
+                    "or the category's 'keypoints' list"
+                )
+    sigmas = category.get("oks_sigmas")
+    one_each = isinstance(sigmas, list) and len(sigmas) == k
+    if sigmas is not None and not (one_each and all(_is_number(v) and v > 0 for v in sigmas)):
+        raise DatasetError(
+            f"{where} has oks_sigmas {sigmas!r}; keypoint AP needs one positive number per "
+            f"keypoint ({k} here): fix the list, or remove it for the default 0.05 each"
+        )
+
+
 def _check_keypoints(path: Path, ann: dict, category: dict) -> None:
     """A keypoints list has (x, y, v) for each name in the category's ``keypoints``."""
     points = ann.get("keypoints")
@@ -260,6 +312,85 @@ def _flip_pairs_from(category: dict) -> list[tuple[int, int]]:
     return pairs
 
 
+class LabelMap:
+    """The classes a model is trained on, as the train split names them: each category id's
+    contiguous label (1..K in the order of the ids; 0 is background), its name and its own
+    keypoint set (names, 0-based ``skeleton`` and ``flip_pairs``).
+
+    A model only knows labels; the label map is what turns them back into the data's own
+    category ids (COCO's run 1..90 with gaps) and what every other split must agree with:
+    :meth:`check_split` refuses a split that numbers or names the classes otherwise.
+    ``source`` (the annotation file) is named in its errors; ``coco_categories`` keeps the
+    file's own entries (with 1-based skeletons and any other field, e.g. ``oks_sigmas``).
+
+    ``categories`` is JSON-able (``run.json`` keeps it, so ``predict`` writes the data's
+    category ids and draws each class with its own keypoints)::
+
+        [{"id": 1, "name": "arrow", "keypoints": [...], "skeleton": [[0, 1], ...],
+          "flip_pairs": [[1, 2]]}, ...]
+    """
+
+    def __init__(self, categories: list[dict], source: str | os.PathLike = "") -> None:
+        self.source = str(source)
+        #: the COCO category entries as the file gives them, in the order of their ids
+        self.coco_categories = sorted(categories, key=lambda c: c["id"])
+        self.categories = [
+            {
+                "id": c["id"],
+                "name": c["name"],
+                "keypoints": list(c.get("keypoints") or []),
+                # COCO writes skeletons 1-based; the library uses 0-based pairs
+                "skeleton": [[a - 1, b - 1] for a, b in c.get("skeleton") or []],
+                "flip_pairs": [list(p) for p in _flip_pairs_from(c)] if c.get("keypoints") else [],
+            }
+            for c in self.coco_categories
+        ]
+        self.category_id_to_label = {c["id"]: i for i, c in enumerate(self.categories, 1)}
+        self.label_to_category_id = {v: k for k, v in self.category_id_to_label.items()}
+        self.class_names = ["__background__"] + [c["name"] for c in self.categories]
+
+    def __len__(self) -> int:
+        return len(self.categories)
+
+    def __repr__(self) -> str:
+        return f"LabelMap({[(c['id'], c['name']) for c in self.categories]})"
+
+    def check_split(self, other: LabelMap) -> None:
+        """Refuse ``other`` (another split's label map, e.g. val's against train's) unless
+        each of its categories is one of ours, with the same id, name and keypoint names.
+        ``other`` may lack some of our categories (a val split without a class is fine);
+        raises :class:`DatasetError` naming both files otherwise."""
+        ours = {c["id"]: c for c in self.categories}
+        by_name = {c["name"]: c["id"] for c in self.categories}
+        known = ", ".join(f"{c['id']} {c['name']!r}" for c in self.categories)
+        for cat in other.categories:
+            where = f"{other.source}: category {cat['id']} ({cat['name']!r})"
+            mine = ours.get(cat["id"])
+            if mine is None:
+                hint = (
+                    f"; {self.source} numbers {cat['name']!r} {by_name[cat['name']]}"
+                    if cat["name"] in by_name
+                    else ""
+                )
+                raise DatasetError(
+                    f"{where} is not a category of {self.source} (its categories: {known})"
+                    f"{hint}; the model learns the classes of that file, by id: use its ids "
+                    "and names in both files"
+                )
+            if mine["name"] != cat["name"]:
+                raise DatasetError(
+                    f"{where}: {self.source} calls category {cat['id']} {mine['name']!r}; "
+                    "the same id must be the same class in both files (else a perfect "
+                    "detector scores as a poor one): number the categories alike"
+                )
+            if mine["keypoints"] != cat["keypoints"]:
+                raise DatasetError(
+                    f"{where} has keypoints {cat['keypoints']} but {self.source} gives it "
+                    f"{mine['keypoints']}; a category's keypoint names must be the same, in "
+                    "the same order, in both files"
+                )
+
+
 def read_image(path: str | Path, what: str | None = None) -> torch.Tensor:
     """The pixels of one image file as training reads them: (3, H, W) float32 in [0, 1],
     grey and RGBA converted to RGB, 16-bit grey scaled by 1 / 65535 (not clipped at 255).
@@ -286,7 +417,9 @@ class CocoDataset(torch.utils.data.Dataset):
     ``target`` a dict with
 
     - ``boxes``: (N, 4) float32, xyxy in pixels (COCO stores xywh);
-    - ``labels``: (N,) int64, contiguous 1..C in the order of category ids (0 = background);
+    - ``labels``: (N,) int64, contiguous 1..C in the order of category ids (0 = background;
+      :attr:`label_map`, which :meth:`use_label_map` sets to another split's, e.g. val's
+      to train's);
     - ``masks``: (N, H, W) uint8;
     - ``keypoints``: (N, K, 3) float32 (x, y, visibility), zeros for categories without
       keypoints; K is the largest keypoint count of any category (0 if none has them);
@@ -354,11 +487,18 @@ class CocoDataset(torch.utils.data.Dataset):
         self.include_crowd = include_crowd
         self.load_masks = load_masks
         self.image_ids = sorted(self.coco.imgs)
-        categories = sorted(data["categories"], key=lambda c: c["id"])
-        self.categories = categories
-        self.category_id_to_label = {c["id"]: i + 1 for i, c in enumerate(categories)}
-        self.label_to_category_id = {v: k for k, v in self.category_id_to_label.items()}
-        self.class_names = ["__background__"] + [c["name"] for c in categories]
+        self._use_categories(LabelMap(data["categories"], self.annotation_file))
+
+    def _use_categories(self, label_map: LabelMap) -> None:
+        """Set ``label_map`` and what follows from its categories: ``categories`` (the
+        COCO entries, in the order of their ids), the label maps, the class names and the
+        keypoint attributes (``num_keypoints``, and the first keypoint category's names,
+        skeleton, flip pairs and OKS sigmas)."""
+        self.label_map = label_map
+        categories = self.categories = list(label_map.coco_categories)
+        self.category_id_to_label = dict(label_map.category_id_to_label)
+        self.label_to_category_id = dict(label_map.label_to_category_id)
+        self.class_names = list(label_map.class_names)
         kp_cats = [c for c in categories if c.get("keypoints")]
         self.num_keypoints = max((len(c["keypoints"]) for c in kp_cats), default=0)
         kp_cat = kp_cats[0] if kp_cats else {}
@@ -372,6 +512,19 @@ class CocoDataset(torch.utils.data.Dataset):
             self.oks_sigmas = COCO_PERSON_OKS_SIGMAS
         else:
             self.oks_sigmas = [0.05] * self.num_keypoints
+
+    def use_label_map(self, label_map: LabelMap) -> None:
+        """Take another split's classes (the train split's, for val: a model's labels must
+        mean the same classes in both): its label map, and its categories, in the
+        attributes and in the ground truth that evaluation reads (``coco``), so a class
+        this split happens to lack is still a class (pycocotools leaves it out of the
+        mean AP, as it has no ground truth here). Refuses, with :class:`DatasetError`
+        naming both files, a split whose own categories disagree with ``label_map``
+        (:meth:`LabelMap.check_split`). A dataset starts with its own label map."""
+        label_map.check_split(LabelMap(self.categories, self.annotation_file))
+        self._use_categories(label_map)
+        self.coco.dataset["categories"] = list(label_map.coco_categories)
+        self.coco.cats = {c["id"]: c for c in label_map.coco_categories}
 
     @property
     def fingerprint(self) -> str:
