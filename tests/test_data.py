@@ -2,12 +2,14 @@
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from pycocotools import mask as mask_utils
 
 from rcnn_steps.data import (
@@ -144,6 +146,142 @@ def test_ensure_synth_reuses_and_regenerates(tmp_path):
     assert (root / "annotations" / "instances_train.json").stat().st_mtime_ns == stamp
     ensure_synth(root, num_train=3, num_val=1, size=48, seed=0)
     assert len(_load(root)["images"]) == 3
+
+
+# --- the same scenes at a larger size (layout_size) -----------------------------------
+
+# sha256 of the annotation files that the generator wrote before ``layout_size`` existed
+# (and writes now with layout_size None): every random decision and every mask. The
+# images' bytes were compared as well (the book's whole 1200-image set, byte for byte) but
+# are not pinned here: numpy's float32 sin/cos, which paint the stripes, may differ in the
+# last bit on other CPUs.
+_PINNED_ANNOTATIONS = {
+    (128, 0): {
+        "train": "fda839814388e87568d51a17c8421bb543cf57cdfa26f5d9d79fe35c81f57ad5",
+        "val": "70c0a94a1ccf7c291abe21a9fe6b775b5183611fc0428cec60e753580e77dd19",
+    },
+    (64, 3): {
+        "train": "4801b34ea02b91fe1b85a9c9a1b2dc6d60473d7073596e2945d591185deff4ee",
+        "val": "3d83e89b3d68bc588e6947c015c2d35cfc06e400b74c0e4ee2d84e5e737830d1",
+    },
+}
+
+
+@pytest.mark.parametrize(("size", "seed"), sorted(_PINNED_ANNOTATIONS))
+def test_sets_without_layout_size_are_unchanged(tmp_path, size, seed):
+    """layout_size None (and layout_size == size) writes today's sets byte for byte: the
+    book's synth-128px-seed0 and the tests' 64 px sets, and their config record has no
+    layout_size, so ensure_synth keeps the folders it made before."""
+    args = dict(num_train=6, num_val=3, size=size, seed=seed, workers=1)
+    plain = generate(tmp_path / "plain", **args)
+    same = generate(tmp_path / "same", layout_size=size, **args)
+    for split, digest in _PINNED_ANNOTATIONS[(size, seed)].items():
+        path = Path("annotations") / f"instances_{split}.json"
+        assert hashlib.sha256((plain / path).read_bytes()).hexdigest() == digest
+        assert "layout_size" not in _load(plain, split)["info"]["config"]
+    assert _digest(plain) == _digest(same)
+
+
+def _box_iou(a: list[float], b: list[float]) -> float:
+    iw = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def _assert_same_scene(small: list[dict], large: list[dict], scale: int) -> None:
+    """``large`` annotates the scene of ``small`` drawn ``scale`` times larger."""
+    assert [(a["category_id"], a["iscrowd"]) for a in large] == [
+        (a["category_id"], a["iscrowd"]) for a in small
+    ]
+    for a, b in zip(small, large, strict=True):
+        shrunk = [v / scale for v in b["bbox"]]
+        if not a["iscrowd"] and min(a["bbox"][2:]) >= 10:
+            # edges agree to a pixel or so; boxes under 10 px lose more IoU to one pixel
+            assert _box_iou(shrunk, a["bbox"]) >= 0.8, (a["bbox"], shrunk)
+        if not a["iscrowd"] and a["area"] >= 100:
+            assert 0.75 * scale**2 <= b["area"] / a["area"] <= 1.25 * scale**2
+        assert b["segmentation"]["size"] == [128 * scale, 128 * scale]
+        if "keypoints" in a:
+            kp_small = np.reshape(a["keypoints"], (-1, 3))
+            kp_large = np.reshape(b["keypoints"], (-1, 3))
+            assert kp_large[:, 2].tolist() == kp_small[:, 2].tolist()
+            np.testing.assert_allclose(kp_large[:, :2], scale * kp_small[:, :2], atol=0.03)
+
+
+def test_layout_size_draws_the_same_scenes_twice_as_large(tmp_path):
+    """--size 256 --layout-size 128 is the 128 px set drawn at 256 px: the same objects in
+    the same order, classes and crowds, boxes about twice as large, areas about 4x,
+    keypoints at twice the coordinates with the same visibility."""
+    args = dict(num_train=6, num_val=3, seed=0, workers=1)
+    small = generate(tmp_path / "128", size=128, **args)
+    large = generate(tmp_path / "256", size=256, layout_size=128, **args)
+    assert _load(large)["info"]["config"]["layout_size"] == 128
+    for split in ("train", "val"):
+        coco_small, coco_large = _load(small, split), _load(large, split)
+        assert {(i["width"], i["height"]) for i in coco_large["images"]} == {(256, 256)}
+        for image in coco_small["images"]:
+            anns_small = [a for a in coco_small["annotations"] if a["image_id"] == image["id"]]
+            anns_large = [a for a in coco_large["annotations"] if a["image_id"] == image["id"]]
+            _assert_same_scene(anns_small, anns_large, scale=2)
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_layout_size_images_are_the_same_pictures(scale):
+    """Averaged down to 128 px, the large image is its 128 px twin up to pixel noise and
+    edges (a mean difference of a few grey levels; another scene differs by about 30)."""
+    for index in range(4):
+        small, anns_small = render_image(np.random.default_rng([0, 0, index]), SynthConfig())
+        cfg = SynthConfig(size=128 * scale, layout_size=128)
+        large, anns_large = render_image(np.random.default_rng([0, 0, index]), cfg)
+        other, _ = render_image(np.random.default_rng([0, 0, index + 1]), cfg)
+
+        def shrink(img: np.ndarray) -> np.ndarray:
+            return img.reshape(128, scale, 128, scale, 3).astype(float).mean(axis=(1, 3))
+
+        assert large.shape == (128 * scale, 128 * scale, 3)
+        assert np.abs(shrink(large) - small).mean() < 6
+        assert np.abs(shrink(other) - small).mean() > 15
+        _assert_same_scene(anns_small, anns_large, scale)
+
+
+def test_layout_size_folder_name_record_and_reuse(tmp_path, monkeypatch):
+    """ensure_synth's default folder names the layout; a second call reuses the set."""
+    monkeypatch.setenv("RCNN_STEPS_DATA", str(tmp_path))
+    root = ensure_synth(num_train=2, num_val=1, size=96, seed=4, layout_size=48)
+    assert root == tmp_path / "synth-96px-from48-seed4"
+    stamp = (root / "annotations" / "instances_train.json").stat().st_mtime_ns
+    ensure_synth(num_train=2, num_val=1, size=96, seed=4, layout_size=48)
+    assert (root / "annotations" / "instances_train.json").stat().st_mtime_ns == stamp
+    # the layout's own size is the plain set, in the plain folder
+    assert ensure_synth(num_train=2, num_val=1, size=48, seed=4, layout_size=48) == (
+        tmp_path / "synth-48px-seed4"
+    )
+
+
+@pytest.mark.parametrize(
+    ("size", "layout_size", "message"),
+    [
+        (128, 16, "--layout-size must be at least 32 pixels, got 16"),
+        (64, 128, r"--size must be at least --layout-size \(128 px\), got 64"),
+    ],
+)
+def test_layout_size_is_checked(tmp_path, capsys, size, layout_size, message):
+    with pytest.raises(ValueError, match=message):
+        SynthConfig(size=size, layout_size=layout_size)
+    argv = ["synth", "--out", str(tmp_path / "s"), "--size", str(size)]
+    with pytest.raises(SystemExit):
+        data_main([*argv, "--layout-size", str(layout_size)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert re.search(message, err[-1]), err
+
+
+def test_cli_layout_size(tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["synth", "--out", str(out), "--num-train", "2", "--num-val", "1"]
+    assert data_main([*argv, "--size", "96", "--layout-size", "48", "--workers", "1"]) == 0
+    assert "of 96x96 px (the scenes of the 48 px set)" in capsys.readouterr().out
+    assert Image.open(out / "train" / "00000001.png").size == (96, 96)
 
 
 # --- the reader -----------------------------------------------------------------------

@@ -29,6 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--num-train", type=int, default=1000)
     s.add_argument("--num-val", type=int, default=200)
     s.add_argument("--size", type=int, default=128, help="image side in pixels")
+    s.add_argument(
+        "--layout-size",
+        type=int,
+        default=None,
+        help="draw the scenes of the set of this size at --size (e.g. --size 256 "
+        "--layout-size 128: the 128 px set's objects, each covering 4x the pixels)",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--max-objects", type=int, default=5)
     s.add_argument("--workers", type=int, default=None, help="processes (default: 2)")
@@ -62,13 +69,17 @@ def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 size=args.size,
                 seed=args.seed,
                 workers=args.workers,
+                layout_size=args.layout_size,
                 max_objects=args.max_objects,
             )
         except ValueError as e:
             parser.error(str(e))
+        drawn_from = ""
+        if args.layout_size not in (None, args.size):
+            drawn_from = f" (the scenes of the {args.layout_size} px set)"
         print(
             f"wrote {args.num_train} train and {args.num_val} val images of "
-            f"{args.size}x{args.size} px to {out} in {time.time() - start:.1f} s"
+            f"{args.size}x{args.size} px{drawn_from} to {out} in {time.time() - start:.1f} s"
         )
         return 0
 

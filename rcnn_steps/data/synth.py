@@ -21,7 +21,10 @@ designed for the chapters that come later:
   correctly labelled figure into another correctly labelled one, as it would for a photo
   of a person;
 - **crowds**: now and then a cluster of tiny discs is annotated as one ``iscrowd=1``
-  region (uncompressed RLE, as in COCO), which evaluation ignores.
+  region (uncompressed RLE, as in COCO), which evaluation ignores;
+- **resolution** (chapter 05): ``layout_size`` draws the scenes of the ``layout_size`` px
+  set at ``size`` px (e.g. the 128 px set at 256 px): the same objects in the same places,
+  each covering more pixels (:class:`SynthConfig`).
 
 Every image is drawn from its own random generator, seeded by ``(seed, split, index)``, so
 the same arguments give byte-identical files whatever the number of worker processes.
@@ -123,6 +126,38 @@ class SynthConfig:
     max_occlusion: float = 0.5
     #: objects whose visible area is below this many pixels are not placed
     min_visible_area: int = 10
+    #: None: lay the scene out at ``size``. Otherwise lay it out at this size, taking every
+    #: random decision exactly as the ``layout_size`` px set does (the same seeds give the
+    #: same objects, classes, places, poses, occlusions and crowds), and draw it at
+    #: ``size`` px, every coordinate and radius multiplied by ``size / layout_size``.
+    #: Pixel counts in the other fields (``min_visible_area``) are layout pixels. Any
+    #: ratio of at least 1 works; whole ratios (2, 3) keep edges closest to the layout's.
+    layout_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.layout_size is None:
+            return
+        if self.layout_size < 32:
+            raise ValueError(f"--layout-size must be at least 32 pixels, got {self.layout_size}")
+        if self.size < self.layout_size:
+            raise ValueError(
+                f"--size must be at least --layout-size ({self.layout_size} px), got "
+                f"{self.size}: a layout is drawn at its own size or larger, never shrunk"
+            )
+
+    @property
+    def drawn_larger(self) -> bool:
+        """Is the scene laid out at ``layout_size`` and drawn at a larger ``size``?"""
+        return self.layout_size is not None and self.layout_size != self.size
+
+
+def _config_record(cfg: SynthConfig) -> dict:
+    """The config as the annotation files record it: ``layout_size`` only when the scene is
+    drawn larger than its layout, so sets made before the field existed still match it."""
+    record = asdict(cfg)
+    if not cfg.drawn_larger:
+        del record["layout_size"]
+    return record
 
 
 def size_ranges(size: int) -> dict[str, tuple[float, float]]:
@@ -161,23 +196,35 @@ def _random_colour(rng: np.random.Generator) -> np.ndarray:
     return np.array(rgb) * 255.0
 
 
-def _sample_extent(rng: np.random.Generator, cfg: SynthConfig) -> float:
-    """sqrt(area) of a new object, from the small/medium/large mixture."""
-    ranges = list(size_ranges(cfg.size).values())
+def _sample_extent(rng: np.random.Generator, cfg: SynthConfig, layout: int) -> float:
+    """sqrt(area) of a new object in an image ``layout`` px wide, from the small/medium/large
+    mixture."""
+    ranges = list(size_ranges(layout).values())
     lo, hi = ranges[rng.choice(3, p=np.asarray(cfg.size_mix) / sum(cfg.size_mix))]
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
 
+def _shape_variant(rng: np.random.Generator, name: str) -> float:
+    """The random part of a shape besides its size and place: the aspect ratio of a bar or
+    pole, the direction (+1 up, -1 down) of a triangle; 0 for the others."""
+    if name in ("bar", "pole"):
+        return float(rng.uniform(2.5, 3.5))
+    if name == "triangle":
+        return 1.0 if rng.random() < 0.5 else -1.0
+    return 0.0
+
+
 def _draw_shape(
-    rng: np.random.Generator, name: str, extent: float, cx: float, cy: float, size: int
+    name: str, extent: float, cx: float, cy: float, size: int, variant: float
 ) -> np.ndarray:
-    """Mask of one shape whose filled area is about ``extent**2`` pixels."""
+    """Mask of one shape whose filled area is about ``extent**2`` pixels (``variant``: see
+    :func:`_shape_variant`)."""
     img, draw = _canvas(size)
     if name == "square":
         half = extent / 2
         draw.rectangle([cx - half, cy - half, cx + half - 1, cy + half - 1], fill=1)
     elif name in ("bar", "pole"):
-        ratio = rng.uniform(2.5, 3.5)
+        ratio = variant
         long_side, short_side = extent * math.sqrt(ratio), extent / math.sqrt(ratio)
         w, h = (long_side, short_side) if name == "bar" else (short_side, long_side)
         draw.rectangle([cx - w / 2, cy - h / 2, cx + w / 2 - 1, cy + h / 2 - 1], fill=1)
@@ -187,7 +234,7 @@ def _draw_shape(
     elif name == "triangle":
         # an isosceles triangle of area extent^2, pointing up or down
         side = extent * math.sqrt(2.0)
-        sign = 1 if rng.random() < 0.5 else -1
+        sign = variant
         pts = [
             (cx, cy - sign * side / 2),
             (cx - side / 2, cy + sign * side / 2),
@@ -255,16 +302,61 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return np.asarray(up, dtype=np.float32) / 127.5 - 1.0
 
 
-def _stripes(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A sinusoidal stripe pattern in [-1, 1] at a random angle and period."""
+def _stripes(rng: np.random.Generator, size: int, scale: float = 1.0) -> np.ndarray:
+    """A sinusoidal stripe pattern in [-1, 1] at a random angle and period (3-10 px, times
+    ``scale`` for a scene drawn larger than its layout)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    angle, period = rng.uniform(0, np.pi), rng.uniform(3, 10)
+    angle, period = rng.uniform(0, np.pi), rng.uniform(3, 10) * scale
     return np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period)
 
 
-def _background(rng: np.random.Generator, cfg: SynthConfig) -> np.ndarray:
+@dataclass(frozen=True)
+class _Raster:
+    """Where an image's pixels go: its scene is laid out, and every random decision taken,
+    at ``layout`` px; it is drawn at ``size`` px, coordinates times ``scale``.
+
+    ``pixel_rng`` draws the pixel noise of the drawn masks when they are larger than the
+    layout's, so that the main stream draws exactly what the layout-size set draws (its
+    noise for the layout's masks, which are not drawn) and stays in step with it.
+    """
+
+    layout: int
+    size: int
+    pixel_rng: np.random.Generator | None = None
+
+    @property
+    def scale(self) -> float:
+        return self.size / self.layout
+
+    @property
+    def larger(self) -> bool:
+        return self.size != self.layout
+
+    def paint(
+        self,
+        rng: np.random.Generator,
+        img: np.ndarray,
+        mask: np.ndarray,
+        pixels: np.ndarray,
+        colour: np.ndarray,
+    ) -> None:
+        """Fill ``pixels`` (the drawn-size twin of the layout mask ``mask``) with ``colour``
+        plus pixel noise and, sometimes, stripes."""
+        n = int(mask.sum())
+        if n == 0:
+            return
+        noise = rng.normal(0.0, 7.0, size=(n, 1))
+        if self.larger:
+            noise = self.pixel_rng.normal(0.0, 7.0, size=(int(pixels.sum()), 1))
+        fill = colour[None, :] + noise
+        if rng.random() < 0.3:
+            fill = fill * (1.0 + 0.15 * _stripes(rng, self.size, self.scale)[pixels][:, None])
+        img[pixels] = fill
+
+
+def _background(rng: np.random.Generator, cfg: SynthConfig, raster: _Raster) -> np.ndarray:
     """(H, W, 3) float image: a gradient, low-frequency noise, a stripe patch, distractors."""
-    size = cfg.size
+    layout, size, scale = raster.layout, raster.size, raster.scale
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     angle = rng.uniform(0, 2 * np.pi)
     ramp = (xx * np.cos(angle) + yy * np.sin(angle) + 1.5) / 3.0
@@ -272,19 +364,21 @@ def _background(rng: np.random.Generator, cfg: SynthConfig) -> np.ndarray:
     img = c0 + (c1 - c0) * ramp[..., None]
     img += 25.0 * _smooth_noise(rng, size, int(rng.integers(4, 12)))[..., None]
     if rng.random() < 0.6:  # a textured patch
-        x0, y0 = rng.integers(0, size // 2, size=2)
-        w, h = rng.integers(size // 6, size // 2, size=2)
-        img[y0 : y0 + h, x0 : x0 + w] += 30.0 * _stripes(rng, size)[y0 : y0 + h, x0 : x0 + w, None]
+        x0, y0 = rng.integers(0, layout // 2, size=2)
+        w, h = rng.integers(layout // 6, layout // 2, size=2)
+        x0, y0, w, h = (round(v * scale) for v in (x0, y0, w, h))
+        stripes = _stripes(rng, size, scale)
+        img[y0 : y0 + h, x0 : x0 + w] += 30.0 * stripes[y0 : y0 + h, x0 : x0 + w, None]
     for _ in range(int(rng.integers(cfg.distractors[0], cfg.distractors[1] + 1))):
         canvas, draw = _canvas(size)
-        x, y = rng.uniform(0, size, size=2)
-        r = rng.uniform(0.03, 0.12) * size
+        x, y = rng.uniform(0, layout, size=2) * scale
+        r = rng.uniform(0.03, 0.12) * layout * scale
         kind = rng.integers(3)
         if kind == 0:  # a ring: round like a disc but hollow
             draw.ellipse([x - r, y - r, x + r, y + r], outline=1, width=max(1, round(r / 4)))
         elif kind == 1:  # a thin line
-            x2, y2 = rng.uniform(0, size, size=2)
-            draw.line([(x, y), (x2, y2)], fill=1, width=1)
+            x2, y2 = rng.uniform(0, layout, size=2) * scale
+            draw.line([(x, y), (x2, y2)], fill=1, width=max(1, round(scale)))
         else:  # a cross
             draw.line([(x - r, y), (x + r, y)], fill=1, width=max(1, round(r / 5)))
             draw.line([(x, y - r), (x, y + r)], fill=1, width=max(1, round(r / 5)))
@@ -292,15 +386,13 @@ def _background(rng: np.random.Generator, cfg: SynthConfig) -> np.ndarray:
     return img
 
 
-def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, colour: np.ndarray) -> None:
-    """Fill ``mask`` with ``colour`` plus pixel noise and, sometimes, stripes."""
-    n = int(mask.sum())
-    if n == 0:
-        return
-    fill = colour[None, :] + rng.normal(0.0, 7.0, size=(n, 1))
-    if rng.random() < 0.3:
-        fill = fill * (1.0 + 0.15 * _stripes(rng, img.shape[0])[mask][:, None])
-    img[mask] = fill
+def _draw_discs(discs: list[tuple[float, float, float]], size: int, scale: float) -> np.ndarray:
+    """Mask of the discs ``(x, y, radius)`` (layout coordinates, times ``scale``)."""
+    canvas, draw = _canvas(size)
+    for x, y, r in discs:
+        x, y, r = x * scale, y * scale, r * scale
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=1)
+    return _as_mask(canvas)
 
 
 # ---------------------------------------------------------------------------------------
@@ -310,10 +402,15 @@ def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, colour: 
 @dataclass
 class _Instance:
     category_id: int
-    mask: np.ndarray  # visible part, updated as later objects are drawn on top
-    full_area: int
+    # visible part at the layout size, updated as later objects are drawn on top: every
+    # decision (occlusion, which annotations exist, keypoint visibility) is taken on it
+    mask: np.ndarray
+    full_area: int  # in layout pixels
+    # visible part at the drawn size, for the annotation's box, area and segmentation; the
+    # same array as ``mask`` when the image is drawn at its layout size
+    pixels: np.ndarray
     iscrowd: int = 0
-    joints: np.ndarray | None = None  # (K, 2) for persons
+    joints: np.ndarray | None = None  # (K, 2) for persons, in layout coordinates
 
 
 def _bbox_of(mask: np.ndarray) -> list[float]:
@@ -338,38 +435,49 @@ def _uncompressed_rle(mask: np.ndarray) -> dict:
 
 def render_image(rng: np.random.Generator, cfg: SynthConfig) -> tuple[np.ndarray, list[dict]]:
     """Draw one image. Returns the (H, W, 3) uint8 image and its annotations (COCO dicts
-    without ``id``/``image_id``)."""
-    size = cfg.size
-    img = _background(rng, cfg)
+    without ``id``/``image_id``).
+
+    With ``cfg.layout_size`` the scene is the one ``rng`` gives at that size, drawn at
+    ``cfg.size``; the pixel noise of its larger masks comes from a generator spawned from
+    ``rng``'s seed (``rng.spawn``), which leaves ``rng``'s stream as the layout's."""
+    layout = cfg.layout_size if cfg.drawn_larger else cfg.size
+    raster = _Raster(layout, cfg.size, rng.spawn(1)[0] if cfg.drawn_larger else None)
+    scale = raster.scale
+    img = _background(rng, cfg, raster)
     instances: list[_Instance] = []
 
     if rng.random() < cfg.crowd_probability:
         # a crowd: many tiny discs close together, one annotation for the region
-        canvas, draw = _canvas(size)
-        x, y = rng.uniform(0.15 * size, 0.85 * size, size=2)
-        spread = 0.1 * size
+        x, y = rng.uniform(0.15 * layout, 0.85 * layout, size=2)
+        spread = 0.1 * layout
+        discs = []
         for _ in range(int(rng.integers(6, 13))):
             px, py = rng.normal([x, y], spread)
-            r = rng.uniform(0.008, 0.018) * size
-            draw.ellipse([px - r, py - r, px + r, py + r], fill=1)
-        crowd = _as_mask(canvas)
+            discs.append((px, py, rng.uniform(0.008, 0.018) * layout))
+        crowd = _draw_discs(discs, layout, 1.0)
         if crowd.sum() >= cfg.min_visible_area:
-            _paint(rng, img, crowd, _random_colour(rng))
-            instances.append(_Instance(DISC_CATEGORY_ID, crowd, int(crowd.sum()), iscrowd=1))
+            # its drawn-size twin (drawn again only when the sizes differ)
+            pixels = _draw_discs(discs, cfg.size, scale) if raster.larger else crowd
+            raster.paint(rng, img, crowd, pixels, _random_colour(rng))
+            instances.append(
+                _Instance(DISC_CATEGORY_ID, crowd, int(crowd.sum()), pixels, iscrowd=1)
+            )
 
     num_objects = int(rng.integers(1, cfg.max_objects + 1))
     for _ in range(num_objects):
         for _attempt in range(20):
             category_id = int(rng.integers(1, len(CATEGORIES) + 1))
-            cx, cy = rng.uniform(0.05 * size, 0.95 * size, size=2)
+            cx, cy = rng.uniform(0.05 * layout, 0.95 * layout, size=2)
             joints = head = None
             if category_id == PERSON_CATEGORY_ID:
-                height = rng.uniform(0.25, 0.7) * size
+                height = rng.uniform(0.25, 0.7) * layout
                 joints, facing_viewer = _person_joints(rng, height, cx, cy)
-                mask, head = _draw_person(joints, height, size)
+                mask, head = _draw_person(joints, height, layout)
             else:
-                extent = _sample_extent(rng, cfg)
-                mask = _draw_shape(rng, SHAPE_NAMES[category_id - 1], extent, cx, cy, size)
+                extent = _sample_extent(rng, cfg, layout)
+                name = SHAPE_NAMES[category_id - 1]
+                variant = _shape_variant(rng, name)
+                mask = _draw_shape(name, extent, cx, cy, layout, variant)
             area = int(mask.sum())
             if area < cfg.min_visible_area:
                 continue
@@ -383,44 +491,56 @@ def render_image(rng: np.random.Generator, cfg: SynthConfig) -> tuple[np.ndarray
                 break
         else:
             continue  # no room for this object; the image gets one fewer
+        # the drawn-size twins of the masks, drawn again only when the sizes differ
+        pixels, head_pixels = mask, head
+        if raster.larger and joints is not None:
+            pixels, head_pixels = _draw_person(joints * scale, height * scale, cfg.size)
+        elif raster.larger:
+            pixels = _draw_shape(name, extent * scale, cx * scale, cy * scale, cfg.size, variant)
         colour = _random_colour(rng)
-        _paint(rng, img, mask, colour)
+        raster.paint(rng, img, mask, pixels, colour)
         if head is not None:
             # a light face towards the viewer, a dark head seen from behind: the cue that
             # tells the figure's left from its right
             face = np.array([240.0, 210.0, 175.0]) if facing_viewer else colour * 0.35
-            _paint(rng, img, head, face)
+            raster.paint(rng, img, head, head_pixels, face)
         for inst in instances:
             inst.mask = inst.mask & ~mask
-        instances.append(_Instance(category_id, mask, area, joints=joints))
+            inst.pixels = inst.pixels & ~pixels if raster.larger else inst.mask
+        instances.append(_Instance(category_id, mask, area, pixels, joints=joints))
 
     annotations = []
     for k, inst in enumerate(instances):
-        if not inst.mask.any():
+        # an object hidden at either size has no annotation (for crowds only: the occlusion
+        # check keeps every other object visible)
+        if not inst.mask.any() or not inst.pixels.any():
             continue
         ann = {
             "category_id": inst.category_id,
-            "bbox": _bbox_of(inst.mask),
-            "area": float(inst.mask.sum()),
+            "bbox": _bbox_of(inst.pixels),
+            "area": float(inst.pixels.sum()),
             "iscrowd": inst.iscrowd,
         }
         if inst.iscrowd:
-            ann["segmentation"] = _uncompressed_rle(inst.mask)
+            ann["segmentation"] = _uncompressed_rle(inst.pixels)
         else:
-            rle = mask_utils.encode(np.asfortranarray(inst.mask.astype(np.uint8)))
-            ann["segmentation"] = {"size": list(inst.mask.shape), "counts": rle["counts"].decode()}
+            rle = mask_utils.encode(np.asfortranarray(inst.pixels.astype(np.uint8)))
+            ann["segmentation"] = {
+                "size": list(inst.pixels.shape),
+                "counts": rle["counts"].decode(),
+            }
         if inst.joints is not None:
             # a keypoint hidden behind a later object is labelled but not visible (v=1)
-            later = np.zeros((size, size), dtype=bool)
+            later = np.zeros((layout, layout), dtype=bool)
             for other in instances[k + 1 :]:
                 later |= other.mask
             flat = []
             for x, y in inst.joints:
-                if not (0 <= x < size and 0 <= y < size):
+                if not (0 <= x < layout and 0 <= y < layout):
                     flat += [0.0, 0.0, 0]
                 else:
                     v = 1 if later[int(y), int(x)] else 2
-                    flat += [round(float(x), 2), round(float(y), 2), v]
+                    flat += [round(float(x * scale), 2), round(float(y * scale), 2), v]
             ann["keypoints"] = flat
             ann["num_keypoints"] = sum(1 for v in flat[2::3] if v > 0)
         annotations.append(ann)
@@ -469,7 +589,7 @@ def generate_split(cfg: SynthConfig, out: Path, split: str, num: int, workers: i
         "info": {
             "description": DESCRIPTION,
             "generator_version": GENERATOR_VERSION,
-            "config": asdict(cfg),
+            "config": _config_record(cfg),
             "split": split,
         },
         "licenses": [],
@@ -486,18 +606,27 @@ def generate(
     size: int = 128,
     seed: int = 0,
     workers: int | None = None,
+    layout_size: int | None = None,
     **overrides,
 ) -> Path:
     """Write the synthetic set: ``out/{train,val}/*.png`` and
     ``out/annotations/instances_{train,val}.json``. Same arguments, byte-identical files.
 
-    ``overrides`` set other :class:`SynthConfig` fields (e.g. ``max_objects``).
+    ``layout_size`` draws the scenes of the ``layout_size`` px set at ``size`` px (see
+    :class:`SynthConfig`); ``overrides`` set other fields (e.g. ``max_objects``).
     """
     if size < 32:
         raise ValueError(f"--size must be at least 32 pixels, got {size}")
     if num_train < 0 or num_val < 0:
         raise ValueError("--num-train and --num-val must not be negative")
-    cfg = SynthConfig(num_train=num_train, num_val=num_val, size=size, seed=seed, **overrides)
+    cfg = SynthConfig(
+        num_train=num_train,
+        num_val=num_val,
+        size=size,
+        seed=seed,
+        layout_size=layout_size,
+        **overrides,
+    )
     out = Path(out)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
@@ -516,13 +645,16 @@ def ensure_synth(
     num_val: int = 200,
     size: int = 128,
     seed: int = 0,
+    layout_size: int | None = None,
     **overrides,
 ) -> Path:
     """Return the folder of the synthetic set with these arguments, generating it first if
     it is missing or was made with other arguments. Chapters call this, so they run on a
     fresh checkout without a separate data step.
 
-    The default folder is ``<data dir>/synth-{size}px-seed{seed}``.
+    The default folder is ``<data dir>/synth-{size}px-seed{seed}``, and
+    ``<data dir>/synth-{size}px-from{layout_size}-seed{seed}`` for the scenes of the
+    ``layout_size`` px set drawn at ``size`` px (:class:`SynthConfig`).
 
     The set is generated beside the folder first, so an interrupted run or a reader in
     another process never sees half a set. When it replaces an older set it replaces
@@ -533,10 +665,19 @@ def ensure_synth(
     """
     from rcnn_steps.utils import data_dir
 
-    out = Path(out) if out is not None else data_dir() / f"synth-{size}px-seed{seed}"
-    want = asdict(
-        SynthConfig(num_train=num_train, num_val=num_val, size=size, seed=seed, **overrides)
+    cfg = SynthConfig(
+        num_train=num_train,
+        num_val=num_val,
+        size=size,
+        seed=seed,
+        layout_size=layout_size,
+        **overrides,
     )
+    if out is None:
+        drawn_from = f"-from{layout_size}" if cfg.drawn_larger else ""
+        out = data_dir() / f"synth-{size}px{drawn_from}-seed{seed}"
+    out = Path(out)
+    want = _config_record(cfg)
     # compare through JSON, where tuples and lists look alike
     want = json.loads(json.dumps(want))
     if _is_current(out, want):
@@ -544,7 +685,15 @@ def ensure_synth(
 
     staging = out.with_name(f"{out.name}.tmp-{os.getpid()}")  # ours, by its name
     shutil.rmtree(staging, ignore_errors=True)
-    generate(staging, num_train=num_train, num_val=num_val, size=size, seed=seed, **overrides)
+    generate(
+        staging,
+        num_train=num_train,
+        num_val=num_val,
+        size=size,
+        seed=seed,
+        layout_size=layout_size,
+        **overrides,
+    )
     new_files = {p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()}
     _write_manifest(staging, new_files)
     if not out.exists():
