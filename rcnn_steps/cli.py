@@ -21,11 +21,14 @@ import argparse
 import copy
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rcnn_steps.utils import CommandError, add_debug_argument, run_command
+
+if TYPE_CHECKING:
+    from rcnn_steps.engine import RunFolder
 
 __all__ = ["evaluate_results_path", "load_run", "main"]
 
@@ -203,6 +206,8 @@ def _check_train_arguments(args: argparse.Namespace) -> None:
     before anything is read or written."""
     import math
 
+    from rcnn_steps.engine import RunFolder
+
     finite = math.isfinite
     rules = [  # (argument, value, accepted?, what is accepted); None: the preset's default
         ("--lr", args.lr, lambda v: finite(v) and v > 0, "a positive number"),
@@ -226,13 +231,12 @@ def _check_train_arguments(args: argparse.Namespace) -> None:
         )
     if args.device != "auto":
         _check_device(args.device)
-    from rcnn_steps.engine import RunFolder
+    folder = RunFolder(args.out)
+    folder.check()
+    _refuse_replacing(folder, args)  # early, for a quick answer; again once it is locked
 
-    RunFolder(args.out).check()
-    _refuse_replacing(RunFolder(args.out), args)
 
-
-def _refuse_replacing(folder, args: argparse.Namespace) -> None:
+def _refuse_replacing(folder: RunFolder, args: argparse.Namespace) -> None:
     """A fresh start into a folder that holds a run is a mistake unless ``--resume`` or
     ``--overwrite`` says what to do with it."""
     if folder.holds_run() and not (args.resume or args.overwrite):
@@ -242,7 +246,9 @@ def _refuse_replacing(folder, args: argparse.Namespace) -> None:
         )
 
 
-def _claim_run_folder(folder, args: argparse.Namespace, describe) -> None:
+def _claim_run_folder(
+    folder: RunFolder, args: argparse.Namespace, describe: Callable[[], dict[str, Any]]
+) -> None:
     """With ``folder`` locked and the run validated: refuse to replace a run unasked, or
     to resume a run with other data or feeding than its ``run.json`` records; delete
     the run's files on ``--overwrite``; write ``run.json`` (``describe()``) unless this
@@ -457,6 +463,13 @@ def _check_device(device: str) -> None:
             raise CommandError(
                 f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s) "
                 f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})"
+            )
+    elif dev.type != "cpu":  # mps, xpu, ...: the backend says whether it is here
+        backend = getattr(torch.backends, dev.type, None) or getattr(torch, dev.type, None)
+        if not getattr(backend, "is_available", lambda: False)():
+            raise CommandError(
+                f"--device {device}: no {dev.type} device here; run with --device cpu (or "
+                "cuda on a machine with a GPU)"
             )
 
 

@@ -1235,7 +1235,7 @@ def _train(
     except KeyboardInterrupt as e:
         raise interrupted() from e
     except Exception as e:
-        if not ctrl_c.pressed:
+        if not ctrl_c.pressed or isinstance(e, NonFiniteLossError):
             raise
         raise interrupted() from e  # e.g. a loader whose workers the same Ctrl-C stopped
     finally:
@@ -1303,10 +1303,10 @@ class RunFolder:
             if where.exists():
                 if where.is_dir():
                     return
-                inside = "" if where == self.path else f" ({where} is a file)"
+                what = "is" if where == self.path else f"lies under {where}, which is"
                 raise RunFolderError(
-                    f"run folder {self.path} cannot be a folder{inside}: it is a file. "
-                    "Pass a folder to keep the run in (a new one, or a run's)"
+                    f"run folder {self.path} {what} a file, not a folder: pass a folder to "
+                    "keep the run in (a new one, or a run's)"
                 )
 
     def run_files(self) -> list[Path]:

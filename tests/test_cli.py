@@ -289,6 +289,7 @@ def _contents(folder):
         (["--loader-workers", "-1"], "--loader-workers -1"),
         (["--seed", "-1"], "--seed -1"),
         (["--device", "banana"], "--device banana"),
+        (["--device", "meta"], "--device meta"),
         (["--resume", "--overwrite"], "pass one"),
     ],
 )
