@@ -332,10 +332,10 @@ def test_resume_after_a_failed_first_attempt_describes_this_run(run, example, tm
     assert _train(example, out, "--max-iter", "1", "--resume") == 0
     described = json.loads((out / "run.json").read_text())
     assert described["preset"] == "ci_mask" and described["feeding"]["test_size"] is None
-    assert described["data"]["class_names"] == stale_names(example)
+    assert described["data"]["class_names"] == _class_names(example)
 
 
-def stale_names(example):
+def _class_names(example):
     categories = json.loads((example / "annotations" / "instances_train.json").read_text())
     return ["__background__", *(c["name"] for c in categories["categories"])]
 
