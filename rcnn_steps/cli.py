@@ -21,11 +21,14 @@ import argparse
 import copy
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rcnn_steps.utils import CommandError, add_debug_argument, run_command
+
+if TYPE_CHECKING:
+    from rcnn_steps.engine import RunFolder
 
 __all__ = ["evaluate_results_path", "load_run", "main"]
 
@@ -346,16 +349,107 @@ def _parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------
 # train / predict on your own data
 
-RUN_FILE = "run.json"  #: what a run folder says about itself (config, data, provenance)
+RUN_FILE = "run.json"  #: what a run folder says about itself (= engine.RunFolder.DESCRIPTION)
+
+#: What ``train --resume`` must be given as the run was (its run.json): the same data and
+#: the same feeding, else it would continue one run's training on other images, or label
+#: its classes with other names. (The model config is checked again against the
+#: checkpoint; the schedule may change, with a warning; the number of processes is
+#: checked by the engine.)
+RESUME_MUST_MATCH = (
+    "preset",
+    "config",
+    "data.root",
+    "data.splits",
+    "data.class_names",
+    "data.keypoint_names",
+    "data.skeleton",
+    "feeding.batch_size",
+    "feeding.flip",
+    "feeding.min_sizes",
+    "feeding.max_size",
+    "feeding.test_size",
+)
+
+
+def _check_train_arguments(args: argparse.Namespace) -> None:
+    """Refuse, in one line, a ``train`` argument out of its range, a device this machine
+    does not have, a run folder that cannot be one, and ``--resume`` with ``--overwrite``:
+    before anything is read or written."""
+    import math
+
+    from rcnn_steps.engine import RunFolder
+
+    finite = math.isfinite
+    rules = [  # (argument, value, accepted?, what is accepted); None: the preset's default
+        ("--lr", args.lr, lambda v: finite(v) and v > 0, "a positive number"),
+        ("--max-iter", args.max_iter, lambda v: v >= 1, "at least 1"),
+        ("--batch-size", args.batch_size, lambda v: v >= 1, "at least 1"),
+        ("--eval-every", args.eval_every, lambda v: v >= 0, "0 (only at the end) or more"),
+        ("--checkpoint-every", args.checkpoint_every, lambda v: v >= 1, "at least 1"),
+        ("--num-eval-images", args.num_eval_images, lambda v: v >= 1, "at least 1 (or leave "
+         "it out: all)"),
+        ("--threads", args.threads, lambda v: v >= 1, "at least 1"),
+        ("--loader-workers", args.loader_workers, lambda v: v >= 0, "0 (load in this "
+         "process) or more"),
+        ("--seed", args.seed, lambda v: 0 <= v < 2**31, "from 0 to 2147483647"),
+    ]  # fmt: skip
+    for name, value, accepted, what in rules:
+        if value is not None and not accepted(value):
+            raise CommandError(f"train: {name} {value}: must be {what}")
+    if args.resume and args.overwrite:
+        raise CommandError(
+            "train: --resume continues the run in --out and --overwrite replaces it: pass one"
+        )
+    if args.device != "auto":
+        _check_device(args.device)
+    folder = RunFolder(args.out)
+    folder.check()
+    _refuse_replacing(folder, args)  # early, for a quick answer; again once it is locked
+
+
+def _refuse_replacing(folder: RunFolder, args: argparse.Namespace) -> None:
+    """A fresh start into a folder that holds a run is a mistake unless ``--resume`` or
+    ``--overwrite`` says what to do with it."""
+    if folder.holds_run() and not (args.resume or args.overwrite):
+        raise CommandError(
+            f"train: {folder.path} already holds a run ({RUN_FILE}, metrics or checkpoints); "
+            "pass --resume to continue it, --overwrite to replace it, or another --out"
+        )
+
+
+def _claim_run_folder(
+    folder: RunFolder, args: argparse.Namespace, describe: Callable[[], dict[str, Any]]
+) -> None:
+    """With ``folder`` locked and the run validated: refuse to replace a run unasked, or
+    to resume a run with other data or feeding than its ``run.json`` records; delete
+    the run's files on ``--overwrite``; write ``run.json`` (``describe()``) unless this
+    continues a checkpoint that has one."""
+    _refuse_replacing(folder, args)  # again, now that no other process can change it
+    continues = args.resume and (folder.path / "last.pt").exists()
+    description = describe()
+    if continues:
+        differ = folder.differences(description, RESUME_MUST_MATCH)
+        if differ:
+            raise CommandError(
+                f"train --resume: the run in {folder.path} was trained on other data or "
+                f"feeding ({'; '.join(differ)}): resume with its own --data, --splits, "
+                "--preset, --set, --batch-size and --flip (see its run.json), or start a new "
+                "run with another --out (or --overwrite)"
+            )
+    folder.claim(resume=args.resume, overwrite=args.overwrite)
+    if not (continues and folder.description() is not None):
+        folder.describe(description)
 
 
 def _train_command(args: argparse.Namespace) -> int:
-    import json
+    import contextlib
 
     import torch
 
     from rcnn_steps.data import collate_fn
     from rcnn_steps.engine import (
+        RunFolder,
         TrainConfig,
         distributed_sampler,
         init_distributed,
@@ -370,9 +464,12 @@ def _train_command(args: argparse.Namespace) -> int:
         make_evaluator,
         schedule,
     )
-    from rcnn_steps.utils import atomic_write_bytes, code_diff_hash, git_commit, set_threads
+    from rcnn_steps.utils import code_diff_hash, git_commit, set_threads
 
-    config_overrides = _parse_overrides(args.set)  # before anything else starts
+    # every check that needs no data, in every process before they meet (so none of them
+    # can have written into --out yet)
+    _check_train_arguments(args)
+    config_overrides = _parse_overrides(args.set)
     if args.threads:
         set_threads(args.threads)
     rank, world, device = init_distributed(args.device, timeout=args.timeout)
@@ -392,12 +489,6 @@ def _train_command(args: argparse.Namespace) -> int:
         max_size=feed["max_size"],
     )
     out = Path(args.out)
-    run_file = out / RUN_FILE
-    if run_file.exists() and not (args.resume or args.overwrite):
-        raise CommandError(
-            f"train: {out} already holds a run ({RUN_FILE}); pass --resume to continue it, "
-            "--overwrite to replace it, or another --out"
-        )
     sampler = distributed_sampler(train_set, seed=args.seed)
     loader = torch.utils.data.DataLoader(
         train_set,
@@ -424,21 +515,30 @@ def _train_command(args: argparse.Namespace) -> int:
     )
     torch.manual_seed(args.seed)  # the same initial weights in every process
     model = FasterRCNN(config)
-    if rank == 0 and not (args.resume and run_file.exists()):
-        out.mkdir(parents=True, exist_ok=True)
-        description = {
+
+    def describe() -> dict[str, Any]:
+        return {
             "preset": args.preset,
             "config": config.to_dict(),
             "train_config": train_cfg.to_dict(),
-            "feeding": {**feed, "batch_size": batch_size, "processes": world},
+            "feeding": {
+                **feed,
+                "flip": feed["flip"] if args.flip is None else args.flip,
+                "batch_size": batch_size,
+                "processes": world,
+            },  # fmt: skip
             "data": _data_record(args.data, args.splits, train_set),
             "command": " ".join(["python -m rcnn_steps", *sys.argv[1:]]),
             "commit": git_commit(),
             "code_diff_sha256": code_diff_hash(),
         }
-        text = json.dumps(description, indent=2, default=list) + "\n"
-        atomic_write_bytes(run_file, text.encode())
-    result = train(model, loader, train_cfg, evaluate_fn=evaluate_fn, resume=args.resume)
+
+    # Validated: now the folder, held by one process (the main one) while it writes.
+    folder = RunFolder(out)
+    with folder.lock() if rank == 0 else contextlib.nullcontext():
+        if rank == 0:
+            _claim_run_folder(folder, args, describe)
+        result = train(model, loader, train_cfg, evaluate_fn=evaluate_fn, resume=args.resume)
     if process_rank()[0] == 0:
         final = result.eval_history[-1] if result.eval_history else {}
         shown = {k: v for k, v in final.items() if k.endswith("/AP")}
@@ -539,6 +639,13 @@ def _check_device(device: str) -> None:
             raise CommandError(
                 f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s) "
                 f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})"
+            )
+    elif dev.type != "cpu":  # mps, xpu, ...: the backend says whether it is here
+        backend = getattr(torch.backends, dev.type, None) or getattr(torch, dev.type, None)
+        if not getattr(backend, "is_available", lambda: False)():
+            raise CommandError(
+                f"--device {device}: no {dev.type} device here; run with --device cpu (or "
+                "cuda on a machine with a GPU)"
             )
 
 
@@ -1010,10 +1117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "predict": _predict_command, "export": _export_command}  # fmt: skip
 
     def interrupted() -> str:
-        last = Path(args.out) / "last.pt" if args.command == "train" else None
-        if last is not None and last.exists():
-            return f"interrupted; add --resume to the same command to continue from {last}"
-        return "interrupted"
+        # run_command calls this while it handles the KeyboardInterrupt: train's says
+        # where the run stopped and which checkpoint holds it
+        stopped = sys.exc_info()[1]
+        if args.command != "train":
+            return "interrupted"
+        return _train_interrupted(args, argv if argv is not None else sys.argv[1:], stopped)
 
     return run_command(commands[args.command], args, interrupted)
 
@@ -1041,6 +1150,27 @@ def _train_naming_silent_ranks(args: argparse.Namespace) -> int:
         last = Path(args.out) / "last.pt"
         then = f"; add --resume to continue from {last}" if last.exists() else ""
         raise SilentRanksError(f"train: {e}{then}") from e
+
+
+def _train_interrupted(args: argparse.Namespace, argv: Sequence[str], stopped) -> str:
+    """The line a Ctrl-C of ``train`` ends with: the step it stopped at, the checkpoint
+    that holds the run and the command that continues it (this one, with ``--resume``)."""
+    import shlex
+
+    last = Path(args.out) / "last.pt"
+    checkpoint = getattr(stopped, "checkpoint", None) or (str(last) if last.exists() else None)
+    again = [a for a in argv if a != "--overwrite"]
+    again = shlex.join(
+        ["python", "-m", "rcnn_steps", *again, *(["--resume"] if "--resume" not in again else [])]
+    )
+    if checkpoint is not None:
+        held = getattr(stopped, "checkpoint_step", None)
+        at = f" after step {stopped.step}" if hasattr(stopped, "step") else ""
+        holds = f" (step {held})" if held is not None else ""
+        return f"interrupted{at}; {checkpoint}{holds} holds the run; continue it with: {again}"
+    if (Path(args.out) / RUN_FILE).exists():
+        return f"interrupted before the first checkpoint; start the run again with: {again}"
+    return "interrupted before training began; nothing was written"
 
 
 def _export_command(args: argparse.Namespace) -> int:

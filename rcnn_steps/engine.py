@@ -54,7 +54,10 @@ contents and a description of the model (class and ``model.config.to_dict()``, s
 :func:`model_description`). :func:`load_checkpoint` verifies the checksum, and a resume
 refuses a checkpoint of another model class, config or weight shapes, with a
 :class:`CheckpointError` that names the file. A fresh run refuses an ``out_dir`` that
-already holds a run unless ``TrainConfig(overwrite=True)`` says to replace it.
+already holds a run unless ``TrainConfig(overwrite=True)`` says to replace it, and one
+process at a time trains into a folder (a lock; :class:`RunFolder` keeps the folder's
+rules). Ctrl-C lets the step under way end, saves its checkpoint and stops
+(:class:`TrainingInterrupted`): a resumption continues exactly, as after a kill.
 
 Several processes (torchrun / DDP)
 ----------------------------------
@@ -92,6 +95,9 @@ import os
 import pickle
 import random
 import re
+import signal
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -107,10 +113,18 @@ from tqdm.auto import tqdm
 
 from .utils import atomic_write_bytes, default_device, seed_everything
 
+try:
+    import fcntl  # the run folder's lock (POSIX)
+except ImportError:  # Windows: no lock
+    fcntl = None
+
 __all__ = [
     "CheckpointError",
     "NonFiniteLossError",
     "SilentRanksError",
+    "RunFolder",
+    "RunFolderError",
+    "TrainingInterrupted",
     "all_gather_objects",
     "TrainConfig",
     "TrainResult",
@@ -886,6 +900,20 @@ class NonFiniteLossError(FloatingPointError):
         )
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training was stopped by Ctrl-C (or another ``KeyboardInterrupt``) after ``step``
+    steps. ``checkpoint`` is the last checkpoint written (None when there is none) and
+    ``checkpoint_step`` the step it holds: ``step`` when the interruption came between
+    two steps (the first Ctrl-C waits for the step under way to end, and the checkpoint
+    is saved on the way out), earlier when it came in the middle of one (a second
+    Ctrl-C). ``train(..., resume=True)`` continues from it exactly."""
+
+    def __init__(self, step: int, checkpoint: str | None, checkpoint_step: int | None) -> None:
+        self.step, self.checkpoint, self.checkpoint_step = step, checkpoint, checkpoint_step
+        where = f"{checkpoint} holds step {checkpoint_step}" if checkpoint else "no checkpoint"
+        super().__init__(f"training interrupted after step {step}; {where}")
+
+
 @dataclass
 class TrainResult:
     """What :func:`train` returns."""
@@ -941,6 +969,43 @@ def _nonfinite_parameters(model: nn.Module) -> list[str]:
 # The loop
 
 
+class _CtrlC:
+    """Ctrl-C (SIGINT) while :func:`train` runs: the first one asks the loop to stop at
+    the end of the step under way (``pressed``), so that the checkpoint it saves holds a
+    whole step and resumes exactly; a second one stops at once (``KeyboardInterrupt``, as
+    without this handler)."""
+
+    def __init__(self, announce: bool) -> None:
+        self.pressed = False
+        self.previous: Any = None  # the SIGINT handler to restore
+        self.announce = announce  # say that the first Ctrl-C was heard (a step can be long)
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+        if self.announce:
+            print("\nCtrl-C: stopping at the end of this step, with a checkpoint (Ctrl-C "
+                  "again stops at once)", file=sys.stderr)  # fmt: skip
+
+    def install(self, wanted: bool) -> None:
+        """Handle SIGINT from now on (until :meth:`uninstall`) when ``wanted``, in the main
+        thread, and when SIGINT has Python's default handler (not ignored, not someone
+        else's)."""
+        self.previous = None
+        if (
+            wanted
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self.previous = signal.signal(signal.SIGINT, self)
+
+    def uninstall(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+
 def train(
     model: nn.Module,
     data_loader: Iterable,
@@ -986,7 +1051,32 @@ def train(
         FileExistsError: ``out_dir`` holds a run, and neither ``resume`` nor
             ``config.overwrite`` says what to do with it.
         CheckpointError: the checkpoint to resume from is damaged or from another model.
+        RunFolderError: ``out_dir`` is a file, or another process is training into it
+            (the main process holds the folder's lock while it trains: :class:`RunFolder`).
+        TrainingInterrupted: Ctrl-C. The first one lets the step under way end, saves its
+            checkpoint (when there is an ``out_dir``; one process) and stops: a resumption
+            continues exactly. A second one stops at once, keeping the last checkpoint.
     """
+    if config.out_dir is None or process_rank()[0] != 0:
+        return _train(model, data_loader, config, loss_fn, evaluate_fn, optimizer,
+                      resume=resume, stop_at=stop_at)  # fmt: skip
+    with RunFolder(config.out_dir).lock():  # one process at a time writes into it
+        return _train(model, data_loader, config, loss_fn, evaluate_fn, optimizer,
+                      resume=resume, stop_at=stop_at)  # fmt: skip
+
+
+def _train(
+    model: nn.Module,
+    data_loader: Iterable,
+    config: TrainConfig,
+    loss_fn: Callable[[nn.Module, Any], LossDict] | None,
+    evaluate_fn: Callable[[nn.Module], dict[str, Any]] | None,
+    optimizer: torch.optim.Optimizer | None,
+    *,
+    resume: bool,
+    stop_at: int | None,
+) -> TrainResult:
+    """:func:`train`'s loop (with the run folder locked when there is one)."""
     t_call = time.perf_counter()
     loss_fn = loss_fn or detection_loss
     device = resolve_device(config.device)
@@ -998,10 +1088,7 @@ def train(
     last_path = out_dir / "last.pt" if out_dir else None
     metrics_path = out_dir / "metrics.jsonl" if out_dir and main else None
     if out_dir and main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _remove_orphan_temporaries(out_dir)
-        if not (resume and last_path.exists()):
-            _claim_out_dir(out_dir, resume, config.overwrite)
+        RunFolder(out_dir).claim(resume, config.overwrite)
     if world > 1:
         torch.distributed.barrier()  # the out_dir is claimed before anyone reads it
 
@@ -1063,7 +1150,7 @@ def train(
             print(f"no checkpoint in {out_dir}; starting from step 0")
         seed_everything(config.seed + rank)
         if metrics_path is not None and metrics_path.exists():
-            metrics_path.unlink()  # _claim_out_dir allowed it: resume or overwrite
+            metrics_path.unlink()  # RunFolder.claim allowed it: resume or overwrite
 
     batches = epoch_iterator(data_loader, config.seed, epoch)
     for i in range(position):  # skip what the checkpointed run already consumed
@@ -1079,12 +1166,62 @@ def train(
     history: list[dict[str, Any]] = []
     steps_this_call, seconds_this_call = 0, 0.0
     t_run = time.perf_counter()
+
+    def write_record(fields: dict[str, Any]) -> None:
+        full = {"step": step, **fields, "time": elapsed_before + time.perf_counter() - t_run}
+        history.append(full)
+        _append_metrics(metrics_path, full)
+
+    def state_now(rngs: list[dict[str, Any]]) -> dict[str, Any]:
+        """Everything a resumption needs, as it is now (``rngs``: every process's random
+        states)."""
+        checkpoint = {
+            "step": step,
+            "epoch": epoch,
+            "position": position,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rngs[0],
+            "config": config.to_dict(),
+            "model_description": model_description(model),
+            "window": window,
+            "losses": last_losses,
+            "eval_history": eval_history,
+            "elapsed": elapsed_before + time.perf_counter() - t_run,
+        }
+        if world > 1:
+            checkpoint["rng_by_rank"] = rngs
+        return checkpoint
+
+    # Ctrl-C is saved when it comes between two steps, in one process (several could not
+    # agree on the step to stop at): the first Ctrl-C waits for the end of the step.
+    savable = last_path is not None and world == 1
+    saved_step = step if saved else None  # the step the last checkpoint holds
+    between_steps = True  # False from a step's first batch to its update's end
+    record: dict[str, Any] = {}  # the step's metrics record, until it is written
     bar = tqdm(
         total=config.max_iter, initial=step, disable=not (config.progress and main), desc="train"
     )
+    ctrl_c = _CtrlC(announce=config.progress)
+
+    def interrupted() -> TrainingInterrupted:
+        """Save the step done (when between two steps: then exactly), and say where it is."""
+        nonlocal saved, saved_step
+        if savable and between_steps and step > 0 and saved_step != step:
+            if record:
+                write_record(record)  # cut short in its evaluation: the losses still count
+            if not _nonfinite_parameters(model):
+                save_checkpoint(last_path, state_now([get_rng_state()]))
+                saved, saved_step = str(last_path), step
+        return TrainingInterrupted(step, saved, saved_step)
+
+    ctrl_c.install(savable)
     try:
         while step < stop:
             t_step = time.perf_counter()
+            between_steps = False
 
             # -- next batch, starting a new epoch when the loader is exhausted ---------------
             batch = next(batches, None)
@@ -1127,14 +1264,16 @@ def train(
             last_losses = values
 
             seconds = time.perf_counter() - t_step
-            steps_this_call, seconds_this_call = steps_this_call + 1, seconds_this_call + seconds
+            steps_this_call += 1
+            seconds_this_call += seconds
             window["n"] += 1
             window["seconds"] += seconds
             for name, value in values.items():
                 window["sums"][name] = window["sums"].get(name, 0.0) + value
+            between_steps = True
 
             # -- log, evaluate, checkpoint --------------------------------------------------
-            record: dict[str, Any] = {}
+            record = {}
             if step % config.log_every == 0 or step == config.max_iter:
                 n = window["n"]
                 record["lr"] = lr
@@ -1149,42 +1288,32 @@ def train(
                 eval_history.append({"step": step, **metrics})
                 record.update({f"eval/{name}": value for name, value in metrics.items()})
             if record:
-                elapsed = elapsed_before + time.perf_counter() - t_run
-                record = {"step": step, **record, "time": elapsed}
-                history.append(record)
-                _append_metrics(metrics_path, record)
+                write_record(record)
+                record = {}
             if last_path is not None and (
                 (config.checkpoint_every and step % config.checkpoint_every == 0) or step == stop
             ):
                 bad = _nonfinite_parameters(model)
                 if bad:
                     raise NonFiniteLossError(step, values, checkpoint=saved, parameters=bad)
-                rngs = all_gather_objects(get_rng_state())  # every process's, for an exact resume
-                checkpoint = {
-                    "step": step,
-                    "epoch": epoch,
-                    "position": position,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "rng": rngs[0],
-                    "config": config.to_dict(),
-                    "model_description": model_description(model),
-                    "window": window,
-                    "losses": last_losses,
-                    "eval_history": eval_history,
-                    "elapsed": elapsed_before + time.perf_counter() - t_run,
-                }
-                if world > 1:
-                    checkpoint["rng_by_rank"] = rngs
+                # every process's random states, for an exact resume
+                checkpoint = state_now(all_gather_objects(get_rng_state()))
                 if main:
                     save_checkpoint(last_path, checkpoint)
                     if config.keep_checkpoints:
                         save_checkpoint(out_dir / f"model_{step:07d}.pt", checkpoint)
-                saved = str(last_path)
+                saved, saved_step = str(last_path), step
             bar.update(1)
+            if ctrl_c.pressed and step < stop:
+                raise KeyboardInterrupt
+    except KeyboardInterrupt as e:
+        raise interrupted() from e
+    except Exception as e:
+        if not ctrl_c.pressed or isinstance(e, NonFiniteLossError):
+            raise
+        raise interrupted() from e  # e.g. a loader whose workers the same Ctrl-C stopped
     finally:
+        ctrl_c.uninstall()
         bar.close()
 
     return TrainResult(
@@ -1199,41 +1328,226 @@ def train(
     )
 
 
+# ----------------------------------------------------------------------------------------
+# The run folder: the rules of its life, in one place
+
+
+class RunFolderError(ValueError):
+    """A run folder cannot be used as asked: it is a file, another process is training
+    into it, or it holds a run of other data than a resumption is given. The message
+    names the folder and says what to do."""
+
+
 _CHECKPOINT_NAME = re.compile(r"model_\d{7}\.pt")
 
+#: The run folders this process holds locked: (pid, resolved path) -> [file descriptor,
+#: depth]. The command line locks its folder before it writes ``run.json`` and then calls
+#: :func:`train`, which locks it again: one process, one lock (the pid: a forked child
+#: inherits this dict, not the right to write).
+_HELD_LOCKS: dict[tuple[int, Path], list[int]] = {}
 
-def _run_files(out_dir: Path) -> list[Path]:
-    """The files of a training run in ``out_dir``: what :func:`train` writes there."""
-    files = [out_dir / "metrics.jsonl", out_dir / "last.pt"]
-    files += sorted(p for p in out_dir.glob("model_*.pt") if _CHECKPOINT_NAME.fullmatch(p.name))
-    return [p for p in files if p.exists()]
 
+class RunFolder:
+    """A training run's folder (``TrainConfig.out_dir``, ``train --out``) and the rules
+    of its life, shared by :func:`train` and ``python -m rcnn_steps train``:
 
-def _claim_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Before a fresh start: refuse an ``out_dir`` that holds a run, unless ``overwrite``
-    (delete the run's files) or ``resume`` (the run never reached a checkpoint, so its
-    records are replaced)."""
-    existing = _run_files(out_dir)
-    if not existing or resume:
-        return
-    if not overwrite:
-        names = ", ".join(p.name for p in existing[:4]) + (", ..." if len(existing) > 4 else "")
-        raise FileExistsError(
-            f"{out_dir} already holds a training run ({names}); starting afresh would "
-            "overwrite it. Pass resume=True to continue it, set TrainConfig(overwrite=True) "
-            "to replace it, or choose another out_dir."
+    - :meth:`check`: it is a folder, or can become one (no file on its path);
+    - :meth:`lock`: one process at a time writes into it. A second one (another
+      ``train``, an ``--overwrite``) is refused with the holder's pid instead of
+      deleting the first one's files and interleaving two runs' records. The lock is an
+      exclusive ``fcntl.flock`` on the folder's ``.lock`` file, which the system
+      releases when its process ends, killed or crashed included, so a stale lock never
+      blocks a retry (on systems without ``fcntl``, Windows, there is no lock);
+    - :meth:`claim`: a fresh start never replaces a run unless told to (``overwrite``
+      deletes the run's own files, and no others);
+    - :meth:`describe`, :meth:`description` and :meth:`differences`: ``run.json``, what
+      the run says about itself (written by the command line once the run is
+      validated), and what a resumption must agree with.
+    """
+
+    DESCRIPTION = "run.json"  #: what the run says about itself (the command line writes it)
+    LOCK = ".lock"  #: the file whose flock says a process is writing into the folder
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def check(self) -> None:
+        """Refuse a path that is a file, or lies under one (it could never be a folder)."""
+        for where in (self.path, *self.path.parents):
+            if where.exists():
+                if where.is_dir():
+                    return
+                what = "is" if where == self.path else f"lies under {where}, which is"
+                raise RunFolderError(
+                    f"run folder {self.path} {what} a file, not a folder: pass a folder to "
+                    "keep the run in (a new one, or a run's)"
+                )
+
+    def run_files(self) -> list[Path]:
+        """The files :func:`train` writes here (metrics, checkpoints) that exist."""
+        files = [self.path / "metrics.jsonl", self.path / "last.pt"]
+        kept = (p for p in self.path.glob("model_*.pt") if _CHECKPOINT_NAME.fullmatch(p.name))
+        return [p for p in [*files, *sorted(kept)] if p.exists()]
+
+    def holds_run(self) -> bool:
+        """Whether a run lives here: its description or any of its training files."""
+        return (self.path / self.DESCRIPTION).exists() or bool(self.run_files())
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder (created if missing) for this process while the block runs;
+        :class:`RunFolderError`, naming the holder's pid, when another process holds it.
+        Re-entrant within a process. The lock file is removed on release (a crash leaves
+        it, unlocked: harmless)."""
+        self.check()
+        self.path.mkdir(parents=True, exist_ok=True)
+        key = (os.getpid(), self.path.resolve())
+        if fcntl is None or key in _HELD_LOCKS:
+            _HELD_LOCKS.setdefault(key, [-1, 0])[1] += 1
+        else:
+            _HELD_LOCKS[key] = [self._acquire(), 1]
+        try:
+            yield
+        finally:
+            held = _HELD_LOCKS[key]
+            held[1] -= 1
+            if held[1] == 0:
+                del _HELD_LOCKS[key]
+                if held[0] >= 0:
+                    # remove the file while holding it (see _acquire), and unlock before
+                    # closing: forked DataLoader workers share the open file
+                    (self.path / self.LOCK).unlink(missing_ok=True)
+                    fcntl.flock(held[0], fcntl.LOCK_UN)
+                    os.close(held[0])
+
+    def _acquire(self) -> int:
+        """Lock the folder's lock file; its file descriptor. A holder removes the file as
+        it releases it, so a lock taken on a file that is no longer the one at the path
+        is worth nothing: then take the new one."""
+        path = self.path / self.LOCK
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_holder(fd)
+                os.close(fd)
+                raise RunFolderError(
+                    f"run folder {self.path} is in use: process {holder} is training into it "
+                    f"(it holds {path}); wait for it to end or stop it, or pick another folder"
+                ) from None
+            try:
+                still_there = os.path.samestat(os.stat(path), os.fstat(fd))
+            except FileNotFoundError:
+                still_there = False
+            if still_there:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())  # for a refusal's message
+                return fd
+            os.close(fd)
+
+    def claim(self, resume: bool, overwrite: bool) -> None:
+        """Before a fresh start: refuse a folder that holds a run's training files,
+        unless ``overwrite`` (delete them) or ``resume`` (the run never reached a
+        checkpoint, so its records are replaced). Also removes the temporary files of
+        writes that were killed before their rename (safe: the folder is locked)."""
+        temporaries = (
+            ".last.pt.*.tmp",
+            ".metrics.jsonl.*.tmp",
+            ".model_*.pt.*.tmp",
+            ".run.json.*.tmp",
         )
-    for path in existing:
-        path.unlink()
+        for pattern in temporaries:
+            for path in self.path.glob(pattern):
+                path.unlink(missing_ok=True)
+        if resume and (self.path / "last.pt").exists():
+            return
+        existing = self.run_files()
+        if not existing or resume:
+            return
+        if not overwrite:
+            names = ", ".join(p.name for p in existing[:4]) + (", ..." if len(existing) > 4 else "")
+            raise FileExistsError(
+                f"{self.path} already holds a training run ({names}); starting afresh would "
+                "overwrite it. Pass resume=True to continue it, set TrainConfig(overwrite="
+                "True) to replace it, or choose another out_dir."
+            )
+        for path in existing:
+            path.unlink()
+
+    def description(self) -> dict[str, Any] | None:
+        """The run's ``run.json``, or None when there is none."""
+        path = self.path / self.DESCRIPTION
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise RunFolderError(
+                f"{path} is not valid JSON ({e}): restore it, or start a new run (another "
+                "folder, or --overwrite)"
+            ) from None
+
+    def describe(self, description: Mapping[str, Any]) -> None:
+        """Write ``run.json`` (atomically): call it once the run is validated, so that a
+        start that fails leaves no description of a run that never was."""
+        text = json.dumps(description, indent=2, default=list) + "\n"
+        atomic_write_bytes(self.path / self.DESCRIPTION, text.encode())
+
+    def differences(self, description: Mapping[str, Any], fields: Iterable[str]) -> list[str]:
+        """``"field: stored -> given"`` for each dotted field (``"data.class_names"``) on
+        which ``description`` differs from the stored ``run.json``, down to the keys of a
+        field that is a dict (``"config.num_classes"``); compared as JSON, so a tuple
+        equals its list. Empty when they agree or there is no ``run.json``."""
+        stored = self.description()
+        if stored is None:
+            return []
+        given = json.loads(json.dumps(description, default=list))
+        found: list[str] = []
+
+        def compare(field: str, old: Any, new: Any) -> None:
+            if isinstance(old, Mapping) and isinstance(new, Mapping):
+                for key in sorted({*old, *new}):
+                    compare(f"{field}.{key}", old.get(key, "<absent>"), new.get(key, "<absent>"))
+            elif old != new:
+                found.append(f"{field}: {_short(old)} -> {_short(new)}")
+
+        for field in fields:
+            compare(field, _dotted(stored, field), _dotted(given, field))
+        return found
 
 
-def _remove_orphan_temporaries(out_dir: Path) -> None:
-    """Delete the temporary files of writes that were killed before their rename (the
-    rename is what makes a write atomic; a killed process cannot clean up after itself).
-    Only the names :func:`rcnn_steps.utils.atomic_write_bytes` gives our files."""
-    for pattern in (".last.pt.*.tmp", ".metrics.jsonl.*.tmp", ".model_*.pt.*.tmp"):
-        for path in out_dir.glob(pattern):
-            path.unlink(missing_ok=True)
+def _lock_holder(fd: int) -> str:
+    """The pid of the process that holds the lock on ``fd``'s file: the one it wrote
+    there, else (a lock taken by other code) Linux's ``/proc/locks``, else "unknown"."""
+    written = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    if written:
+        return written
+    inode = os.fstat(fd).st_ino
+    try:
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()  # 1: FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode> ...
+            if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].endswith(f":{inode}"):
+                return fields[4]
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _dotted(tree: Mapping[str, Any], field: str) -> Any:
+    """``tree["data"]["root"]`` for ``"data.root"``; ``"<absent>"`` for a missing key."""
+    value: Any = tree
+    for key in field.split("."):
+        if not isinstance(value, Mapping) or key not in value:
+            return "<absent>"
+        value = value[key]
+    return value
+
+
+def _short(value: Any, width: int = 60) -> str:
+    """``repr(value)``, cut to ``width`` characters: one line stays readable."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 # Fields that may change between a run and its resumption without changing the result.
@@ -1261,5 +1575,5 @@ def _warn_config_changes(saved: dict[str, Any], config: TrainConfig) -> None:
             "resuming with a config that differs from the checkpoint's in "
             + ", ".join(changed)
             + "; the result will differ from an uninterrupted run",
-            stacklevel=3,
+            stacklevel=4,  # _warn_config_changes, _train, train, the caller
         )

@@ -806,3 +806,232 @@ def test_predict_with_an_older_run_json_numbers_by_label(run, example, tmp_path,
     assert _predict(folder / "last.pt", example / "val", tmp_path / "q") == 2
     _one_error_line(capsys, "1 categories", "3 classes", "run.json")
     assert not (tmp_path / "q").exists()
+
+
+# ----------------------------------------------------------------------------------------
+# Family 3: a run folder's life (validated before it is touched, locked while written,
+# saved on Ctrl-C, resumed only with the data and feeding it was trained on)
+
+
+def _train(example, out, *more):
+    """``train`` of the ``run`` fixture's kind (ci_mask, batches of 2, 1 eval image)."""
+    argv = ["train", "--data", str(example), "--preset", "ci_mask", "--out", str(out)]
+    argv += ["--batch-size", "2", "--num-eval-images", "1", "--no-progress"]
+    return cli.main([*argv, *more])
+
+
+def _copy_run(run, where):
+    """A copy of the ``run`` fixture's folder (its run.json still names the example set)."""
+    shutil.copytree(run, where)
+    return where
+
+
+def _contents(folder):
+    """A folder's files and their bytes (but the lock file a holder keeps there)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != ".lock"}
+
+
+@pytest.mark.parametrize(
+    "more, named",
+    [
+        (["--lr", "-1"], "--lr -1"),
+        (["--lr", "0"], "--lr 0"),
+        (["--lr", "nan"], "--lr nan"),
+        (["--lr", "inf"], "--lr inf"),
+        (["--max-iter", "0"], "--max-iter 0"),
+        (["--batch-size", "0"], "--batch-size 0"),
+        (["--eval-every", "-1"], "--eval-every -1"),
+        (["--checkpoint-every", "0"], "--checkpoint-every 0"),
+        (["--num-eval-images", "0"], "--num-eval-images 0"),
+        (["--threads", "0"], "--threads 0"),
+        (["--loader-workers", "-1"], "--loader-workers -1"),
+        (["--seed", "-1"], "--seed -1"),
+        (["--device", "banana"], "--device banana"),
+        (["--device", "meta"], "--device meta"),
+        (["--resume", "--overwrite"], "pass one"),
+    ],
+)
+def test_train_refuses_a_bad_argument_before_touching_the_folder(
+    example, tmp_path, capsys, more, named
+):
+    out = tmp_path / "run"
+    assert _train(example, out, "--max-iter", "1", *more) == 2
+    _one_error_line(capsys, named)
+    assert not out.exists()
+
+
+def test_a_failed_start_leaves_no_run_behind_and_the_retry_works(
+    example, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(torch.cuda, "is_available", lambda: False)
+        assert _train(example, out, "--max-iter", "1", "--device", "cuda") == 2
+        _one_error_line(capsys, "--device cuda", "CUDA is not available")
+    assert _train(example, out, "--max-iter", "1", "--lr", "-1") == 2
+    _one_error_line(capsys, "--lr -1")
+    assert not out.exists()
+    assert _train(example, out, "--max-iter", "1") == 0  # the retry, as it was first meant
+    assert json.loads((out / "run.json").read_text())["preset"] == "ci_mask"
+
+
+def test_resume_after_a_failed_first_attempt_describes_this_run(run, example, tmp_path):
+    """A run.json left by a first attempt that never reached a checkpoint (an older
+    version wrote it before validating) is rewritten by --resume: predict must not read
+    the failed attempt's classes and image size."""
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = json.loads((run / "run.json").read_text())
+    stale["preset"] = "gpu_mask"
+    stale["feeding"]["test_size"] = 512
+    stale["data"]["class_names"] = ["__background__", "cat"]
+    (out / "run.json").write_text(json.dumps(stale))
+    assert _train(example, out, "--max-iter", "1") == 2  # a run is there: say what to do
+    assert _train(example, out, "--max-iter", "1", "--resume") == 0
+    described = json.loads((out / "run.json").read_text())
+    assert described["preset"] == "ci_mask" and described["feeding"]["test_size"] is None
+    assert described["data"]["class_names"] == _class_names(example)
+
+
+def _class_names(example):
+    categories = json.loads((example / "annotations" / "instances_train.json").read_text())
+    return ["__background__", *(c["name"] for c in categories["categories"])]
+
+
+def test_resume_refuses_other_data_renamed_classes_or_other_feeding(run, example, tmp_path, capsys):
+    out = _copy_run(run, tmp_path / "run")
+    before = _contents(out)
+    same_classes = tmp_path / "copy"
+    shutil.copytree(example, same_classes)
+    renamed = tmp_path / "renamed"
+    shutil.copytree(example, renamed)
+    for split in ("train", "val"):
+        path = renamed / "annotations" / f"instances_{split}.json"
+        coco = json.loads(path.read_text())
+        coco["categories"][0]["name"] = "dart"
+        path.write_text(json.dumps(coco))
+    cases = [
+        (same_classes, [], "data.root"),
+        (renamed, [], "data.class_names"),
+        (example, ["--batch-size", "1"], "feeding.batch_size: 2 -> 1"),
+        (example, ["--flip"], "feeding.flip: False -> True"),
+        (example, ["--splits", "train", "train"], "data.splits"),
+        (example, ["--set", "box_score_thresh=0.1"], "config.box_score_thresh"),
+    ]
+    for data, more, named in cases:
+        assert _train(data, out, "--max-iter", "3", "--resume", *more) == 2
+        _one_error_line(capsys, "--resume", named, "another --out")
+        assert _contents(out) == before
+
+
+def test_overwrite_with_a_bad_argument_keeps_the_finished_run(run, example, tmp_path, capsys):
+    out = _copy_run(run, tmp_path / "run")
+    before = _contents(out)
+    assert _train(example, out, "--max-iter", "1", "--overwrite", "--lr", "-1") == 2
+    _one_error_line(capsys, "--lr -1")
+    assert _contents(out) == before
+
+
+def test_out_naming_a_file_is_one_line(example, tmp_path, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("the user's own file")
+    for out in (a_file, a_file / "run"):
+        assert _train(example, out, "--max-iter", "1") == 2
+        _one_error_line(capsys, str(out), "is a file")
+    assert a_file.read_text() == "the user's own file"
+
+
+def test_a_folder_another_process_trains_into_is_refused(run, example, tmp_path, capsys):
+    from rcnn_steps.engine import RunFolder
+
+    out = _copy_run(run, tmp_path / "run")
+    before = _contents(out)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from rcnn_steps.engine import RunFolder\n"
+         "with RunFolder(sys.argv[1]).lock():\n    print('held', flush=True); time.sleep(120)",
+         str(out)],
+        stdout=subprocess.PIPE, text=True, env={"OMP_NUM_THREADS": "1", "PATH": ""},
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for more in (["--overwrite"], ["--resume", "--max-iter", "3"]):
+            assert _train(example, out, *more) == 2
+            _one_error_line(capsys, str(out), "in use", f"process {holder.pid}")
+            assert _contents(out) == before  # nothing deleted, no records interleaved
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunFolder(out).lock():  # the holder's end released it (a kill included)
+        pass
+
+
+def test_a_lock_taken_by_other_code_names_its_pid(run, example, tmp_path, capsys):
+    import fcntl
+    import os
+
+    out = _copy_run(run, tmp_path / "run")
+    with open(out / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert _train(example, out, "--overwrite", "--max-iter", "1") == 2
+    line = _one_error_line(capsys, "in use")
+    if Path("/proc/locks").exists():
+        assert f"process {os.getpid()}" in line
+    assert (out / "last.pt").read_bytes() == (run / "last.pt").read_bytes()
+
+
+@pytest.mark.parametrize("how", ["signal", "raise"])
+def test_ctrl_c_saves_the_step_done_and_resume_continues_exactly(
+    example, tmp_path, monkeypatch, capsys, how
+):
+    """Ctrl-C at step 2 of 4 (in the evaluation after it): last.pt holds step 2, the one
+    line says how to continue, and continuing gives the weights of a run never stopped.
+    ``signal``: a real SIGINT (the loop finishes the step, then stops); ``raise``: a
+    KeyboardInterrupt raised in the evaluation itself."""
+    import os
+    import signal
+
+    from rcnn_steps import runner
+    from rcnn_steps.engine import load_checkpoint, read_metrics
+
+    straight = tmp_path / "straight"
+    more = ["--max-iter", "4", "--eval-every", "1"]
+    assert _train(example, straight, *more) == 0
+    real = runner.make_evaluator
+
+    def interrupting(*args, **kwargs):
+        evaluate_fn = real(*args, **kwargs)
+        calls = []
+
+        def evaluate(model):
+            calls.append(1)
+            if len(calls) == 2:
+                if how == "raise":
+                    raise KeyboardInterrupt
+                assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+                os.kill(os.getpid(), signal.SIGINT)
+            return evaluate_fn(model)
+
+        return evaluate
+
+    out = tmp_path / "stopped"
+    monkeypatch.setattr(runner, "make_evaluator", interrupting)
+    capsys.readouterr()
+    assert _train(example, out, *more) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "after step 2" in err[0] and "--resume" in err[0], err
+    assert str(out / "last.pt") in err[0]
+    assert load_checkpoint(out / "last.pt")["step"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+    monkeypatch.undo()
+    assert _train(example, out, *more, "--resume") == 0
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(out / "last.pt")
+    assert a["step"] == b["step"] == 4
+    for name, value in a["model"].items():
+        assert torch.equal(value, b["model"][name]), name
+
+    def losses(folder):  # the logged losses (an evaluation cut short by "raise" is lost)
+        return [{k: v for k, v in r.items() if k.startswith("loss") or k in ("step", "lr")}
+                for r in read_metrics(folder) if "total_loss" in r]  # fmt: skip
+
+    assert losses(out) == losses(straight)
