@@ -30,8 +30,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rcnn_steps.faster_rcnn import DetectorConfig, build_backbone, build_roi_heads, preprocess
+from rcnn_steps.faster_rcnn import (
+    DetectorConfig,
+    build_backbone,
+    build_roi_heads,
+    head_stages,
+    preprocess,
+)
 from rcnn_steps.ops import clip_boxes_to_image
+from rcnn_steps.utils import diagram_stage, shape_text
 
 __all__ = [
     "PRESETS",
@@ -129,6 +136,27 @@ class FastRCNN(nn.Module):
         intermediates: dict = {}
         intermediates["detections"] = self.forward(images, proposals, targets, intermediates)
         return intermediates
+
+    @torch.no_grad()
+    def stages(self, image: Tensor, proposals: Tensor) -> list[dict[str, Any]]:
+        """The detector's stages on one ``(3, H, W)`` image and its ``(P, 4)`` proposals,
+        with the real shapes, as :meth:`rcnn_steps.faster_rcnn.FasterRCNN.stages` gives
+        them (for :func:`rcnn_steps.viz.draw_stages`)."""
+        was_training = self.training
+        self.eval()
+        try:
+            out = self.inspect([image], [proposals])
+        finally:
+            self.train(was_training)
+        c = self.config
+        stride = 2 ** int(c.feature_stage[1])
+        detail = f"{c.feature_stage} {shape_text(out['feature'][0])}, stride {stride}"
+        return [
+            diagram_stage("image", "image", shape_text(image)),
+            diagram_stage("proposals", "selective search (not learned)", f"{len(proposals)} boxes"),
+            diagram_stage("features", "backbone, once per image", detail),
+            *head_stages(c, out),
+        ]
 
 
 # ---------------------------------------------------------------------------------------

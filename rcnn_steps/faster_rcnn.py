@@ -67,7 +67,7 @@ from rcnn_steps.modeling.roi_heads import (
 )
 from rcnn_steps.modeling.rpn import RegionProposalNetwork, RPNHead
 from rcnn_steps.ops import ROI_OP_NAMES, ImageList
-from rcnn_steps.utils import StageClock
+from rcnn_steps.utils import StageClock, diagram_stage, shape_text
 
 __all__ = [
     "DetectorConfig",
@@ -1155,3 +1155,65 @@ class FasterRCNN(nn.Module):
         if not self.training:
             intermediates["detections"] = detections
         return intermediates
+
+    @torch.no_grad()
+    def stages(self, image: Tensor) -> list[dict[str, Any]]:
+        """What :func:`rcnn_steps.viz.draw_stages` draws: the detector's stages on one
+        ``(3, H, W)`` image, each ``{"key", "title", "detail", "branch"}`` with the real
+        shapes :meth:`inspect` (eval mode) finds, so the diagram is the code's. ``key``
+        names a stage's job, the same in every chapter's detector (``proposals``,
+        ``features``, ``roi_layer``, ...); ``title`` says how this one does it, so a
+        changed title is a new idea; ``branch`` stages hang off the box branch (Mask
+        R-CNN's mask and keypoint heads)."""
+        was_training = self.training
+        self.eval()
+        try:
+            out = self.inspect([image])
+        finally:
+            self.train(was_training)
+        c = self.config
+        stages = [diagram_stage("image", "image", shape_text(image))]
+        if c.fpn:
+            maps = [f"{k.upper()} {shape_text(v[0])}" for k, v in out["features"].items()]
+            levels = f"{maps[0]} ... {maps[-1]}"
+            stages.append(diagram_stage("features", "backbone + FPN, once per image", levels))
+            rpn = "RPN on every pyramid level"
+        else:
+            stride = 2 ** int(c.feature_stage[1])
+            detail = f"{c.feature_stage} {shape_text(out['feature'][0])}, stride {stride}"
+            stages.append(diagram_stage("features", "backbone, once per image", detail))
+            rpn = "RPN: anchors scored and refined"
+        before, after = len(out["proposals_before_nms"][0]), len(out["proposals"][0])
+        detail = f"{len(out['anchors'])} anchors -> {before} boxes -> NMS -> {after}"
+        stages.append(diagram_stage("proposals", rpn, detail))
+        stages += head_stages(c, out)
+        return stages
+
+
+#: How a diagram names each RoI layer (``roi_op``) and box head (``box_head``).
+ROI_OP_TITLES = {"roipool": "RoIPool", "roiwarp_max": "RoIWarp (max)",
+                 "roiwarp_avg": "RoIWarp", "roialign_max": "RoIAlign (max)",
+                 "roialign_avg": "RoIAlign"}  # fmt: skip
+BOX_HEAD_TITLES = {"mlp": "2-fc box head + predictor", "c5": "res5 box head + predictor"}
+
+
+def head_stages(config: DetectorConfig, out: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The stages after the proposals, shared by Fast R-CNN and Faster/Mask R-CNN: the RoI
+    layer, the box head and predictor, NMS, and the mask and keypoint branches, from
+    ``out`` (an eval-mode ``inspect`` of one image)."""
+    size = config.pooled_size
+    title = f"{ROI_OP_TITLES[config.roi_op]} {size}x{size} per proposal"
+    if config.fpn:
+        title = f"{ROI_OP_TITLES[config.roi_op]} {size}x{size}, from each RoI's level"
+    stages = [diagram_stage("roi_layer", title, shape_text(out["pooled_features"]))]
+    detail = f"classes {shape_text(out['class_logits'])}, boxes {shape_text(out['box_regression'])}"
+    stages.append(diagram_stage("heads", BOX_HEAD_TITLES[config.box_head], detail))
+    found = len(out["detections"][0]["boxes"])
+    stages.append(diagram_stage("detections", "per-class NMS", f"{found} detections here"))
+    if "detection_mask_logits" in out:
+        detail = f"logits {shape_text(out['detection_mask_logits'])}"
+        stages.append(diagram_stage("mask", "mask branch, per detection", detail, branch=True))
+    if "detection_heatmaps" in out:
+        detail = f"heatmaps {shape_text(out['detection_heatmaps'])}"
+        stages.append(diagram_stage("keypoints", "keypoint branch, per person", detail, True))
+    return stages

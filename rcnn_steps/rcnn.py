@@ -525,6 +525,44 @@ def detect(
     return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
 
 
+@torch.no_grad()
+def rcnn_stages(
+    model: RCNNNet, image: torch.Tensor, proposals: torch.Tensor, crop_size: int = 32
+) -> list[dict[str, Any]]:
+    """R-CNN's stages on one ``(3, H, W)`` image and its ``(N, 4)`` proposals, each
+    ``{"key", "title", "detail", "branch"}`` with the real shapes (the network run on
+    the first 64 crops; every crop goes the same way), for
+    :func:`rcnn_steps.viz.draw_stages`: the keys are those of the later detectors'
+    diagrams (:meth:`rcnn_steps.faster_rcnn.FasterRCNN.stages`)."""
+    from rcnn_steps.utils import diagram_stage, shape_text
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    crops = warp_boxes(image.to(device), proposals[:64].to(device).float(), crop_size)
+    features = model.features(crops - 0.5)
+    logits, deltas = model(crops)
+    model.train(was_training)
+    n = len(proposals)
+    found = detect(model, image, proposals, BoxCoder(RCNN_BOX_CODER_WEIGHTS), crop_size)
+
+    def per_crop(t: torch.Tensor) -> str:  # the shape for all N crops
+        return shape_text(t).replace(f"({len(t)},", f"({n},", 1)
+
+    return [
+        diagram_stage("image", "image", shape_text(image)),
+        diagram_stage("proposals", "selective search (not learned)", f"{n} boxes"),
+        diagram_stage("warp", "each proposal warped to a crop", per_crop(crops)),
+        diagram_stage("features", "CNN once per crop", per_crop(features)),
+        diagram_stage(
+            "heads",
+            "classifier + box regressor",
+            f"classes {per_crop(logits)}, boxes {per_crop(deltas)}",
+        ),  # fmt: skip
+        diagram_stage("detections", "per-class NMS", f"{len(found['boxes'])} detections here"),
+    ]
+
+
 # ---------------------------------------------------------------------------------------
 # Presets, training and evaluation
 

@@ -296,3 +296,16 @@ def run_command(command: Any, args: Any, interrupted: Any = None) -> int:
             raise
         print(interrupted() if interrupted else "interrupted", file=sys.stderr)
         return 130
+
+
+def shape_text(tensor: Any) -> str:
+    """``(3, 128, 128)``: a tensor's shape as a detector's diagram prints it."""
+    return "(" + ", ".join(str(n) for n in tensor.shape) + ")"
+
+
+def diagram_stage(key: str, title: str, detail: str, branch: bool = False) -> dict[str, Any]:
+    """One box of a detector's diagram (``stages()`` of each detector, drawn by
+    :func:`rcnn_steps.viz.draw_stages`): ``key`` the stage's job, ``title`` how this
+    detector does it, ``detail`` the real shapes; ``branch`` for a head beside the box
+    branch."""
+    return {"key": key, "title": title, "detail": detail, "branch": branch}

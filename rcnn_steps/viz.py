@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.axes import Axes
-from matplotlib.patches import Rectangle
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
 __all__ = [
     "ablation_bars",
@@ -37,6 +37,7 @@ __all__ = [
     "draw_masks",
     "draw_points",
     "draw_region",
+    "draw_stages",
     "draw_target",
     "feature_grid",
     "heatmap",
@@ -815,4 +816,75 @@ def heatmap(
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=8)
+    return ax
+
+
+# ---------------------------------------------------------------------------------------
+# Architecture diagrams
+
+
+#: Fill and edge of a diagram's stages: as before, and new since the previous detector.
+_STAGE_COLOURS = {False: ("#e8eef6", "#5b7391"), True: ("#ffe2b8", "#d9822b")}
+
+
+def draw_stages(
+    stages: Sequence[dict[str, Any]],
+    previous: Sequence[dict[str, Any]] | None = None,
+    *,
+    title: str = "",
+    previous_name: str = "the previous detector",
+    ax: Axes | None = None,
+) -> Axes:
+    """A detector's architecture, top to bottom: one box per stage (its ``title`` in bold,
+    its ``detail``, the real shapes, below), arrows in the order data flows, and the
+    ``branch`` stages (Mask R-CNN's mask and keypoint heads) beside the box branch, fed
+    by the detections. ``stages`` come from the detector itself (``FasterRCNN.stages``,
+    ``FastRCNN.stages``, ``rcnn.rcnn_stages``), so the drawing cannot disagree with the
+    code. Given ``previous`` (another detector's stages), every stage whose job
+    (``key``) is new or done another way (``title``) is drawn highlighted, and the
+    stages it no longer has are named at the top right: what this chapter's idea
+    changed."""
+    old = {(s["key"], s["title"]) for s in previous or ()}
+    main = [s for s in stages if not s.get("branch")]
+    side = [s for s in stages if s.get("branch")]
+    gone = [s["title"] for s in previous or () if s["key"] not in {t["key"] for t in stages}]
+    top = (-1.05 if gone else -0.75) if previous is not None else -0.55
+    ax = _figure_axes(ax, (8.0 if side else 4.4, 0.78 * (len(main) - top - 0.45)))
+    ax.set_xlim(0, 2.0 if side else 1.0)
+    ax.set_ylim(len(main) - 0.45, top)
+    ax.axis("off")
+
+    def box(x: float, y: float, s: dict[str, Any]) -> None:
+        fill, edge = _STAGE_COLOURS[previous is not None and (s["key"], s["title"]) not in old]
+        ax.add_patch(FancyBboxPatch((x - 0.47, y - 0.36), 0.94, 0.72, facecolor=fill,
+                                    edgecolor=edge, boxstyle="round,pad=0,rounding_size=0.05",
+                                    linewidth=1.2))  # fmt: skip
+        ax.text(x, y - 0.13, s["title"], ha="center", va="center", fontsize=9, weight="bold")
+        ax.text(x, y + 0.17, s["detail"], ha="center", va="center", fontsize=8,
+                family="monospace")  # fmt: skip
+
+    def arrow(start: tuple[float, float], end: tuple[float, float]) -> None:
+        style = dict(arrowstyle="-|>", mutation_scale=10, color="#44546a", linewidth=1.0)
+        ax.add_patch(FancyArrowPatch(start, end, shrinkA=0, shrinkB=0, **style))
+
+    for i, s in enumerate(main):
+        box(0.5, i, s)
+        if i:
+            arrow((0.5, i - 1 + 0.36), (0.5, i - 0.36))
+    feeds = next((i for i, s in enumerate(main) if s["key"] == "detections"), len(main) - 1)
+    for j, s in enumerate(side):  # stacked upwards from the stage that feeds them
+        y = feeds - (len(side) - 1 - j) * 0.95
+        box(1.5, y, s)
+        arrow((0.97, feeds), (1.03, y))
+    if previous is not None:
+        fill, edge = _STAGE_COLOURS[True]
+        key = FancyBboxPatch((0.03, top + 0.08), 0.05, 0.16, facecolor=fill, edgecolor=edge,
+                             boxstyle="square,pad=0")  # fmt: skip
+        ax.add_patch(key)
+        ax.text(0.1, top + 0.16, f"new or changed since {previous_name}", fontsize=8, va="center")
+        if gone:  # a stage the idea made unnecessary
+            ax.text(0.03, top + 0.46, "gone: " + "; ".join(gone), fontsize=8, va="center",
+                    style="italic")  # fmt: skip
+    if title:
+        ax.set_title(title, fontsize=10)
     return ax

@@ -181,3 +181,92 @@ def test_before_after_scatter_with_diagonal_and_thresholds():
     assert list(diagonal.get_xdata()) == list(diagonal.get_ydata())  # y = x
     assert len(ax.get_lines()) == 3  # the diagonal and the threshold on each axis
     plt.close("all")
+
+
+# ----------------------------------------------------------------------------------------
+# Architecture diagrams: drawn from the detectors' own stages
+
+
+def _stages_of(preset, image):
+    from rcnn_steps.faster_rcnn import FasterRCNN
+    from rcnn_steps.runner import detector_config
+
+    torch.manual_seed(0)
+    model = FasterRCNN(detector_config(preset))
+    return model, model.stages(image)
+
+
+def test_a_detectors_stages_carry_the_shapes_its_code_computes():
+    image = torch.rand(3, 96, 128)
+    model, stages = _stages_of("cpu", image)
+    assert [s["key"] for s in stages] == [
+        "image", "features", "proposals", "roi_layer", "heads", "detections"
+    ]  # fmt: skip
+    assert model.training  # the mode is left as it was
+    model.eval()
+    out = model.inspect([image])
+    by_key = {s["key"]: s for s in stages}
+    assert by_key["image"]["detail"] == "(3, 96, 128)"
+    assert by_key["roi_layer"]["detail"] == str(tuple(out["pooled_features"].shape))
+    assert f"-> {len(out['proposals'][0])}" in by_key["proposals"]["detail"]
+    assert by_key["roi_layer"]["title"].startswith("RoIPool 7x7")
+    _, fpn = _stages_of("cpu_fpn", image)
+    assert (
+        "FPN" in fpn[1]["title"]
+        and "level" in fpn[3]["title"]
+        and fpn[1]["detail"] == "P2 (64, 32, 32) ... P6 (64, 2, 2)"  # padded to 128
+    )
+    _, mask = _stages_of("cpu_mask", image)
+    branches = [s for s in mask if s["branch"]]
+    assert [s["key"] for s in branches] == ["mask", "keypoints"]
+    assert branches[0]["detail"].startswith("logits (") and branches[0]["detail"].endswith(
+        "28, 28)"
+    )
+
+
+def test_rcnn_and_fast_rcnn_stages_use_the_same_keys():
+    from rcnn_steps.fast_rcnn import FastRCNN
+    from rcnn_steps.rcnn import RCNNNet, rcnn_stages
+
+    image = torch.rand(3, 64, 64)
+    proposals = torch.tensor([[2.0, 3.0, 30.0, 40.0], [10.0, 10.0, 60.0, 50.0]]).repeat(40, 1)
+    torch.manual_seed(0)
+    rcnn = rcnn_stages(RCNNNet(6, crop_size=32), image, proposals)
+    assert [s["key"] for s in rcnn] == [
+        "image", "proposals", "warp", "features", "heads", "detections"
+    ]  # fmt: skip
+    assert rcnn[2]["detail"] == "(80, 3, 32, 32)"  # every crop, though 64 were run
+    fast = FastRCNN().stages(image, proposals)
+    assert [s["key"] for s in fast] == [
+        "image", "proposals", "features", "roi_layer", "heads", "detections"
+    ]  # fmt: skip
+    assert fast[3]["detail"].startswith("(80, ") and fast[1]["detail"] == "80 boxes"
+
+
+def test_draw_stages_highlights_what_the_new_idea_changed():
+    from matplotlib.patches import FancyBboxPatch
+
+    before = [
+        {"key": "image", "title": "image", "detail": "(3, 8, 8)", "branch": False},
+        {"key": "warp", "title": "crops", "detail": "(5, 3, 4, 4)", "branch": False},
+        {"key": "heads", "title": "head A", "detail": "(5, 2)", "branch": False},
+    ]
+    after = [
+        {"key": "image", "title": "image", "detail": "(3, 8, 8)", "branch": False},
+        {"key": "heads", "title": "head B", "detail": "(5, 2)", "branch": False},
+        {"key": "detections", "title": "NMS", "detail": "2", "branch": False},
+        {"key": "mask", "title": "mask branch", "detail": "(2, 1, 4, 4)", "branch": True},
+    ]
+    ax = viz.draw_stages(after, before, previous_name="A")
+    boxes = [p for p in ax.patches if isinstance(p, FancyBboxPatch)]
+    highlighted = [p for p in boxes if p.get_edgecolor()[:3] == matplotlib.colors.to_rgb("#d9822b")]
+    assert len(boxes) == 5  # four stages and the legend's key
+    assert len(highlighted) == 4  # head B, NMS, the mask branch, the key
+    texts = [t.get_text() for t in ax.texts]
+    assert "gone: crops" in texts and "new or changed since A" in texts
+    assert "(2, 1, 4, 4)" in texts
+    plain = viz.draw_stages(after)  # without a previous detector nothing is highlighted
+    assert not [
+        p for p in plain.patches if p.get_edgecolor()[:3] == matplotlib.colors.to_rgb("#d9822b")
+    ]
+    plt.close("all")
