@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -309,3 +310,15 @@ def diagram_stage(key: str, title: str, detail: str, branch: bool = False) -> di
     detector does it, ``detail`` the real shapes; ``branch`` for a head beside the box
     branch."""
     return {"key": key, "title": title, "detail": detail, "branch": branch}
+
+
+def stage_changes(
+    stages: Sequence[dict[str, Any]], previous: Sequence[dict[str, Any]]
+) -> tuple[list[str], list[str]]:
+    """What a detector changed against the one before it, from their diagrams' stages:
+    ``(keys of the stages that are new or done another way, titles of the previous
+    detector's stages it no longer has)``."""
+    old = {(s["key"], s["title"]) for s in previous}
+    keys = {s["key"] for s in stages}
+    changed = [s["key"] for s in stages if (s["key"], s["title"]) not in old]
+    return changed, [s["title"] for s in previous if s["key"] not in keys]

@@ -21,6 +21,8 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
+from rcnn_steps.utils import stage_changes
+
 __all__ = [
     "ablation_bars",
     "ap_vs_seconds",
@@ -844,10 +846,9 @@ def draw_stages(
     (``key``) is new or done another way (``title``) is drawn highlighted, and the
     stages it no longer has are named at the top right: what this chapter's idea
     changed."""
-    old = {(s["key"], s["title"]) for s in previous or ()}
+    changed, gone = stage_changes(stages, previous or ())
     main = [s for s in stages if not s.get("branch")]
     side = [s for s in stages if s.get("branch")]
-    gone = [s["title"] for s in previous or () if s["key"] not in {t["key"] for t in stages}]
     top = (-1.05 if gone else -0.75) if previous is not None else -0.55
     ax = _figure_axes(ax, (8.0 if side else 4.4, 0.78 * (len(main) - top - 0.45)))
     ax.set_xlim(0, 2.0 if side else 1.0)
@@ -855,7 +856,7 @@ def draw_stages(
     ax.axis("off")
 
     def box(x: float, y: float, s: dict[str, Any]) -> None:
-        fill, edge = _STAGE_COLOURS[previous is not None and (s["key"], s["title"]) not in old]
+        fill, edge = _STAGE_COLOURS[previous is not None and s["key"] in changed]
         ax.add_patch(FancyBboxPatch((x - 0.47, y - 0.36), 0.94, 0.72, facecolor=fill,
                                     edgecolor=edge, boxstyle="round,pad=0,rounding_size=0.05",
                                     linewidth=1.2))  # fmt: skip

@@ -12,6 +12,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from rcnn_steps import viz  # noqa: E402
 from rcnn_steps.data import KEYPOINT_NAMES, SKELETON, CocoDataset  # noqa: E402
+from rcnn_steps.utils import stage_changes  # noqa: E402
 
 
 def _rects(ax):
@@ -257,6 +258,7 @@ def test_draw_stages_highlights_what_the_new_idea_changed():
         {"key": "detections", "title": "NMS", "detail": "2", "branch": False},
         {"key": "mask", "title": "mask branch", "detail": "(2, 1, 4, 4)", "branch": True},
     ]
+    assert stage_changes(after, before) == (["heads", "detections", "mask"], ["crops"])
     ax = viz.draw_stages(after, before, previous_name="A")
     boxes = [p for p in ax.patches if isinstance(p, FancyBboxPatch)]
     highlighted = [p for p in boxes if p.get_edgecolor()[:3] == matplotlib.colors.to_rgb("#d9822b")]
