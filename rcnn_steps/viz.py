@@ -850,7 +850,10 @@ def draw_stages(
     main = [s for s in stages if not s.get("branch")]
     side = [s for s in stages if s.get("branch")]
     top = (-1.05 if gone else -0.75) if previous is not None else -0.55
-    ax = _figure_axes(ax, (8.0 if side else 4.4, 0.78 * (len(main) - top - 0.45)))
+    if ax is None:  # sharper than the default 80 dpi: a diagram is mostly text
+        _, ax = plt.subplots(
+            figsize=(9.0 if side else 5.6, 0.9 * (len(main) - top - 0.45)), dpi=100
+        )
     ax.set_xlim(0, 2.0 if side else 1.0)
     ax.set_ylim(len(main) - 0.45, top)
     ax.axis("off")
@@ -860,8 +863,8 @@ def draw_stages(
         ax.add_patch(FancyBboxPatch((x - 0.47, y - 0.36), 0.94, 0.72, facecolor=fill,
                                     edgecolor=edge, boxstyle="round,pad=0,rounding_size=0.05",
                                     linewidth=1.2))  # fmt: skip
-        ax.text(x, y - 0.13, s["title"], ha="center", va="center", fontsize=9, weight="bold")
-        ax.text(x, y + 0.17, s["detail"], ha="center", va="center", fontsize=8,
+        ax.text(x, y - 0.13, s["title"], ha="center", va="center", fontsize=10, weight="bold")
+        ax.text(x, y + 0.17, s["detail"], ha="center", va="center", fontsize=9,
                 family="monospace")  # fmt: skip
 
     def arrow(start: tuple[float, float], end: tuple[float, float]) -> None:
