@@ -244,7 +244,8 @@ OUT_FILE_KINDS: dict[str, tuple[tuple[str, ...], str, str, str]] = {
     "results": ((".json",), "a JSON results file",
                 "a results file written by `python -m rcnn_steps evaluate`", "results.json"),
     "weights": ((".pt", ".pth"), "a checkpoint",
-                "an exported copy (a training checkpoint holds what --resume needs)",
+                "a checkpoint written by export (a training checkpoint, which --resume needs, is "
+                "never replaced)",
                 "model.pt"),
 }  # fmt: skip
 

@@ -1175,7 +1175,7 @@ def test_held_out_export_never_replaces_a_training_checkpoint(run, tmp_path, cap
     other = _copy_run(run, tmp_path / "other")
     argv = ["export", "--checkpoint", str(run / "last.pt"), "--overwrite", "--out"]
     assert cli.main([*argv, str(other / "last.pt")]) == 2  # was: replaced, --resume broken
-    _one_error_line(capsys, "last.pt", "not an exported copy", "--resume")
+    _one_error_line(capsys, "last.pt", "not a checkpoint written by export", "--resume")
     assert (other / "last.pt").read_bytes() == (run / "last.pt").read_bytes()
     assert cli.main([*argv, str(tmp_path / "model.pt")]) == 0  # a new file, and then an
     assert cli.main([*argv, str(tmp_path / "model.pt")]) == 0  # exported copy: replaced
