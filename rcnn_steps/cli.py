@@ -243,7 +243,10 @@ def _check_book_classes(config, root: Path | None) -> None:
 OUT_FILE_KINDS: dict[str, tuple[tuple[str, ...], str, str, str]] = {
     "results": ((".json",), "a JSON results file",
                 "a results file written by `python -m rcnn_steps evaluate`", "results.json"),
-    "weights": ((".pt", ".pth"), "a checkpoint", "a checkpoint", "model.pt"),
+    "weights": ((".pt", ".pth"), "a checkpoint",
+                "a checkpoint written by export (a training checkpoint, which --resume needs, is "
+                "never replaced)",
+                "model.pt"),
 }  # fmt: skip
 
 
@@ -268,15 +271,17 @@ def _is_evaluate_results(path: Path) -> bool:
     )
 
 
-def _is_checkpoint(path: Path) -> bool:
-    """Whether ``path`` is a checkpoint that loads and verifies."""
-    from rcnn_steps.engine import load_checkpoint
+def _is_exported_weights(path: Path) -> bool:
+    """Whether ``path`` is a weights-only copy ``export`` wrote (a checkpoint that loads
+    and verifies, and holds nothing but :data:`rcnn_steps.engine.EXPORTED_KEYS` and its
+    run): not a training checkpoint, whose optimizer and position ``--resume`` needs."""
+    from rcnn_steps.engine import EXPORTED_KEYS, load_checkpoint
 
     try:
-        load_checkpoint(path)
+        saved = load_checkpoint(path)
     except (OSError, ValueError):
         return False
-    return True
+    return set(saved) <= {*EXPORTED_KEYS, "run", "checksum"}
 
 
 def _check_out_file(command: str, path: Path, kind: str, overwrite: bool = False) -> None:
@@ -284,7 +289,8 @@ def _check_out_file(command: str, path: Path, kind: str, overwrite: bool = False
     not replace: a folder, a name without the kind's suffix (:data:`OUT_FILE_KINDS`), a
     place under a file or a folder this user cannot write, an existing file without
     ``overwrite``, and, even with it, an existing file that is not of the kind (a
-    checkpoint is never replaced by a results file, nor a run's notes by weights)."""
+    checkpoint is never replaced by a results file, nor a run's notes or a training
+    checkpoint, which its run resumes from, by a weights-only copy)."""
     import os
 
     suffixes, writes, replaceable, example = OUT_FILE_KINDS[kind]
@@ -310,7 +316,7 @@ def _check_out_file(command: str, path: Path, kind: str, overwrite: bool = False
         raise CommandError(
             f"{command}: {path} exists: pass --overwrite to replace it, or another --out"
         )
-    is_kind = _is_evaluate_results if kind == "results" else _is_checkpoint
+    is_kind = _is_evaluate_results if kind == "results" else _is_exported_weights
     if not is_kind(path):
         raise CommandError(
             f"{command}: --out {path} exists and is not {replaceable}, so {command} will not "
@@ -393,6 +399,8 @@ def _check_train_arguments(args: argparse.Namespace) -> None:
         ("--loader-workers", args.loader_workers, lambda v: v >= 0, "0 (load in this "
          "process) or more"),
         ("--seed", args.seed, lambda v: 0 <= v < 2**31, "from 0 to 2147483647"),
+        ("--timeout", args.timeout, lambda v: finite(v) and v >= 1, "a number of seconds, at "
+         "least 1"),
     ]  # fmt: skip
     for name, value, accepted, what in rules:
         if value is not None and not accepted(value):
@@ -403,14 +411,43 @@ def _check_train_arguments(args: argparse.Namespace) -> None:
         )
     if args.device != "auto":
         _check_device(args.device)
+    if not Path(args.data).is_dir():
+        what = "is a file" if Path(args.data).exists() else "does not exist"
+        raise CommandError(
+            f"train: --data {args.data} {what}; pass the folder that holds the set's "
+            "<split>/ image folders and annotations/instances_<split>.json"
+        )
+    _refuse_out_in_data(Path(args.out), Path(args.data), args.splits)
     folder = RunFolder(args.out)
     folder.check()
     _refuse_replacing(folder, args)  # early, for a quick answer; again once it is locked
 
 
+def _refuse_out_in_data(out: Path, data: Path, splits: Sequence[str]) -> None:
+    """Refuse a run folder that is the data set's folder, or lies inside the folders the
+    set is read from (its split image folders, ``annotations/``): the run's files would
+    mix with the data's, and the data folder would look like a run to ``predict`` and
+    ``--resume``."""
+    where = out.resolve()
+    for folder in (data, *(data / split for split in splits), data / "annotations"):
+        is_it = where == folder.resolve()
+        if is_it or (folder != data and _inside(where, folder.resolve())):
+            raise CommandError(
+                f"train: --out {out} is {'' if is_it else 'inside '}{folder}, a folder of "
+                f"the data set (--data {data}): the run's files would mix with the data's; "
+                "keep runs apart from the data, e.g. --out runs/NAME"
+            )
+
+
 def _refuse_replacing(folder: RunFolder, args: argparse.Namespace) -> None:
     """A fresh start into a folder that holds a run is a mistake unless ``--resume`` or
-    ``--overwrite`` says what to do with it."""
+    ``--overwrite`` says what to do with it; so is ``--resume`` of a folder that holds
+    none (a mistyped ``--out`` would silently start a run from scratch)."""
+    if args.resume and not folder.holds_run():
+        raise CommandError(
+            f"train --resume: {folder.path} holds no run to continue (no {RUN_FILE}, metrics "
+            "or checkpoints): check --out, or leave out --resume to start a run there"
+        )
     if folder.holds_run() and not (args.resume or args.overwrite):
         raise CommandError(
             f"train: {folder.path} already holds a run ({RUN_FILE}, metrics or checkpoints); "
@@ -440,6 +477,30 @@ def _claim_run_folder(
     folder.claim(resume=args.resume, overwrite=args.overwrite)
     if not (continues and folder.description() is not None):
         folder.describe(description)
+
+
+def _check_sizes_fit_data(args, batch_size: int, world: int, train_set, val_set) -> None:
+    """Refuse a batch larger than a process's share of the train split, and more
+    evaluation images than the val split has: either would run, silently, with fewer
+    images than asked (and ``run.json`` would record the number asked)."""
+    import math
+
+    share = math.ceil(len(train_set) / world)  # DistributedSampler's share of each process
+    if batch_size > share:
+        given = f"--batch-size {batch_size}" if args.batch_size else (
+            f"the preset's batch size {batch_size}"
+        )  # fmt: skip
+        each = f", {share} for each of {world} processes" if world > 1 else ""
+        raise CommandError(
+            f"train: {given} is more than the train split holds ({len(train_set)} images"
+            f"{each}); pass --batch-size {share} or less"
+        )
+    if args.num_eval_images is not None and args.num_eval_images > len(val_set):
+        raise CommandError(
+            f"train: --num-eval-images {args.num_eval_images} is more than the val split "
+            f"holds ({len(val_set)} images); pass {len(val_set)} or less, or leave it out "
+            "(all of them)"
+        )
 
 
 def _train_command(args: argparse.Namespace) -> int:
@@ -488,6 +549,7 @@ def _train_command(args: argparse.Namespace) -> int:
         min_sizes=feed["min_sizes"],
         max_size=feed["max_size"],
     )
+    _check_sizes_fit_data(args, batch_size, world, train_set, val_set)
     out = Path(args.out)
     sampler = distributed_sampler(train_set, seed=args.seed)
     loader = torch.utils.data.DataLoader(
@@ -555,9 +617,7 @@ def load_run(checkpoint: str | Path, device: str = "cpu"):
     skeleton, the feeding): ``(model in eval mode, run description)``. The description is
     the one stored in the file by ``export`` when there is one, else its folder's
     ``run.json``, else ``{}``."""
-    import json
-
-    from rcnn_steps.engine import load_checkpoint
+    from rcnn_steps.engine import RunFolder, load_checkpoint
     from rcnn_steps.faster_rcnn import DetectorConfig, FasterRCNN
 
     path = Path(checkpoint)
@@ -571,8 +631,7 @@ def load_run(checkpoint: str | Path, device: str = "cpu"):
     fields = {f for f in DetectorConfig.__dataclass_fields__}
     model = FasterRCNN(DetectorConfig(**{k: v for k, v in config.items() if k in fields}))
     model.load_state_dict(ckpt["model"])
-    run_file = path.parent / RUN_FILE
-    run = ckpt.get("run") or (json.loads(run_file.read_text()) if run_file.exists() else {})
+    run = ckpt.get("run") or RunFolder(path.parent).description() or {}
     return model.to(device).eval(), run
 
 
@@ -843,6 +902,7 @@ def _predict_command(args: argparse.Namespace) -> int:
     (0, 1, ...) among the inputs (in the order given, each folder sorted), for every file
     (never a mix, whose ids could collide), and ``file_name`` says which file it is."""
     import json
+    import math
 
     import matplotlib
 
@@ -858,6 +918,11 @@ def _predict_command(args: argparse.Namespace) -> int:
     from rcnn_steps.runner import _resized_back, trim_keypoints
     from rcnn_steps.utils import atomic_write_bytes
 
+    if not (math.isfinite(args.score_threshold) and 0 <= args.score_threshold <= 1):
+        raise CommandError(
+            f"predict: --score-threshold {args.score_threshold:g}: must be a score from 0 to "
+            "1 (detections scored below it are left out; 0 keeps them all)"
+        )
     out = Path(args.out)
     pairs = _predict_inputs(args.images, out)
     _clear_predictions(out, args.overwrite, clear=False)  # the checks only
@@ -989,6 +1054,17 @@ def _draw_keypoints_by_class(ax, det: dict, categories: list[dict], threshold: f
                                names=category["keypoints"])  # fmt: skip
 
 
+def _path_argument(text: str) -> Path:
+    """A path argument as argparse reads it, refusing an empty one: ``Path("")`` is the
+    current folder, so ``--out "$OUT"`` with ``OUT`` unset would train, predict or clear
+    into wherever the command was started."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "an empty path; name a file or folder (. for the current folder)"
+        )
+    return Path(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m rcnn_steps <command>``: ``train``, ``predict``, ``evaluate`` or ``export``
     (see the module's docstring). A user's error (bad input, a missing or damaged file)
@@ -1007,12 +1083,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ev.add_argument("--max-iter", type=int, default=None, help="default: the preset's")
     ev.add_argument(
         "--out",
-        type=Path,
+        type=_path_argument,
         default=None,
         help="default results/faster_rcnn.json, faster_rcnn_fpn.json or mask_rcnn.json",
     )
     ev.add_argument(
-        "--root", type=Path, default=None, help="a synthetic/COCO-format set (default: the book's)"
+        "--root",
+        type=_path_argument,
+        default=None,
+        help="a synthetic/COCO-format set (default: the book's)",
     )
     ev.add_argument(
         "--num-eval-images", type=int, default=None, help="default: the evolution table's"
@@ -1035,7 +1114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tr = sub.add_parser("train", help="train a detector on a COCO-format folder")
     tr.add_argument(
         "--data",
-        type=Path,
+        type=_path_argument,
         required=True,
         help="a folder with <split>/ images and annotations/instances_<split>.json",
     )
@@ -1047,7 +1126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="default: train val (COCO 2017: train2017 val2017)",
     )
     tr.add_argument("--preset", choices=sorted(PRESETS), default="cpu_mask")
-    tr.add_argument("--out", type=Path, required=True, help="the run folder, e.g. runs/mine")
+    tr.add_argument(
+        "--out", type=_path_argument, required=True, help="the run folder, e.g. runs/mine"
+    )
     tr.add_argument(
         "--set",
         action="append",
@@ -1095,18 +1176,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "folder sorted; file_name and class_name name the file and the class) and one "
         "drawing per image.",
     )
-    pr.add_argument("--checkpoint", type=Path, required=True, help="e.g. runs/mine/last.pt")
-    pr.add_argument("--images", nargs="+", type=Path, required=True, help="image files or folders")
-    pr.add_argument("--out", type=Path, required=True)
+    pr.add_argument(
+        "--checkpoint", type=_path_argument, required=True, help="e.g. runs/mine/last.pt"
+    )
+    pr.add_argument(
+        "--images", nargs="+", type=_path_argument, required=True, help="image files or folders"
+    )
+    pr.add_argument("--out", type=_path_argument, required=True)
     pr.add_argument("--score-threshold", type=float, default=0.5)
     pr.add_argument("--device", default="cpu")
     pr.add_argument("--overwrite", action="store_true")
 
     ex = sub.add_parser("export", help="a weights-only copy of a checkpoint, to share or commit")
-    ex.add_argument("--checkpoint", type=Path, required=True, help="e.g. runs/mine/last.pt")
-    ex.add_argument("--out", type=Path, required=True, help="e.g. results/final_model.pt")
     ex.add_argument(
-        "--data", type=Path, default=None,
+        "--checkpoint", type=_path_argument, required=True, help="e.g. runs/mine/last.pt"
+    )
+    ex.add_argument("--out", type=_path_argument, required=True, help="e.g. results/final_model.pt")
+    ex.add_argument(
+        "--data", type=_path_argument, default=None,
         help="the set it was trained on, to record its class names when the checkpoint's "
         "folder has no run.json (e.g. a grid run kept with --keep-runs)",
     )  # fmt: skip
@@ -1141,8 +1228,6 @@ def _train_naming_silent_ranks(args: argparse.Namespace) -> int:
     (:func:`rcnn_steps.engine.naming_silent_ranks`), and how to resume."""
     from rcnn_steps.engine import SilentRanksError, naming_silent_ranks
 
-    if args.timeout <= 0:
-        raise CommandError(f"train: --timeout must be above 0 seconds, got {args.timeout:g}")
     try:
         with naming_silent_ranks(args.timeout):
             return _train_command(args)
@@ -1174,13 +1259,10 @@ def _train_interrupted(args: argparse.Namespace, argv: Sequence[str], stopped) -
 
 
 def _export_command(args: argparse.Namespace) -> int:
-    import json
-
-    from rcnn_steps.engine import export_weights
+    from rcnn_steps.engine import RunFolder, export_weights
 
     _check_out_file("export", args.out, "weights", overwrite=args.overwrite)
-    run_file = args.checkpoint.parent / RUN_FILE
-    run = json.loads(run_file.read_text()) if run_file.exists() else None
+    run = RunFolder(args.checkpoint.parent).description()
     if args.data is not None:
         data = data_description(args.data)
         _check_data_fits_checkpoint(args.data, data, args.checkpoint, run)

@@ -1476,17 +1476,23 @@ class RunFolder:
             path.unlink()
 
     def description(self) -> dict[str, Any] | None:
-        """The run's ``run.json``, or None when there is none."""
+        """The run's ``run.json``, or None when there is none; a :class:`RunFolderError`
+        naming the file when it is not a JSON object (damaged, or another file)."""
         path = self.path / self.DESCRIPTION
         if not path.exists():
             return None
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise RunFolderError(
-                f"{path} is not valid JSON ({e}): restore it, or start a new run (another "
-                "folder, or --overwrite)"
-            ) from None
+            description = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            reason = f"not valid JSON ({e})"
+        else:
+            if isinstance(description, dict):
+                return description
+            reason = f"a JSON {type(description).__name__}, not the object a run writes"
+        raise RunFolderError(
+            f"{path}, the run's description, is {reason}: restore it (or, to train, start a "
+            "new run: another --out, or --overwrite)"
+        )
 
     def describe(self, description: Mapping[str, Any]) -> None:
         """Write ``run.json`` (atomically): call it once the run is validated, so that a

@@ -358,7 +358,10 @@ class DetectorConfig:
         string ``"false"`` is true)."""
         fields = {f.name for f in dataclasses.fields(cls)}
         if name not in fields:
-            close = difflib.get_close_matches(name, sorted(fields), n=1)
+            # "MASKS", "config.masks", "Mask-Aligned": matched as the field they spell
+            spelled = name.rpartition(".")[2].strip().lower().replace("-", "_")
+            close = [spelled] if spelled in fields else []
+            close = close or difflib.get_close_matches(spelled, sorted(fields), n=1)
             raise ValueError(
                 f"{name!r} is not a field of DetectorConfig"
                 + (f"; did you mean {close[0]!r}?" if close else "")

@@ -178,7 +178,9 @@ def check_splits(train_set, *others) -> None:
     """The rule of a (train, val) pair, in one place: the train split has something to
     train on, and every other split is numbered by the train split's
     :class:`~rcnn_steps.data.LabelMap` (:meth:`~rcnn_steps.data.CocoDataset.
-    use_label_map`, which refuses one whose categories disagree). Raises
+    use_label_map`, which refuses one whose categories disagree), and every image file
+    each split lists is there (a stat each: a missing val image would otherwise stop the
+    run at its first evaluation, after the training it was to judge). Raises
     :class:`~rcnn_steps.data.DatasetError` naming the files, before any work starts."""
     from rcnn_steps.data import DatasetError
 
@@ -192,6 +194,19 @@ def check_splits(train_set, *others) -> None:
         )
     for other in others:
         other.use_label_map(train_set.label_map)
+    for dataset in (train_set, *others):
+        missing = [
+            info["file_name"]
+            for info in dataset.coco.imgs.values()
+            if not (dataset.images_dir / info["file_name"]).is_file()
+        ]
+        if missing:
+            raise DatasetError(
+                f"{dataset.annotation_file} lists {len(missing)} image(s) that are not in "
+                f"{dataset.images_dir}, e.g. {missing[0]!r}; training would stop when it "
+                "first meets one (a val image: after training): add the files, or remove "
+                "their entries from the file"
+            )
 
 
 # ----------------------------------------------------------------------------------------

@@ -1035,3 +1035,160 @@ def test_ctrl_c_saves_the_step_done_and_resume_continues_exactly(
                 for r in read_metrics(folder) if "total_loss" in r]  # fmt: skip
 
     assert losses(out) == losses(straight)
+
+
+# ----------------------------------------------------------------------------------------
+# Held-out cases: bad inputs nobody listed in the issue, tried as a new user would; each
+# failed on the families' rules before, and is refused in the place the rule lives
+
+
+@pytest.mark.parametrize(
+    "item, field",
+    [("MASKS=true", "'masks'"), ("config.fpn=true", "'fpn'"), ("ROI_OP=roipool", "'roi_op'")],
+)
+def test_held_out_set_suggests_the_field_it_spells(example, tmp_path, capsys, item, field):
+    assert cli.main(_train_argv(example, tmp_path / "run", item)) == 2
+    _one_error_line(capsys, "not a field", f"did you mean {field}")
+
+
+def test_held_out_backbone_weights_that_are_no_state_dict(example, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not weights")
+    out = tmp_path / "run"
+    for weights in (tmp_path / "none.pt", notes):  # was: a traceback for the text file
+        argv = _train_argv(example, out, "backbone=resnet50", f"backbone_weights={weights}")
+        assert cli.main(argv) == 2
+        _one_error_line(capsys, "backbone_weights", str(weights))
+    assert not out.exists()
+
+
+def _two_classes_named_arrow(data):
+    data["categories"].append({"id": 7, "name": "arrow"})
+
+
+def _an_empty_name(data):
+    data["categories"][0]["name"] = ""
+
+
+def _a_number_for_a_name(data):
+    data["categories"][0]["name"] = 5
+
+
+def _a_visibility_of_7(data):
+    next(a for a in data["annotations"] if a.get("keypoints"))["keypoints"][2] = 7
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (_two_classes_named_arrow, ["categories 1 and 7", "'arrow'"]),  # trained silently
+        (_an_empty_name, ["name ''", "non-empty string"]),  # trained silently
+        (_a_number_for_a_name, ["name 5", "non-empty string"]),  # a TypeError in train
+        (_a_visibility_of_7, ["keypoint 0", "visibility"]),  # trained as visible
+    ],
+    ids=["same-name", "empty-name", "int-name", "visibility"],
+)
+def test_held_out_category_names_and_keypoints_are_checked(example, tmp_path, capsys, edit, words):
+    data = _variant(example, tmp_path / "set", train=edit)
+    assert data_main(["check", str(data)]) == 1
+    _one_error_line(capsys, "instances_train.json", *words)
+    assert _train_briefly(data, tmp_path / "run") == 2
+    _one_error_line(capsys, "instances_train.json", *words)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_held_out_a_listed_image_that_is_missing_is_refused_before_training(
+    example, tmp_path, capsys, split
+):
+    data = _variant(example, tmp_path / "set")
+    gone = sorted((data / split).glob("*.png"))[-1]
+    gone.unlink()  # val: was found at the first evaluation, after training
+    assert _train_briefly(data, tmp_path / "run") == 2
+    _one_error_line(capsys, f"instances_{split}.json", "1 image(s)", gone.name)
+    assert not (tmp_path / "run").exists()  # nothing written: the retry needs no --resume
+
+
+def test_held_out_resume_of_a_folder_without_a_run(example, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out in (tmp_path / "mistyped", empty):  # was: a fresh run, silently
+        assert _train(example, out, "--max-iter", "1", "--resume") == 2
+        _one_error_line(capsys, "--resume", str(out), "holds no run")
+    assert not (tmp_path / "mistyped").exists() and not any(empty.iterdir())
+
+
+def test_held_out_out_in_the_data_set(example, tmp_path, capsys):
+    data = _variant(example, tmp_path / "set")
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    for out in (data, data / "train", data / "annotations" / "run"):  # was: trained there
+        assert _train(data, out, "--max-iter", "1") == 2
+        _one_error_line(capsys, f"--out {out}", "a folder of the data set")
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+    assert _train(data, data / "runs" / "a", "--max-iter", "1") == 0  # beside the data: fine
+
+
+@pytest.mark.parametrize(
+    "more, words",
+    [
+        (["--batch-size", "5"], ["--batch-size 5", "4 images", "4 or less"]),
+        (["--num-eval-images", "4"], ["--num-eval-images 4", "3 images", "3 or less"]),
+        (["--timeout", "nan"], ["--timeout nan", "at least 1"]),
+        (["--timeout", "inf"], ["--timeout inf", "at least 1"]),
+    ],
+)
+def test_held_out_sizes_the_data_cannot_give_and_timeouts_that_are_no_wait(
+    example, tmp_path, capsys, more, words
+):
+    argv = ["train", "--data", str(example), "--preset", "ci_mask", "--out", str(tmp_path / "r")]
+    argv += ["--max-iter", "1", "--no-progress", "--batch-size", "2", *more]
+    assert cli.main(argv) == 2  # was: ran with fewer images than asked, or no timeout
+    _one_error_line(capsys, *words)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("threshold", ["-1", "2", "nan"])
+def test_held_out_predict_refuses_a_score_threshold_outside_0_to_1(
+    run, example, tmp_path, capsys, threshold
+):
+    argv = ["predict", "--checkpoint", str(run / "last.pt"), "--images", str(example / "val")]
+    assert cli.main([*argv, "--out", str(tmp_path / "p"), "--score-threshold", threshold]) == 2
+    _one_error_line(capsys, f"--score-threshold {threshold}", "from 0 to 1")  # was: no boxes
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
+def test_held_out_a_damaged_run_json_is_named_by_predict_and_export(
+    run, example, tmp_path, capsys, text
+):
+    folder = _copy_run(run, tmp_path / "run")
+    (folder / "run.json").write_text(text)
+    assert _predict(folder / "last.pt", example / "val", tmp_path / "p") == 2
+    _one_error_line(capsys, str(folder / "run.json"), "restore it")  # was: "Expecting value"
+    argv = ["export", "--checkpoint", str(folder / "last.pt"), "--out", str(tmp_path / "m.pt")]
+    assert cli.main(argv) == 2
+    _one_error_line(capsys, str(folder / "run.json"), "restore it")
+    assert not (tmp_path / "p").exists() and not (tmp_path / "m.pt").exists()
+
+
+def test_held_out_export_never_replaces_a_training_checkpoint(run, tmp_path, capsys):
+    other = _copy_run(run, tmp_path / "other")
+    argv = ["export", "--checkpoint", str(run / "last.pt"), "--overwrite", "--out"]
+    assert cli.main([*argv, str(other / "last.pt")]) == 2  # was: replaced, --resume broken
+    _one_error_line(capsys, "last.pt", "not a checkpoint written by export", "--resume")
+    assert (other / "last.pt").read_bytes() == (run / "last.pt").read_bytes()
+    assert cli.main([*argv, str(tmp_path / "model.pt")]) == 0  # a new file, and then an
+    assert cli.main([*argv, str(tmp_path / "model.pt")]) == 0  # exported copy: replaced
+
+
+@pytest.mark.parametrize("command", ["train", "predict"])
+def test_held_out_an_empty_path_is_not_the_current_folder(run, example, command, capsys):
+    if command == "train":
+        argv = ["train", "--data", str(example), "--preset", "ci_mask", "--out", ""]
+    else:
+        argv = ["predict", "--checkpoint", str(run / "last.pt"), "--images", str(example)]
+        argv += ["--out", ""]
+    with pytest.raises(SystemExit) as exit_:  # was: train wrote its run into the cwd
+        cli.main(argv)
+    assert exit_.value.code == 2
+    assert "--out: an empty path" in capsys.readouterr().err

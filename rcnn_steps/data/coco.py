@@ -83,7 +83,9 @@ def load_coco_json(annotation_file: str | os.PathLike) -> dict[str, Any]:
     whose ``size`` differs from its image's, keypoints whose count differs from their
     category's keypoint list, an empty ``categories`` list, and a category's ``skeleton``
     (1-based) or ``flip_pairs`` (0-based) naming a keypoint it does not have, or
-    ``oks_sigmas`` that are not one positive number per keypoint.
+    ``oks_sigmas`` that are not one positive number per keypoint, a category name that is
+    empty, not a string or another category's (two classes no detection could tell
+    apart), and a keypoint that is not two numbers and a visibility 0, 1 or 2.
 
     The boxes' values (non-finite, empty, outside the image) are :class:`CocoDataset`'s
     to judge (see its ``on_invalid_box``), and so are the image files."""
@@ -149,6 +151,7 @@ def load_coco_json(annotation_file: str | os.PathLike) -> dict[str, Any]:
             'a detector needs at least one class: list them as {"id": 1, "name": "..."}'
         )
     categories: dict[int, dict] = {}
+    names: dict[str, int] = {}  # each name's category id
     for cat in data["categories"]:
         if "id" not in cat or "name" not in cat:
             raise DatasetError(f"{path}: category {cat!r} needs an 'id' and a 'name'")
@@ -157,6 +160,18 @@ def load_coco_json(annotation_file: str | os.PathLike) -> dict[str, Any]:
                 f"{path}: category {cat['name']!r} has id {cat['id']!r}"
                 f"{_type_hint(cat['id'], 'category ids')}"
             )
+        if not isinstance(cat["name"], str) or not cat["name"].strip():
+            raise DatasetError(
+                f"{path}: category {cat['id']!r} has name {cat['name']!r}; a category's name "
+                "is a non-empty string (predict labels its detections with it)"
+            )
+        if cat["name"] in names:
+            raise DatasetError(
+                f"{path}: categories {names[cat['name']]} and {cat['id']} are both named "
+                f"{cat['name']!r}; the model would learn them as two classes that its "
+                "detections cannot tell apart: merge them (one id) or name them apart"
+            )
+        names[cat["name"]] = cat["id"]
         if cat["id"] in categories:
             raise DatasetError(
                 f"{path}: category id {cat['id']} is used twice, by "
@@ -297,6 +312,12 @@ def _check_keypoints(path: Path, ann: dict, category: dict) -> None:
             f"{len(names)} keypoints, so it needs {3 * len(names)} (x, y, visibility for "
             "each, 0 0 0 for a keypoint that is not labelled)"
         )
+    for k, (x, y, v) in enumerate(zip(points[::3], points[1::3], points[2::3], strict=True)):
+        if not (_is_number(x) and _is_number(y) and v in (0, 1, 2)):
+            raise DatasetError(
+                f"{where}: keypoint {k} ({names[k]!r}) is {[x, y, v]!r}; each keypoint is x, y "
+                "(numbers) and a visibility v: 0 not labelled, 1 labelled but hidden, 2 visible"
+            )
 
 
 def _flip_pairs_from(category: dict) -> list[tuple[int, int]]:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -373,8 +374,21 @@ class ResNetBackbone(_StagedBackbone):
 
 
 def _load_resnet_weights(net: nn.Module, path: str) -> None:
-    """Load a local torchvision ResNet state dict into ``net``, ignoring the classifier."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """Load a local torchvision ResNet state dict into ``net``, ignoring the classifier.
+    A path that is missing or is no PyTorch file is a ValueError naming
+    ``backbone_weights`` (it is set there, by ``--set`` on the command line)."""
+    if not Path(path).is_file():
+        raise ValueError(
+            f"backbone_weights {path} is not a file; pass the path of a torchvision "
+            "resnet50/resnet101 state dict you have (nothing is downloaded), or None"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load raises pickle's, zip's and its own errors
+        raise ValueError(
+            f"backbone_weights {path} cannot be read as a PyTorch file "
+            f"({type(error).__name__}); save one with torch.save(model.state_dict(), path)"
+        ) from error
     if not isinstance(state, dict):
         raise ValueError(
             f"ResNetBackbone: {path} holds a {type(state).__name__}, not a state dict; save "
