@@ -116,7 +116,7 @@ LADDER_EVAL_IMAGES = 200
 LADDER_SEEDS = (0, 1, 2)
 #: The budget rule, as every results file states it.
 BUDGET_RULE = (
-    "every rung: the {preset} schedule ({max_iter} iterations, the long rung {long} ) on all "
+    "every rung: the {preset} schedule ({max_iter} iterations, the long rung {long}) on all "
     "train images, tested on {eval} val images, seconds per image on 1 thread; a detector "
     "iteration is {images} images x {rois} sampled RoIs (a quarter foreground, IoU >= 0.5), "
     "R-CNN's is {windows} warped windows drawn from all training images' windows (a quarter "
