@@ -414,6 +414,9 @@ def run_rung(spec: RunSpec) -> dict[str, Any]:
     from rcnn_steps.grid import _run_one, with_provenance
 
     here = replace(spec, root=resolve_root(spec.root))
+    iters = schedule(spec.preset, spec.max_iter)["max_iter"]
+    print(f"{spec.name}/seed{spec.seed}: started, {iters} iterations ({spec.key()}, "
+          f"{time.strftime('%H:%M:%S')})", flush=True)  # fmt: skip
     if spec.method != "rcnn":
         record = _run_one(here)
     else:
@@ -429,6 +432,8 @@ def run_rung(spec: RunSpec) -> dict[str, Any]:
             timing_threads=spec.timing_threads,
             out_dir=spec.out_dir,
         )
+    print(f"{spec.name}/seed{spec.seed}: {record['train_sec_per_iter']:.3f} s/iteration, "
+          f"{record['wall_time_s']:.0f} s in all", flush=True)  # fmt: skip
     return with_provenance(spec, record)
 
 
