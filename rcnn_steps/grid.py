@@ -44,6 +44,7 @@ __all__ = [
     "load_cached",
     "run_specs",
     "summarise",
+    "with_provenance",
 ]
 
 #: Seconds one run takes on one core of the reference machine (a 2-core AMD EPYC, one
@@ -141,13 +142,9 @@ def _worker_init(threads: int) -> None:
 
 
 def _run_one(spec: RunSpec) -> dict[str, Any]:
-    """One run in a worker: :func:`rcnn_steps.runner.run_setting` plus the code's
-    provenance (the commit it ran from) and the torch threads it trained on (they change
-    its speed, not what it computes beyond float rounding)."""
-    import torch
-
+    """One run in a worker: :func:`rcnn_steps.runner.run_setting` plus
+    :func:`with_provenance`."""
     from rcnn_steps.runner import run_setting
-    from rcnn_steps.utils import code_diff_hash, git_commit
 
     record = run_setting(
         spec.name,
@@ -162,6 +159,17 @@ def _run_one(spec: RunSpec) -> dict[str, Any]:
         timing_threads=spec.timing_threads,
         out_dir=spec.out_dir,
     )
+    return with_provenance(spec, record)
+
+
+def with_provenance(spec: RunSpec, record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` (one run) with the code's provenance (the commit it ran from), the torch
+    threads it trained on (they change its speed, not what it computes beyond float
+    rounding) and its ``spec``: what every run of the cache holds, whoever ran it."""
+    import torch
+
+    from rcnn_steps.utils import code_diff_hash, git_commit
+
     record["train_threads"] = torch.get_num_threads()
     record["commit"] = git_commit()
     record["code_diff_sha256"] = code_diff_hash()
@@ -183,6 +191,7 @@ def run_specs(
     progress: bool = True,
     log: Callable[[str], None] = print,
     on_result: Callable[[RunSpec, dict[str, Any]], None] | None = None,
+    runner: Callable[[RunSpec], dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run every spec not already in ``cache_dir`` and return ``{key: run}`` for all of
     them (cached and new). ``workers`` processes run in parallel, each with
@@ -190,7 +199,11 @@ def run_specs(
     another (for tests and debugging). Each finished run is written at once, so a kill
     loses only the runs in flight; ``on_result(spec, run)`` is called after each (the
     ablation tables rewrite their files there). A failed run is reported and the others
-    go on; a ``RuntimeError`` naming the failures is raised at the end."""
+    go on; a ``RuntimeError`` naming the failures is raised at the end. ``runner(spec)``
+    runs one spec (default: :func:`rcnn_steps.runner.run_setting` with
+    :func:`with_provenance`); another, e.g. :func:`rcnn_steps.ladder.run_rung` for runs
+    that are not one detector config, must be a module-level function (workers import
+    it) and return a record with ``metrics`` and ``wall_time_s``."""
     from tqdm.auto import tqdm
 
     from rcnn_steps.utils import atomic_write_bytes
@@ -200,6 +213,7 @@ def run_specs(
             f"threads_per_worker must be at least 1 (torch threads of each worker), got "
             f"{threads_per_worker}"
         )
+    run_one = runner or _run_one
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     unique: dict[str, RunSpec] = {}
@@ -264,7 +278,7 @@ def run_specs(
             try:
                 for spec in todo:
                     try:
-                        run = _run_one(spec)
+                        run = run_one(spec)
                     except Exception as error:  # noqa: BLE001  (reported, the grid goes on)
                         report(spec, None, error)
                         continue
@@ -284,7 +298,7 @@ def run_specs(
             ) as pool:
                 # largest first: the last runs to finish are then the short ones
                 order = sorted(todo, key=lambda s: -estimates[s.key()])
-                futures = {pool.submit(_run_one, spec): spec for spec in order}
+                futures = {pool.submit(run_one, spec): spec for spec in order}
                 pending = set(futures)
                 while pending:
                     finished, pending = wait(pending, return_when=FIRST_COMPLETED)

@@ -629,9 +629,15 @@ def train_rcnn(
     device: str = "auto",
     progress: bool = False,
     out_dir: str | None = None,
+    schedule: dict[str, Any] | None = None,
 ):
     """Train an :class:`RCNNNet` on the first ``config.num_train_images`` images of
-    ``dataset`` through :func:`rcnn_steps.engine.train`. Returns (model, TrainResult)."""
+    ``dataset`` through :func:`rcnn_steps.engine.train`. Returns (model, TrainResult).
+
+    ``schedule`` (fields of :class:`~rcnn_steps.engine.TrainConfig`: ``max_iter, lr,
+    warmup_steps, lr_steps, ...``) replaces R-CNN's own (``config.max_iter`` updates at
+    ``config.lr``, a cosine decay after a short warm-up): the ladder of chapter 08 trains
+    R-CNN on the same schedule as the detectors it is compared with."""
     from rcnn_steps.engine import TrainConfig, train
     from rcnn_steps.utils import seed_everything
 
@@ -641,6 +647,11 @@ def train_rcnn(
     if not ids:
         raise ValueError("no training image has cached proposals")
     windows = training_windows(dataset, proposals, ids, coder, config.fg_iou, config.reg_iou)
+    if schedule is not None and schedule["max_iter"] != config.max_iter:
+        raise ValueError(
+            f"train_rcnn: schedule max_iter {schedule['max_iter']} != config.max_iter "
+            f"{config.max_iter} (the window batches are drawn for config.max_iter updates)"
+        )
     batches = WindowBatches(
         windows,
         config.max_iter,
@@ -651,12 +662,15 @@ def train_rcnn(
     )
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=True)
     model = RCNNNet(dataset.num_classes, config.crop_size, config.width)
-    train_config = TrainConfig(
+    own = dict(
         max_iter=config.max_iter,
         lr=config.lr,
         warmup_steps=min(50, config.max_iter // 10),
         schedule="cosine",
         log_every=max(1, config.max_iter // 10),
+    )
+    train_config = TrainConfig(
+        **(own if schedule is None else dict(schedule)),
         seed=config.seed,
         device=device,
         progress=progress,

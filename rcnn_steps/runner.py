@@ -433,16 +433,23 @@ def selective_search_proposals(
 
     For the book's set (``root`` None) they are chapter 02's cache
     (``results/proposals_fast_<split>.npz``, made by ``python -m rcnn_steps.rcnn
-    proposals``; a missing or stale cache is an error that names that command). For any
-    other ``root`` they are made on first use and cached beside the data.
+    proposals``; a stale cache is an error that names that command) when it holds the
+    images asked for (its 400 train and 200 val images); beyond those (the ladder trains
+    on all 1000 train images) they are the set's own cache, as for any other ``root``.
+    For any other ``root`` they are made on first use and cached beside the data
+    (``<root>/proposals_fast_<split>.npz``; :func:`rcnn_steps.ladder.prepare_proposals`
+    makes or extends it before a grid starts).
     """
     import numpy as np
 
     from rcnn_steps.rcnn import load_proposals, make_proposals, proposals_path
 
-    if root is None:
-        path = proposals_path(split)
-    else:
+    path = proposals_path(split) if root is None else None
+    if path is None or (path.exists() and not _covers(path, dataset, num_images)):
+        if root is None:
+            from rcnn_steps.data import ensure_synth
+
+            root = ensure_synth()
         path = Path(root) / f"proposals_fast_{split}.npz"
         stale = False
         if path.exists():
@@ -462,6 +469,16 @@ def selective_search_proposals(
             f"proposals --split {split} --num-images {num_images}`"
         )
     return {i: proposals[i] for i in wanted}, seconds
+
+
+def _covers(path: Path, dataset, num_images: int) -> bool:
+    """Whether the proposal cache ``path`` holds the first ``num_images`` images of
+    ``dataset`` (whatever data it was made from: a stale cache is refused on loading)."""
+    import numpy as np
+
+    with np.load(path) as data:
+        held = {int(i) for i in data["image_ids"]}
+    return all(int(i) in held for i in dataset.image_ids[:num_images])
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,0 +1,127 @@
+"""The ladder (rcnn_steps.ladder): one change per rung, stable keys, a tiny run, the plan."""
+
+import json
+
+import pytest
+
+from rcnn_steps import ablations, ladder
+from rcnn_steps.grid import RunSpec
+from rcnn_steps.runner import detector_config
+
+
+def _timing(root, sec_per_iter, setup_s, eval_s_per_image):
+    rates = {"sec_per_iter": sec_per_iter, "setup_s": setup_s, "eval_s_per_image": eval_s_per_image}
+    return {"root": root, "rungs": {name: dict(rates) for name in ladder.RUNGS}}
+
+
+def test_rungs_in_the_papers_order():
+    assert [r.name for r in ladder.LADDER] == [
+        "rcnn", "fast_rcnn", "roialign", "faster_rcnn", "fpn", "mask_rcnn", "mask_rcnn_long"
+    ]  # fmt: skip
+    assert [r.method for r in ladder.LADDER] == [
+        "rcnn", "selective_search", "selective_search", "rpn", "rpn", "rpn", "rpn"
+    ]  # fmt: skip
+
+
+def test_each_rung_changes_one_thing():
+    rungs = ladder.LADDER
+    # R-CNN -> Fast R-CNN: another pipeline on the same proposals (selective search)
+    assert rungs[0].method == "rcnn" and rungs[1].method == "selective_search"
+    assert detector_config(ladder.LADDER_PRESET, rungs[1].overrides).roi_op == "roipool"
+    for before, after in zip(rungs[1:], rungs[2:], strict=False):
+        diff = ladder.config_diff(before, after)
+        assert set(diff) == set(after.changes) | set(after.follows), (after.name, diff)
+        for name, value in after.changes.items():
+            old = getattr(detector_config(ladder.LADDER_PRESET, before.overrides), name)
+            assert diff[name] == (old, value)
+        method_changed = before.method != after.method
+        budget_changed = before.max_iter != after.max_iter
+        # exactly one of: a config change, the proposals' source, the budget
+        assert [bool(after.changes), method_changed, budget_changed].count(True) == 1, after.name
+    assert rungs[3].method == "rpn" and rungs[2].method == "selective_search"
+    assert rungs[-1].max_iter == ablations.LONG_MAX_ITER
+
+
+def test_the_final_rungs_are_the_final_model():
+    # the mask rung is mrcnn_pixels' "exact" and the long rung mrcnn_long's "roialign":
+    # the same keys, so their cached runs are reused
+    long = ablations.mask_rcnn_grid("mrcnn_long")["roialign"]
+    exact = ablations.mask_rcnn_grid("mrcnn_pixels")["exact"]
+    specs = {s.name: s for s in ladder.ladder_specs(None, [0])}
+    grid_long = RunSpec("roialign", 0, "cpu_mask", long["overrides"], max_iter=6000,
+                        num_eval_images=200)  # fmt: skip
+    grid_exact = RunSpec("exact", 0, "cpu_mask", exact["overrides"], num_eval_images=200)
+    assert specs["mask_rcnn_long"].key() == grid_long.key()
+    assert specs["mask_rcnn"].key() == grid_exact.key()
+
+
+def test_keys_are_stable():
+    keys = {(s.name, s.seed): s.key() for s in ladder.ladder_specs(None)}
+    assert len(set(keys.values())) == len(keys) == 7 * 3
+    # computed from what decides the result: the same today as when the grid started
+    assert keys[("rcnn", 0)] == "cpu_mask-s0-a6e23f32def0"
+    assert keys[("fast_rcnn", 1)] == "cpu_mask-s1-b286e9a718ae"
+    assert keys[("mask_rcnn_long", 0)] == "cpu_mask-s0-553ff02fe418"
+    # the 256 px set is keyed by its folder name, wherever the data folder is
+    spec = ladder.ladder_specs("synth-256px-from128-seed0", [0], rungs=["fpn"])[0]
+    assert spec.root == "synth-256px-from128-seed0" and spec.key() == spec.key()
+
+
+def test_data_tags():
+    assert ladder.data_tag(None) == "128"
+    assert ladder.data_tag("synth-256px-from128-seed0") == "256"
+    assert ladder.data_tag("/x/synth-256px-from128-seed0-hard") == "256-hard"
+    assert ladder.data_tag("synth-128px-seed3") == "128-seed3"
+    assert ladder.data_tag("/x/mine") == "mine"
+
+
+def test_rcnn_budget_is_the_detectors():
+    config = detector_config("cpu_mask")
+    assert ladder.rcnn_windows_per_iteration("cpu_mask") == 8 * config.roi_batch_size_per_image
+
+
+def test_tiny_ladder_end_to_end(tiny_synth, tmp_path):
+    root = ladder.data_root(root=tiny_synth)
+    assert root == str(tiny_synth.resolve())
+    out = tmp_path / "ladder_tiny.json"
+    timing = _timing(root, 0.1, 1.0, 0.01)
+    lines = []
+    results = ladder.run_ladder(root, [0], out, rungs=["rcnn", "fast_rcnn"], preset="ci_mask",
+                                max_iter=2, num_eval_images=3, workers=0,
+                                cache_dir=tmp_path / "runs", timing=timing,
+                                log=lines.append)  # fmt: skip
+    assert any("ladder plan" in line for line in lines)
+    assert set(results["runs"]) == {"rcnn/seed0", "fast_rcnn/seed0"}
+    rcnn, fast = results["runs"]["rcnn/seed0"], results["runs"]["fast_rcnn/seed0"]
+    assert rcnn["method"] == "rcnn" and fast["method"] == "selective_search"
+    assert rcnn["max_iter"] == fast["max_iter"] == 2
+    assert rcnn["rcnn_config"]["batch_size"] == ladder.rcnn_windows_per_iteration("ci_mask")
+    for run in (rcnn, fast):
+        assert {"AP", "APs", "APm", "APl"} <= set(run["metrics"])
+        assert run["timing_threads"] == 1 and run["wall_time_s"] > 0
+        assert run["proposal_seconds_per_image"] > 0  # both on selective search
+    # the chapter reads it as it reads a grid, and compares two rungs
+    grid = ladder.read_ladder_results(out)
+    assert grid["order"] == ["rcnn", "fast_rcnn"] and grid["summary"]["rcnn"]["n"] == 1
+    assert "AP" in grid["summary"]["fast_rcnn"] and "seconds_per_image" in grid["summary"]["rcnn"]
+    effect = ablations.compare_settings(grid, "rcnn", "fast_rcnn")
+    assert effect["verdict"].startswith("no paper number")
+    payload = json.loads(out.read_text())
+    assert "budget" in payload["results"] and payload["provenance"]["seeds"] == [0]
+    # resumable: a second call finds both runs in the cache and trains nothing
+    lines.clear()
+    ladder.run_ladder(root, [0], out, rungs=["rcnn", "fast_rcnn"], preset="ci_mask",
+                      max_iter=2, num_eval_images=3, workers=0, cache_dir=tmp_path / "runs",
+                      log=lines.append)  # fmt: skip
+    assert any("2 already in" in line for line in lines)
+
+
+def test_plan_prints(tmp_path):
+    timing = _timing(None, 1.0, 10.0, 0.1)
+    plan = ladder.plan(ladder.ladder_specs(None), timing, tmp_path)
+    text = ladder.format_plan(plan)
+    assert "mask_rcnn_long" in text and "core-hours" in text
+    one = 10 + 1500 + 200 * 0.1
+    assert plan["rungs"]["fpn"]["run_s"] == pytest.approx(one)
+    assert plan["rungs"]["mask_rcnn_long"]["run_s"] == pytest.approx(10 + 6000 + 20)
+    assert plan["core_hours"] == pytest.approx((6 * 3 * one + 3 * 6030) / 3600)
