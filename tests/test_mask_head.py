@@ -164,7 +164,7 @@ def test_paste_in_windows_equals_the_full_paste(aligned):
     boxes[0] = torch.tensor([-30.0, 5.0, -10.0, 20.0])  # entirely outside
     boxes[1] = torch.tensor([10.0, 10.0, 10.2, 10.3])  # sub-pixel
     full = paste_masks_in_image(masks, boxes, (96, 120), aligned=aligned)[:, 0]
-    windows = paste_masks_in_windows(masks, boxes, (96, 120), aligned=aligned)
+    windows = list(paste_masks_in_windows(masks, boxes, (96, 120), aligned=aligned))
     assert len(windows) == 40
     for i, (window, (top, left)) in enumerate(windows):
         canvas = torch.zeros(96, 120)

@@ -34,7 +34,7 @@ weights load into ours. Taught in chapter 07 ("Masks and keypoints").
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -450,10 +450,11 @@ def paste_masks_in_windows(
     img_shape: Sequence[int],
     padding: int = 1,
     aligned: bool = False,
-) -> list[tuple[Tensor, tuple[int, int]]]:
+) -> Iterator[tuple[Tensor, tuple[int, int]]]:
     """:func:`paste_masks_in_image` one mask at a time, each over only the window of image
-    pixels it can reach: memory grows with the boxes' areas, not with ``D x H x W`` (100
-    float masks of a 3000 x 2000 photo are 2.4 GB; ``predict`` uses this).
+    pixels it can reach, made when the caller asks for it (a generator): memory is one
+    window, at most one image, however many masks there are (100 float masks of a 3000 x
+    2000 photo are 2.4 GB at once; ``predict`` uses this).
 
     The window is the box grown by what the paste adds around it (``aligned=False``: the
     padding, rounded out to whole pixels; ``aligned=True``: half a mask cell, read
@@ -466,13 +467,12 @@ def paste_masks_in_windows(
         boxes: ``(D, 4)`` xyxy in image pixels.
         img_shape: ``(H, W)``.
 
-    Returns:
+    Yields:
         ``D`` pairs ``(window (h_i, w_i), (top_i, left_i))``: the pasted values of image
         rows ``top_i .. top_i + h_i - 1`` and columns ``left_i .. left_i + w_i - 1``.
     """
     h, w = int(img_shape[0]), int(img_shape[1])
     m = masks.shape[-1]
-    windows = []
     for mask, box in zip(masks, boxes, strict=True):
         if aligned:
             reach = (box[2:] - box[:2]) / m  # a mask cell, in pixels (x, y)
@@ -490,8 +490,7 @@ def paste_masks_in_windows(
             cols = _resize_matrix(corners[:, 0], corners[:, 2], src, w)[:, left:right]
             padded = F.pad(mask, (padding,) * 4).to(rows.dtype)  # (1, M + 2p, M + 2p)
             pasted = (rows @ padded @ cols.transpose(1, 2))[0].to(masks.dtype)
-        windows.append((pasted, (top, left)))
-    return windows
+        yield pasted, (top, left)
 
 
 # ----------------------------------------------------------------------------------------
