@@ -562,7 +562,9 @@ def run_ladder(
         log(format_plan(plan(specs, timing, cache_dir)))
 
     def write() -> dict[str, Any]:
-        runs = [r for s in specs if (r := load_cached(s, cache_dir)) is not None]
+        # a run shared with another grid was cached under that grid's setting name
+        # (mrcnn_pixels' "exact", mrcnn_long's "roialign"): file it under the rung's
+        runs = [dict(r, name=s.name) for s in specs if (r := load_cached(s, cache_dir)) is not None]
         results = _results(specs, runs, root, preset, long_iters, num_eval_images)
         write_results(out, results, preset=preset, seeds=sorted({int(s) for s in seeds}),
                       started=started)  # fmt: skip

@@ -116,6 +116,25 @@ def test_tiny_ladder_end_to_end(tiny_synth, tmp_path):
     assert any("2 already in" in line for line in lines)
 
 
+def test_runs_cached_by_other_grids_are_filed_under_their_rungs(tmp_path):
+    # the mask rung's runs were cached by mrcnn_pixels as "exact", the long rung's by
+    # mrcnn_long as "roialign" (also the name of a rung): each counts for its own rung
+    rungs = ["fpn", "mask_rcnn", "mask_rcnn_long"]
+    cache = tmp_path / "runs"
+    cache.mkdir()
+    names = {"fpn": "fpn", "mask_rcnn": "exact", "mask_rcnn_long": "roialign"}
+    for k, spec in enumerate(ladder.ladder_specs(None, [0], rungs=rungs)):
+        run = {"name": names[spec.name], "seed": 0, "metrics": {"AP": 0.5 + k / 10},
+               "wall_time_s": 1.0}  # fmt: skip
+        (cache / f"{spec.key()}.json").write_text(json.dumps(run))
+    out = tmp_path / "ladder.json"
+    ladder.run_ladder(None, [0], out, rungs=rungs, workers=0, cache_dir=cache,
+                      log=lambda _: None)  # fmt: skip
+    summary = ladder.read_ladder_results(out)["summary"]
+    assert [summary[name]["AP"]["mean"] for name in rungs] == [0.5, 0.6, 0.7]
+    assert "roialign" not in summary and "exact" not in summary
+
+
 def test_plan_prints(tmp_path):
     timing = _timing(None, 1.0, 10.0, 0.1)
     plan = ladder.plan(ladder.ladder_specs(None), timing, tmp_path)
