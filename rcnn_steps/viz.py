@@ -675,6 +675,50 @@ def ap_vs_seconds(
     return ax
 
 
+def ladder_waterfall(
+    grid: dict[str, Any],
+    metric: str = "AP",
+    *,
+    ax: Axes | None = None,
+    title: str = "",
+) -> Axes:
+    """What each rung of a controlled ladder bought (:func:`rcnn_steps.ladder.read_ladder_results`'s
+    ``grid``): a waterfall whose first bar is the first rung's ``metric`` (in %, the seed
+    mean) and each later bar the step from the rung before it to this one, green up,
+    red down, with a whisker over this rung's seeds (min to max, so the step's noise can
+    be read against its height) and ``n=`` the number of seeds under it. Rungs not run
+    yet (or without ``metric``, e.g. mask AP before the mask branch) are left out, and
+    the step is taken from the last rung drawn."""
+    ax = _figure_axes(ax, (5.2, 3.0))
+    drawn, level = [], None
+    for name in grid["order"]:
+        entry = grid["summary"].get(name, {})
+        if metric not in entry:
+            continue
+        mean, lo, hi = (100 * entry[metric][k] for k in ("mean", "min", "max"))
+        x = len(drawn)
+        if level is None:
+            ax.bar(x, mean, color="0.6", width=0.6)
+        else:
+            step = mean - level
+            ax.bar(x, step, bottom=level, width=0.6, color="C2" if step >= 0 else "C3")
+            ax.plot([x - 0.7, x - 0.3], [level, level], color="0.3", lw=0.8)  # from the last bar
+            ax.annotate(f"{step:+.1f}", (x, max(mean, level)), textcoords="offset points",
+                        xytext=(0, 3), ha="center", fontsize=8)  # fmt: skip
+        if entry["n"] > 1:
+            ax.plot([x, x], [lo, hi], color="black", lw=1.2)
+        ax.annotate(f"n={entry['n']}", (x, 0), textcoords="offset points", xytext=(0, 2),
+                    ha="center", fontsize=7, color="white" if level is None else "0.3")  # fmt: skip
+        drawn.append(name)
+        level = mean
+    ax.set_xticks(range(len(drawn)))
+    ax.set_xticklabels([grid.get("short_labels", {}).get(n, n) for n in drawn], rotation=30,
+                       ha="right")  # fmt: skip
+    ax.axhline(0, color="0.3", lw=0.6)
+    _label_axes(ax, "", f"{metric}, % (bars: step from the rung before)", title)
+    return ax
+
+
 # ----------------------------------------------------------------------------------------
 # Feature maps, RoI bins and sampling points (chapters 03, 05 and 06).
 # ----------------------------------------------------------------------------------------

@@ -272,3 +272,26 @@ def test_draw_stages_highlights_what_the_new_idea_changed():
         p for p in plain.patches if p.get_edgecolor()[:3] == matplotlib.colors.to_rgb("#d9822b")
     ]
     plt.close("all")
+
+
+def test_ladder_waterfall_draws_each_step_with_its_seed_range():
+    def entry(mean, lo, hi, n):
+        return {"AP": {"mean": mean, "min": lo, "max": hi}, "n": n}
+
+    grid = {
+        "order": ["a", "b", "c", "d"],
+        "summary": {"a": entry(0.50, 0.48, 0.52, 3), "b": entry(0.40, 0.39, 0.42, 3),
+                    "c": {"n": 0, "seeds": []}, "d": entry(0.60, 0.60, 0.60, 1)},
+    }  # fmt: skip
+    ax = viz.ladder_waterfall(grid)
+    bars = ax.patches
+    assert len(bars) == 3  # "c" has not run
+    assert bars[0].get_height() == pytest.approx(50)
+    assert bars[1].get_y() == pytest.approx(50) and bars[1].get_height() == pytest.approx(-10)
+    assert bars[2].get_y() == pytest.approx(40) and bars[2].get_height() == pytest.approx(20)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "d"]
+    whiskers = [line for line in ax.lines if len(set(line.get_xdata())) == 1]
+    assert sorted(tuple(line.get_ydata()) for line in whiskers) == [(39, 42), (48, 52)]  # n=1: none
+    texts = [t.get_text() for t in ax.texts]
+    assert "-10.0" in texts and "+20.0" in texts and "n=1" in texts
+    plt.close("all")
