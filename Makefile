@@ -15,7 +15,7 @@ NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.
 NBVAL_KERNELS := ATEN_CPU_CAPABILITY=default
 RERUN_KERNELS := ONEDNN_MAX_CPU_ISA=SSE41
 
-.PHONY: setup book book-update book-spread test test-fast lint format lab bench data clean
+.PHONY: setup book book-update book-spread html test test-fast lint format lab bench data clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ book: $(STAMP)
 # For authors: execute every chapter in place, refreshing the committed outputs.
 book-update: $(STAMP)
 	$(BIN)/python scripts/run_book.py --inplace
+
+# The book as static HTML pages in build/html/ (index.html: the contents), rendered from
+# the committed outputs: nothing is executed, so it takes seconds.
+html: $(STAMP)
+	$(BIN)/python scripts/build_html.py --out build/html
 
 # For authors: execute the book under several kernel sets and list every printed number
 # that moves, with its range (what an assert's margin and the prose's precision must cover).

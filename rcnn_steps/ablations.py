@@ -81,6 +81,7 @@ __all__ = [
     "PAPER_METRIC",
     "TABLES",
     "detector_config",
+    "effect_records",
     "faster_rcnn_grid",
     "grid_eval_images",
     "load_datasets",
@@ -520,6 +521,105 @@ def compare_settings(
         "separated": separated, "paper": paper, "same_direction": same,
         "ratio": None if ratio is None else round(ratio, 2), "verdict": verdict,
     }  # fmt: skip
+
+
+#: Our metric families by summary prefix, as a reader says them.
+_FAMILY_WORDS = {"": "box", "mask_": "mask", "kp_": "keypoint"}
+#: Where each family's metrics are in a run record (:data:`rcnn_steps.grid.METRIC_FAMILIES`).
+_RUN_KEYS = {"": "metrics", "mask_": "segm_metrics", "kp_": "keypoint_metrics"}
+#: What the papers' numbers are, by the settings' key holding them (when not the table's
+#: own ``paper``): Table 2(d)'s other half, FPN Table 2, Mask R-CNN Table 2(a).
+_PAPER_KEY_FAMILY = {"paper_mask": "mask", "paper_box": "box", "paper_table2": "box",
+                     "paper_2a": "mask"}  # fmt: skip
+
+
+def _paper_family(table: str, paper_key: str) -> str:
+    """Which of the paper's metric families ``settings[name][paper_key]`` holds."""
+    if paper_key in _PAPER_KEY_FAMILY:
+        return _PAPER_KEY_FAMILY[paper_key]
+    if table in MASK_TABLES:
+        return {"segm": "mask", "bbox": "box", "keypoints": "keypoint"}[MASK_TABLE_METRIC[table]]
+    return {"table2c": "mask"}.get(table, "box")  # 2(d) and FPN Table 3: box AP
+
+
+def effect_records(
+    grid: dict[str, Any],
+    baseline: str,
+    variants: Sequence[str] | None = None,
+    metric: str | None = None,
+    *,
+    family: str | None = None,
+    paper_key: str = "paper",
+    labels: dict[str, str] | None = None,
+    section: str | None = None,
+) -> list[dict[str, Any]]:
+    """The effects of a table's settings over ``baseline``, as the records
+    :func:`rcnn_steps.viz.effect_forest` draws: one per variant (default: every other
+    setting that ran, in the table's order), each
+
+    ``{"label": "<variant> over <baseline>", "ours": [variant - baseline, per seed],
+    "paper": the paper's variant - baseline or None, "metric", "paper_metric",
+    "section", "table", "baseline", "variant", "seeds"}``, effects in points (%).
+
+    ``grid`` is :func:`read_grid_results`'s dict; ``metric`` one of ours (default the
+    table's :data:`COMPARABLE_METRIC`: AP50 beside the VOC tables' mAP, else AP), read in
+    ``family`` (default the table's, ``"mask_"`` for the mask tables; ``""`` for boxes).
+    Each seed's effect is the difference of two runs with the same seed (the same
+    initial weights and image order), over the seeds both settings ran: pairing by seed
+    takes out what the seed alone does, so the range over seeds is narrower than
+    :func:`compare_settings`' worst-against-best range, whose verdict is the stricter test.
+    The paper's effect is read from ``settings[name][paper_key]`` (``paper_box`` for
+    Table 2(d)'s boxes): the same-named metric of a dict of the paper's numbers, or a
+    VOC table's single mAP beside our AP50; None where either setting has no number.
+    ``labels`` replaces the settings' labels (short names make readable rows)."""
+    fam = grid["family"] if family is None else family
+    metric = grid["metric"] if metric is None else metric
+    names = {**grid["labels"], **(labels or {})}
+    if baseline not in grid["settings"]:
+        raise ValueError(
+            f"{grid['table']}: no setting {baseline!r}; the baseline is one of {grid['order']}"
+        )
+    if variants is None:
+        variants = [n for n in grid["order"] if n != baseline and grid["summary"][n].get("n")]
+    run_key_of = _RUN_KEYS[fam]
+
+    def per_seed(name: str) -> dict[int, float]:
+        runs = [r for r in grid["runs"].values() if r["name"] == name]
+        return {r["seed"]: r[run_key_of][metric] for r in runs if metric in r.get(run_key_of, {})}
+
+    base_runs = per_seed(baseline)
+    records = []
+    for variant in variants:
+        if variant not in grid["settings"]:
+            raise ValueError(f"{grid['table']}: no setting {variant!r}; one of {grid['order']}")
+        runs = per_seed(variant)
+        seeds = sorted(set(base_runs) & set(runs))
+        if not seeds:
+            raise ValueError(
+                f"{grid['table']}: {variant!r} and {baseline!r} share no seed with "
+                f"{fam + metric}; run `python -m rcnn_steps.ablations grid --tables "
+                f"{grid['table']}` with the same --seeds for both"
+            )
+        paper_a = grid["settings"][baseline].get(paper_key)
+        paper_b = grid["settings"][variant].get(paper_key)
+        paper, paper_metric = None, None
+        if isinstance(paper_a, dict) and isinstance(paper_b, dict):
+            if metric in paper_a and metric in paper_b:
+                paper = round(paper_b[metric] - paper_a[metric], 2)
+                paper_metric = f"{_paper_family(grid['table'], paper_key)} {metric}"
+        elif isinstance(paper_a, int | float) and isinstance(paper_b, int | float):
+            if metric == COMPARABLE_METRIC.get(grid["table"]):  # VOC mAP beside our AP50
+                paper, paper_metric = round(paper_b - paper_a, 2), "VOC07 mAP"
+        records.append({
+            "label": f"{names[variant]} over {names[baseline]}",
+            "ours": [100 * (runs[s] - base_runs[s]) for s in seeds],
+            "paper": paper,
+            "metric": f"{_FAMILY_WORDS[fam]} {metric}",
+            "paper_metric": paper_metric,
+            "section": section,
+            "table": grid["table"], "baseline": baseline, "variant": variant, "seeds": seeds,
+        })  # fmt: skip
+    return records
 
 
 def widest_seed_range(grid: dict[str, Any], metric: str = "AP", family: str | None = None) -> float:

@@ -1,4 +1,5 @@
-"""Small shared helpers: seeds and threads, devices, paths, and results files.
+"""Small shared helpers: seeds and threads, devices, paths, results files, and tables as
+text (:func:`format_table`).
 
 Every chapter starts with :func:`seed_everything` and :func:`set_threads` so that its
 outputs are the same on every run on one machine (another CPU's kernels move the last
@@ -18,7 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -322,3 +324,102 @@ def stage_changes(
     keys = {s["key"] for s in stages}
     changed = [s["key"] for s in stages if (s["key"], s["title"]) not in old]
     return changed, [s["title"] for s in previous if s["key"] not in keys]
+
+
+# ----------------------------------------------------------------------------------------
+# Tables as text (chapters 04-08 print their measurements; so do the library commands)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of :func:`format_table`: its ``header``; where a row's cell comes from
+    (``value``: a key of the row dict, default the header, or a function of the row);
+    ``fmt``, the format spec of a number (``".3f"``, ``"+.1f"``, ``".0%"``), after
+    multiplying by ``scale`` (100: fractions as percentage points); ``align``, ``"<"`` or
+    ``">"`` (default: right for numbers, left for text); ``missing``, what an absent or
+    None cell shows."""
+
+    header: str
+    value: str | Callable[[Any], Any] | None = None
+    fmt: str = ""
+    scale: float = 1.0
+    align: str = ""
+    missing: str = "-"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.number) and not isinstance(value, bool)
+
+
+def _is_spread(value: Any) -> bool:
+    """A setting's statistics over seeds (:func:`rcnn_steps.grid.summarise`)."""
+    return isinstance(value, Mapping) and {"mean", "min", "max"} <= set(value)
+
+
+def _number(value: Any, column: Column) -> str:
+    # an int stays an int unless scaled (3, not 3.0)
+    return format(value * column.scale if column.scale != 1 else value, column.fmt)
+
+
+def _cell(column: Column, row: Any) -> tuple[str, bool]:
+    """A row's cell as text, and whether it is a number (a spread counts as one)."""
+    getter = column.value if column.value is not None else column.header
+    if callable(getter):
+        value = getter(row)
+    else:
+        value = row.get(getter) if isinstance(row, Mapping) else None
+    if value is None:
+        return column.missing, False
+    if _is_spread(value):  # mean [worst, best seed]
+        mean, lo, hi = (_number(value[k], column) for k in ("mean", "min", "max"))
+        return f"{mean} [{lo}, {hi}]", True
+    if _is_number(value):
+        return _number(value, column), True
+    return str(value), False
+
+
+def format_table(
+    rows: Sequence[Any],
+    columns: Sequence[Column | str],
+    *,
+    indent: int = 0,
+    gap: int = 2,
+    rule: str = "-",
+) -> str:
+    """``rows`` (dicts, or anything the columns' functions read) as an aligned text table:
+    a header line, a rule of ``rule`` under it (``""`` for none), then one line per row;
+    each line indented by ``indent`` spaces, columns ``gap`` spaces apart. A column is a
+    :class:`Column`, or a string for ``Column(that string)`` (the header is the key).
+
+    A cell holding a seed spread (``{"mean", "min", "max"}``, as in a results file's
+    ``summary``) prints as ``mean [min, max]``, each number in the column's format: the
+    book's usual "mean [worst, best seed]". A column is right-aligned when any of its
+    cells is a number, unless its ``align`` says otherwise. Returns the table (no
+    trailing newline), to ``print``."""
+    columns = [Column(c) if isinstance(c, str) else c for c in columns]
+    for column in columns:
+        if column.align not in ("", "<", ">"):
+            raise ValueError(
+                f"format_table: column {column.header!r} has align={column.align!r}; "
+                "use '<' (left), '>' (right) or '' (numbers right, text left)"
+            )
+    cells = [[_cell(column, row) for column in columns] for row in rows]
+    lines = [[column.header for column in columns]] + [[text for text, _ in r] for r in cells]
+    widths = [max(len(line[j]) for line in lines) for j in range(len(columns))]
+    aligns = [
+        column.align or (">" if any(r[j][1] for r in cells) else "<")
+        for j, column in enumerate(columns)
+    ]
+    out = [
+        " " * indent
+        + (" " * gap)
+        .join(
+            f"{text:{align}{width}}"
+            for text, align, width in zip(line, aligns, widths, strict=True)
+        )
+        .rstrip()
+        for line in lines
+    ]
+    if rule:
+        out.insert(1, " " * indent + rule * (sum(widths) + gap * (len(columns) - 1)))
+    return "\n".join(out)

@@ -7,12 +7,15 @@ the library and calls one of these to draw it.
 
 Every function draws onto a matplotlib ``Axes`` (made for you when ``ax`` is None) and
 returns it, so chapters can lay several views side by side. Figures are kept small because
-they are committed inside the notebooks.
+they are committed inside the notebooks, but sharp and readable: every figure made here is
+drawn at :data:`DPI` with text of at least :data:`FONT_SIZE` pt (:data:`BOOK_STYLE` gives a
+chapter's own ``plt.subplots`` the same, through :func:`use_book_style`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -24,6 +27,11 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 from rcnn_steps.utils import stage_changes
 
 __all__ = [
+    "BOOK_STYLE",
+    "CAPTION_SIZE",
+    "DPI",
+    "FONT_SIZE",
+    "TITLE_SIZE",
     "ablation_bars",
     "ap_vs_seconds",
     "before_after",
@@ -41,6 +49,8 @@ __all__ = [
     "draw_region",
     "draw_stages",
     "draw_target",
+    "effect_forest",
+    "effect_sentence",
     "feature_grid",
     "heatmap",
     "histogram",
@@ -51,8 +61,41 @@ __all__ = [
     "recall_curves",
     "show_image",
     "training_curves",
+    "use_book_style",
     "value_grid",
 ]
+
+#: The book's figure defaults, in one place (issue 26: dpi >= 110, labels >= 9 pt). Every
+#: figure this module makes uses them; a chapter's own figures get them from BOOK_STYLE.
+DPI = 110
+#: Ticks, axis labels, legends and the text of charts, in points.
+FONT_SIZE = 9
+#: Titles, in points.
+TITLE_SIZE = 10
+#: Text drawn inside an image or a grid cell (box captions, cell values), in points:
+#: smaller than the labels, because at 9 pt a caption on a 128-px image covers the object
+#: it names and a number overflows its cell.
+CAPTION_SIZE = 7
+#: The same defaults as matplotlib settings (rcParams), for figures a chapter makes itself.
+BOOK_STYLE: dict[str, Any] = {
+    "figure.dpi": DPI,
+    "font.size": FONT_SIZE,
+    "axes.labelsize": FONT_SIZE,
+    "axes.titlesize": TITLE_SIZE,
+    "xtick.labelsize": FONT_SIZE,
+    "ytick.labelsize": FONT_SIZE,
+    "legend.fontsize": FONT_SIZE,
+    "legend.title_fontsize": FONT_SIZE,
+    "figure.titlesize": TITLE_SIZE,
+}
+
+
+def use_book_style() -> None:
+    """Make :data:`BOOK_STYLE` matplotlib's defaults for the rest of the session (a
+    chapter's first cell calls it, so its own ``plt.subplots`` figures match this
+    module's). ``with plt.rc_context(viz.BOOK_STYLE):`` does the same for one block."""
+    plt.rcParams.update(BOOK_STYLE)
+
 
 # tab10 without grey, so that every class colour stands out from a grey-ish background
 _PALETTE = [plt.get_cmap("tab10")(i)[:3] for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]
@@ -71,7 +114,7 @@ def _np(x: Any) -> np.ndarray:
 
 def _axes(ax: Axes | None, size: float = 3.0) -> Axes:
     if ax is None:
-        _, ax = plt.subplots(figsize=(size, size), dpi=80)
+        _, ax = plt.subplots(figsize=(size, size), dpi=DPI)
     return ax
 
 
@@ -87,7 +130,7 @@ def show_image(image: torch.Tensor | np.ndarray, ax: Axes | None = None, title: 
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=FONT_SIZE)
     return ax
 
 
@@ -138,7 +181,7 @@ def draw_boxes(
                 x1 - 0.5,
                 y1 - 1.5,
                 " ".join(caption),
-                fontsize=6,
+                fontsize=CAPTION_SIZE,
                 color="white",
                 bbox={"facecolor": c, "alpha": 0.8, "pad": 0.5, "edgecolor": "none"},
             )
@@ -316,13 +359,13 @@ def draw_mask_target(
     (the mask cut out along the RoI and resized by RoIAlign; grey levels are fractions of
     a bin covered); right (with ``pasted``), the target pasted back into the image."""
     panels = 3 if pasted is not None else 2
-    fig, axes = plt.subplots(1, panels, figsize=(2.6 * panels, 2.6), dpi=80)
+    fig, axes = plt.subplots(1, panels, figsize=(2.6 * panels, 2.6), dpi=DPI)
     show_image(image, ax=axes[0], title="RoI and its object's mask")
     draw_masks(axes[0], _np(gt_mask)[None], [label], alpha=0.45)
     draw_boxes(axes[0], _np(box)[None], colour="yellow")
     t = _np(target)
     im = axes[1].imshow(t, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    axes[1].set_title(f"{t.shape[0]} x {t.shape[1]} target", fontsize=9)
+    axes[1].set_title(f"{t.shape[0]} x {t.shape[1]} target", fontsize=FONT_SIZE)
     axes[1].set_xticks([])
     axes[1].set_yticks([])
     fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04)
@@ -345,14 +388,14 @@ def plot_mask_probabilities(
     softmax over the classes (the classes share each pixel's probability). ``sigmoid``
     and ``softmax`` are ``(C, M, M)`` probabilities; ``classes`` the channels to show."""
     n = len(classes)
-    fig, axes = plt.subplots(2, n, figsize=(1.9 * n + 0.8, 4.0), dpi=80, squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(1.9 * n + 0.8, 4.0), dpi=DPI, squeeze=False)
     for row, (probs, name) in enumerate(((sigmoid, "sigmoid"), (softmax, "softmax"))):
         p = _np(probs)
         for col, k in enumerate(classes):
             ax = axes[row, col]
             im = ax.imshow(p[k], cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
             label = class_names[k] if class_names is not None else str(k)
-            ax.set_title(f"{name}: {label}", fontsize=8)
+            ax.set_title(f"{name}: {label}", fontsize=FONT_SIZE)
             ax.set_xticks([])
             ax.set_yticks([])
     fig.colorbar(im, ax=list(axes.ravel()), fraction=0.03, pad=0.02, label="probability")
@@ -377,7 +420,7 @@ def draw_keypoint_targets(
     from the one-hot maps), crosses mark them on the image."""
     roi = _np(roi)
     kps = _np(keypoints)
-    fig, axes = plt.subplots(1, 1 + len(show), figsize=(2.5 * (1 + len(show)), 2.6), dpi=80)
+    fig, axes = plt.subplots(1, 1 + len(show), figsize=(2.5 * (1 + len(show)), 2.6), dpi=DPI)
     show_image(image, ax=axes[0], title="RoI and keypoints")
     draw_boxes(axes[0], roi[None], colour="yellow")
     draw_keypoints(axes[0], kps[None], names=names, markersize=2.5)
@@ -393,7 +436,7 @@ def draw_keypoint_targets(
             grid[int(_np(cells)[k])] = 1.0
         ax.imshow(grid.reshape(heatmap_size, heatmap_size), cmap="gray", interpolation="nearest")
         name = names[k] if names is not None else str(k)
-        ax.set_title(f"{name}: one-hot {heatmap_size}x{heatmap_size}", fontsize=8)
+        ax.set_title(f"{name}: one-hot {heatmap_size}x{heatmap_size}", fontsize=FONT_SIZE)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
@@ -404,19 +447,19 @@ def plot_stage_times(stage_seconds: dict[str, float], ax: Axes | None = None) ->
     """Horizontal bars: milliseconds per test-time stage (a model's ``inspect()``
     ``stage_seconds``), in the order the stages run."""
     if ax is None:
-        _, ax = plt.subplots(figsize=(5.0, 0.45 * len(stage_seconds) + 0.8), dpi=80)
+        _, ax = plt.subplots(figsize=(5.0, 0.45 * len(stage_seconds) + 0.8), dpi=DPI)
     names = list(stage_seconds)[::-1]
     ms = [stage_seconds[n] * 1e3 for n in names]
     ax.barh(names, ms, color="tab:blue")
     for y, v in enumerate(ms):
-        ax.text(v, y, f" {v:.1f}", va="center", fontsize=8)
+        ax.text(v, y, f" {v:.1f}", va="center", fontsize=FONT_SIZE)
     ax.set_xlabel("milliseconds per image")
     ax.set_xlim(0, max(ms) * 1.25 if ms else 1)
     return ax
 
 
 def image_grid(
-    n: int, cols: int = 4, size: float = 2.2, dpi: int = 80
+    n: int, cols: int = 4, size: float = 2.2, dpi: int = DPI
 ) -> tuple[plt.Figure, list[Axes]]:
     """A figure with ``n`` small panels in rows of ``cols``; returns (figure, axes list)."""
     rows = (n + cols - 1) // cols
@@ -434,18 +477,18 @@ def image_grid(
 
 def _figure_axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
     if ax is None:
-        _, ax = plt.subplots(figsize=figsize, dpi=80)
+        _, ax = plt.subplots(figsize=figsize, dpi=DPI)
     return ax
 
 
 def _label_axes(ax: Axes, xlabel: str, ylabel: str, title: str) -> None:
     if xlabel:
-        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=FONT_SIZE)
     if ylabel:
-        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=FONT_SIZE)
     if title:
-        ax.set_title(title, fontsize=9)
-    ax.tick_params(labelsize=7)
+        ax.set_title(title, fontsize=TITLE_SIZE)
+    ax.tick_params(labelsize=FONT_SIZE)
 
 
 def curves(
@@ -474,7 +517,7 @@ def curves(
         ax.set_xscale("log")
     _label_axes(ax, xlabel, ylabel, title)
     if len(series) > 1 or next(iter(series), ""):
-        ax.legend(fontsize=7, loc=legend)
+        ax.legend(fontsize=FONT_SIZE, loc=legend)
     return ax
 
 
@@ -510,7 +553,7 @@ def pr_curve(recall: Any, precision: Any, *, ax: Axes | None = None, title: str 
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.05)
     _label_axes(ax, "recall", "precision", title)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=FONT_SIZE, loc="lower left")
     return ax
 
 
@@ -568,7 +611,7 @@ def training_curves(
     if logy:
         ax.set_yscale("log")
     _label_axes(ax, "training step", "loss", title)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=FONT_SIZE)
     return ax
 
 
@@ -588,7 +631,7 @@ def recall_curves(
     ax.set_xscale("log")
     ax.set_ylim(0, 1.02)
     _label_axes(ax, "proposals per image", f"recall at IoU {iou:g}", title)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=FONT_SIZE)
     return ax
 
 
@@ -619,7 +662,7 @@ def ablation_bars(
     y = np.arange(len(names))[::-1]
     for yi, name in zip(y, names, strict=True):
         if metric not in summary[name]:  # a setting not run yet: an empty row, said so
-            ax.text(0.5, yi, "not run", fontsize=7, va="center", color="grey")
+            ax.text(0.5, yi, "not run", fontsize=FONT_SIZE, va="center", color="grey")
             continue
         s = summary[name][metric]
         mean, lo, hi = 100 * s["mean"], 100 * s["min"], 100 * s["max"]
@@ -639,10 +682,143 @@ def ablation_bars(
         handles.append(plt.Line2D([], [], color="C3", marker="D", mfc="none", linestyle=""))
         text.append(paper_label)
     ax.set_yticks(y)
-    ax.set_yticklabels([(labels or {}).get(n, n) for n in names], fontsize=7)
+    ax.set_yticklabels([(labels or {}).get(n, n) for n in names], fontsize=FONT_SIZE)
     _label_axes(ax, f"{metric}, %", "", title)
     if legend:  # below the axis label, where no bar can hide it
-        ax.legend(handles, text, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3)
+        ax.legend(
+            handles,
+            text,
+            fontsize=FONT_SIZE,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.3),
+            ncol=3,
+        )
+    return ax
+
+
+def effect_sentence(effect: Mapping[str, Any]) -> str:
+    """The verdict sentence of one effect record (see :func:`effect_forest`), e.g.
+    ``"RoIAlign over RoIPool: +11.8 mask AP (paper +3.4)"``: our mean effect over the
+    seeds, the paper's in brackets (with its metric where it is not ours), ``n=1`` when
+    one seed is all there is."""
+    ours = [float(v) for v in effect["ours"]]
+    if not ours:
+        raise ValueError(f"effect {effect['label']!r} has no per-seed effects ('ours' is empty)")
+    text = f"{effect['label']}: {np.mean(ours):+.1f} {effect['metric']}"
+    paper = effect.get("paper")
+    if paper is None:
+        text += " (no paper number)"
+    else:
+        theirs = effect.get("paper_metric") or effect["metric"]
+        text += f" (paper {paper:+.1f}" + ("" if theirs == effect["metric"] else f" {theirs}") + ")"
+    return text + (", n=1" if len(ours) == 1 else "")
+
+
+def _wrap_sentence(sentence: str, width: int) -> str:
+    """:func:`effect_sentence` wrapped at ``width`` characters, but never inside a number
+    and its metric ("+11.8 mask AP") or inside the paper's bracket."""
+    head, _, tail = sentence.rpartition(": ")
+    ours, _, paper = tail.partition(" (")  # "+11.8 mask AP", "paper +3.4)"
+    units = [ours, f"({paper}"] if paper else [ours]
+    glued = " ".join(u.replace(" ", "\N{NO-BREAK SPACE}") for u in units)  # textwrap keeps these
+    return textwrap.fill(f"{head}: {glued}", width)
+
+
+def effect_forest(
+    effects: Sequence[Mapping[str, Any]],
+    *,
+    ax: Axes | None = None,
+    title: str = "",
+    wrap: int = 60,
+    legend: bool = True,
+) -> Axes:
+    """Ablations as effects, one row per comparison (a forest plot): how much a change
+    moved a metric on our data, beside how much it moved the paper's on its own.
+
+    ``effects`` are plain records (``rcnn_steps.ablations.effect_records`` makes them
+    from a results file), each a dict with ``label`` (what was compared, "RoIAlign over
+    RoIPool"), ``ours`` (the effect on each seed, variant minus baseline, in points: a
+    list of n floats), ``paper`` (the paper's effect in points, or None), ``metric``
+    (ours, "mask AP") and optionally ``paper_metric`` (the paper's, where it differs)
+    and ``section`` (rows with the same section are drawn under one bold heading, in the
+    order the sections first appear).
+
+    Each row: the seeds as small grey ticks, their mean as a dot, a line from the
+    smallest to the largest seed (none for one seed, which is marked "n=1" instead: one
+    run has no spread to draw), and the paper's effect as a hollow red diamond; a
+    vertical line at 0 (no effect). The rows are labelled with :func:`effect_sentence`,
+    wrapped at ``wrap`` characters. An effect whose seed line crosses 0 is not settled
+    by these seeds; the paper's diamond says which way, and how far, the paper saw it
+    go on COCO or VOC with a far larger model."""
+    if not effects:
+        raise ValueError("effect_forest: no effects to draw; pass at least one record")
+    sections: dict[Any, list[Mapping[str, Any]]] = {}
+    for effect in effects:
+        sections.setdefault(effect.get("section"), []).append(effect)
+    rows: list[tuple[str, Mapping[str, Any] | None]] = []  # (label, effect or None: heading)
+    for section, members in sections.items():
+        if section is not None:
+            rows.append((str(section), None))
+        rows += [(_wrap_sentence(effect_sentence(e), wrap), e) for e in members]
+    lines = max(label.count("\n") + 1 for label, _ in rows)
+    row_height = 0.14 + 0.17 * lines  # inches per row
+    if ax is None:
+        longest = max(len(line) for label, _ in rows for line in label.split("\n"))
+        label_width = 0.075 * longest * FONT_SIZE / 9  # inches (an average character)
+        _, ax = plt.subplots(figsize=(3.6 + label_width, row_height * len(rows) + 1.3), dpi=DPI)
+    y = np.arange(len(rows))[::-1].astype(float)
+    xs = [0.0]
+    for yi, (_, effect) in zip(y, rows, strict=True):
+        if effect is None:
+            continue
+        ours = np.asarray(effect["ours"], dtype=float)
+        xs += [*ours.tolist()]
+        (seeds,) = ax.plot(ours, np.full_like(ours, yi), "|", color="0.3", markersize=11,
+                           markeredgewidth=1.0, zorder=3)  # fmt: skip
+        seeds.set_gid("seeds")
+        if len(ours) > 1:
+            (span,) = ax.plot([ours.min(), ours.max()], [yi, yi], color="C0", linewidth=1.6)
+            span.set_gid("range")
+        else:  # one run: say so where the range would be, rather than draw none silently
+            note = ax.annotate("n=1", (ours[0], yi), textcoords="offset points", xytext=(6, 3),
+                               fontsize=FONT_SIZE, color="0.35")  # fmt: skip
+            note.set_gid("n=1")
+        (mean,) = ax.plot(ours.mean(), yi, "o", color="C0", markersize=6)
+        mean.set_gid("mean")
+        if effect.get("paper") is not None:
+            (paper,) = ax.plot(effect["paper"], yi, "D", mfc="none", color="C3", markersize=6,
+                               markeredgewidth=1.4)  # fmt: skip
+            paper.set_gid("paper")
+            xs.append(float(effect["paper"]))
+    ax.axvline(0.0, color="k", linewidth=0.8)
+    lo, hi = min(xs), max(xs)
+    pad = 0.08 * (hi - lo) if hi > lo else 1.0
+    single = any(len(e["ours"]) == 1 for e in effects)
+    ax.set_xlim(lo - pad, hi + (2.5 if single else 1.0) * pad)  # room for an "n=1"
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_yticks(y)
+    ax.set_yticklabels([label for label, _ in rows], fontsize=FONT_SIZE)
+    for tick, (_, effect) in zip(ax.get_yticklabels(), rows, strict=True):
+        if effect is None:
+            tick.set_fontweight("bold")
+    ax.grid(True, axis="x", color="0.88", linewidth=0.6)
+    ax.set_axisbelow(True)
+    metrics = {e["metric"] for e in effects}
+    what = metrics.pop() if len(metrics) == 1 else "AP"
+    _label_axes(ax, f"effect, {what} points (variant minus baseline)", "", title)
+    if legend:
+        counts = sorted({len(e["ours"]) for e in effects})
+        handles = [
+            plt.Line2D([], [], color="0.3", marker="|", linestyle="", markersize=11),
+            plt.Line2D([], [], color="C0", marker="o", linewidth=1.6, markersize=6),
+        ]
+        text = ["ours, each seed", f"ours, mean and range of {'/'.join(map(str, counts))} seeds"]
+        if any(e.get("paper") is not None for e in effects):
+            handles.append(plt.Line2D([], [], color="C3", marker="D", mfc="none", linestyle=""))
+            text.append("paper's effect (its data and model)")
+        below = 0.55 / (ax.get_position().height * ax.figure.get_figheight())  # 0.55 in
+        ax.legend(handles, text, fontsize=FONT_SIZE, loc="upper center", ncol=len(text),
+                  bbox_to_anchor=(0.5, -below), frameon=False)  # fmt: skip
     return ax
 
 
@@ -665,7 +841,7 @@ def ap_vs_seconds(
             (x, y),
             textcoords="offset points",
             xytext=(4, 3 if k % 2 == 0 else -10),  # alternate, so neighbours' labels part
-            fontsize=7,
+            fontsize=FONT_SIZE,
         )
     ax.set_xscale("log")
     lo = min(r["seconds_per_image"] for r in rows)
@@ -704,11 +880,12 @@ def ladder_waterfall(
             ax.bar(x, step, bottom=level, width=0.6, color="C2" if step >= 0 else "C3")
             ax.plot([x - 0.7, x - 0.3], [level, level], color="0.3", lw=0.8)  # from the last bar
             ax.annotate(f"{step:+.1f}", (x, max(mean, level)), textcoords="offset points",
-                        xytext=(0, 3), ha="center", fontsize=8)  # fmt: skip
+                        xytext=(0, 3), ha="center", fontsize=FONT_SIZE)  # fmt: skip
         if entry["n"] > 1:
             ax.plot([x, x], [lo, hi], color="black", lw=1.2)
         ax.annotate(f"n={entry['n']}", (x, 0), textcoords="offset points", xytext=(0, 2),
-                    ha="center", fontsize=7, color="white" if level is None else "0.3")  # fmt: skip
+                    ha="center", fontsize=FONT_SIZE,
+                    color="white" if level is None else "0.3")  # fmt: skip
         drawn.append(name)
         level = mean
     ax.set_xticks(range(len(drawn)))
@@ -747,11 +924,20 @@ def feature_grid(
         extent = (-0.5, size_w - 0.5, size_h - 0.5, -0.5)
         im = ax.imshow(values, cmap=cmap, alpha=0.45, extent=extent)
         if colorbar:
-            ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+            ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(
+                labelsize=FONT_SIZE
+            )
         if numbers:
             for r in range(size_h):
                 for c in range(size_w):
-                    ax.text(c, r, fmt.format(values[r, c]), ha="center", va="center", fontsize=6)
+                    ax.text(
+                        c,
+                        r,
+                        fmt.format(values[r, c]),
+                        ha="center",
+                        va="center",
+                        fontsize=CAPTION_SIZE,
+                    )
     ax.set_xlim(-0.5, size_w - 0.5)
     ax.set_ylim(size_h - 0.5, -0.5)
     ax.set_xticks(range(size_w))
@@ -759,7 +945,7 @@ def feature_grid(
     ax.set_xticks(np.arange(-0.5, size_w), minor=True)
     ax.set_yticks(np.arange(-0.5, size_h), minor=True)
     ax.grid(True, which="minor", linewidth=0.4, color="0.6")
-    ax.tick_params(labelsize=6, which="both", length=0)
+    ax.tick_params(labelsize=FONT_SIZE, which="both", length=0)
     ax.set_aspect("equal")
     return ax
 
@@ -823,7 +1009,7 @@ def value_grid(
     ax.imshow(values, cmap="Greys", alpha=0.3, vmin=vmin, vmax=vmax)
     for i in range(h):
         for j in range(w):
-            ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=9)
+            ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=FONT_SIZE)
             if colours is not None:
                 ax.add_patch(
                     Rectangle(
@@ -838,7 +1024,7 @@ def value_grid(
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=FONT_SIZE)
     return ax
 
 
@@ -857,11 +1043,11 @@ def heatmap(
     ax = _figure_axes(ax, (2.2, 2.0))
     im = ax.imshow(_np(values), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     if colorbar:
-        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=FONT_SIZE)
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=FONT_SIZE)
     return ax
 
 
@@ -894,9 +1080,9 @@ def draw_stages(
     main = [s for s in stages if not s.get("branch")]
     side = [s for s in stages if s.get("branch")]
     top = (-1.05 if gone else -0.75) if previous is not None else -0.55
-    if ax is None:  # sharper than the default 80 dpi: a diagram is mostly text
+    if ax is None:
         _, ax = plt.subplots(
-            figsize=(9.0 if side else 5.6, 0.9 * (len(main) - top - 0.45)), dpi=100
+            figsize=(9.0 if side else 5.6, 0.9 * (len(main) - top - 0.45)), dpi=DPI
         )
     ax.set_xlim(0, 2.0 if side else 1.0)
     ax.set_ylim(len(main) - 0.45, top)
@@ -907,8 +1093,10 @@ def draw_stages(
         ax.add_patch(FancyBboxPatch((x - 0.47, y - 0.36), 0.94, 0.72, facecolor=fill,
                                     edgecolor=edge, boxstyle="round,pad=0,rounding_size=0.05",
                                     linewidth=1.2))  # fmt: skip
-        ax.text(x, y - 0.13, s["title"], ha="center", va="center", fontsize=10, weight="bold")
-        ax.text(x, y + 0.17, s["detail"], ha="center", va="center", fontsize=9,
+        ax.text(
+            x, y - 0.13, s["title"], ha="center", va="center", fontsize=TITLE_SIZE, weight="bold"
+        )
+        ax.text(x, y + 0.17, s["detail"], ha="center", va="center", fontsize=FONT_SIZE,
                 family="monospace")  # fmt: skip
 
     def arrow(start: tuple[float, float], end: tuple[float, float]) -> None:
@@ -929,10 +1117,16 @@ def draw_stages(
         key = FancyBboxPatch((0.03, top + 0.08), 0.05, 0.16, facecolor=fill, edgecolor=edge,
                              boxstyle="square,pad=0")  # fmt: skip
         ax.add_patch(key)
-        ax.text(0.1, top + 0.16, f"new or changed since {previous_name}", fontsize=8, va="center")
+        ax.text(
+            0.1,
+            top + 0.16,
+            f"new or changed since {previous_name}",
+            fontsize=FONT_SIZE,
+            va="center",
+        )
         if gone:  # a stage the idea made unnecessary
-            ax.text(0.03, top + 0.46, "gone: " + "; ".join(gone), fontsize=8, va="center",
+            ax.text(0.03, top + 0.46, "gone: " + "; ".join(gone), fontsize=FONT_SIZE, va="center",
                     style="italic")  # fmt: skip
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=TITLE_SIZE)
     return ax

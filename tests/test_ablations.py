@@ -703,3 +703,84 @@ def test_long_table_c4_trains_and_the_grid_cli_takes_threads_per_worker(tiny_syn
     assert run["spec"]["overrides"]["mask_aligned"] is True
     assert run["train_threads"] == 2
     assert "segm_metrics" in run
+
+
+# ----------------------------------------------------------------------------------------
+# Effects as records for the forest chart, from the committed results files
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def _committed_runs(table):
+    return json.loads((RESULTS / f"ablation_{table}.json").read_text())["results"]["runs"]
+
+
+def test_effect_records_from_a_committed_file_match_the_runs_by_hand():
+    runs = _committed_runs("mrcnn_2c")
+    records = ablations.effect_records(
+        ablations.read_grid_results("mrcnn_2c", RESULTS / "ablation_mrcnn_2c.json"), "roipool"
+    )
+    # every other setting, in the paper's order, each against RoIPool seed by seed
+    assert [r["variant"] for r in records] == [
+        "roiwarp_max", "roiwarp_avg", "roialign_max", "roialign_avg"
+    ]  # fmt: skip
+    align = records[-1]
+    by_hand = [
+        100 * (runs[f"roialign_avg/seed{s}"]["segm_metrics"]["AP"]
+               - runs[f"roipool/seed{s}"]["segm_metrics"]["AP"])
+        for s in (0, 1, 2)
+    ]  # fmt: skip
+    assert align["ours"] == pytest.approx(by_hand) and align["seeds"] == [0, 1, 2]
+    assert align["paper"] == pytest.approx(30.3 - 26.9)  # Table 2(c), mask AP
+    assert align["metric"] == "mask AP" and align["paper_metric"] == "mask AP"
+    assert align["label"] == "RoIAlign, avg over RoIPool"
+    # the mean of the paired effects is the difference of the seed means (the same seeds)
+    summary = json.loads((RESULTS / "ablation_mrcnn_2c.json").read_text())["results"]["summary"]
+    means = summary["roialign_avg"]["mask_AP"]["mean"] - summary["roipool"]["mask_AP"]["mean"]
+    assert statistics.mean(align["ours"]) == pytest.approx(100 * means, abs=0.01)
+
+
+def test_effect_records_read_each_tables_paper_numbers():
+    t8 = ablations.read_grid_results("table8", RESULTS / "ablation_table8.json")
+    (r,) = ablations.effect_records(t8, "1s1r_128", ["3s3r"], labels={"3s3r": "3 x 3 anchors"})
+    runs = _committed_runs("table8")
+    assert r["ours"] == pytest.approx(
+        [100 * (runs[f"3s3r/seed{s}"]["metrics"]["AP50"] - runs[f"1s1r_128/seed{s}"]["metrics"]
+                ["AP50"]) for s in (0, 1, 2)]
+    )  # fmt: skip
+    assert r["metric"] == "box AP50" and r["label"].startswith("3 x 3 anchors over 1 scale")
+    assert r["paper"] == pytest.approx(69.9 - 65.8) and r["paper_metric"] == "VOC07 mAP"
+    # a VOC table's mAP sits beside our AP50 only
+    assert ablations.effect_records(t8, "1s1r_128", ["3s3r"], "AP")[0]["paper"] is None
+    t2d = ablations.read_grid_results("table2d", RESULTS / "ablation_table2d.json")
+    (box,) = ablations.effect_records(t2d, "roipool")  # box AP, as ours
+    (mask,) = ablations.effect_records(t2d, "roipool", paper_key="paper_mask")
+    assert box["paper"] == pytest.approx(34.0 - 28.2) and box["paper_metric"] == "box AP"
+    assert mask["paper"] == pytest.approx(30.9 - 23.6) and mask["paper_metric"] == "mask AP"
+    m2d = ablations.read_grid_results("mrcnn_2d", RESULTS / "ablation_mrcnn_2d.json")
+    (mask,) = ablations.effect_records(m2d, "roipool")  # mask AP, as ours
+    (box,) = ablations.effect_records(m2d, "roipool", family="", paper_key="paper_box")
+    assert (mask["metric"], mask["paper_metric"]) == ("mask AP", "mask AP")
+    assert (box["metric"], box["paper_metric"]) == ("box AP", "box AP")
+    assert box["paper"] == pytest.approx(34.0 - 28.2)
+    fpn = ablations.read_grid_results("fpn_table3", RESULTS / "ablation_fpn_table3.json")
+    (ours_only,) = ablations.effect_records(fpn, "fpn", ["c3_2fc"], "APs", section="sizes")
+    assert ours_only["paper"] is None and ours_only["metric"] == "box APs"
+    assert ours_only["section"] == "sizes"
+
+
+def test_effect_records_of_one_seed_and_bad_names():
+    long = ablations.read_grid_results("mrcnn_long", RESULTS / "ablation_mrcnn_long.json")
+    (r,) = ablations.effect_records(long, "roipool", ["roialign"])
+    runs = _committed_runs("mrcnn_long")
+    assert r["seeds"] == [0] and r["ours"] == pytest.approx(
+        [100 * (runs["roialign/seed0"]["segm_metrics"]["AP"]
+                - runs["roipool/seed0"]["segm_metrics"]["AP"])]
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="no setting 'roialgn'"):
+        ablations.effect_records(long, "roialgn")
+    with pytest.raises(ValueError, match="no setting 'x'"):
+        ablations.effect_records(long, "roipool", ["x"])
+    empty = {**long, "runs": {k: v for k, v in long["runs"].items() if k.startswith("roipool")}}
+    with pytest.raises(ValueError, match="share no seed"):
+        ablations.effect_records(empty, "roipool", ["roialign"])

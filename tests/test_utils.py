@@ -1,8 +1,10 @@
 import subprocess
 
+import numpy as np
+import pytest
 import torch
 
-from rcnn_steps.utils import StageClock, code_diff_hash, git_commit
+from rcnn_steps.utils import Column, StageClock, code_diff_hash, format_table, git_commit
 
 
 def _git(repo, *args):
@@ -48,3 +50,34 @@ def test_stage_clock_writes_only_when_asked():
     silent = StageClock(None, torch.device("cpu"))
     silent.start()
     silent.lap("a")  # nothing to write into, nothing raised
+
+
+def test_format_table_aligns_formats_and_rules():
+    rows = [
+        {"setting": "RoIPool", "paper": 26.9, "AP": {"mean": 0.4008, "min": 0.3912, "max": 0.4086}},
+        {"setting": "RoIAlign, avg", "paper": None, "AP": {"mean": 0.52, "min": 0.5, "max": 0.531}},
+    ]
+    columns = [
+        "setting",
+        Column("paper", fmt=".1f"),
+        Column("mask AP, % [seeds]", "AP", fmt="4.1f", scale=100),
+        Column("n", lambda row: 3),
+    ]
+    text = format_table(rows, columns, indent=2)
+    assert text.split("\n") == [
+        "  setting        paper  mask AP, % [seeds]  n",
+        "  -------------------------------------------",
+        "  RoIPool         26.9   40.1 [39.1, 40.9]  3",
+        "  RoIAlign, avg      -   52.0 [50.0, 53.1]  3",
+    ]
+    # no rule, a narrower gap, a forced alignment, numpy numbers, a custom missing cell
+    rows = [{"name": "a", "x": np.float32(0.25)}, {"name": "bb"}]
+    columns = [Column("name", align=">"), Column("x", fmt="+.0%", missing="n/a")]
+    assert format_table(rows, columns, rule="", gap=1).split("\n") == [
+        "name    x",
+        "   a +25%",
+        "  bb  n/a",
+    ]
+    assert format_table([], ["a", "bc"]) == "a  bc\n-----"  # a header alone
+    with pytest.raises(ValueError, match="align='center'"):
+        format_table(rows, [Column("x", align="center")])

@@ -295,3 +295,120 @@ def test_ladder_waterfall_draws_each_step_with_its_seed_range():
     texts = [t.get_text() for t in ax.texts]
     assert "-10.0" in texts and "+20.0" in texts and "n=1" in texts
     plt.close("all")
+
+
+# ----------------------------------------------------------------------------------------
+# Effects as a forest chart; the book's figure defaults
+
+
+def _effects():
+    return [
+        {"label": "A over B", "ours": [1.0, 3.0, 2.5], "paper": 0.5, "metric": "mask AP",
+         "section": "Table X"},
+        {"label": "C over B", "ours": [-2.0], "paper": None, "metric": "mask AP",
+         "section": "Table X"},
+        {"label": "D over E", "ours": [4.0, 6.0], "paper": 1.0, "metric": "mask AP",
+         "paper_metric": "VOC07 mAP", "section": "Table Y"},
+    ]  # fmt: skip
+
+
+def _by_gid(ax, gid):
+    return [a for a in (*ax.lines, *ax.texts) if a.get_gid() == gid]
+
+
+def test_effect_sentence_says_ours_the_papers_and_one_seed():
+    a, c, d = _effects()
+    assert viz.effect_sentence(a) == "A over B: +2.2 mask AP (paper +0.5)"
+    assert viz.effect_sentence(c) == "C over B: -2.0 mask AP (no paper number), n=1"
+    assert viz.effect_sentence(d) == "D over E: +5.0 mask AP (paper +1.0 VOC07 mAP)"
+    with pytest.raises(ValueError, match="no per-seed effects"):
+        viz.effect_sentence({**a, "ours": []})
+
+
+def test_effect_forest_one_row_per_effect_with_seed_range_and_paper():
+    ax = viz.effect_forest(_effects(), title="t")
+    labels = [t.get_text().replace("\N{NO-BREAK SPACE}", " ") for t in ax.get_yticklabels()]
+    # two section headings (bold) and one row per record, top to bottom
+    assert labels == ["Table X", "A over B: +2.2 mask AP (paper +0.5)",
+                      "C over B: -2.0 mask AP (no paper number), n=1", "Table Y",
+                      "D over E: +5.0 mask AP (paper +1.0 VOC07 mAP)"]  # fmt: skip
+    assert [t.get_fontweight() for t in ax.get_yticklabels()][::3] == ["bold", "bold"]
+    rows = dict(zip(labels, ax.get_yticks(), strict=True))
+    means = _by_gid(ax, "mean")
+    assert len(means) == 3  # one dot per record
+    assert [m.get_xdata()[0] for m in means] == pytest.approx([13 / 6, -2.0, 5.0])
+    ranges = _by_gid(ax, "range")  # min..max of the seeds; none for the one-seed row
+    assert [tuple(r.get_xdata()) for r in ranges] == [(1.0, 3.0), (4.0, 6.0)]
+    assert ranges[0].get_ydata()[0] == rows["A over B: +2.2 mask AP (paper +0.5)"]
+    assert [len(s.get_xdata()) for s in _by_gid(ax, "seeds")] == [3, 1, 2]
+    (note,) = _by_gid(ax, "n=1")  # said, not drawn as a fake range
+    assert note.get_text() == "n=1" and note.xy[0] == -2.0
+    papers = _by_gid(ax, "paper")  # only where the paper has a number
+    assert [p.get_xdata()[0] for p in papers] == [0.5, 1.0]
+    assert [p.get_marker() for p in papers] == ["D", "D"] and papers[
+        0
+    ].get_markerfacecolor() == "none"
+    zero = [ln for ln in ax.lines if list(ln.get_xdata()) == [0, 0]]
+    assert len(zero) == 1  # the line of no effect
+    assert ax.get_legend() is not None and "2/3 seeds" in ax.get_legend().get_texts()[1].get_text()
+    plt.close("all")
+
+
+def test_effect_forest_without_sections_or_paper_numbers():
+    effects = [{"label": "A", "ours": [1.0], "paper": None, "metric": "box AP"}]
+    ax = viz.effect_forest(effects, legend=False)
+    assert len(ax.get_yticks()) == 1 and not _by_gid(ax, "paper") and not _by_gid(ax, "range")
+    assert ax.get_legend() is None and "box AP points" in ax.get_xlabel()
+    with pytest.raises(ValueError, match="no effects"):
+        viz.effect_forest([])
+    plt.close("all")
+
+
+def _text_sizes(ax):
+    ticks = [*ax.get_xticklabels(), *ax.get_yticklabels()]
+    labels = [ax.xaxis.label, ax.yaxis.label, ax.title]
+    legend = ax.get_legend().get_texts() if ax.get_legend() else []
+    return [t.get_fontsize() for t in (*ticks, *labels, *legend) if t.get_text()]
+
+
+@pytest.mark.parametrize(
+    "draw",
+    [
+        lambda: viz.effect_forest(_effects()),
+        lambda: viz.curves({"a": ([0, 1], [1, 0]), "b": ([0, 1], [0, 1])}, xlabel="x", title="t"),
+        lambda: viz.ablation_bars(
+            {"a": {"AP": {"mean": 0.5, "min": 0.4, "max": 0.6}, "n": 2}}, "AP"
+        ),
+        lambda: viz.training_curves({"r": [{"step": 1, "total_loss": 1.0}]}),
+        lambda: viz.heatmap(np.zeros((3, 3)), title="t"),
+        lambda: viz.feature_grid(viz.image_grid(1)[1][0], size=4),
+        lambda: viz.ladder_waterfall(
+            {
+                "order": ["a", "b"],
+                "summary": {
+                    k: {"AP": {"mean": v, "min": v, "max": v}, "n": 1}
+                    for k, v in (("a", 0.5), ("b", 0.6))
+                },
+            }  # fmt: skip
+        ),
+    ],
+)
+def test_figures_are_sharp_with_readable_text(draw):
+    ax = draw()
+    assert ax.figure.dpi >= 110 and viz.DPI >= 110
+    sizes = _text_sizes(ax)
+    assert sizes and min(sizes) >= 9, sizes
+    plt.close("all")
+
+
+def test_book_style_gives_a_chapters_own_figures_the_same_defaults():
+    with plt.rc_context(viz.BOOK_STYLE):
+        fig, ax = plt.subplots()
+        ax.set_xlabel("x")
+        assert fig.dpi == viz.DPI
+        assert ax.xaxis.label.get_fontsize() >= 9
+        assert min(t.get_fontsize() for t in ax.get_xticklabels()) >= 9
+    plt.close("all")
+    with plt.rc_context():  # restores the defaults after
+        viz.use_book_style()
+        assert plt.rcParams["figure.dpi"] == viz.DPI and plt.rcParams["font.size"] >= 9
