@@ -831,13 +831,17 @@ def ap_vs_seconds(
 ) -> Axes:
     """The evolution table as a picture: each detector's ``metric`` (in %) against its
     seconds per image (log scale), labelled with its chapter and name. Up and to the left
-    is better."""
+    is better. A row whose provenance says it was timed on more than one torch thread
+    (``provenance.machine.torch_threads``) is marked so in its label, as the book's rows
+    are compared on one thread."""
     ax = _figure_axes(ax, (4.6, 2.8))
     for k, row in enumerate(rows):
         x, y = row["seconds_per_image"], 100 * row["metrics"][metric]
+        threads = row.get("provenance", {}).get("machine", {}).get("torch_threads", 1)
         ax.plot(x, y, "o", color=f"C{k}")
         ax.annotate(
-            f"{row['chapter']} {row['detector']}",
+            f"{row['chapter']} {row['detector']}"
+            + (f" ({threads} threads)" if threads > 1 else ""),
             (x, y),
             textcoords="offset points",
             xytext=(4, 3 if k % 2 == 0 else -10),  # alternate, so neighbours' labels part

@@ -113,8 +113,11 @@ def test_recall_curves_and_ap_vs_seconds():
         {"chapter": "02", "detector": "R-CNN", "metrics": {"AP": 0.5}, "seconds_per_image": 0.4},
         {"chapter": "04", "detector": "Faster", "metrics": {"AP": 0.3}, "seconds_per_image": 0.01},
     ]
+    timed_on_two = {"machine": {"torch_threads": 2}}
+    rows.append({"chapter": "01", "detector": "windows", "metrics": {"AP": 0.1},
+                 "seconds_per_image": 1.5, "provenance": timed_on_two})  # fmt: skip
     ax = viz.ap_vs_seconds(rows)
-    assert [t.get_text() for t in ax.texts] == ["02 R-CNN", "04 Faster"]
+    assert [t.get_text() for t in ax.texts] == ["02 R-CNN", "04 Faster", "01 windows (2 threads)"]
     assert ax.get_lines()[0].get_ydata()[0] == pytest.approx(50.0)  # in %
     plt.close("all")
 
