@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+from scipy import ndimage
 
 from rcnn_steps.data import (
     CATEGORIES,
@@ -25,6 +26,8 @@ from rcnn_steps.data import (
     generate,
     horizontal_flip,
     size_ranges,
+    synth,
+    synth_folder_name,
 )
 from rcnn_steps.data.__main__ import main as data_main
 from rcnn_steps.data.synth import render_image
@@ -282,6 +285,120 @@ def test_cli_layout_size(tmp_path, capsys):
     assert data_main([*argv, "--size", "96", "--layout-size", "48", "--workers", "1"]) == 0
     assert "of 96x96 px (the scenes of the 48 px set)" in capsys.readouterr().out
     assert Image.open(out / "train" / "00000001.png").size == (96, 96)
+
+
+# --- the hard style: the same scenes painted as photographs ----------------------------
+
+
+def test_hard_style_keeps_every_annotation_and_changes_only_the_objects(tmp_path):
+    """--style hard writes the flat set's annotations (boxes, classes, masks, keypoints,
+    image ids) unchanged: its painting draws from its own generator, so the layout's
+    stream is untouched. The background is the flat image's; the objects are repainted."""
+    args = dict(num_train=4, num_val=2, size=64, seed=3, workers=1)
+    flat = generate(tmp_path / "flat", **args)
+    hard = generate(tmp_path / "hard", scene_style="hard", **args)
+    for split in ("train", "val"):
+        coco_flat, coco_hard = _load(flat, split), _load(hard, split)
+        assert coco_hard["annotations"] == coco_flat["annotations"]
+        assert coco_hard["images"] == coco_flat["images"]
+        assert coco_hard["info"]["config"] == {**coco_flat["info"]["config"], "scene_style": "hard"}
+        for image in coco_flat["images"]:
+            name = f"{split}/{image['file_name']}"
+            a = np.asarray(Image.open(flat / name), dtype=float)
+            b = np.asarray(Image.open(hard / name), dtype=float)
+            objects = np.zeros(a.shape[:2], dtype=bool)
+            for ann in coco_flat["annotations"]:
+                if ann["image_id"] == image["id"]:
+                    objects |= mask_utils.decode(ann["segmentation"]).astype(bool)
+            near = ndimage.binary_dilation(objects, iterations=4)
+            # away from every object the pixels are the flat image's, byte for byte (an
+            # object hidden by a later one has no annotation; it may stay a few pixels)
+            assert (a[~near] == b[~near]).mean() > 0.97
+            inside = ndimage.binary_erosion(objects, iterations=1)
+            if inside.sum() >= 20:
+                assert np.abs(a[inside] - b[inside]).mean() > 8
+
+
+def test_hard_style_of_a_scene_drawn_larger():
+    """layout_size and the hard style combine: the 128 px scene drawn at 256 px, hard,
+    has the annotations of the flat drawing at 256 px."""
+    rng_args = [0, 0, 1]
+    cfg = SynthConfig(size=256, layout_size=128)
+    flat, anns_flat = render_image(np.random.default_rng(rng_args), cfg)
+    hard_cfg = SynthConfig(size=256, layout_size=128, scene_style="hard")
+    hard, anns_hard = render_image(np.random.default_rng(rng_args), hard_cfg)
+    assert anns_hard == anns_flat and hard.shape == flat.shape == (256, 256, 3)
+    assert not np.array_equal(hard, flat)
+
+
+def test_default_style_is_the_flat_set_byte_for_byte(tmp_path):
+    """scene_style "flat" is the default and is not recorded, so the book's folders (and
+    the pinned annotations above) are unchanged."""
+    args = dict(num_train=3, num_val=1, size=64, seed=3, workers=1)
+    default = generate(tmp_path / "default", **args)
+    flat = generate(tmp_path / "flat", scene_style="flat", **args)
+    assert _digest(default) == _digest(flat)
+    assert "scene_style" not in _load(default)["info"]["config"]
+
+
+def test_paint_hard_parts_shading_and_soft_edges(monkeypatch):
+    """On a grey background a 20 px square painted hard in two parts: the parts differ in
+    colour, the edge is soft (the pixels just outside it are neither the background nor
+    the object) and nothing 4 px away changes."""
+    monkeypatch.setattr(synth, "HARD_PARTS", (0.0, 1.0, 0.0))
+    background = np.full((40, 40, 3), 100.0)
+    mask = np.zeros((40, 40), dtype=bool)
+    mask[10:30, 10:30] = True
+    stroke = synth._Stroke("square", mask)
+    labels, num_parts = synth._object_parts(np.random.default_rng(0), stroke)
+    assert num_parts == 2 and set(np.unique(labels[mask])) == {1, 2}
+    assert (labels[~mask] == 0).all() and min((labels == 1).sum(), (labels == 2).sum()) >= 80
+    img = synth._paint_hard(np.random.default_rng(0), background, [stroke])
+    far = ~ndimage.binary_dilation(mask, iterations=4)
+    assert np.array_equal(img[far], background[far])
+    ring = ndimage.binary_dilation(mask, iterations=1) & ~mask
+    inside = ndimage.binary_erosion(mask, iterations=3)
+    step_out = np.abs(img[ring] - 100.0).mean()
+    step_in = np.abs(img[inside] - 100.0).mean()
+    assert 0.1 * step_in < step_out < 0.8 * step_in
+    # a tiny object stays one part
+    tiny = np.zeros((40, 40), dtype=bool)
+    tiny[5:9, 5:9] = True
+    assert synth._object_parts(np.random.default_rng(0), synth._Stroke("square", tiny))[1] == 1
+
+
+def test_person_parts_are_legs_body_and_head():
+    """A hard person is dressed in three parts: legs (from the hip down), body and arms,
+    and the head, which is exactly the flat figure's head."""
+    joints, _ = synth._person_joints(np.random.default_rng(1), 40.0, 32.0, 32.0)
+    body, head = synth._draw_person(joints, 40.0, 64)
+    labels, num_parts = synth._object_parts(
+        np.random.default_rng(0), synth._Stroke("person", body, joints, 40.0)
+    )
+    assert num_parts == 3
+    assert np.array_equal(labels == 3, head & body)
+    hip_y = joints[KEYPOINT_NAMES.index("hip"), 1]
+    ys = np.nonzero(labels == 1)[0]
+    assert len(ys) and ys.min() >= hip_y - 3  # legs hang below the hip
+    assert (labels[body] > 0).all() and (labels[~body] == 0).all()
+
+
+def test_hard_style_folder_name_cli_and_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RCNN_STEPS_DATA", str(tmp_path))
+    root = ensure_synth(num_train=1, num_val=1, size=48, seed=4, scene_style="hard")
+    assert root == tmp_path / "synth-48px-seed4-hard"
+    assert _load(root)["info"]["config"]["scene_style"] == "hard"
+    assert ensure_synth(num_train=1, num_val=1, size=48, seed=4) == tmp_path / "synth-48px-seed4"
+    assert synth_folder_name(256, 0, 128, "hard") == "synth-256px-from128-seed0-hard"
+    with pytest.raises(ValueError, match="--style must be one of flat, hard, got 'soft'"):
+        SynthConfig(scene_style="soft")
+    out = tmp_path / "cli"
+    argv = ["synth", "--out", str(out), "--num-train", "1", "--num-val", "1", "--size", "48"]
+    assert data_main([*argv, "--style", "hard", "--workers", "1"]) == 0
+    assert "of 48x48 px, hard style" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        data_main([*argv, "--style", "soft"])
+    assert "invalid choice: 'soft'" in capsys.readouterr().err
 
 
 # --- the reader -----------------------------------------------------------------------

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from rcnn_steps import ablations, ladder
+from rcnn_steps.data import synth_folder_name
 from rcnn_steps.grid import RunSpec
 from rcnn_steps.runner import detector_config
 
@@ -72,6 +73,8 @@ def test_data_tags():
     assert ladder.data_tag("synth-256px-from128-seed0") == "256"
     assert ladder.data_tag("/x/synth-256px-from128-seed0-hard") == "256-hard"
     assert ladder.data_tag("synth-128px-seed3") == "128-seed3"
+    # the folder ensure_synth makes for the hard style
+    assert ladder.data_tag(synth_folder_name(128, 0, scene_style="hard")) == "128-hard"
     assert ladder.data_tag("/x/mine") == "mine"
 
 

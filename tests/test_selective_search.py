@@ -1,9 +1,12 @@
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from rcnn_steps.selective_search import (
     MODES,
+    PAPER_VOC2007,
     Strategy,
     adjacency,
     as_uint8_image,
@@ -13,6 +16,7 @@ from rcnn_steps.selective_search import (
     hierarchical_grouping,
     labels_at_level,
     opencv_selective_search,
+    proposal_quality,
     proposal_recall,
     region_features,
     region_histograms,
@@ -22,6 +26,7 @@ from rcnn_steps.selective_search import (
     size_similarity,
     texture_similarity,
 )
+from rcnn_steps.selective_search import main as ss_main
 
 
 def two_rectangles() -> tuple[np.ndarray, list[list[int]]]:
@@ -147,6 +152,54 @@ def test_recall_on_a_hand_made_case():
         proposal_recall([torch.zeros(0, 4)], [torch.zeros(0, 4)])
     empty = proposal_recall([torch.zeros(0, 4)], [gts[1]], num_proposals=(10,))
     assert empty.tolist() == [[0.0], [0.0]]
+
+
+def test_proposal_quality_on_a_hand_made_case():
+    """MABO and recall as the paper defines them: per class, then averaged over classes."""
+    gts = [torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]), torch.tensor([[0.0, 0, 4, 4]])]
+    labels = [torch.tensor([1, 2]), torch.tensor([1])]
+    proposals = [
+        torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 25]]),  # IoU 1 with box 1, 0.5 with 2
+        torch.tensor([[0.0, 0, 4, 3]]),  # IoU 0.75
+    ]
+    q = proposal_quality(proposals, gts, labels)
+    # class 1: best overlaps 1 and 0.75 -> ABO 0.875, both found; class 2: 0.5 -> ABO 0.5,
+    # not found (PASCAL's criterion is overlap > 0.5)
+    assert q["abo_per_class"] == {1: pytest.approx(0.875), 2: pytest.approx(0.5)}
+    assert q["recall_per_class"] == {1: 1.0, 2: 0.0}
+    assert q["mabo"] == pytest.approx((0.875 + 0.5) / 2)
+    assert q["recall@0.5"] == pytest.approx(0.5)
+    assert q["num_proposals"] == 1.5 and q["num_gt_boxes"] == 3
+    # without labels every box is one class: the mean best overlap of all boxes
+    q = proposal_quality(proposals, gts)
+    assert q["mabo"] == pytest.approx((1 + 0.5 + 0.75) / 3)
+    assert q["recall@0.5"] == pytest.approx(2 / 3)
+    # only the first proposal of each image: box 2 is not covered at all
+    q = proposal_quality(proposals, gts, labels, max_proposals=1)
+    assert q["abo_per_class"][2] == 0.0 and q["mabo"] == pytest.approx(0.875 / 2)
+    # an image without proposals gives its boxes an overlap of 0
+    q = proposal_quality([torch.zeros(0, 4), proposals[1]], gts, labels)
+    assert q["abo_per_class"] == {1: pytest.approx(0.75 / 2), 2: 0.0}
+    with pytest.raises(ValueError, match="no ground-truth"):
+        proposal_quality([torch.zeros(0, 4)], [torch.zeros(0, 4)])
+    with pytest.raises(ValueError, match="2 proposal lists for 1 images"):
+        proposal_quality(proposals, gts[:1])
+    with pytest.raises(ValueError, match="1 labels for 2 ground-truth boxes"):
+        proposal_quality(proposals, gts, [torch.tensor([1]), torch.tensor([1])])
+
+
+def test_quality_command_writes_mabo_and_recall(tiny_synth, tmp_path, capsys):
+    out = tmp_path / "q.json"
+    argv = ["quality", "--root", str(tiny_synth), "--num-images", "2", "--out", str(out)]
+    assert ss_main([*argv, "--methods", "ours-fast"]) == 0
+    results = json.loads(out.read_text())["results"]
+    row = results["sets"][tiny_synth.name]["methods"]["ours-fast"]
+    assert 0 < row["mabo"] <= 1 and 0 <= row["recall@0.5"] <= 1 and row["num_proposals"] > 0
+    assert results["paper_voc2007_test"] == PAPER_VOC2007
+    assert "paper, VOC 2007 test" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        ss_main(["quality", "--root", str(tmp_path / "nothing"), "--out", str(out)])
+    assert "must be a synthetic set's folder" in capsys.readouterr().err
 
 
 def test_opencv_boxes_are_converted_to_xyxy():

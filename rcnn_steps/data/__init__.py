@@ -20,11 +20,13 @@ from rcnn_steps.data.synth import (
     FLIP_PAIRS,
     KEYPOINT_NAMES,
     OKS_SIGMAS,
+    SCENE_STYLES,
     SKELETON,
     SynthConfig,
     ensure_synth,
     generate,
     size_ranges,
+    synth_folder_name,
 )
 from rcnn_steps.data.transforms import (
     Compose,
@@ -40,6 +42,7 @@ __all__ = [
     "FLIP_PAIRS",
     "KEYPOINT_NAMES",
     "OKS_SIGMAS",
+    "SCENE_STYLES",
     "SKELETON",
     "CocoDataset",
     "Compose",
@@ -59,6 +62,7 @@ __all__ = [
     "size_class_of",
     "size_ranges",
     "synth_datasets",
+    "synth_folder_name",
 ]
 
 

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from rcnn_steps.data.coco import CocoDataset, DatasetError
-from rcnn_steps.data.synth import generate
+from rcnn_steps.data.synth import SCENE_STYLES, generate
 from rcnn_steps.utils import add_debug_argument, run_command
 
 
@@ -35,6 +35,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="draw the scenes of the set of this size at --size (e.g. --size 256 "
         "--layout-size 128: the 128 px set's objects, each covering 4x the pixels)",
+    )
+    s.add_argument(
+        "--style",
+        default="flat",
+        choices=SCENE_STYLES,
+        help="how objects are painted: flat (one colour each, crisp edges; the book's set) "
+        "or hard (the same scenes and annotations, objects camouflaged, shaded, in "
+        "several colours, with soft edges)",
     )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--max-objects", type=int, default=5)
@@ -70,6 +78,7 @@ def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 seed=args.seed,
                 workers=args.workers,
                 layout_size=args.layout_size,
+                scene_style=args.style,
                 max_objects=args.max_objects,
             )
         except ValueError as e:
@@ -77,6 +86,8 @@ def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         drawn_from = ""
         if args.layout_size not in (None, args.size):
             drawn_from = f" (the scenes of the {args.layout_size} px set)"
+        if args.style != "flat":
+            drawn_from += f", {args.style} style"
         print(
             f"wrote {args.num_train} train and {args.num_val} val images of "
             f"{args.size}x{args.size} px{drawn_from} to {out} in {time.time() - start:.1f} s"
