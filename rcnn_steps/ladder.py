@@ -223,6 +223,17 @@ def rcnn_windows_per_iteration(preset: str = LADDER_PRESET) -> int:
 # Data: which set, its key and its results file
 
 
+#: The ladder's data sets by name (``--data``): ``ensure_synth`` arguments. "128" is the
+#: book's set; "256" the same scenes drawn at twice the resolution; "-hard" the same
+#: layouts with objects painted as in photographs (camouflage, shading, parts, soft edges).
+DATA_SETS: dict[str, dict[str, Any]] = {
+    "128": {},
+    "256": {"size": 256, "layout_size": 128},
+    "128-hard": {"scene_style": "hard"},
+    "256-hard": {"size": 256, "layout_size": 128, "scene_style": "hard"},
+}
+
+
 def _default_root() -> Path:
     from rcnn_steps.data import ensure_synth
 
@@ -234,8 +245,8 @@ def data_root(data: str | None = None, root: str | Path | None = None) -> str | 
     key): None for the book's 128 px set (the key every grid's runs on it have), the
     folder's name for a set under the data folder (``synth-256px-from128-seed0``:
     :func:`resolve_root` finds it wherever the data folder is), else the path as given.
-    ``data`` ``"128"`` or ``"256"`` names the book's set or its 256 px drawing (generated
-    first if missing); ``root`` any folder."""
+    ``data`` names one of :data:`DATA_SETS` (generated first if missing); ``root`` any
+    folder."""
     from rcnn_steps.data import ensure_synth
     from rcnn_steps.utils import data_dir
 
@@ -244,10 +255,11 @@ def data_root(data: str | None = None, root: str | Path | None = None) -> str | 
     if data is not None:
         if data == "128":
             return None
-        if data == "256":
-            path = ensure_synth(size=256, layout_size=128)
-        else:
-            raise ValueError(f"data must be '128' or '256' (or pass root), got {data!r}")
+        if data not in DATA_SETS:
+            raise ValueError(
+                f"data must be one of {', '.join(DATA_SETS)} (or pass root), got {data!r}"
+            )
+        path = ensure_synth(**DATA_SETS[data])
     else:
         path = Path(root)
     path = path.resolve()
@@ -746,7 +758,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parsers = {}
     for name, text in commands.items():
         p = sub.add_parser(name, help=text)
-        p.add_argument("--data", nargs="+", choices=("128", "256"), default=None)
+        p.add_argument("--data", nargs="+", choices=tuple(DATA_SETS), default=None)
         p.add_argument("--root", type=Path, nargs="+", default=None, help="data folders")
         p.add_argument("--rungs", nargs="+", choices=list(RUNGS), default=None)
         parsers[name] = p

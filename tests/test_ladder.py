@@ -147,3 +147,21 @@ def test_plan_prints(tmp_path):
     assert plan["rungs"]["fpn"]["run_s"] == pytest.approx(one)
     assert plan["rungs"]["mask_rcnn_long"]["run_s"] == pytest.approx(10 + 6000 + 20)
     assert plan["core_hours"] == pytest.approx((6 * 3 * one + 3 * 6030) / 3600)
+
+
+def test_named_data_sets(monkeypatch, tmp_path):
+    made = []
+
+    def fake_ensure_synth(**kwargs):
+        made.append(kwargs)
+        return tmp_path / synth_folder_name(kwargs.get("size", 128), 0, **{
+            k: v for k, v in kwargs.items() if k in ("layout_size", "scene_style")})  # fmt: skip
+
+    monkeypatch.setenv("RCNN_STEPS_DATA", str(tmp_path))
+    monkeypatch.setattr("rcnn_steps.data.ensure_synth", fake_ensure_synth)
+    assert ladder.data_root("128") is None
+    root = ladder.data_root("128-hard")
+    assert made[0] == {"scene_style": "hard"} and ladder.data_tag(root) == "128-hard"
+    assert ladder.data_tag(ladder.data_root("256-hard")) == "256-hard"
+    with pytest.raises(ValueError, match="128-hard"):
+        ladder.data_root("512")

@@ -1,0 +1,78 @@
+"""The book reads in d2l-sized pieces (issue 26): no markdown cell over
+:data:`MAX_WORDS` words, no code cell over :data:`MAX_LINES` lines, and no bookkeeping
+words (:data:`BOOKKEEPING`) in the text a reader reads.
+
+Cells that broke a limit when the check was written are listed by their cell id in
+:data:`OVER_THE_LIMIT`, to be cut down chapter by chapter. The list only shrinks: a new
+cell over a limit fails, and so does a listed cell that is no longer over it (take it off
+the list), so the list always says exactly what is left to do.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+BOOK = Path(__file__).resolve().parents[1] / "book"
+CHAPTERS = sorted(BOOK.glob("[0-9][0-9]_*.ipynb"))
+
+MAX_WORDS = 300  #: words in one markdown cell (code spans count as words)
+MAX_LINES = 30  #: lines in one code cell
+
+#: Words about how the book is made, not about detection: they belong in a provenance
+#: note or a code comment, not in the reader's text.
+BOOKKEEPING = re.compile(
+    r"committed tree|-dirty\b|core-hours?|this chapter's standard|\bthe twin\b", re.IGNORECASE
+)
+
+#: ``{chapter stem: {cell id: what is over}}``: the cells still to cut down.
+OVER_THE_LIMIT: dict[str, dict[str, str]] = {}
+
+
+def _source(cell) -> str:
+    return "".join(cell["source"])
+
+
+def cell_problems(nb: dict) -> dict[str, str]:
+    """``{cell id: what is over}`` for the cells of ``nb`` that break a limit."""
+    found = {}
+    for index, cell in enumerate(nb["cells"]):
+        text = _source(cell)
+        what = []
+        if cell["cell_type"] == "markdown":
+            if (words := len(text.split())) > MAX_WORDS:
+                what.append(f"{words} words")
+            if match := BOOKKEEPING.search(text):
+                what.append(f"says {match.group(0)!r}")
+        elif cell["cell_type"] == "code" and (lines := len(text.strip().splitlines())) > MAX_LINES:
+            what.append(f"{lines} lines")
+        if what:
+            found[cell.get("id", f"#{index}")] = ", ".join(what)
+    return found
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_cells_are_reading_sized(path):
+    found = cell_problems(json.loads(path.read_text()))
+    listed = OVER_THE_LIMIT.get(path.stem, {})
+    new = {k: v for k, v in found.items() if k not in listed}
+    done = sorted(set(listed) - set(found))
+    assert not new, f"{path.name}: cells over the limits (split them): {new}"
+    assert not done, f"{path.name}: cells now within the limits, take them off the list: {done}"
+
+
+def test_the_check_finds_long_cells_and_bookkeeping():
+    nb = {
+        "cells": [
+            {"cell_type": "markdown", "id": "a", "source": "word " * (MAX_WORDS + 1)},
+            {"cell_type": "markdown", "id": "b", "source": "written from a committed tree"},
+            {"cell_type": "code", "id": "c", "source": "x = 1\n" * (MAX_LINES + 1)},
+            {"cell_type": "code", "id": "d", "source": "x = 1\n" * MAX_LINES},
+            {"cell_type": "markdown", "id": "e", "source": "word " * MAX_WORDS},
+        ]
+    }
+    assert set(cell_problems(nb)) == {"a", "b", "c"}
+    assert "committed tree" in cell_problems(nb)["b"]
