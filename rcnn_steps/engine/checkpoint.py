@@ -295,5 +295,5 @@ def _warn_config_changes(saved: dict[str, Any], config: TrainConfig) -> None:
             "resuming with a config that differs from the checkpoint's in "
             + ", ".join(changed)
             + "; the result will differ from an uninterrupted run",
-            stacklevel=4,  # _warn_config_changes, _train, train, the caller
+            stacklevel=5,  # _warn_config_changes, _restore, _train, train, the caller
         )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,16 +172,9 @@ def _train(
     if world > 1:
         torch.distributed.barrier()  # the out_dir is claimed before anyone reads it
 
+    # -- the model on its device, and what updates it -------------------------------------
     model.to(device)
-    net: nn.Module = model
-    if world > 1:  # gradients averaged over the processes after each backward
-        # find_unused_parameters: a detector may hold modules its forward never runs (the
-        # cpu preset reads c3, and TinyBackbone still has c4 and c5), which DDP must skip
-        net = torch.nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True,
-        )
+    net = _for_the_processes(model, device, world)
     optimizer = optimizer or build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
@@ -191,35 +184,15 @@ def _train(
     step, epoch, position = 0, 0, 0  # updates done; current epoch; batches taken from it
     elapsed_before = 0.0  # training seconds spent by earlier runs (for the "time" field)
     eval_history: list[dict[str, Any]] = []
-    window: dict[str, Any] = {"n": 0, "seconds": 0.0, "sums": {}}  # since the last record
+    window = _empty_window()  # the steps since the last metrics record
     last_losses: dict[str, float] = {}
     saved: str | None = None  # the last checkpoint written (or loaded)
     rng = None
     if resume and last_path is not None and last_path.exists():
-        ckpt = load_checkpoint(last_path)
-        _check_resumable(ckpt, last_path, model)
-        _warn_config_changes(ckpt["config"], config)
-        model.load_state_dict(ckpt["model"])
-        try:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise CheckpointError(
-                f"cannot resume from {last_path}: its optimizer state does not fit this "
-                f"optimizer ({e}); resume with the optimizer the run was trained with"
-            ) from None
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        ckpt = _restore(last_path, model, optimizer, scheduler, scaler, config, rank, world)
         step, epoch, position = ckpt["step"], ckpt["epoch"], ckpt["position"]
         elapsed_before, eval_history = ckpt["elapsed"], list(ckpt["eval_history"])
         window, last_losses, rng = ckpt["window"], ckpt["losses"], ckpt["rng"]
-        by_rank = ckpt.get("rng_by_rank") or [rng]
-        if len(by_rank) != world:
-            raise CheckpointError(
-                f"cannot resume from {last_path} exactly: it was written by a run of "
-                f"{len(by_rank)} process(es) and this one has {world}; resume with "
-                f"{len(by_rank)} (torchrun --nproc_per_node {len(by_rank)}), or start afresh"
-            )
-        rng = by_rank[rank]
         saved = str(last_path)
         if main:
             _truncate_metrics(metrics_path, step)
@@ -232,13 +205,7 @@ def _train(
         if metrics_path is not None and metrics_path.exists():
             metrics_path.unlink()  # RunFolder.claim allowed it: resume or overwrite
 
-    batches = epoch_iterator(data_loader, config.seed, epoch)
-    for i in range(position):  # skip what the checkpointed run already consumed
-        if next(batches, None) is None:
-            raise RuntimeError(
-                f"the data loader yields {i} batches per epoch, fewer than the {position} "
-                "the checkpointed run had taken: was the data set changed?"
-            )
+    batches = _batches_after(data_loader, config.seed, epoch, position)
     if rng is not None:
         set_rng_state(rng)  # after the skip: loading batches may draw random numbers
 
@@ -318,61 +285,38 @@ def _train(
             batch = to_device(batch, device)
 
             # -- forward: a dict of named losses, and their (weighted) sum ------------------
-            with torch.autocast(device.type, enabled=use_amp):
-                losses = _as_loss_dict(loss_fn(net, batch))
-            total = _total_loss(losses, config.loss_weights)
-            values = torch.stack([v.detach().float() for v in [*losses.values(), total]])
-            if world > 1:  # log the mean over the processes (and stop all of them alike)
-                torch.distributed.all_reduce(values)
-                values /= world
-            values = dict(zip([*losses, "total_loss"], values.tolist(), strict=True))
+            total, values = _forward(net, batch, loss_fn, config, device, use_amp, world)
             if not all(math.isfinite(v) for v in values.values()):
                 raise NonFiniteLossError(step + 1, values, checkpoint=saved)
 
             # -- backward and update --------------------------------------------------------
             lr = optimizer.param_groups[0]["lr"]
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            if config.grad_clip_norm is not None:
-                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip_norm)
-                values["grad_norm"] = norm.item()  # the norm before clipping
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            grad_norm = _update(total, optimizer, scaler, scheduler, params, config.grad_clip_norm)
+            if grad_norm is not None:
+                values["grad_norm"] = grad_norm  # the norm before clipping
             step += 1
             last_losses = values
 
             seconds = time.perf_counter() - t_step
             steps_this_call += 1
             seconds_this_call += seconds
-            window["n"] += 1
-            window["seconds"] += seconds
-            for name, value in values.items():
-                window["sums"][name] = window["sums"].get(name, 0.0) + value
+            _add_to_window(window, values, seconds)
             between_steps = True
 
             # -- log, evaluate, checkpoint --------------------------------------------------
             record = {}
-            if step % config.log_every == 0 or step == config.max_iter:
-                n = window["n"]
-                record["lr"] = lr
-                record.update({name: s / n for name, s in window["sums"].items()})
-                record["sec_per_iter"] = window["seconds"] / n
-                window = {"n": 0, "seconds": 0.0, "sums": {}}
+            if _due(step, config.log_every, config.max_iter):
+                record = _window_means(window, lr)
+                window = _empty_window()
                 bar.set_postfix(loss=f"{record['total_loss']:.4g}", lr=f"{lr:.3g}")
-            if evaluate_fn is not None and (
-                (config.eval_every and step % config.eval_every == 0) or step == config.max_iter
-            ):
+            if evaluate_fn is not None and _due(step, config.eval_every, config.max_iter):
                 metrics = _evaluate(model, evaluate_fn)
                 eval_history.append({"step": step, **metrics})
                 record.update({f"eval/{name}": value for name, value in metrics.items()})
             if record:
                 write_record(record)
                 record = {}
-            if last_path is not None and (
-                (config.checkpoint_every and step % config.checkpoint_every == 0) or step == stop
-            ):
+            if last_path is not None and _due(step, config.checkpoint_every, stop):
                 bad = _nonfinite_parameters(model)
                 if bad:
                     raise NonFiniteLossError(step, values, checkpoint=saved, parameters=bad)
@@ -406,3 +350,147 @@ def _train(
         out_dir=config.out_dir,
         checkpoint=saved,
     )
+
+
+# ----------------------------------------------------------------------------------------
+# The loop's steps, in the order it takes them
+
+
+def _for_the_processes(model: nn.Module, device: torch.device, world: int) -> nn.Module:
+    """The module the loop calls: ``model`` itself in one process; under several, ``model``
+    wrapped in ``DistributedDataParallel``, which averages the gradients over the
+    processes after each backward pass."""
+    if world == 1:
+        return model
+    # find_unused_parameters: a detector may hold modules its forward never runs (the cpu
+    # preset reads c3, and TinyBackbone still has c4 and c5), which DDP must skip
+    return torch.nn.parallel.DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=True,
+    )
+
+
+def _restore(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    config: TrainConfig,
+    rank: int,
+    world: int,
+) -> dict[str, Any]:
+    """Load the checkpoint at ``path`` (verified, and checked to be of a model like
+    ``model``; a warning when ``config`` differs from the run's in a field that changes
+    the result) into the model, optimizer, scheduler and scaler. Returns the checkpoint,
+    its ``"rng"`` being this process's random states."""
+    ckpt = load_checkpoint(path)
+    _check_resumable(ckpt, path, model)
+    _warn_config_changes(ckpt["config"], config)
+    model.load_state_dict(ckpt["model"])
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(
+            f"cannot resume from {path}: its optimizer state does not fit this "
+            f"optimizer ({e}); resume with the optimizer the run was trained with"
+        ) from None
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    by_rank = ckpt.get("rng_by_rank") or [ckpt["rng"]]
+    if len(by_rank) != world:
+        raise CheckpointError(
+            f"cannot resume from {path} exactly: it was written by a run of "
+            f"{len(by_rank)} process(es) and this one has {world}; resume with "
+            f"{len(by_rank)} (torchrun --nproc_per_node {len(by_rank)}), or start afresh"
+        )
+    return {**ckpt, "rng": by_rank[rank]}
+
+
+def _batches_after(data_loader: Iterable, seed: int, epoch: int, position: int) -> Iterator:
+    """The batches of ``epoch`` (in its ``(seed, epoch)`` order) after the first
+    ``position``, which a checkpointed run had taken: they are loaded and dropped."""
+    batches = epoch_iterator(data_loader, seed, epoch)
+    for i in range(position):
+        if next(batches, None) is None:
+            raise RuntimeError(
+                f"the data loader yields {i} batches per epoch, fewer than the {position} "
+                "the checkpointed run had taken: was the data set changed?"
+            )
+    return batches
+
+
+def _forward(
+    net: nn.Module,
+    batch: Any,
+    loss_fn: Callable[[nn.Module, Any], LossDict],
+    config: TrainConfig,
+    device: torch.device,
+    use_amp: bool,
+    world: int,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The forward pass: the loss to minimise (``sum_k w_k * L_k``, a scalar tensor) and
+    the values to log, ``{term: float, ..., "total_loss": float}`` (unweighted terms;
+    under several processes, their mean over the processes, so all stop alike on a
+    non-finite one)."""
+    with torch.autocast(device.type, enabled=use_amp):
+        losses = _as_loss_dict(loss_fn(net, batch))
+    total = _total_loss(losses, config.loss_weights)
+    values = torch.stack([v.detach().float() for v in [*losses.values(), total]])
+    if world > 1:
+        torch.distributed.all_reduce(values)
+        values /= world
+    return total, dict(zip([*losses, "total_loss"], values.tolist(), strict=True))
+
+
+def _update(
+    total: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    params: list[torch.Tensor],
+    grad_clip_norm: float | None,
+) -> float | None:
+    """Backward, one optimizer update (through the GradScaler) and one step of the
+    schedule. Returns the global L2 norm of the gradients before clipping when clipping
+    is on, else None."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(total).backward()
+    norm = None
+    if grad_clip_norm is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip_norm).item()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return norm
+
+
+def _empty_window() -> dict[str, Any]:
+    """The steps since the last metrics record: how many, their seconds, each value's sum
+    (a checkpoint stores it, so a resumed run's first record averages the same steps)."""
+    return {"n": 0, "seconds": 0.0, "sums": {}}
+
+
+def _add_to_window(window: dict[str, Any], values: dict[str, float], seconds: float) -> None:
+    window["n"] += 1
+    window["seconds"] += seconds
+    for name, value in values.items():
+        window["sums"][name] = window["sums"].get(name, 0.0) + value
+
+
+def _window_means(window: dict[str, Any], lr: float) -> dict[str, Any]:
+    """A metrics record's training fields: the learning rate of the last step, each
+    value's mean over the window's steps and their mean seconds (``sec_per_iter``)."""
+    n = window["n"]
+    record = {"lr": lr}
+    record.update({name: s / n for name, s in window["sums"].items()})
+    record["sec_per_iter"] = window["seconds"] / n
+    return record
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    """Whether something done every ``every`` steps (0: only at the end) is due after
+    ``step``: a multiple of ``every``, or the ``last`` step."""
+    return bool(every and step % every == 0) or step == last
