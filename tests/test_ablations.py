@@ -204,7 +204,7 @@ def test_table6_runs_both_methods(tiny_synth, tmp_path):
 
 def test_selective_search_proposals_refuse_a_short_cache(tiny_synth, tmp_path):
     from rcnn_steps.data import CocoDataset
-    from rcnn_steps.rcnn import make_proposals
+    from rcnn_steps.data.proposals import make_proposals
 
     val = CocoDataset(tiny_synth / "val", tiny_synth / "annotations" / "instances_val.json")
     root = tmp_path / "copy"
