@@ -168,6 +168,24 @@ def test_command(tmp_path, monkeypatch):
     assert results["summary"]["lambda_10"]["paper"] == 69.9
 
 
+def test_the_documented_command_is_the_real_one(tmp_path, monkeypatch):
+    """The module docstring's command line parses, and asks for what it says."""
+    import shlex
+
+    line = next(x for x in ablations.__doc__.splitlines() if "python -m rcnn_steps.ablations" in x)
+    argv = shlex.split(line)[3:]  # after python -m rcnn_steps.ablations
+    asked = {}
+    monkeypatch.setattr(ablations, "run_tables", lambda *a, **k: asked.update(args=a) or {})
+    assert ablations.main(argv) == 0
+    assert asked["args"][:3] == (["table8"], [0, 1, 2], "cpu")
+
+
+def test_the_summary_metrics_are_the_grids():
+    from rcnn_steps import grid
+
+    assert ablations.SUMMARY_METRICS is grid.SUMMARY_METRICS
+
+
 def test_table6_grid():
     grid = faster_rcnn_grid("table6")
     assert list(grid) == ["ss_2000", "rpn_300"]
