@@ -1,14 +1,16 @@
 """rcnn-steps: object detection rebuilt step by step, from sliding windows to Mask R-CNN.
 
 The library is being arranged in floors, each importing only from the floors below it
-(``tests/test_layout.py`` checks it). Three are in place: :mod:`rcnn_steps.ops`, the
+(``tests/test_layout.py`` checks it). Four are in place: :mod:`rcnn_steps.ops`, the
 tensor operations (boxes, image lists, the RoI layers and their readable references),
 which imports nothing but torch; :mod:`rcnn_steps.modeling`, the parts a detector is built
 from (anchors, matcher, sampler, losses, backbones, RPN, poolers, FPN, the box, mask and
-keypoint branches), which imports only ``ops``; and :mod:`rcnn_steps.evaluation` (AP from
+keypoint branches), which imports only ``ops``; :mod:`rcnn_steps.evaluation` (AP from
 scratch in ``ap`` and ``matching``, pycocotools' evaluator in ``cocoeval``), which imports
-only ``ops``. The detectors, data, training and experiment modules still sit
-directly in the package.
+only ``ops``; and :mod:`rcnn_steps.engine`, the one training loop and what it keeps
+(config, optimizer and schedule, losses, data order, random states, several processes,
+checkpoints, metrics, the run folder), which imports only :mod:`rcnn_steps.utils`. The
+detectors, data and experiment modules still sit directly in the package.
 
 The modules read like the book's table of contents:
 

@@ -46,13 +46,13 @@ what actually ran (Table 8's rows with our anchor sizes, the paper's in brackets
 chapter takes the labels from :func:`faster_rcnn_grid`, so a results file written before a
 label changed still shows the right one.
 
-Command (one results file per table)::
+Command (one results file per table, ``ablation_<table>.json`` in ``--out-dir``, by
+default ``results/``)::
 
-    python -m rcnn_steps.ablations faster-rcnn --table table8 --seeds 0 1 --preset cpu \\
-        --out results/ablation_table8.json
+    python -m rcnn_steps.ablations grid --tables table8 --seeds 0 1 2 --scale cpu --workers 2
 
-(``faster-rcnn`` because every grid trains a box-only Faster R-CNN, the Mask R-CNN tables
-included: they change its RoI layer, and no mask head is trained.)
+(The tables above all train a box-only Faster R-CNN, the Mask R-CNN ones included: they
+change its RoI layer, and no mask head is trained.)
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rcnn_steps.grid import summarise
+from rcnn_steps.grid import SUMMARY_METRICS, summarise
 from rcnn_steps.runner import (
     METHODS,
     detector_config,
@@ -79,6 +79,7 @@ __all__ = [
     "COMPARABLE_METRIC",
     "METHODS",
     "PAPER_METRIC",
+    "SUMMARY_METRICS",
     "TABLES",
     "detector_config",
     "effect_records",
@@ -164,8 +165,6 @@ _PAPER_FPN_T2 = {
 #: (its C4 and C5 baselines use them too), divided by 4 as ``cpu_fpn``'s P2..P6 anchors.
 FPN_TABLE3_ANCHOR_SIZES = (8, 16, 32, 64, 128)
 
-#: Metrics copied from each run into the summary.
-SUMMARY_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 #: The paper's numbers of the Mask R-CNN tables, (AP, AP50, AP75) in %.
 _PAPER_2C = {
     "roipool": (26.9, 48.8, 26.4),

@@ -168,7 +168,7 @@ class ProposalDataset(torch.utils.data.Dataset):
 
     Args:
         dataset: a :class:`~rcnn_steps.data.CocoDataset`.
-        proposals: ``{image_id: (P, 4)}``, e.g. :func:`rcnn_steps.rcnn.load_proposals`.
+        proposals: ``{image_id: (P, 4)}``, e.g. :func:`rcnn_steps.data.proposals.load_proposals`.
         image_ids: the images to use (default: every image of ``dataset`` in ``proposals``,
             in the dataset's order); ids without proposals are skipped.
         max_proposals: keep the first (highest-ranked) proposals of each image.
@@ -366,8 +366,8 @@ def evaluate_fast_rcnn(
 
 def _evaluate_command(args) -> int:
     from rcnn_steps.data import synth_datasets
+    from rcnn_steps.data.proposals import load_proposals, proposals_path
     from rcnn_steps.evolution import add_row, evaluation_image_ids
-    from rcnn_steps.rcnn import load_proposals, proposals_path
     from rcnn_steps.selective_search import selective_search
     from rcnn_steps.utils import set_threads, write_results
 

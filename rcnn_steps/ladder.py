@@ -462,7 +462,7 @@ def prepare_proposals(
     selective search per image, by split, of the images it computed (empty if none)."""
     import numpy as np
 
-    from rcnn_steps.rcnn import load_proposals, make_proposals, proposals_path
+    from rcnn_steps.data.proposals import load_proposals, make_proposals, proposals_path
     from rcnn_steps.runner import _covers, load_datasets
 
     here = resolve_root(root)

@@ -52,6 +52,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The proposal cache lives in rcnn_steps.data.proposals. Chapters 02 to 04 teach
+# load_proposals and proposals_path as this module's (their notebooks import them from
+# here), so the three are re-exported; make_proposals runs this module's `proposals`.
+from rcnn_steps.data.proposals import load_proposals, make_proposals, proposals_path
 from rcnn_steps.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
 __all__ = [
@@ -301,80 +305,6 @@ def rcnn_loss(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
     else:
         loss_box = deltas.sum() * 0.0
     return {"loss_cls": loss_cls, "loss_box": loss_box}
-
-
-# ---------------------------------------------------------------------------------------
-# Proposals: computed once, cached
-
-
-def proposals_path(split: str, mode: str = "fast") -> Path:
-    """Where the proposals cache of a split lives: ``results/proposals_{mode}_{split}.npz``."""
-    from rcnn_steps.utils import results_dir
-
-    return results_dir() / f"proposals_{mode}_{split}.npz"
-
-
-def make_proposals(
-    dataset,
-    num_images: int,
-    out: str | Path,
-    mode: str = "fast",
-    max_proposals: int = 2000,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Run selective search on the first ``num_images`` images of ``dataset`` and save the
-    ranked boxes (uint16, exclusive ends) with the seconds each image took to ``out``."""
-    from rcnn_steps.selective_search import selective_search
-    from rcnn_steps.utils import atomic_write_bytes
-
-    ids, boxes, counts, seconds = [], [], [], []
-    for idx in range(min(num_images, len(dataset))):
-        image_id = dataset.image_ids[idx]
-        image = dataset.load_image(image_id)
-        t0 = time.perf_counter()
-        props = selective_search(image, mode, seed=seed, max_proposals=max_proposals)
-        seconds.append(time.perf_counter() - t0)
-        ids.append(image_id)
-        boxes.append(props.numpy().astype(np.uint16))
-        counts.append(len(props))
-    import io
-
-    buffer = io.BytesIO()
-    np.savez_compressed(
-        buffer,
-        image_ids=np.asarray(ids, dtype=np.int64),
-        counts=np.asarray(counts, dtype=np.int64),
-        boxes=np.concatenate(boxes) if boxes else np.zeros((0, 4), np.uint16),
-        seconds=np.asarray(seconds),
-        mode=np.asarray(mode),
-        seed=np.asarray(seed),
-        fingerprint=np.asarray(dataset.fingerprint),
-    )
-    atomic_write_bytes(out, buffer.getvalue())
-    return {"num_images": len(ids), "mean_proposals": float(np.mean(counts) if counts else 0)}
-
-
-def load_proposals(path: str | Path, dataset=None) -> dict[int, torch.Tensor]:
-    """The cached proposals: ``{image_id: (K, 4) float32 ranked boxes}``. A clear error
-    names the command that makes the file when it is missing, or, given the ``dataset``
-    the cache is meant for, when it was made from other data (a stale cache)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"proposals cache {path} does not exist; make it with `python -m rcnn_steps.rcnn "
-            "proposals --split train` (and --split val)"
-        )
-    with np.load(path) as data:
-        ids, counts, boxes = data["image_ids"], data["counts"], data["boxes"]
-        made_from = str(data["fingerprint"]) if "fingerprint" in data else "unknown"
-    if dataset is not None and made_from != dataset.fingerprint:
-        raise ValueError(
-            f"proposals cache {path} was made from other data (fingerprint {made_from}, "
-            f"but {dataset.annotation_file.name} is {dataset.fingerprint}); make it again "
-            "with `python -m rcnn_steps.rcnn proposals --split train` (and --split val)"
-        )
-    splits = np.split(boxes.astype(np.float32), np.cumsum(counts)[:-1])
-    return {int(i): torch.from_numpy(b).reshape(-1, 4) for i, b in zip(ids, splits, strict=True)}
 
 
 # ---------------------------------------------------------------------------------------

@@ -442,7 +442,7 @@ def selective_search_proposals(
     """
     import numpy as np
 
-    from rcnn_steps.rcnn import load_proposals, make_proposals, proposals_path
+    from rcnn_steps.data.proposals import load_proposals, make_proposals, proposals_path
 
     path = proposals_path(split) if root is None else None
     if path is None or (path.exists() and not _covers(path, dataset, num_images)):

@@ -168,6 +168,24 @@ def test_command(tmp_path, monkeypatch):
     assert results["summary"]["lambda_10"]["paper"] == 69.9
 
 
+def test_the_documented_command_is_the_real_one(tmp_path, monkeypatch):
+    """The module docstring's command line parses, and asks for what it says."""
+    import shlex
+
+    line = next(x for x in ablations.__doc__.splitlines() if "python -m rcnn_steps.ablations" in x)
+    argv = shlex.split(line)[3:]  # after python -m rcnn_steps.ablations
+    asked = {}
+    monkeypatch.setattr(ablations, "run_tables", lambda *a, **k: asked.update(args=a) or {})
+    assert ablations.main(argv) == 0
+    assert asked["args"][:3] == (["table8"], [0, 1, 2], "cpu")
+
+
+def test_the_summary_metrics_are_the_grids():
+    from rcnn_steps import grid
+
+    assert ablations.SUMMARY_METRICS is grid.SUMMARY_METRICS
+
+
 def test_table6_grid():
     grid = faster_rcnn_grid("table6")
     assert list(grid) == ["ss_2000", "rpn_300"]
@@ -204,7 +222,7 @@ def test_table6_runs_both_methods(tiny_synth, tmp_path):
 
 def test_selective_search_proposals_refuse_a_short_cache(tiny_synth, tmp_path):
     from rcnn_steps.data import CocoDataset
-    from rcnn_steps.rcnn import make_proposals
+    from rcnn_steps.data.proposals import make_proposals
 
     val = CocoDataset(tiny_synth / "val", tiny_synth / "annotations" / "instances_val.json")
     root = tmp_path / "copy"

@@ -600,9 +600,10 @@ def test_train_names_the_rank_that_stopped_answering(example, tmp_path):
     launcher = tmp_path / "hang_rank_1.py"
     launcher.write_text(
         "import os, sys, time\n"
-        "from rcnn_steps import cli, engine\n"
+        "from rcnn_steps import cli\n"
+        "from rcnn_steps.engine import loop  # the module whose train looks the loss up\n"
         "if os.environ['RANK'] == '1':  # this rank hangs in its first step\n"
-        "    engine.detection_loss = lambda model, batch: time.sleep(600)\n"
+        "    loop.detection_loss = lambda model, batch: time.sleep(600)\n"
         "sys.exit(cli.main(sys.argv[1:]))\n"
     )
     repo = Path(__file__).resolve().parents[1]

@@ -130,9 +130,9 @@ def test_evaluate_command_on_the_tiny_set(tiny_synth, tmp_path, monkeypatch):
     import dataclasses
 
     import rcnn_steps.data
+    import rcnn_steps.data.proposals
     import rcnn_steps.fast_rcnn as fr
-    import rcnn_steps.rcnn
-    from rcnn_steps.rcnn import make_proposals
+    from rcnn_steps.data.proposals import make_proposals
     from rcnn_steps.utils import read_results
 
     train, val = _tiny_sets(tiny_synth)
@@ -140,7 +140,9 @@ def test_evaluate_command_on_the_tiny_set(tiny_synth, tmp_path, monkeypatch):
     make_proposals(train, 6, paths["train"], mode="single", max_proposals=50)
     make_proposals(val, len(val), paths["val"], mode="single", max_proposals=50)
     monkeypatch.setattr(rcnn_steps.data, "synth_datasets", lambda *a, **k: (train, val))
-    monkeypatch.setattr(rcnn_steps.rcnn, "proposals_path", lambda split, *a, **k: paths[split])
+    monkeypatch.setattr(
+        rcnn_steps.data.proposals, "proposals_path", lambda split, *a, **k: paths[split]
+    )
     tiny = dataclasses.replace(
         fr.PRESETS["ci"], num_train_images=6, batch_size=2, max_iter=4, max_proposals=50
     )

@@ -15,6 +15,7 @@ FLOORS = {
     "ops": (),
     "modeling": ("rcnn_steps.ops", "rcnn_steps.utils"),
     "evaluation": ("rcnn_steps.ops",),
+    "engine": ("rcnn_steps.utils",),
 }
 
 

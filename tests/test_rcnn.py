@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from rcnn_steps.data.proposals import load_proposals, make_proposals
 from rcnn_steps.ops import BoxCoder
 from rcnn_steps.rcnn import (
     PRESETS,
@@ -15,8 +16,6 @@ from rcnn_steps.rcnn import (
     detect,
     dilated_boxes,
     label_proposals,
-    load_proposals,
-    make_proposals,
     preset_config,
     rcnn_loss,
     regression_targets,

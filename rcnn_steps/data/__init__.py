@@ -4,7 +4,9 @@
   (``python -m rcnn_steps.data synth --out DIR``);
 - :class:`CocoDataset` reads it, and real COCO 2017, into tensors, numbering the classes
   by a :class:`LabelMap` (category id <-> label, names, keypoint sets);
-- :mod:`rcnn_steps.data.transforms` holds flips that keep keypoints' left and right.
+- :mod:`rcnn_steps.data.transforms` holds flips that keep keypoints' left and right;
+- :mod:`rcnn_steps.data.proposals` is the selective-search proposal cache of chapters 02
+  to 04 (:func:`make_proposals`, :func:`load_proposals`, :func:`proposals_path`).
 """
 
 from rcnn_steps.data.coco import (
@@ -14,6 +16,7 @@ from rcnn_steps.data.coco import (
     collate_fn,
     load_coco_json,
 )
+from rcnn_steps.data.proposals import load_proposals, make_proposals, proposals_path
 from rcnn_steps.data.stats import dataset_statistics, size_class_of
 from rcnn_steps.data.synth import (
     CATEGORIES,
@@ -58,6 +61,9 @@ __all__ = [
     "generate",
     "horizontal_flip",
     "load_coco_json",
+    "load_proposals",
+    "make_proposals",
+    "proposals_path",
     "select_instances",
     "size_class_of",
     "size_ranges",
