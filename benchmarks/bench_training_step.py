@@ -27,7 +27,9 @@ Variants, each a copy of the same initial weights with its own optimizer:
 - ``compile``: ``torch.compile`` (inductor, which writes C++ and needs a C compiler) of the
   backbone + FPN (``--compile-scope backbone``, the default: one static graph) or of the
   whole model (``model``: RPN and RoI heads break the graph at every data-dependent size).
-  The first steps compile; their time is printed apart and not in the median.
+  The first steps compile; their time is printed apart and not in the median (minutes on
+  a 2-core machine the first time; inductor caches its kernels under /tmp, so a rerun
+  compiles in seconds).
 
 Before timing, each variant's losses are compared with eager's on the same weights and the
 same seed (the largest absolute difference over the loss terms). The variants alternate in
@@ -74,18 +76,15 @@ def batch(num_images: int, size: int):
     return images, targets
 
 
-def matmul_peak(rounds: int, repeats: int) -> float:
-    """GFLOP/s of a ``MATMUL_SIZE``-square fp32 matmul: best round's median."""
+def matmul() -> Callable[[], object]:
+    """The yardstick: one ``MATMUL_SIZE``-square fp32 matmul, ``2 n^3`` FLOP. It is timed
+    in the same rounds as the steps, so a busy spell moves the peak and the steps alike."""
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(MATMUL_SIZE, MATMUL_SIZE, generator=gen)
     b = torch.randn(MATMUL_SIZE, MATMUL_SIZE, generator=gen)
     out = torch.empty_like(a)
     torch.mm(a, b, out=out)  # warm-up
-    seconds = min(
-        statistics.median(timed(lambda: torch.mm(a, b, out=out)) for _ in range(repeats))
-        for _ in range(rounds)
-    )
-    return 2 * MATMUL_SIZE**3 / seconds / 1e9
+    return lambda: torch.mm(a, b, out=out)
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -144,9 +143,6 @@ def run(args) -> None:
         f"{tuple(images[0].shape[-2:])}, SGD (lr 1e-4, momentum 0.9)"
     )
 
-    peak = matmul_peak(args.rounds, args.repeats)
-    print(f"peak: {MATMUL_SIZE} x {MATMUL_SIZE} fp32 matmul {peak:.1f} GFLOP/s")
-
     reference = losses_at_seed(copy.deepcopy(initial), images, targets)
     flop_model = copy.deepcopy(initial)
     flop_opt = torch.optim.SGD(flop_model.parameters(), lr=1e-4, momentum=0.9)
@@ -180,14 +176,15 @@ def run(args) -> None:
         print(f"  {name}: losses within {diff:.1e} of eager's{extra}")
         steps[name] = step
 
-    best = {name: float("inf") for name in steps}
+    timed_fns = {"matmul": matmul(), **steps}
+    best = {name: float("inf") for name in timed_fns}
     for _ in range(args.rounds):
-        for name, step in steps.items():
-            best[name] = min(
-                best[name], statistics.median(timed(step) for _ in range(args.repeats))
-            )
+        for name, fn in timed_fns.items():
+            best[name] = min(best[name], statistics.median(timed(fn) for _ in range(args.repeats)))
+    peak = 2 * MATMUL_SIZE**3 / best.pop("matmul") / 1e9
+    print(f"\npeak: {MATMUL_SIZE} x {MATMUL_SIZE} fp32 matmul {peak:.1f} GFLOP/s")
 
-    print(f"\n{'variant':<16}{'step ms':>9}{'GFLOP/s':>9}{'of peak':>9}{'vs eager':>10}")
+    print(f"{'variant':<16}{'step ms':>9}{'GFLOP/s':>9}{'of peak':>9}{'vs eager':>10}")
     for name, seconds in best.items():
         rate = step_flops / seconds / 1e9
         ratio = f"{seconds / best['eager']:.2f}" if "eager" in best else "-"
