@@ -76,12 +76,15 @@ format: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab book/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
-# Our ops and models beside torchvision's (and selective search beside OpenCV's), timed in one run.
+# Our ops and models beside torchvision's (and selective search beside OpenCV's), timed in one
+# run; then our training step as a fraction of the machine's matmul peak, eager vs
+# channels_last vs torch.compile.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_boxes.py
 	$(BIN)/python benchmarks/bench_roi_ops.py
 	$(BIN)/python benchmarks/bench_selective_search.py
 	$(BIN)/python benchmarks/bench_models.py
+	$(BIN)/python benchmarks/bench_training_step.py
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache .hypothesis

@@ -649,6 +649,38 @@ def test_thread_setting_is_respected_and_restored(monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 8, 1000])
+def test_gather_into_maps_equals_one_gather_and_a_transpose(monkeypatch, chunk):
+    """RoIAlign's chunked gather gives, bit for bit, what one embedding_bag over all bins
+    and a transpose give, whatever the chunk size (10 RoIs: chunks that do not divide
+    them, one chunk, one RoI per chunk), bins without entries included."""
+    gen = torch.Generator().manual_seed(48)
+    num_rois, ph, pw, channels, cells = 10, 3, 2, 5, 40
+    x = torch.randn(cells, channels, generator=gen)
+    counts = torch.randint(0, 4, (num_rois * ph * pw,), generator=gen)  # 0: empty bin
+    offsets = torch.cumsum(counts, 0) - counts
+    cols = torch.randint(0, cells, (int(counts.sum()),), generator=gen)
+    weights = torch.rand(len(cols), generator=gen)
+    rows = torch.arange(len(counts)).repeat_interleave(counts)
+    flat = torch.nn.functional.embedding_bag(
+        cols, x, offsets, mode="sum", per_sample_weights=weights
+    )
+    expected = flat.view(num_rois, ph, pw, channels).permute(0, 3, 1, 2).contiguous()
+    monkeypatch.setattr(roialign, "GATHER_CHUNK_ROIS", chunk)
+    out = roialign._gather_into_maps(x, cols, offsets, weights, ph, pw)
+    assert out.shape == (num_rois, channels, ph, pw) and out.is_contiguous()
+    assert torch.equal(out, expected)
+    # and through the Function, with the gradient of the flat version
+    xg = x.clone().requires_grad_(True)
+    grad = torch.randn(expected.shape, generator=gen)
+    roialign._WeightedGather.apply(xg, rows, cols, offsets, weights, (ph, pw)).backward(grad)
+    xf = x.clone().requires_grad_(True)
+    roialign._WeightedGather.apply(xf, rows, cols, offsets, weights).view(
+        num_rois, ph, pw, channels
+    ).permute(0, 3, 1, 2).backward(grad)
+    assert torch.equal(xg.grad, xf.grad)
+
+
 def test_no_device_specific_calls():
     for path in Path(rcnn_steps.ops.__file__).parent.glob("*.py"):
         assert ".cuda(" not in path.read_text(), path.name
