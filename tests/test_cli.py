@@ -1016,7 +1016,7 @@ def test_a_lock_taken_by_other_code_names_its_pid(run, example, tmp_path, capsys
 
 @pytest.mark.parametrize("how", ["signal", "raise"])
 def test_ctrl_c_saves_the_step_done_and_resume_continues_exactly(
-    example, tmp_path, monkeypatch, capsys, how
+    example, tmp_path, monkeypatch, capsys, request, how
 ):
     """Ctrl-C at step 2 of 4 (in the evaluation after it): last.pt holds step 2, the one
     line says how to continue, and continuing gives the weights of a run never stopped.
@@ -1028,6 +1028,10 @@ def test_ctrl_c_saves_the_step_done_and_resume_continues_exactly(
     from rcnn_steps import runner
     from rcnn_steps.engine import load_checkpoint, read_metrics
 
+    # a job started with `&` by a non-interactive shell inherits SIGINT ignored, and
+    # train rightly leaves an ignored SIGINT alone: give this test Python's default
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, inherited))
     straight = tmp_path / "straight"
     more = ["--max-iter", "4", "--eval-every", "1"]
     assert _train(example, straight, *more) == 0
