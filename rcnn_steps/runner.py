@@ -591,7 +591,9 @@ def fit_few_images(
     Trains ``preset``'s detector (with ``overrides``, seeded by ``seed``) on the first
     ``num_images`` train images of ``root`` that hold an object of ``class_name`` (None:
     the first images), for ``max_iter`` iterations of the preset's schedule shortened as
-    :func:`schedule` does, then evaluates it on the *same* images. A model that cannot
+    :func:`schedule` does, in batches of the preset's batch size (at most ``num_images``),
+    the images as they are (no flips, no resizing: the same images are then scored), then
+    evaluates it on the *same* images. A model that cannot
     fit them has a defect (targets, loss, decoding); one that fits them but scores
     nothing on the val split lacks data or training, not code.
 
