@@ -313,3 +313,21 @@ def test_fit_few_images_batches_by_the_record(tiny_synth, monkeypatch, seen):
     with pytest.raises(_Trained):
         runner.fit_few_images("ci", num_images=5, max_iter=2, root=tiny_synth)
     assert seen["loader"].batch_size == 3
+
+
+def test_the_grid_and_train_roads_train_a_preset_to_the_same_numbers(tiny_synth, tmp_path):
+    """Same preset, seed and data: run_setting (grids, evaluate) and ``train`` take the
+    same steps (the same batches, flips and initial weights), loss for loss."""
+    grid_dir, train_dir = tmp_path / "grid", tmp_path / "train"
+    runner.run_setting("x", {}, 1, "ci", 3, root=tiny_synth, device="cpu", num_eval_images=1,
+                       out_dir=grid_dir)  # fmt: skip
+    argv = ["train", "--data", str(tiny_synth), "--preset", "ci", "--out", str(train_dir),
+            "--max-iter", "3", "--seed", "1", "--device", "cpu", "--no-progress",
+            "--num-eval-images", "1"]  # fmt: skip
+    assert cli.main(argv) == 0
+
+    def losses(folder):
+        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if "loss" in k} for r in rows if "step" in r]
+
+    assert losses(grid_dir) == losses(train_dir) != []
