@@ -9,8 +9,12 @@ keypoint branches), which imports only ``ops``; :mod:`rcnn_steps.evaluation` (AP
 scratch in ``ap`` and ``matching``, pycocotools' evaluator in ``cocoeval``), which imports
 only ``ops``; and :mod:`rcnn_steps.engine`, the one training loop and what it keeps
 (config, optimizer and schedule, losses, data order, random states, several processes,
-checkpoints, metrics, the run folder), which imports only :mod:`rcnn_steps.utils`. The
-detectors, data and experiment modules still sit directly in the package.
+checkpoints, metrics, the run folder), which imports only :mod:`rcnn_steps.utils`. At
+the top, :mod:`rcnn_steps.experiments` defines each detector preset once (a
+:class:`~rcnn_steps.experiments.Preset` record: its model, training schedule, feeding,
+and the chapter, table row and results file it is reported in), read by every road that
+trains one; it may import every floor, and no floor imports it. The detectors, data and
+the other experiment modules still sit directly in the package.
 
 The modules read like the book's table of contents:
 
@@ -37,7 +41,8 @@ The modules read like the book's table of contents:
   heatmaps),
   :mod:`rcnn_steps.mask_rcnn` (the test-time cascade), :mod:`rcnn_steps.runner` (a preset
   trained and scored);
-- chapter 08: :mod:`rcnn_steps.ablations` (the papers' tables as data),
+- chapter 08: :mod:`rcnn_steps.experiments` (the presets, each defined once),
+  :mod:`rcnn_steps.ablations` (the papers' tables as data),
   :mod:`rcnn_steps.grid` (their runs, cached and resumable), :mod:`rcnn_steps.cli`
   (``python -m rcnn_steps train | predict | evaluate | export``);
 - shared plumbing: :mod:`rcnn_steps.utils` (seeds, threads, devices, results files),

@@ -11,8 +11,9 @@
 
 The chapters' other commands live beside their modules (``python -m
 rcnn_steps.sliding_window``, ``rcnn``, ``selective_search``, ``fast_rcnn``,
-``ablations``). This module sits at the top with :mod:`rcnn_steps.runner`; nothing
-imports it.
+``ablations``). This module sits at the top with :mod:`rcnn_steps.runner`, and reads the
+presets (``--preset``: model, schedule, feeding, results file) from their records in
+:mod:`rcnn_steps.experiments`; nothing imports it.
 """
 
 from __future__ import annotations
@@ -32,23 +33,22 @@ if TYPE_CHECKING:
 
 __all__ = ["evaluate_results_path", "load_run", "main"]
 
-#: The presets ``evaluate`` knows, with the chapter, the evolution table's detector name
-#: and the results file of each.
-EVALUATE_PRESETS: dict[str, tuple[str, str, str]] = {
-    "ci": ("04", "Faster R-CNN", "faster_rcnn.json"),
-    "cpu": ("04", "Faster R-CNN", "faster_rcnn.json"),
-    "cpu_fpn": ("05", "Faster R-CNN + FPN", "faster_rcnn_fpn.json"),
-    "ci_mask": ("07", "Mask R-CNN", "mask_rcnn.json"),
-    "cpu_mask": ("07", "Mask R-CNN", "mask_rcnn.json"),
-}
-
 
 def evaluate_results_path(preset: str) -> Path:
-    """Where ``evaluate --preset P`` writes by default: ``results/faster_rcnn.json`` (cpu),
-    ``results/faster_rcnn_fpn.json`` (cpu_fpn) or ``results/mask_rcnn.json`` (cpu_mask)."""
+    """Where ``evaluate --preset P`` writes by default: the results file of the preset's
+    record (:mod:`rcnn_steps.experiments`) in ``results/``: ``faster_rcnn.json`` (cpu),
+    ``faster_rcnn_fpn.json`` (cpu_fpn) or ``mask_rcnn.json`` (cpu_mask)."""
+    from rcnn_steps.experiments import evaluated_presets
+    from rcnn_steps.experiments import preset as preset_record
     from rcnn_steps.utils import results_dir
 
-    return results_dir() / EVALUATE_PRESETS[preset][2]
+    record = preset_record(preset)
+    if record.results_file is None:
+        raise ValueError(
+            f"preset {preset!r} has no results file (evaluate writes one for "
+            f"{evaluated_presets()}); train it with `python -m rcnn_steps train`"
+        )
+    return results_dir() / record.results_file
 
 
 def torchvision_baseline(config):
@@ -65,6 +65,7 @@ def torchvision_baseline(config):
 
 def _evaluate_command(args: argparse.Namespace) -> int:
     from rcnn_steps.evolution import add_row
+    from rcnn_steps.experiments import preset as preset_record
     from rcnn_steps.runner import run_setting
     from rcnn_steps.utils import set_threads, write_results
 
@@ -92,7 +93,8 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         )
     write_results(out, results, preset=args.preset, seeds=[args.seed], started=started)
     metrics, seconds = run["metrics"], run["seconds_per_image"]
-    chapter, detector, _ = EVALUATE_PRESETS[args.preset]
+    record = preset_record(args.preset)
+    chapter, detector = record.chapter, record.detector
     if overrides:
         print("(a preset with --set overrides is not a row of the evolution table)")
     elif not args.no_evolution:
@@ -253,7 +255,8 @@ OUT_FILE_KINDS: dict[str, tuple[tuple[str, ...], str, str, str]] = {
 def _is_evaluate_results(path: Path) -> bool:
     """Whether ``path`` is a results file that ``evaluate`` wrote (:func:`rcnn_steps.
     utils.write_results` with a :func:`rcnn_steps.runner.run_setting` record: a method,
-    a config, metrics, and one of :data:`EVALUATE_PRESETS`)."""
+    a config, metrics, and a preset ``evaluate`` offers)."""
+    from rcnn_steps.experiments import evaluated_presets
     from rcnn_steps.utils import read_results
 
     try:
@@ -266,7 +269,7 @@ def _is_evaluate_results(path: Path) -> bool:
     return (
         isinstance(results, dict)
         and isinstance(provenance, dict)
-        and provenance.get("preset") in EVALUATE_PRESETS
+        and provenance.get("preset") in evaluated_presets()
         and {"method", "config", "metrics"} <= set(results)
     )
 
@@ -1071,6 +1074,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     is one line on stderr and exit status 2; Ctrl-C is one line and 130; ``--debug``
     shows the traceback instead (:func:`rcnn_steps.utils.run_command`)."""
     from rcnn_steps.evolution import add_evaluate_arguments
+    from rcnn_steps.experiments import PRESETS, evaluated_presets
 
     parser = argparse.ArgumentParser(prog="python -m rcnn_steps")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -1078,7 +1082,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evaluate",
         help="train a chapter's detector, evaluate it, write its results file and table row",
     )
-    ev.add_argument("--preset", choices=sorted(EVALUATE_PRESETS), default="cpu")
+    ev.add_argument("--preset", choices=evaluated_presets(), default="cpu")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--max-iter", type=int, default=None, help="default: the preset's")
     ev.add_argument(
@@ -1108,8 +1112,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="override a DetectorConfig field of the preset (repeatable; needs --out)",
     )
     add_evaluate_arguments(ev)
-
-    from rcnn_steps.runner import PRESETS
 
     tr = sub.add_parser("train", help="train a detector on a COCO-format folder")
     tr.add_argument(

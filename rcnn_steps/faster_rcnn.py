@@ -5,8 +5,8 @@ The whole detector of chapter 04, read top to bottom:
 1. :class:`DetectorConfig`: every switch in one plain dataclass (``config.display()``
    prints them all), with presets by scale (:meth:`DetectorConfig.ci`,
    :meth:`DetectorConfig.cpu`, and chapter 05's :meth:`DetectorConfig.cpu_fpn`,
-   :meth:`DetectorConfig.gpu`) and the training settings that go with them
-   (:func:`train_config`).
+   :meth:`DetectorConfig.gpu`); the training settings that go with them live in the
+   preset's record (:mod:`rcnn_steps.experiments`; :func:`train_config` reads it).
 2. :func:`build_backbone`, :func:`build_rpn`, :func:`build_roi_heads`: the parts, built
    from the config (with ``fpn=True``, chapter 05's feature pyramid replaces the
    backbone's single map: :mod:`rcnn_steps.modeling.fpn`, :mod:`rcnn_steps.modeling.poolers`).
@@ -33,12 +33,11 @@ import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from rcnn_steps.engine import TrainConfig
 from rcnn_steps.modeling.anchors import AnchorGenerator
 from rcnn_steps.modeling.backbones import STAGES, ResNetBackbone, TinyBackbone
 from rcnn_steps.modeling.fpn import FPN_LEVELS, BackboneWithFPN, check_levels, level_number
@@ -68,6 +67,9 @@ from rcnn_steps.modeling.roi_heads import (
 from rcnn_steps.modeling.rpn import RegionProposalNetwork, RPNHead
 from rcnn_steps.ops import ROI_OP_NAMES, ImageList
 from rcnn_steps.utils import StageClock, diagram_stage, shape_text
+
+if TYPE_CHECKING:
+    from rcnn_steps.engine import TrainConfig
 
 __all__ = [
     "DetectorConfig",
@@ -605,10 +607,11 @@ class DetectorConfig:
         anchors per image, 2000 / 1000 proposals in training / test, the FCN mask head of
         256 channels, 100 detections, no keypoints (COCO's instance annotations have
         none). Images are resized to a shorter side of 800 (longer at most 1333) by the
-        data (``rcnn_steps.runner.FEEDING``), and ``train_config("coco_mask")`` is the
-        paper's schedule for 16 images per batch (2 per GPU on 8 GPUs). The backbone starts
-        from ``backbone_weights`` (an ImageNet state dict you have; never downloaded) or,
-        without, from scratch. For users with COCO and GPUs; not run in this repository."""
+        data (the preset's feeding, in :data:`rcnn_steps.experiments.PRESETS`), and
+        ``train_config("coco_mask")`` is the paper's schedule for 16 images per batch (2
+        per GPU on 8 GPUs). The backbone starts from ``backbone_weights`` (an ImageNet
+        state dict you have; never downloaded) or, without, from scratch. For users with
+        COCO and GPUs; not run in this repository."""
         values = dict(
             num_classes=80, keypoints=False, rpn_post_nms_top_n_train=2000, preset="coco_mask"
         )
@@ -783,50 +786,15 @@ def _parse_element(base: type, text: str) -> Any:
     return text
 
 
-#: The training schedule that goes with each preset (engine.TrainConfig fields), for
-#: batch 8 of 128 px images. Measured (cpu preset, one seed, first 50 val images, the
-#: COCO loader, 2 threads on a shared 2-core CPU): box AP / AP50 0.19 / 0.44 after 750
-#: iterations, 0.34 / 0.63 after 1500, in 425 s (~0.28 s per iteration, evaluation and
-#: loading included, while other jobs loaded the machine; on the same machine when quiet,
-#: 84 s: ~0.056 s per iteration, box AP / AP50 0.337 / 0.662). The earlier cpu preset
-#: (stride 16, width 16, lr 0.02) reached 0.04 / 0.10 after 600 iterations, and
-#: torchvision's FasterRCNN built from the same parts did no better (0.013 / 0.037 vs our
-#: 0.012 / 0.030 after 200).
-PRESET_TRAINING: dict[str, dict[str, Any]] = {
-    "ci": dict(max_iter=30, lr=0.02, warmup_steps=5, log_every=10),
-    "cpu": dict(max_iter=1500, lr=0.05, warmup_steps=50, lr_steps=(1200,), log_every=50),
-}
-#: The FPN preset trains on the cpu preset's schedule: the comparison is on the same budget.
-PRESET_TRAINING["cpu_fpn"] = dict(PRESET_TRAINING["cpu"])
-#: Mask R-CNN (chapter 07) on the same budget, with the gradient's norm clipped at 10:
-#: the keypoint head's loss (a softmax over 56 x 56 = 3136 cells, ~8 at the start) made
-#: the first steps after the warm-up diverge at the cpu preset's lr 0.05 (NaN at step 55
-#: of the cpu_mask preset, also with a 200-step warm-up, and never with the clip; the
-#: gradient's norm is 10-15 at the end of the warm-up and ~4 by step 250). lr 0.02
-#: trained stably but the keypoint loss barely moved in 250 steps (7.65 -> 7.49).
-PRESET_TRAINING["ci_mask"] = dict(PRESET_TRAINING["ci"], grad_clip_norm=10.0)
-PRESET_TRAINING["cpu_mask"] = dict(PRESET_TRAINING["cpu"], grad_clip_norm=10.0)
-#: The GPU presets (synthetic set at 512 px, 8 images per batch on one GPU): a reasoned
-#: schedule that no GPU has run yet (no GPU was at hand while it was written).
-PRESET_TRAINING["gpu"] = dict(
-    max_iter=6000, lr=0.02, warmup_steps=500, lr_steps=(4500,), grad_clip_norm=10.0, log_every=50
-)
-PRESET_TRAINING["gpu_mask"] = dict(PRESET_TRAINING["gpu"])
-#: The paper's COCO schedule (section 3.1): lr 0.02 for 16 images per batch, divided by 10
-#: at 120k of 160k iterations, momentum 0.9, weight decay 1e-4 (the engine's defaults),
-#: with torchvision's reference warm-up of 1000 iterations.
-PRESET_TRAINING["coco_mask"] = dict(
-    max_iter=160_000, lr=0.02, warmup_steps=1000, lr_steps=(120_000,), log_every=100
-)
-
-
 def train_config(preset: str = "cpu", **overrides: Any) -> TrainConfig:
-    """The :class:`~rcnn_steps.engine.TrainConfig` of a preset, with ``overrides``."""
-    if preset not in PRESET_TRAINING:
-        raise ValueError(
-            f"train_config: unknown preset {preset!r}; one of {list(PRESET_TRAINING)}."
-        )
-    return TrainConfig(**{**PRESET_TRAINING[preset], **overrides})
+    """The :class:`~rcnn_steps.engine.TrainConfig` of a preset, with ``overrides``: the
+    schedule of its record, :func:`rcnn_steps.experiments.train_config` (a model does not
+    know how it is trained; chapter 05 calls this name from here)."""
+    # Imported here, not at the top: the experiments floor sits above this module and
+    # imports it (for DetectorConfig); this name stays for the chapters that call it.
+    from rcnn_steps.experiments import train_config as preset_train_config
+
+    return preset_train_config(preset, **overrides)
 
 
 # ----------------------------------------------------------------------------------------

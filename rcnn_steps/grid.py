@@ -17,7 +17,7 @@ runs and keeps them:
   threads (``threads_per_worker``, the C4 twin of chapter 08), so a single long run, and
   C4 runs, may be faster one at a time;
 - **a plan before it starts**: the runs to do, those already cached, and the estimated
-  wall time from the cached runs of the same preset (or a measured default per preset),
+  wall time from the cached runs of the same preset (or the seconds its record gives),
   then a progress bar with the time left.
 
 :func:`summarise` turns runs into per-setting statistics over the seeds (mean, min, max,
@@ -47,16 +47,8 @@ __all__ = [
     "with_provenance",
 ]
 
-#: Seconds one run takes on one core of the reference machine (a 2-core AMD EPYC, one
-#: thread per worker, both workers busy), by preset, at the preset's full schedule: used
-#: by the plan until the cache holds runs of that preset to measure from.
-DEFAULT_RUN_SECONDS = {
-    "ci": 30.0,
-    "ci_mask": 45.0,
-    "cpu": 300.0,  # box runs of 1500 iterations took 120-450 s (2026-11-27)
-    "cpu_fpn": 600.0,
-    "cpu_mask": 900.0,
-}
+#: The plan's guess for a run of a preset whose record gives no ``grid_run_seconds``.
+UNMEASURED_RUN_SECONDS = 600.0
 
 #: The metric families a run may hold, as (run key, summary prefix).
 METRIC_FAMILIES = (("metrics", ""), ("segm_metrics", "mask_"), ("keypoint_metrics", "kp_"))
@@ -87,7 +79,7 @@ class RunSpec:
     def key(self) -> str:
         """The cache key: a hash of everything that decides the run's result (not its
         name: two tables' settings with the same config share the run)."""
-        from rcnn_steps.runner import schedule
+        from rcnn_steps.experiments import schedule
 
         decisive = {
             "preset": self.preset,
@@ -117,8 +109,9 @@ def load_cached(spec: RunSpec, cache_dir: Path) -> dict[str, Any] | None:
 
 def estimate_seconds(spec: RunSpec, cache_dir: Path) -> float:
     """Estimated wall time of one run (one worker): the median of the cached runs of the
-    same preset and schedule, else :data:`DEFAULT_RUN_SECONDS` scaled by the schedule."""
-    from rcnn_steps.runner import PRESET_TRAINING, schedule
+    same preset and schedule, else the preset's record's ``grid_run_seconds`` (measured at
+    its full schedule; :mod:`rcnn_steps.experiments`) scaled by the schedule."""
+    from rcnn_steps.experiments import preset, schedule
 
     iters = schedule(spec.preset, spec.max_iter)["max_iter"]
     times = []
@@ -131,8 +124,10 @@ def estimate_seconds(spec: RunSpec, cache_dir: Path) -> float:
             times.append(run["wall_time_s"])
     if times:
         return float(statistics.median(times))
-    full = PRESET_TRAINING.get(spec.preset, {}).get("max_iter", iters)
-    return DEFAULT_RUN_SECONDS.get(spec.preset, 600.0) * iters / full
+    record = preset(spec.preset)
+    full = record.schedule["max_iter"]
+    seconds = record.grid_run_seconds
+    return (UNMEASURED_RUN_SECONDS if seconds is None else seconds) * iters / full
 
 
 def _worker_init(threads: int) -> None:

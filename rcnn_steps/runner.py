@@ -6,10 +6,12 @@ The models (:mod:`rcnn_steps.faster_rcnn`, :mod:`rcnn_steps.fast_rcnn`,
 (:mod:`rcnn_steps.engine`) knows how to take SGD steps; the evaluation module knows COCO
 AP. This module puts them together, and everything that *runs* a detector goes through
 it: the chapters' ``evaluate`` commands, the ablation grids (:mod:`rcnn_steps.ablations`)
-and ``python -m rcnn_steps train`` on your own data. Nothing below imports it.
+and ``python -m rcnn_steps train`` on your own data. It reads the presets from
+:mod:`rcnn_steps.experiments`; nothing below imports it.
 
-- presets: :func:`detector_config` (a :class:`~rcnn_steps.faster_rcnn.DetectorConfig` by
-  name, with overrides) and :func:`schedule` (its training schedule);
+- presets: each defined once, in its record (:mod:`rcnn_steps.experiments`), read here
+  through :func:`detector_config` (a :class:`~rcnn_steps.faster_rcnn.DetectorConfig` by
+  name, with overrides), :func:`schedule` (its training schedule) and :func:`feeding`;
 - data: :func:`load_datasets`, the (train, val) pair of a folder laid out as the
   synthetic set (``train/``, ``val/``, ``annotations/instances_{train,val}.json``);
 - test time: :func:`detect` (one image at a time, as deployed: COCO result dicts with
@@ -31,7 +33,9 @@ from typing import Any
 
 import torch
 
-from rcnn_steps.faster_rcnn import PRESET_TRAINING, DetectorConfig
+from rcnn_steps.experiments import PRESETS, feeding, schedule
+from rcnn_steps.experiments import preset as preset_record
+from rcnn_steps.faster_rcnn import DetectorConfig
 
 __all__ = [
     "METHODS",
@@ -39,6 +43,7 @@ __all__ = [
     "detect",
     "detector_config",
     "evaluate",
+    "feeding",
     "fit_few_images",
     "keypoint_ap_of_noisy_truth",
     "check_splits",
@@ -50,40 +55,8 @@ __all__ = [
     "trim_keypoints",
 ]
 
-#: The detector presets by name (:class:`DetectorConfig` class methods).
-PRESETS: dict[str, Callable[..., DetectorConfig]] = {
-    "ci": DetectorConfig.ci,
-    "cpu": DetectorConfig.cpu,
-    "cpu_fpn": DetectorConfig.cpu_fpn,
-    "gpu": DetectorConfig.gpu,
-    "ci_mask": DetectorConfig.ci_mask,
-    "cpu_mask": DetectorConfig.cpu_mask,
-    "gpu_mask": DetectorConfig.gpu_mask,
-    "coco_mask": DetectorConfig.coco_mask,
-}
-
-#: How each preset is fed, beside :data:`PRESETS` (the model) and the training schedule
-#: (:data:`~rcnn_steps.faster_rcnn.PRESET_TRAINING`): images per batch (per process),
-#: resizing (``min_sizes``: the shorter side in training, drawn per image when there are
-#: several; ``test_size`` at test time; ``max_size`` caps the longer side; None: images as
-#: they are, the book's 128 px), and random horizontal flips in training.
-FEEDING: dict[str, dict[str, Any]] = {
-    "gpu": dict(
-        batch_size=8, min_sizes=(448, 480, 512, 544, 576), test_size=512, max_size=960, flip=True
-    ),
-    "coco_mask": dict(batch_size=2, min_sizes=(800,), test_size=800, max_size=1333, flip=True),
-}
-FEEDING["gpu_mask"] = FEEDING["gpu"]
-_DEFAULT_FEEDING: dict[str, Any] = dict(
-    batch_size=8, min_sizes=None, test_size=None, max_size=None, flip=False
-)
-
-
-def feeding(preset: str) -> dict[str, Any]:
-    """How ``preset`` is fed (:data:`FEEDING`; the book's presets: batches of 8 of the
-    images as they are, no flips)."""
-    return dict(FEEDING.get(preset, _DEFAULT_FEEDING))
-
+# PRESETS (the records by name), schedule(preset, max_iter) and feeding(preset) are the
+# experiments floor's, imported above: the chapters and tests import them from here.
 
 #: How a run gets its proposals: its own RPN (Faster / Mask R-CNN) or selective search
 #: (Fast R-CNN on chapter 02's cached proposals).
@@ -91,35 +64,9 @@ METHODS = ("rpn", "selective_search")
 
 
 def detector_config(preset: str, overrides: dict[str, Any] | None = None) -> DetectorConfig:
-    """The preset's :class:`DetectorConfig` (one of :data:`PRESETS`) with ``overrides``."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; one of {sorted(PRESETS)}.")
-    return PRESETS[preset](**(overrides or {}))
-
-
-def schedule(preset: str, max_iter: int | None = None) -> dict[str, Any]:
-    """The preset's training schedule (:data:`~rcnn_steps.faster_rcnn.PRESET_TRAINING`),
-    shortened to ``max_iter`` when given: the learning-rate milestones scale with it (the
-    ``cpu`` preset's drop at 1200 of 1500 becomes 480 of 600) and the warm-up is capped at
-    half the run, so a short run keeps the schedule's shape."""
-    if preset not in PRESET_TRAINING:
-        raise ValueError(
-            f"preset {preset!r} has no training schedule; one of {sorted(PRESET_TRAINING)}."
-        )
-    base = dict(PRESET_TRAINING[preset])
-    if max_iter is None or max_iter == base["max_iter"]:
-        return base
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be at least 1, got {max_iter}")
-    factor = max_iter / base["max_iter"]
-    steps = tuple(s for s in (round(s * factor) for s in base.get("lr_steps", ())) if s > 0)
-    return dict(
-        base,
-        max_iter=max_iter,
-        lr_steps=steps,
-        warmup_steps=min(base.get("warmup_steps", 0), max_iter // 2),
-        log_every=min(base.get("log_every", 20), max_iter),
-    )
+    """The preset's :class:`DetectorConfig` (its record's model, :data:`PRESETS`) with
+    ``overrides`` (a dict, as a grid's settings hold them)."""
+    return preset_record(preset).model(**(overrides or {}))
 
 
 def load_datasets(
@@ -495,12 +442,12 @@ def run_setting(
     method: str = "rpn",
     num_train_images: int | None = None,
     root: str | Path | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     num_eval_images: int | None = None,
     device: str = "auto",
     progress: bool = False,
     timing_threads: int | None = None,
-    flip: bool = False,
+    flip: bool | None = None,
     model_builder: Callable[[DetectorConfig], torch.nn.Module] | None = None,
     out_dir: str | Path | None = None,
 ) -> dict[str, Any]:
@@ -514,8 +461,12 @@ def run_setting(
     and keypoint branches if the config turns them on); ``method="selective_search"`` a
     :class:`~rcnn_steps.fast_rcnn.FastRCNN` with the same config on selective-search
     proposals (:func:`selective_search_proposals`). ``num_train_images`` restricts
-    training to the first images of the train set (default: all); ``flip`` adds random
-    horizontal flips. ``timing_threads`` sets torch's CPU thread count while the val
+    training to the first images of the train set (default: all). The images are fed as
+    the preset's record says (:func:`feeding`: images per batch, resizing in training and
+    at test time, random horizontal flips), as ``python -m rcnn_steps train`` feeds them;
+    ``batch_size`` and ``flip`` override the record's. Selective-search proposals are
+    cached at the images' own size, so ``method="selective_search"`` refuses a preset
+    that resizes them. ``timing_threads`` sets torch's CPU thread count while the val
     images are detected and timed. ``model_builder(config)`` replaces the model (e.g.
     :func:`rcnn_steps.mask_rcnn.torchvision_mask_rcnn` for a baseline trained the same
     way); ``out_dir`` keeps the run's checkpoint and ``metrics.jsonl``.
@@ -537,8 +488,19 @@ def run_setting(
         raise ValueError(f"unknown method {method!r}; one of {list(METHODS)}.")
     t0 = time.perf_counter()
     config = detector_config(preset, overrides)
+    feed = preset_record(preset).feeding
+    batch_size = feed.batch_size if batch_size is None else batch_size
+    flip = feed.flip if flip is None else flip
+    if method == "selective_search" and feed.resizes:
+        raise ValueError(
+            f"preset {preset!r} resizes its images (min_sizes {feed.min_sizes}, test_size "
+            f"{feed.test_size}) and selective-search proposals are cached at the images' own "
+            "size: use method='rpn', or a preset that feeds the images as they are"
+        )
     masks = config.masks and method == "rpn"
-    train_set, val_set = load_datasets(root, masks=masks, flip=flip)
+    train_set, val_set = load_datasets(
+        root, masks=masks, flip=flip, min_sizes=feed.min_sizes, max_size=feed.max_size
+    )
     n_train = len(train_set) if num_train_images is None else min(num_train_images, len(train_set))
     eval_ids = evaluation_image_ids(val_set, num_eval_images or NUM_EVAL_IMAGES)
     train_cfg = TrainConfig(
@@ -578,7 +540,10 @@ def run_setting(
     t1 = time.perf_counter()
     with thread_count(timing_threads):
         threads = torch.get_num_threads()
-        detections, network_seconds = detect(model, val_set, eval_ids, val_proposals)
+        detections, network_seconds = detect(
+            model, val_set, eval_ids, val_proposals, test_size=feed.test_size,
+            max_size=feed.max_size,
+        )  # fmt: skip
     metrics = evaluate(val_set, eval_ids, detections)
     t2 = time.perf_counter()
     record = {
@@ -626,7 +591,9 @@ def fit_few_images(
     Trains ``preset``'s detector (with ``overrides``, seeded by ``seed``) on the first
     ``num_images`` train images of ``root`` that hold an object of ``class_name`` (None:
     the first images), for ``max_iter`` iterations of the preset's schedule shortened as
-    :func:`schedule` does, then evaluates it on the *same* images. A model that cannot
+    :func:`schedule` does, in batches of the preset's batch size (at most ``num_images``),
+    the images as they are (no flips, no resizing: the same images are then scored), then
+    evaluates it on the *same* images. A model that cannot
     fit them has a defect (targets, loss, decoding); one that fits them but scores
     nothing on the val split lacks data or training, not code.
 
@@ -666,7 +633,7 @@ def fit_few_images(
     model = FasterRCNN(config)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(train_set, chosen),
-        batch_size=min(8, num_images),
+        batch_size=min(feeding(preset)["batch_size"], num_images),
         shuffle=True,
         collate_fn=collate_fn,
     )

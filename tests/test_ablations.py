@@ -7,7 +7,8 @@ import torch
 
 from rcnn_steps import ablations, runner
 from rcnn_steps.ablations import faster_rcnn_grid, run_grid, run_key, schedule
-from rcnn_steps.faster_rcnn import PRESET_TRAINING, DetectorConfig, FasterRCNN
+from rcnn_steps.experiments import PRESETS
+from rcnn_steps.faster_rcnn import DetectorConfig, FasterRCNN
 from rcnn_steps.utils import read_results
 
 TWO = ["1s1r_128", "3s3r"]
@@ -55,7 +56,7 @@ def test_unknown_table():
 
 
 def test_schedule_shortens_with_its_shape():
-    assert schedule("cpu") == PRESET_TRAINING["cpu"]
+    assert schedule("cpu") == PRESETS["cpu"].schedule
     short = schedule("cpu", 600)
     assert short["max_iter"] == 600 and short["lr_steps"] == (480,)
     assert short["warmup_steps"] == 50

@@ -435,8 +435,8 @@ def test_the_config_checks_every_field_for_every_caller():
 
 
 def test_every_preset_and_stored_config_still_reads_back():
-    for name, make in PRESETS.items():
-        config = make()
+    for name, preset in PRESETS.items():
+        config = preset.model()
         stored = json.loads(json.dumps(config.to_dict()))  # tuples become lists
         assert DetectorConfig(**stored) == config, name
     fields = DetectorConfig.__dataclass_fields__

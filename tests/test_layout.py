@@ -51,6 +51,22 @@ def test_a_floor_imports_only_from_the_floors_below(floor):
     assert not upward, sorted(upward)
 
 
+def test_nothing_imports_the_experiments_floor_but_the_top():
+    """``experiments`` (the presets' records) is the top floor: it may import every floor,
+    and no floor imports it. The package's loose modules that still read it are the
+    roads to the top (runner, grid, cli, ...) and, in one function kept for chapter 05,
+    ``faster_rcnn.train_config``."""
+    assert sorted((PACKAGE / "experiments").glob("*.py")), "no modules in rcnn_steps/experiments"
+    below = {
+        f"{path.relative_to(PACKAGE)} imports {module}"
+        for floor in FLOORS
+        for path in sorted((PACKAGE / floor).glob("*.py"))
+        for module in _imported_modules(path)
+        if module == "rcnn_steps.experiments" or module.startswith("rcnn_steps.experiments.")
+    }
+    assert not below, sorted(below)
+
+
 def test_the_layout_check_sees_imports_inside_functions(tmp_path):
     source = tmp_path / "m.py"
     source.write_text(

@@ -328,7 +328,7 @@ def test_evaluate_overrides_need_their_own_results_file(tiny_synth, tmp_path, ca
 @pytest.mark.parametrize("preset", ["gpu_mask", "coco_mask"])
 def test_gpu_and_coco_presets_build_and_take_one_step_on_cpu(preset):
     """The presets for larger machines, built here and trained one step on tiny inputs
-    (their real images are 512 and 800 px: runner.FEEDING resizes the data for them)."""
+    (their real images are 512 and 800 px: their records' feeding resizes the data for them)."""
     from rcnn_steps.engine import TrainConfig, train
     from rcnn_steps.faster_rcnn import train_config
     from rcnn_steps.runner import feeding
