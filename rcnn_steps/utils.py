@@ -452,10 +452,18 @@ def _provenance_entry(label: str, provenance: Mapping[str, Any]) -> list[str]:
         where or None,
         f"{seconds / 60:.0f} min" if seconds and seconds >= 60 else None,
     ]
-    return [
-        f"{label}: " + " | ".join(f for f in facts if f),
-        f"    {provenance.get('command', '?')}",
-    ]
+    command = _module_command(str(provenance.get("command", "?")))
+    return [f"{label}: " + " | ".join(f for f in facts if f), f"    {command}"]
+
+
+def _module_command(command: str) -> str:
+    """A recorded command (``sys.argv`` with the script's file name, ``rcnn.py evaluate ...``)
+    as a reader types it: ``python -m rcnn_steps.rcnn evaluate ...``."""
+    script, _, rest = command.partition(" ")
+    if not script.endswith(".py"):
+        return command
+    module = "rcnn_steps" if script == "__main__.py" else f"rcnn_steps.{script[:-3]}"
+    return f"python -m {module} {rest}".rstrip()
 
 
 def provenance_lines(names: Sequence[str], folder: str | os.PathLike | None = None) -> str:
