@@ -33,14 +33,8 @@ BOOKKEEPING = re.compile(
 #: ``{chapter stem: {cell id: what is over}}``: the cells still to cut down.
 OVER_THE_LIMIT: dict[str, dict[str, str]] = {
     "00_objects_boxes_scores": {
-        "71abd293": "33 lines",
-        "67d114a1": "32 lines",
-    },
-    "02_selective_search_rcnn": {
-        "c7b023bb": "36 lines",
     },
     "03_fast_rcnn_roipool": {
-        "ac85b23a": "31 lines",
     },
     "04_faster_rcnn_rpn": {
         "061dd34e": "449 words",
