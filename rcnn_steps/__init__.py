@@ -45,6 +45,9 @@ The modules read like the book's table of contents:
   :mod:`rcnn_steps.ablations` (the papers' tables as data),
   :mod:`rcnn_steps.grid` (their runs, cached and resumable), :mod:`rcnn_steps.cli`
   (``python -m rcnn_steps train | predict | evaluate | export``);
+- chapters 04-06: :mod:`rcnn_steps.explorers` (sliders on three of :mod:`rcnn_steps.viz`'s
+  figures: anchor labels, pyramid levels, RoIPool's bins against RoIAlign's; the one module
+  that needs ipywidgets);
 - shared plumbing: :mod:`rcnn_steps.utils` (seeds, threads, devices, results files),
   :mod:`rcnn_steps.evolution` (the table of every chapter's detector).
 """

@@ -3,7 +3,11 @@ their skeleton, and sets of anchors or proposals (first used in chapter 00); mea
 as pictures (curves, histograms, precision/recall and training curves, ablation tables as
 bars with the spread over seeds, AP against seconds per image); and feature grids with
 RoI bins and sampling points (chapters 03 and 06). A chapter computes what it shows with
-the library and calls one of these to draw it.
+the library and calls one of these to draw it. Three views compute for themselves, because
+:mod:`rcnn_steps.explorers` puts sliders on their arguments: :func:`roipool_vs_roialign`
+(chapter 06), :func:`anchor_labels` (chapter 04) and :func:`pyramid_level` (chapter 05)
+ask the library (``roi_pool_cells``, ``roi_align_bins``, ``Matcher``, ``LevelMapper``)
+and draw its answer for one setting.
 
 Every function draws onto a matplotlib ``Axes`` (made for you when ``ax`` is None) and
 returns it, so chapters can lay several views side by side. Figures are kept small because
@@ -24,6 +28,9 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
+from rcnn_steps.modeling.matcher import Matcher, label_anchors
+from rcnn_steps.modeling.poolers import LevelMapper
+from rcnn_steps.ops import box_iou, roi_align_bins, roi_align_sampling_points, roi_pool_cells
 from rcnn_steps.utils import stage_changes
 
 __all__ = [
@@ -32,7 +39,9 @@ __all__ = [
     "DPI",
     "FONT_SIZE",
     "TITLE_SIZE",
+    "LABEL_COLOURS",
     "ablation_bars",
+    "anchor_labels",
     "ap_vs_seconds",
     "before_after",
     "class_colour",
@@ -58,7 +67,9 @@ __all__ = [
     "plot_mask_probabilities",
     "plot_stage_times",
     "pr_curve",
+    "pyramid_level",
     "recall_curves",
+    "roipool_vs_roialign",
     "show_image",
     "training_curves",
     "use_book_style",
@@ -1058,6 +1069,204 @@ def heatmap(
     if title:
         ax.set_title(title, fontsize=FONT_SIZE)
     return ax
+
+
+# ---------------------------------------------------------------------------------------
+# One setting of the book's explorers (chapters 04, 05, 06): each function computes with
+# the library and draws; rcnn_steps.explorers puts sliders on its arguments.
+
+#: Colours of the anchor labels (chapter 04): positive, ignored, negative.
+LABEL_COLOURS = {1: "lime", -1: "orange", 0: "red"}
+
+
+def roipool_vs_roialign(
+    x: float,
+    y: float,
+    w: float,
+    h: float,
+    *,
+    grid_size: int = 8,
+    output_size: int = 3,
+    sampling_ratio: int = 2,
+    axes: Sequence[Axes] | None = None,
+) -> Sequence[Axes]:
+    """One box on a ``grid_size``-square feature map, read by RoIPool (left) and RoIAlign
+    (right): Mask R-CNN section 3's two quantisations against none.
+
+    The box is given in feature cells, in RoIAlign's coordinates (cell ``(r, c)`` centred at
+    ``(c, r)``): top-left ``(x, y)``, width ``w`` and height ``h``, fractions allowed. Left,
+    RoIPool's ``output_size`` x ``output_size`` bins as the library computes them
+    (:func:`rcnn_steps.ops.roi_pool_cells`: the corners rounded to cells, the bin edges
+    rounded outwards), clipped to the map. Right, RoIAlign's equal fractional bins
+    (:func:`rcnn_steps.ops.roi_align_bins`) and their ``sampling_ratio`` x
+    ``sampling_ratio`` points (:func:`rcnn_steps.ops.roi_align_sampling_points`). Bin
+    (i, j) has one colour on both sides, its points too; the box is dashed black. Returns
+    the two axes.
+    """
+    if not (w > 0 and h > 0):
+        raise ValueError(f"roipool_vs_roialign: w and h must be > 0 cells, got w={w}, h={h}.")
+    box = torch.tensor([x, y, x + w, y + h], dtype=torch.float32)
+    cells = roi_pool_cells(box, 1.0, output_size, feature_size=(grid_size, grid_size))
+    bins = roi_align_bins(box, output_size, 1.0)
+    points = roi_align_sampling_points(box, output_size, 1.0, sampling_ratio)
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(6.4, 3.5), dpi=DPI)
+    pool_ax, align_ax = axes
+    colours = [plt.cm.tab10(i % 10) for i in range(cells.shape[0] * cells.shape[1])]
+    for ax in axes:
+        feature_grid(ax, size=grid_size)
+        draw_region(ax, box, "black", linestyle="--", linewidth=1.2)
+    draw_bins(pool_ax, cells, colours, linewidth=1.5)
+    x0, y0 = int(cells[0, 0, 0]), int(cells[0, 0, 1])
+    x1, y1 = int(cells[-1, -1, 2]) - 1, int(cells[-1, -1, 3]) - 1
+    pool_ax.set_title(
+        f"RoIPool: cells {x0}..{x1} x {y0}..{y1},\nbins snapped to whole cells", fontsize=FONT_SIZE
+    )
+    bin_points = points.reshape(len(colours), -1, 2)  # (bins, points of the bin, 2)
+    for rect, bin_xy, colour in zip(bins.reshape(-1, 4), bin_points, colours, strict=True):
+        draw_region(align_ax, rect, colour, linewidth=1.5)
+        draw_points(align_ax, bin_xy, colour, size=10)
+    bin_w, bin_h = float(bins[0, 0, 2] - bins[0, 0, 0]), float(bins[0, 0, 3] - bins[0, 0, 1])
+    align_ax.set_title(
+        f"RoIAlign: bins of {bin_w:.2f} x {bin_h:.2f} cells,\n"
+        f"{sampling_ratio} x {sampling_ratio} sampling points each",
+        fontsize=FONT_SIZE,
+    )
+    axes[0].figure.tight_layout()
+    return axes
+
+
+def anchor_labels(
+    image: Any,
+    gt_box: Any,
+    anchors: torch.Tensor,
+    high: float = 0.7,
+    low: float = 0.3,
+    *,
+    allow_low_quality_matches: bool = True,
+    axes: Sequence[Axes] | None = None,
+) -> Sequence[Axes]:
+    """Faster R-CNN's anchor labels (section 3.1.2) for one ground-truth box, at the IoU
+    thresholds ``high`` (positive at or above) and ``low`` (negative below).
+
+    The labels are the library's: :func:`rcnn_steps.ops.box_iou` of the box with every
+    anchor, :class:`rcnn_steps.modeling.matcher.Matcher` and
+    :func:`rcnn_steps.modeling.matcher.label_anchors`. Left, the image with the box
+    (dashed white), every positive anchor (lime) and every ignored one (orange); the
+    negatives, usually thousands, are only counted. Right, the IoU of every anchor that
+    overlaps the box, one histogram per label, and the two thresholds: the positives below
+    ``high`` are the low-quality rule's (the box's best anchors).
+
+    Args:
+        image: ``(3, H, W)`` in [0, 1].
+        gt_box: ``(4,)`` xyxy in image pixels.
+        anchors: ``(A, 4)`` xyxy anchors, e.g. from
+            :class:`rcnn_steps.modeling.anchors.AnchorGenerator`.
+        high, low: the Matcher's thresholds (0.7 and 0.3 in the paper); ``low <= high``.
+        allow_low_quality_matches: the paper's second positive rule.
+
+    Returns the two axes; the left title gives the three counts.
+    """
+    gt = torch.as_tensor(gt_box, dtype=anchors.dtype).reshape(1, 4)
+    iou = box_iou(gt, anchors)  # (1, A)
+    labels = label_anchors(Matcher(high, low, allow_low_quality_matches)(iou))
+    iou = iou[0]
+    counts = {label: int((labels == label).sum()) for label in LABEL_COLOURS}
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(6.6, 3.2), dpi=DPI)
+    image_ax, hist_ax = axes
+    show_image(image, ax=image_ax)
+    for label in (-1, 1):  # the positives on top
+        draw_boxes(image_ax, anchors[labels == label], colour=LABEL_COLOURS[label], linewidth=0.8)
+    draw_boxes(image_ax, gt, colour="white", linestyle="--", linewidth=1.2)
+    height, width = _np(image).shape[-2:]
+    image_ax.set_xlim(-0.5, width - 0.5)  # anchors may stick out; keep the view on the image
+    image_ax.set_ylim(height - 0.5, -0.5)
+    image_ax.set_title(
+        f"positive {counts[1]} (lime), ignored {counts[-1]}\n(orange), negative {counts[0]}",
+        fontsize=FONT_SIZE,
+    )
+    overlapping = iou > 0
+    edges = np.linspace(0.0, 1.0, 41)
+    for label, name in ((0, "negative"), (-1, "ignored"), (1, "positive")):
+        values = _np(iou[overlapping & (labels == label)])
+        hist_ax.hist(values, bins=edges, color=LABEL_COLOURS[label], alpha=0.8, label=name)
+    for threshold, name, side in ((low, "low", "right"), (high, "high", "left")):
+        hist_ax.axvline(threshold, color="black", linestyle=":", linewidth=1.0)
+        top = hist_ax.get_xaxis_transform()  # x in data, y in axes fractions
+        hist_ax.text(threshold, 1.0, f" {name} {threshold:.2f} ", transform=top,
+                     fontsize=FONT_SIZE, va="bottom", ha=side)  # fmt: skip
+    hist_ax.set_yscale("log")
+    hist_ax.set_ylim(0.5, 30 * hist_ax.get_ylim()[1])  # room for the legend above the bars
+    hist_ax.legend(fontsize=FONT_SIZE, loc="upper right")
+    _label_axes(hist_ax, "IoU with the box", "anchors (IoU > 0)", "")
+    axes[0].figure.tight_layout()
+    return axes
+
+
+def pyramid_level(
+    image: Any,
+    side: float,
+    *,
+    canonical_size: float = 56,
+    canonical_level: int = 4,
+    levels: Sequence[int] = (2, 3, 4, 5),
+    axes: Sequence[Axes] | None = None,
+) -> Sequence[Axes]:
+    """Which pyramid level FPN eq. (1) pools a RoI from, for a square box of ``side`` pixels
+    centred on the image: ``k = floor(k0 + log2(sqrt(w h) / s0))``, clamped to ``levels``.
+
+    The level is the library's (:class:`rcnn_steps.modeling.poolers.LevelMapper` with
+    ``canonical_size`` s0 and ``canonical_level`` k0). One panel per level: the image with
+    that level's grid of cells (stride ``2**k``) and the box; the panel of the chosen level
+    is framed and says so, every title gives the box's side in that level's cells.
+
+    Args:
+        image: ``(3, H, W)`` in [0, 1] (the map of level k is ``H / 2**k`` cells high).
+        side: the box's side in image pixels.
+        canonical_size, canonical_level: s0 and k0 (the paper: 224 and 4; our ``cpu_fpn``
+            preset: 56 and 4).
+        levels: consecutive pyramid levels, finest first.
+
+    Returns one axes per level.
+    """
+    levels = [int(k) for k in levels]
+    if not levels or levels != list(range(levels[0], levels[0] + len(levels))):
+        raise ValueError(f"pyramid_level: levels must be consecutive, finest first; got {levels}.")
+    if not side > 0:
+        raise ValueError(f"pyramid_level: side must be > 0 pixels, got {side!r}.")
+    mapper = LevelMapper(levels[0], levels[-1], canonical_size, canonical_level)
+    height, width = _np(image).shape[-2:]
+    cx, cy = width / 2, height / 2
+    box = torch.tensor([[cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]])
+    chosen = int(mapper.level(box)[0])
+    if axes is None:
+        _, axes = plt.subplots(1, len(levels), figsize=(1.9 * len(levels), 2.4), dpi=DPI)
+    for ax, k in zip(axes, levels, strict=True):
+        stride = 2**k
+        show_image(image, ax=ax)
+        for line in np.arange(stride, max(height, width), stride) - 0.5:
+            ax.axvline(line, color="white", linewidth=0.4, alpha=0.6)
+            ax.axhline(line, color="white", linewidth=0.4, alpha=0.6)
+        colour = "tab:red" if k == chosen else "yellow"
+        draw_boxes(ax, box, colour=colour, linewidth=1.5)
+        ax.set_xlim(-0.5, width - 0.5)
+        ax.set_ylim(height - 0.5, -0.5)
+        title = f"P{k}: {height // stride} x {width // stride}\nbox {side / stride:.2f} cells"
+        if k == chosen:
+            title += ", pooled here"
+            for spine in ax.spines.values():
+                spine.set_edgecolor("tab:red")
+                spine.set_linewidth(3.0)
+        ax.set_title(title, fontsize=FONT_SIZE, color="tab:red" if k == chosen else "black")
+    raw = canonical_level + np.log2(side / canonical_size)
+    axes[0].figure.suptitle(
+        f"k = floor({canonical_level} + log2({side:g} / {canonical_size:g})) = "
+        f"floor({raw:.2f}), clamped to P{levels[0]}..P{levels[-1]}: P{chosen}",
+        fontsize=FONT_SIZE,
+    )
+    axes[0].figure.tight_layout(rect=(0, 0, 1, 0.92))  # below the suptitle
+    return axes
 
 
 # ---------------------------------------------------------------------------------------

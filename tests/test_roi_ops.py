@@ -29,6 +29,7 @@ from rcnn_steps.ops.roi_layers import ROI_OP_NAMES, RoIOp, get_roi_op
 from rcnn_steps.ops.roialign import (
     bilinear_sample,
     roi_align,
+    roi_align_bins,
     roi_align_reference,
     roi_align_sampling_points,
     roi_warp,
@@ -485,6 +486,33 @@ def test_roi_align_sampling_points_values():
     exactly_equal(shifted, points - 0.5)
     # Adaptive: ceil(4 / 2) = 2 points across, ceil(2 / 2) = 1 down.
     assert roi_align_sampling_points((0.0, 0.0, 8.0, 4.0), 2, 0.5).shape == (2, 2, 1, 2, 2)
+
+
+def test_roi_align_bins_tile_the_box_and_hold_their_points():
+    bins = roi_align_bins((0.0, 0.0, 8.0, 4.0), (2, 2), 0.5)
+    # The RoI spans x in [0, 4], y in [0, 2]: four bins of 2 x 1 cells, nothing rounded.
+    exactly_equal(bins[0, 0], torch.tensor([0.0, 0.0, 2.0, 1.0]))
+    exactly_equal(bins[1, 1], torch.tensor([2.0, 1.0, 4.0, 2.0]))
+    exactly_equal(roi_align_bins((0.0, 0.0, 8.0, 4.0), 2, 0.5, aligned=True), bins - 0.5)
+    for box, ratio, aligned in [
+        ((3.3, 5.1, 70.0, 60.2), 2, False),
+        ((20.0, 10.0, 40.5, 90.0), -1, True),
+    ]:
+        bins = roi_align_bins(box, (3, 4), 1 / 16, aligned)
+        points = roi_align_sampling_points(box, (3, 4), 1 / 16, ratio, aligned)
+        x, y = points[..., 0], points[..., 1]  # (3, 4, n_y, n_x)
+        x1, y1, x2, y2 = (bins[..., i, None, None] for i in range(4))
+        assert bool(((x1 < x) & (x < x2) & (y1 < y) & (y < y2)).all())  # every point in its bin
+        # the bins tile the scaled box: each starts where the previous ends
+        exactly_equal(bins[:, 1:, 0], bins[:, :-1, 2])
+        offset = 0.5 if aligned else 0.0
+        assert abs(float(bins[0, 0, 0]) - (box[0] / 16 - offset)) < 1e-6
+        assert abs(float(bins[-1, -1, 3]) - (box[3] / 16 - offset)) < 1e-5
+    # A box thinner than a cell is widened to one cell when not aligned, as roi_align does.
+    thin = roi_align_bins((16.0, 16.0, 17.0, 48.0), 1, 1 / 16)[0, 0]
+    exactly_equal(thin, torch.tensor([1.0, 1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="four numbers"):
+        roi_align_bins((1.0, 2.0, 3.0), 2)
 
 
 # ----------------------------------------------------------------------------------------

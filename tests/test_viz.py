@@ -12,6 +12,16 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from rcnn_steps import viz  # noqa: E402
 from rcnn_steps.data import KEYPOINT_NAMES, SKELETON, CocoDataset  # noqa: E402
+from rcnn_steps.modeling.anchors import AnchorGenerator  # noqa: E402
+from rcnn_steps.modeling.matcher import Matcher  # noqa: E402
+from rcnn_steps.modeling.poolers import LevelMapper  # noqa: E402
+from rcnn_steps.ops import (  # noqa: E402
+    ImageList,
+    box_iou,
+    roi_align_bins,
+    roi_align_sampling_points,
+    roi_pool_cells,
+)
 from rcnn_steps.utils import stage_changes  # noqa: E402
 
 
@@ -168,6 +178,118 @@ def test_feature_grid_regions_bins_points_and_value_grid():
     assert len(_rects(ax)) == 4
     ax = viz.heatmap(np.zeros((3, 3)), title="objectness")
     assert len(ax.figure.axes) == 2  # the map and its colour bar
+    plt.close("all")
+
+
+def _anchor_grid(size=64, stride=8):
+    """The anchors of chapter 04's single map, on a ``size`` px image."""
+    generator = AnchorGenerator(((8, 16, 32),), ((0.5, 1.0, 2.0),))
+    batch = ImageList.from_tensors([torch.zeros(3, size, size)], 32)
+    return generator(batch, [torch.zeros(1, 1, size // stride, size // stride)])[0]
+
+
+def _edge_rgb(rect):
+    return tuple(round(v, 3) for v in rect.get_edgecolor()[:3])
+
+
+def test_roipool_vs_roialign_draws_the_librarys_bins_and_points():
+    x, y, w, h = 1.3, 1.6, 4.6, 3.7
+    pool_ax, align_ax = viz.roipool_vs_roialign(x, y, w, h, grid_size=8, output_size=3)
+    box = torch.tensor([x, y, x + w, y + h])
+    cells = roi_pool_cells(box, 1.0, 3, feature_size=(8, 8))
+    # left: the dashed box, then one rectangle per RoIPool bin, inset inside its cells
+    drawn = _rects(pool_ax)[1:]
+    assert len(drawn) == 9
+    for rect, (x0, y0, x1, y1) in zip(drawn, cells.reshape(-1, 4).tolist(), strict=True):
+        assert x0 - 0.5 < rect.get_x() < x0 - 0.5 + 0.2
+        assert y0 - 0.5 < rect.get_y() < y0 - 0.5 + 0.2
+        assert x1 - x0 - 0.4 < rect.get_width() < x1 - x0
+        assert y1 - y0 - 0.4 < rect.get_height() < y1 - y0
+    assert pool_ax.get_title().startswith("RoIPool: cells 1..6 x 2..5")  # round(1.3)..round(5.9)
+    # right: RoIAlign's fractional bins, exactly, and every sampling point in its bin's colour
+    bins = roi_align_bins(box, 3)
+    drawn = _rects(align_ax)[1:]
+    for rect, (x0, y0, x1, y1) in zip(drawn, bins.reshape(-1, 4).tolist(), strict=True):
+        assert rect.get_x() == pytest.approx(x0) and rect.get_y() == pytest.approx(y0)
+        assert rect.get_width() == pytest.approx(x1 - x0)
+        assert rect.get_height() == pytest.approx(y1 - y0)
+    points = roi_align_sampling_points(box, 3, 1.0, 2).reshape(9, 4, 2)
+    assert len(align_ax.collections) == 9
+    for scatter, bin_points, rect in zip(align_ax.collections, points, drawn, strict=True):
+        np.testing.assert_allclose(scatter.get_offsets(), bin_points.numpy(), rtol=1e-6)
+        assert tuple(scatter.get_facecolor()[0][:3]) == rect.get_edgecolor()[:3]
+    with pytest.raises(ValueError, match="w and h must be > 0"):
+        viz.roipool_vs_roialign(1.0, 1.0, 0.0, 2.0)
+    plt.close("all")
+
+
+@pytest.mark.parametrize("high, low", [(0.7, 0.3), (0.5, 0.3), (0.5, 0.5)])
+def test_anchor_labels_colours_the_matchers_labels(high, low):
+    anchors = _anchor_grid()
+    gt = torch.tensor([10.0, 12.0, 34.0, 30.0])
+    image_ax, hist_ax = viz.anchor_labels(torch.zeros(3, 64, 64), gt, anchors, high, low)
+    matches = Matcher(high, low)(box_iou(gt[None], anchors))
+    positive = int((matches >= 0).sum())
+    ignored = int((matches == Matcher.BETWEEN_THRESHOLDS).sum())
+    colours = [_edge_rgb(r) for r in _rects(image_ax)]
+    lime, orange = (
+        tuple(round(v, 3) for v in matplotlib.colors.to_rgb(c)) for c in ("lime", "orange")
+    )
+    assert positive >= 1 and colours.count(lime) == positive
+    assert colours.count(orange) == ignored
+    assert image_ax.get_title().startswith(f"positive {positive} (lime), ignored {ignored}")
+    # the histogram holds every anchor that overlaps the box, in three label colours
+    bars = sum(p.get_height() for p in hist_ax.patches)
+    assert bars == int((box_iou(gt[None], anchors) > 0).sum())
+    plt.close("all")
+
+
+def test_anchor_labels_shows_the_low_quality_positive():
+    """At 0.95 no anchor qualifies by IoU, and the box's best anchor is positive anyway."""
+    anchors = _anchor_grid()
+    gt = torch.tensor([10.0, 12.0, 34.0, 30.0])
+    image_ax, _ = viz.anchor_labels(torch.zeros(3, 64, 64), gt, anchors, 0.95, 0.3)
+    assert image_ax.get_title().startswith("positive 1 ")
+    image_ax, _ = viz.anchor_labels(
+        torch.zeros(3, 64, 64), gt, anchors, 0.95, 0.3, allow_low_quality_matches=False
+    )
+    assert image_ax.get_title().startswith("positive 0 ")
+    with pytest.raises(ValueError, match="low_threshold"):
+        viz.anchor_labels(torch.zeros(3, 64, 64), gt, anchors, 0.3, 0.7)
+    plt.close("all")
+
+
+@pytest.mark.parametrize(
+    "side, s0, k0, expected",
+    [
+        (40, 56, 4, 3),
+        (100, 56, 4, 4),
+        (4, 56, 4, 2),
+        (127, 56, 4, 5),
+        (100, 224, 4, 2),
+        (20, 56, 5, 3),
+    ],
+)
+def test_pyramid_level_frames_the_level_of_equation_1(side, s0, k0, expected):
+    image = torch.zeros(3, 128, 128)
+    axes = viz.pyramid_level(image, side, canonical_size=s0, canonical_level=k0)
+    box = torch.tensor([[64 - side / 2, 64 - side / 2, 64 + side / 2, 64 + side / 2]])
+    assert int(LevelMapper(2, 5, s0, k0).level(box)[0]) == expected  # the test's own reading
+    framed = [
+        k for k, ax in zip((2, 3, 4, 5), axes, strict=True) if "pooled here" in ax.get_title()
+    ]
+    assert framed == [expected]
+    assert axes[expected - 2].spines["left"].get_linewidth() > 2
+    assert axes[0].get_title().startswith(f"P2: 32 x 32\nbox {side / 4:.2f} cells")
+    assert axes[0].figure._suptitle.get_text().endswith(f"P{expected}")
+    plt.close("all")
+
+
+def test_pyramid_level_checks_its_arguments():
+    with pytest.raises(ValueError, match="consecutive"):
+        viz.pyramid_level(torch.zeros(3, 64, 64), 10, levels=(2, 4))
+    with pytest.raises(ValueError, match="side must be > 0"):
+        viz.pyramid_level(torch.zeros(3, 64, 64), 0)
     plt.close("all")
 
 
@@ -385,6 +507,9 @@ def _text_sizes(ax):
         lambda: viz.training_curves({"r": [{"step": 1, "total_loss": 1.0}]}),
         lambda: viz.heatmap(np.zeros((3, 3)), title="t"),
         lambda: viz.feature_grid(viz.image_grid(1)[1][0], size=4),
+        lambda: viz.roipool_vs_roialign(1.3, 1.6, 4.6, 3.7)[1],
+        lambda: viz.anchor_labels(torch.zeros(3, 64, 64), [8, 8, 30, 30], _anchor_grid())[1],
+        lambda: viz.pyramid_level(torch.zeros(3, 64, 64), 20)[1],
         lambda: viz.ladder_waterfall(
             {
                 "order": ["a", "b"],

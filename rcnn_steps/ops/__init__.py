@@ -15,8 +15,8 @@ standard library and the other modules of this floor.
     :func:`roi_pool_reference`, with :func:`roi_pool_cells` and :func:`roi_pool_region`
     to show what its rounding reads;
   - :mod:`~rcnn_steps.ops.roialign` (chapter 06, Mask R-CNN): :func:`roi_align` and
-    :func:`roi_align_reference`, :func:`roi_warp`, with :func:`roi_align_sampling_points`
-    and :func:`bilinear_sample` to show how it reads;
+    :func:`roi_align_reference`, :func:`roi_warp`, with :func:`roi_align_sampling_points`,
+    :func:`roi_align_bins` and :func:`bilinear_sample` to show how it reads;
   - :mod:`~rcnn_steps.ops.roi_layers` (chapter 06): :func:`get_roi_op`, the rows of Mask
     R-CNN Table 2(c) (:data:`ROI_OP_NAMES`) as one config field;
   - :mod:`~rcnn_steps.ops.roi_checks`: the arguments they share, checked, and
@@ -46,6 +46,7 @@ from rcnn_steps.ops.roi_layers import ROI_OP_NAMES, RoIOp, get_roi_op
 from rcnn_steps.ops.roialign import (
     bilinear_sample,
     roi_align,
+    roi_align_bins,
     roi_align_reference,
     roi_align_sampling_points,
     roi_warp,
@@ -68,6 +69,7 @@ __all__ = [
     "nms",
     "remove_small_boxes",
     "roi_align",
+    "roi_align_bins",
     "roi_align_reference",
     "roi_align_sampling_points",
     "roi_pool",

@@ -53,6 +53,7 @@ from rcnn_steps.ops.roipool import _round_half_away
 __all__ = [
     "bilinear_sample",
     "roi_align",
+    "roi_align_bins",
     "roi_align_reference",
     "roi_align_sampling_points",
     "roi_warp",
@@ -167,6 +168,20 @@ def _bags_to_output(out: Tensor, num_rois: int, ph: int, pw: int) -> Tensor:
 # ----------------------------------------------------------------------------------------
 
 
+def _scaled_roi(rois: Tensor, spatial_scale: float, aligned: bool):
+    """RoIAlign's view of each RoI on the map: its top-left corner ``(x1', y1')`` and size
+    ``(w, h)`` in cells, each ``(K,)`` in the RoIs' dtype. ``x1' = x1 * scale - o`` (``o =
+    0.5`` when aligned, else 0) and ``w = x2' - x1'``, forced >= 1 when not aligned (so a
+    malformed box becomes one cell), as torchvision's kernel computes them."""
+    scale = torch.tensor(spatial_scale, dtype=rois.dtype, device=rois.device)
+    offset = 0.5 if aligned else 0.0
+    x1, y1, x2, y2 = (rois[:, i] * scale - offset for i in range(1, 5))
+    roi_w, roi_h = x2 - x1, y2 - y1
+    if not aligned:
+        roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
+    return x1, y1, roi_w, roi_h
+
+
 def _sampling_grid(
     rois: Tensor, spatial_scale: float, ph: int, pw: int, sampling_ratio: int, aligned: bool
 ):
@@ -191,12 +206,7 @@ def _sampling_grid(
     meaningless).
     """
     dtype, device = rois.dtype, rois.device
-    scale = torch.tensor(spatial_scale, dtype=dtype, device=device)
-    offset = 0.5 if aligned else 0.0
-    x1, y1, x2, y2 = (rois[:, i] * scale - offset for i in range(1, 5))
-    roi_w, roi_h = x2 - x1, y2 - y1
-    if not aligned:
-        roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
+    x1, y1, roi_w, roi_h = _scaled_roi(rois, spatial_scale, aligned)
     axes = []
     for start, size, bins in ((y1, roi_h, ph), (x1, roi_w, pw)):
         bin_size = size / bins
@@ -544,6 +554,51 @@ def roi_align_sampling_points(
     grid_x = xs[None, :, None, :].expand(ph, pw, n_y, n_x)
     grid_y = ys[:, None, :, None].expand(ph, pw, n_y, n_x)
     return torch.stack((grid_x, grid_y), dim=-1)
+
+
+def roi_align_bins(
+    box: Tensor | Sequence[float],
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    aligned: bool = False,
+) -> Tensor:
+    """RoIAlign's bins of one box: equal, fractional rectangles, nothing rounded.
+
+    The counterpart of :func:`~rcnn_steps.ops.roipool.roi_pool_cells` (RoIPool's bins,
+    snapped to whole cells): chapter 06 draws the two side by side, with the sampling
+    points (:func:`roi_align_sampling_points`) that fall inside these bins. Bin column j
+    spans ``[x1' + j w / pw, x1' + (j + 1) w / pw]`` with ``x1'`` and ``w`` the box scaled
+    to the map as :func:`roi_align` scales it (shifted by -0.5 cell when ``aligned``; at
+    least one cell wide and tall when not).
+
+    Args:
+        box: one box (x1, y1, x2, y2) in image coordinates (numbers are taken as float32).
+        output_size, spatial_scale, aligned: as in :func:`roi_align`.
+
+    Returns:
+        ``(ph, pw, 4)`` bin rectangles ``(x1, y1, x2, y2)`` on the feature map, in the
+        coordinates of :func:`roi_align_sampling_points` (cell ``(r, c)`` centred at
+        ``(c, r)``).
+    """
+    fn = "roi_align_bins"
+    ph, pw = _pair(fn, output_size)
+    spatial_scale = _check_scale(fn, spatial_scale)
+    roi = _single_box(fn, box)
+    x1, y1, roi_w, roi_h = (v[0] for v in _scaled_roi(roi, spatial_scale, bool(aligned)))
+    edges = []
+    for start, size, bins in ((x1, roi_w, pw), (y1, roi_h, ph)):
+        index = torch.arange(bins + 1, dtype=roi.dtype)
+        edges.append(start + index * (size / bins))  # (bins + 1,)
+    xs, ys = edges
+    return torch.stack(
+        (
+            xs[None, :-1].expand(ph, pw),
+            ys[:-1, None].expand(ph, pw),
+            xs[None, 1:].expand(ph, pw),
+            ys[1:, None].expand(ph, pw),
+        ),
+        dim=-1,
+    )
 
 
 def bilinear_sample(feature: Tensor, y: float, x: float) -> Tensor:
