@@ -12,6 +12,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from rcnn_steps import viz  # noqa: E402
 from rcnn_steps.data import KEYPOINT_NAMES, SKELETON, CocoDataset  # noqa: E402
+from rcnn_steps.evaluation import error_summary  # noqa: E402
 from rcnn_steps.utils import stage_changes  # noqa: E402
 
 
@@ -415,3 +416,49 @@ def test_book_style_gives_a_chapters_own_figures_the_same_defaults():
     with plt.rc_context():  # restores the defaults after
         viz.use_book_style()
         assert plt.rcParams["figure.dpi"] == viz.DPI and plt.rcParams["font.size"] >= 9
+
+
+# Chapter 08: the failure gallery
+
+
+def _two_failures_summary():
+    """A 64 px image with a missed disc and a background square (class ids 1, 2)."""
+    gt = {
+        "images": [{"id": 7, "width": 64, "height": 64}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 2, "bbox": [4, 4, 3, 3], "area": 8,
+             "iscrowd": 0},
+            {"id": 2, "image_id": 7, "category_id": 1, "bbox": [30, 30, 20, 20], "area": 400,
+             "iscrowd": 0},
+        ],
+        "categories": [{"id": 1, "name": "square"}, {"id": 2, "name": "disc"}],
+    }  # fmt: skip
+    results = [
+        {"image_id": 7, "category_id": 1, "bbox": [30, 30, 20, 20], "score": 0.9},
+        {"image_id": 7, "category_id": 1, "bbox": [40, 2, 10, 10], "score": 0.8},
+    ]
+    return error_summary(gt, results)
+
+
+def test_failure_gallery_one_titled_panel_per_failure():
+    summary = _two_failures_summary()
+    failures = summary.failures()
+    assert [f.kind for f in failures] == ["background", "missed"]
+    axes = viz.failure_gallery(failures, summary, lambda i: torch.zeros(3, 64, 64), cols=4)
+    assert len(axes) == 2 and len(axes[0].figure.axes) == 4  # a row of four, two used
+    assert axes[0].get_title() == "background\nsquare 0.80"
+    assert axes[1].get_title() == "missed\nsmall disc"
+    # the false positive solid red, the missed object dashed white
+    (fp,) = _rects(axes[0])
+    assert fp.get_edgecolor()[:3] == (1.0, 0.0, 0.0) and fp.get_linestyle() == "-"
+    (miss,) = _rects(axes[1])
+    assert miss.get_edgecolor()[:3] == (1.0, 1.0, 1.0) and miss.get_linestyle() == "--"
+    # cropped to a square window of at least 48 px, inside the image, around the box
+    x0, x1 = axes[1].get_xlim()
+    assert x1 - x0 == 48 and -0.5 <= x0 <= 4 and 10 <= x1 <= 63.5
+    plt.close("all")
+    whole = viz.failure_gallery(failures[:1], summary, lambda i: torch.zeros(3, 64, 64), crop=False)
+    assert whole[0].get_xlim() == (-0.5, 63.5)
+    with pytest.raises(ValueError, match="no failures"):
+        viz.failure_gallery([], summary, lambda i: torch.zeros(3, 64, 64))
+    plt.close("all")
