@@ -66,6 +66,9 @@ def test_every_kind_on_hand_made_boxes():
     # what each object's verdict rests on: the hit, the mislabelling and the poor box
     assert list(e.gt_detection) == [0, 2, 3, -1]
     np.testing.assert_allclose(e.gt_iou, [1.0, 1.0, 0.4, 0.0])
+    # where they lie: only the last in a crowd; the first three inside an object's box
+    assert list(e.det_in_crowd) == [False] * 6 + [True]
+    assert list(e.det_inside) == [0, 0, 1, -1, -1, -1, -1]
     assert set(e.det_kinds) <= set(DETECTION_KINDS) and set(e.gt_kinds) <= set(OBJECT_KINDS)
 
 
@@ -207,6 +210,8 @@ def test_error_summary_counts_sizes_and_confusions():
         "wrong_class_poor_box": 1, "background": 1, "in_crowd": 1,
     }  # fmt: skip
     assert s.false_positives == 6 and s.misses == 5
+    assert s.background_where == {"crowd_region": 0, "inside_object": 0, "elsewhere": 1}
+    np.testing.assert_array_equal(s.objects_and_misses_per_image(), [[4, 3], [2, 2]])
     # at 128 px small is below 6.4^2 ~ 41 px^2, large from 19.2^2 ~ 369 px^2
     assert s.objects_by_size["small"] == {"hit": 0, "wrong_class": 0, "poor_box": 0, "missed": 1}
     assert s.objects_by_size["medium"]["hit"] == 1 and s.objects_by_size["medium"]["missed"] == 1
@@ -244,6 +249,27 @@ def test_failures_are_ordered_and_filtered():
         s.failures("hit")
     with pytest.raises(ValueError, match="side must be"):
         s.failures(side="objects")
+
+
+def test_background_in_a_crowd_or_on_a_part_of_an_object():
+    gt = {
+        "images": [{"id": 3, "width": 128, "height": 128}],
+        "annotations": [
+            {"id": 1, "image_id": 3, "category_id": 6, "bbox": [0, 0, 40, 80], "area": 900},
+            {"id": 2, "image_id": 3, "category_id": 4, "bbox": [60, 60, 30, 30], "area": 200,
+             "iscrowd": 1},
+        ],
+        "categories": [{"id": c, "name": f"class{c}"} for c in (1, 4, 6)],
+    }  # fmt: skip
+    results = [
+        {"image_id": 3, "category_id": 4, "bbox": [10, 0, 10, 10], "score": 0.9},  # a head
+        {"image_id": 3, "category_id": 1, "bbox": [62, 62, 4, 4], "score": 0.8},  # in the crowd
+        {"image_id": 3, "category_id": 1, "bbox": [100, 100, 9, 9], "score": 0.7},
+    ]
+    s = error_summary(gt, results)
+    assert s.detection_counts["background"] == 3  # a crowd of class 4 absorbs only class 4
+    assert s.background_where == {"crowd_region": 1, "inside_object": 1, "elsewhere": 1}
+    np.testing.assert_array_equal(s.objects_and_misses_per_image(), [[1, 1]])
 
 
 def test_error_summary_refuses_unknown_images():

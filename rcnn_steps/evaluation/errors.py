@@ -83,6 +83,11 @@ class ImageErrors:
         det_object: ``(D,)`` the object each detection is about (the one it hit, took
             twice, mislabelled or boxed poorly), or -1 (``background``, ``in_crowd``).
         det_iou: ``(D,)`` its IoU with that object (0 for -1).
+        det_in_crowd: ``(D,)`` bool, the detection lies in a crowd region of any class
+            (at least half its box inside the region's box, COCO's crowd overlap).
+        det_inside: ``(D,)`` the object whose box holds at least half of the detection's
+            box (the most of it), or -1: for a ``background`` detection, a part of an
+            object taken for an object.
         gt_boxes: ``(G, 4)`` xyxy. gt_labels: ``(G,)`` int. gt_areas: ``(G,)`` pixels.
         gt_kinds: ``(G,)`` str, one of :data:`OBJECT_KINDS`.
         gt_detection: ``(G,)`` the detection that hit, mislabelled or poorly boxed the
@@ -96,6 +101,8 @@ class ImageErrors:
     det_kinds: np.ndarray
     det_object: np.ndarray
     det_iou: np.ndarray
+    det_in_crowd: np.ndarray
+    det_inside: np.ndarray
     gt_boxes: np.ndarray
     gt_labels: np.ndarray
     gt_areas: np.ndarray
@@ -222,6 +229,16 @@ def classify_errors(
         else:
             det_kinds[d] = "background"
 
+    # where the detections lie: in a crowd region, inside an object's box
+    crowd_boxes = _xyxy_to_xywh(all_gt_boxes[crowd])
+    in_crowd = _iou_xywh(_xyxy_to_xywh(boxes), crowd_boxes, np.ones(len(crowd_boxes), bool))
+    det_in_crowd = (in_crowd >= 0.5).any(axis=1)
+    inside = _iou_xywh(_xyxy_to_xywh(boxes), _xyxy_to_xywh(gt_boxes_), np.ones(num_objects, bool))
+    det_inside = np.full(num_dets, -1, dtype=np.int64)
+    if num_objects:
+        holds = inside.max(axis=1) >= 0.5
+        det_inside[holds] = inside.argmax(axis=1)[holds]
+
     # step 3: the objects not hit
     for g in np.flatnonzero(gt_kinds == ""):
         other, other_iou = _best(ious[:, g], ~same[:, g])
@@ -241,6 +258,8 @@ def classify_errors(
         det_kinds=det_kinds.astype(str),
         det_object=det_object,
         det_iou=det_iou,
+        det_in_crowd=det_in_crowd,
+        det_inside=det_inside,
         gt_boxes=gt_boxes_,
         gt_labels=gt_labels_,
         gt_areas=all_areas[object_of],
@@ -284,6 +303,8 @@ class ErrorSummary:
         detection_counts: detections per kind of :data:`DETECTION_KINDS`.
         objects_by_size: ``{size: {kind: count}}`` over :data:`SIZE_CLASSES` and
             :data:`OBJECT_KINDS`.
+        background_where: the ``background`` detections by where they lie:
+            ``{"crowd_region": n, "inside_object": n, "elsewhere": n}`` (a crowd first).
         confusion: ``(K, K)`` int, rows the object's class and columns the detected
             class, in the order of ``class_names``: the diagonal counts hits, an
             off-diagonal cell the ``wrong_class`` objects (with the class of the
@@ -296,6 +317,7 @@ class ErrorSummary:
     object_counts: dict[str, int]
     detection_counts: dict[str, int]
     objects_by_size: dict[str, dict[str, int]]
+    background_where: dict[str, int]
     confusion: np.ndarray
     image_size: float
 
@@ -308,6 +330,13 @@ class ErrorSummary:
     def misses(self) -> int:
         """Objects not hit (``wrong_class + poor_box + missed``)."""
         return sum(n for k, n in self.object_counts.items() if k != "hit")
+
+    def objects_and_misses_per_image(self) -> np.ndarray:
+        """``(N, 2)`` int, for each image (by id): its objects and its objects not hit."""
+        return np.array(
+            [[len(e.gt_kinds), int(np.sum(e.gt_kinds != "hit"))] for e in self.per_image.values()],
+            dtype=np.int64,
+        ).reshape(-1, 2)
 
     def top_confusions(self, n: int = 3) -> list[tuple[str, str, int]]:
         """The ``n`` largest off-diagonal cells of ``confusion`` as ``(object class,
@@ -420,6 +449,7 @@ def error_summary(
     object_counts = dict.fromkeys(OBJECT_KINDS, 0)
     detection_counts = dict.fromkeys(DETECTION_KINDS, 0)
     by_size = {s: dict.fromkeys(OBJECT_KINDS, 0) for s in SIZE_CLASSES}
+    where = dict.fromkeys(("crowd_region", "inside_object", "elsewhere"), 0)
     confusion = np.zeros((len(class_names), len(class_names)), dtype=np.int64)
     for img in images:
         anns, found = gts[img["id"]], dets[img["id"]]
@@ -442,6 +472,11 @@ def error_summary(
             detection_counts[kind] += 1
         for kind, s in zip(e.gt_kinds, size_classes(e.gt_areas, size), strict=True):
             by_size[s][kind] += 1
+        for d in np.flatnonzero(e.det_kinds == "background"):
+            if e.det_in_crowd[d]:
+                where["crowd_region"] += 1
+            else:
+                where["inside_object" if e.det_inside[d] >= 0 else "elsewhere"] += 1
         for g, kind in enumerate(e.gt_kinds):
             if kind in ("hit", "wrong_class"):
                 detected = e.det_labels[e.gt_detection[g]]
@@ -452,6 +487,7 @@ def error_summary(
         object_counts=object_counts,
         detection_counts=detection_counts,
         objects_by_size=by_size,
+        background_where=where,
         confusion=confusion,
         image_size=float(size),
     )
