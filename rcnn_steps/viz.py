@@ -495,6 +495,8 @@ def _failure_caption(failure: Any, errors: Any, names: Any, det: int, obj: int) 
             text += f" as {names[int(errors.det_labels[det])]} {errors.det_scores[det]:.2f}"
         elif kind == "poor_box":
             text += f", IoU {errors.gt_iou[obj]:.2f}"
+            if errors.det_kinds[det] == "hit":  # a good overlap, but it matched another
+                text += "\nwith a neighbour's detection"
         return text
     text = f"{names[int(errors.det_labels[det])]} {errors.det_scores[det]:.2f}"
     if kind in ("wrong_class", "wrong_class_poor_box"):

@@ -462,3 +462,23 @@ def test_failure_gallery_one_titled_panel_per_failure():
     with pytest.raises(ValueError, match="no failures"):
         viz.failure_gallery([], summary, lambda i: torch.zeros(3, 64, 64))
     plt.close("all")
+
+
+def test_failure_gallery_says_when_a_neighbour_took_the_detection():
+    gt = {
+        "images": [{"id": 1, "width": 64, "height": 64}],
+        "annotations": [
+            {"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [x, 0, 20, 20], "area": 400}
+            for i, x in enumerate((0, 4))
+        ],
+        "categories": [{"id": 1, "name": "square"}],
+    }
+    results = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 20, 20], "score": 0.9}]
+    summary = error_summary(gt, results)
+    (failure,) = summary.failures()
+    (ax,) = viz.failure_gallery([failure], summary, lambda i: torch.zeros(3, 64, 64))
+    assert ax.get_title() == "poor box\nlarge square, IoU 0.67\nwith a neighbour's detection"
+    # the detection is a hit, so it keeps its class colour; the object is dashed
+    solid, dashed = sorted(_rects(ax), key=lambda r: r.get_linestyle())
+    assert solid.get_edgecolor()[:3] == viz.class_colour(1) and dashed.get_linestyle() == "--"
+    plt.close("all")
