@@ -503,6 +503,10 @@ def _failure_caption(failure: Any, errors: Any, names: Any, det: int, obj: int) 
         text += f" on {names[int(errors.gt_labels[obj])]}"
     if kind in ("poor_box", "wrong_class_poor_box"):
         text += f", IoU {errors.det_iou[det]:.2f}"
+    if kind == "background" and errors.det_in_crowd[det]:
+        text += " in a crowd"
+    elif kind == "background" and obj >= 0:  # the object it lies inside
+        text += f" inside a {names[int(errors.gt_labels[obj])]}"
     return text
 
 
@@ -521,7 +525,8 @@ def failure_gallery(
     (chapter 08), titled with its kind and what was detected on what.
 
     In each panel the object concerned is dashed white (outlined in black, so it shows on
-    any background) and the detection concerned is solid: red when it is a false positive,
+    any background; for a ``background`` detection, the object whose box holds it, if
+    any) and the detection concerned is solid: red when it is a false positive,
     in its class colour when it is a hit (an object poorly boxed because its detection
     went to a neighbour). A duplicate also shows, thin and in its class colour, the
     detection that took the object first. With ``crop`` the panel zooms on the boxes
@@ -545,6 +550,8 @@ def failure_gallery(
             obj, det = failure.index, int(errors.gt_detection[failure.index])
         else:
             det, obj = failure.index, int(errors.det_object[failure.index])
+            if failure.kind == "background" and not errors.det_in_crowd[det]:
+                obj = int(errors.det_inside[det])  # a part of this object, or -1
         image = load_image(failure.image_id)
         show_image(image, ax=ax)
         drawn = []

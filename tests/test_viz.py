@@ -464,6 +464,30 @@ def test_failure_gallery_one_titled_panel_per_failure():
     plt.close("all")
 
 
+def test_failure_gallery_shows_the_object_a_background_detection_lies_in():
+    gt = {
+        "images": [{"id": 1, "width": 64, "height": 64}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 2, "bbox": [0, 0, 30, 60], "area": 900},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [40, 40, 20, 20], "area": 50,
+             "iscrowd": 1},
+        ],
+        "categories": [{"id": 1, "name": "disc"}, {"id": 2, "name": "person"}],
+    }  # fmt: skip
+    results = [
+        {"image_id": 1, "category_id": 1, "bbox": [10, 0, 8, 8], "score": 0.9},  # the head
+        {"image_id": 1, "category_id": 2, "bbox": [42, 42, 3, 3], "score": 0.8},  # crowd
+    ]
+    summary = error_summary(gt, results)
+    failures = summary.failures(side="detection")
+    head, crowd = viz.failure_gallery(failures, summary, lambda i: torch.zeros(3, 64, 64))
+    assert head.get_title() == "background\ndisc 0.90 inside a person"
+    assert sorted(r.get_linestyle() for r in _rects(head)) == ["-", "--"]
+    assert crowd.get_title() == "background\nperson 0.80 in a crowd"
+    assert [r.get_linestyle() for r in _rects(crowd)] == ["-"]
+    plt.close("all")
+
+
 def test_failure_gallery_says_when_a_neighbour_took_the_detection():
     gt = {
         "images": [{"id": 1, "width": 64, "height": 64}],
