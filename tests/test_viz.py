@@ -12,6 +12,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from rcnn_steps import viz  # noqa: E402
 from rcnn_steps.data import KEYPOINT_NAMES, SKELETON, CocoDataset  # noqa: E402
+from rcnn_steps.evaluation import error_summary  # noqa: E402
 from rcnn_steps.modeling.anchors import AnchorGenerator  # noqa: E402
 from rcnn_steps.modeling.matcher import Matcher  # noqa: E402
 from rcnn_steps.modeling.poolers import LevelMapper  # noqa: E402
@@ -550,4 +551,94 @@ def test_effect_forest_legend_says_how_many_seeds_and_one_run_alone():
     one_run = [e for e in _effects() if len(e["ours"]) == 1]
     ax = viz.effect_forest(one_run)  # no seeds to tell apart, no range, no paper
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ours, one run (n=1)"]
+    plt.close("all")
+
+
+# Chapter 08: the failure gallery
+
+
+def _two_failures_summary():
+    """A 64 px image with a missed disc and a background square (class ids 1, 2)."""
+    gt = {
+        "images": [{"id": 7, "width": 64, "height": 64}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 2, "bbox": [4, 4, 3, 3], "area": 8,
+             "iscrowd": 0},
+            {"id": 2, "image_id": 7, "category_id": 1, "bbox": [30, 30, 20, 20], "area": 400,
+             "iscrowd": 0},
+        ],
+        "categories": [{"id": 1, "name": "square"}, {"id": 2, "name": "disc"}],
+    }  # fmt: skip
+    results = [
+        {"image_id": 7, "category_id": 1, "bbox": [30, 30, 20, 20], "score": 0.9},
+        {"image_id": 7, "category_id": 1, "bbox": [40, 2, 10, 10], "score": 0.8},
+    ]
+    return error_summary(gt, results)
+
+
+def test_failure_gallery_one_titled_panel_per_failure():
+    summary = _two_failures_summary()
+    failures = summary.failures()
+    assert [f.kind for f in failures] == ["background", "missed"]
+    axes = viz.failure_gallery(failures, summary, lambda i: torch.zeros(3, 64, 64), cols=4)
+    assert len(axes) == 2 and len(axes[0].figure.axes) == 4  # a row of four, two used
+    assert axes[0].get_title() == "background\nsquare 0.80"
+    assert axes[1].get_title() == "missed\nsmall disc"
+    # the false positive solid red, the missed object dashed white
+    (fp,) = _rects(axes[0])
+    assert fp.get_edgecolor()[:3] == (1.0, 0.0, 0.0) and fp.get_linestyle() == "-"
+    (miss,) = _rects(axes[1])
+    assert miss.get_edgecolor()[:3] == (1.0, 1.0, 1.0) and miss.get_linestyle() == "--"
+    # cropped to a square window of at least 48 px, inside the image, around the box
+    x0, x1 = axes[1].get_xlim()
+    assert x1 - x0 == 48 and -0.5 <= x0 <= 4 and 10 <= x1 <= 63.5
+    plt.close("all")
+    whole = viz.failure_gallery(failures[:1], summary, lambda i: torch.zeros(3, 64, 64), crop=False)
+    assert whole[0].get_xlim() == (-0.5, 63.5)
+    with pytest.raises(ValueError, match="no failures"):
+        viz.failure_gallery([], summary, lambda i: torch.zeros(3, 64, 64))
+    plt.close("all")
+
+
+def test_failure_gallery_shows_the_object_a_background_detection_lies_in():
+    gt = {
+        "images": [{"id": 1, "width": 64, "height": 64}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 2, "bbox": [0, 0, 30, 60], "area": 900},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [40, 40, 20, 20], "area": 50,
+             "iscrowd": 1},
+        ],
+        "categories": [{"id": 1, "name": "disc"}, {"id": 2, "name": "person"}],
+    }  # fmt: skip
+    results = [
+        {"image_id": 1, "category_id": 1, "bbox": [10, 0, 8, 8], "score": 0.9},  # the head
+        {"image_id": 1, "category_id": 2, "bbox": [42, 42, 3, 3], "score": 0.8},  # crowd
+    ]
+    summary = error_summary(gt, results)
+    failures = summary.failures(side="detection")
+    head, crowd = viz.failure_gallery(failures, summary, lambda i: torch.zeros(3, 64, 64))
+    assert head.get_title() == "background\ndisc 0.90 inside a person"
+    assert sorted(r.get_linestyle() for r in _rects(head)) == ["-", "--"]
+    assert crowd.get_title() == "background\nperson 0.80 in a crowd"
+    assert [r.get_linestyle() for r in _rects(crowd)] == ["-"]
+    plt.close("all")
+
+
+def test_failure_gallery_says_when_a_neighbour_took_the_detection():
+    gt = {
+        "images": [{"id": 1, "width": 64, "height": 64}],
+        "annotations": [
+            {"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [x, 0, 20, 20], "area": 400}
+            for i, x in enumerate((0, 4))
+        ],
+        "categories": [{"id": 1, "name": "square"}],
+    }
+    results = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 20, 20], "score": 0.9}]
+    summary = error_summary(gt, results)
+    (failure,) = summary.failures()
+    (ax,) = viz.failure_gallery([failure], summary, lambda i: torch.zeros(3, 64, 64))
+    assert ax.get_title() == "poor box\nlarge square, IoU 0.67\nwith a neighbour's detection"
+    # the detection is a hit, so it keeps its class colour; the object is dashed
+    solid, dashed = sorted(_rects(ax), key=lambda r: r.get_linestyle())
+    assert solid.get_edgecolor()[:3] == viz.class_colour(1) and dashed.get_linestyle() == "--"
     plt.close("all")

@@ -18,6 +18,11 @@ Chapter 00, "Objects, boxes and scores", teaches this module in three steps:
    (:func:`scaled_area_ranges`); :func:`detections_to_coco` turns a model's outputs into
    the COCO result dicts it reads.
 
+Chapter 08 adds what AP does not say, the kinds of error: :func:`classify_errors` sorts
+each object of an image into hit / wrong class / poor box / missed and each detection into
+hit / duplicate / wrong class / poor box / background, and :func:`error_summary` counts
+them over a data set, by object size and class (module ``errors``).
+
 Boxes follow COCO inside this module: ground truths and result dicts carry ``[x, y, w, h]``
 (``xywh``); model outputs (and the rest of the library) use ``[x1, y1, x2, y2]`` (``xyxy``).
 """
@@ -33,6 +38,17 @@ from rcnn_steps.evaluation.ap import (
     scaled_area_ranges,
 )
 from rcnn_steps.evaluation.cocoeval import as_coco, coco_evaluate, detections_to_coco
+from rcnn_steps.evaluation.errors import (
+    DETECTION_KINDS,
+    OBJECT_KINDS,
+    SIZE_CLASSES,
+    ErrorSummary,
+    Failure,
+    ImageErrors,
+    classify_errors,
+    error_summary,
+    size_classes,
+)
 from rcnn_steps.evaluation.matching import (
     Matches,
     coco_box_ap_from_scratch,
@@ -44,17 +60,26 @@ __all__ = [
     "COCO_AREA_RANGES",
     "COCO_IOU_THRESHOLDS",
     "COCO_RECALL_THRESHOLDS",
+    "DETECTION_KINDS",
+    "OBJECT_KINDS",
+    "SIZE_CLASSES",
+    "ErrorSummary",
+    "Failure",
+    "ImageErrors",
     "Matches",
     "as_coco",
     "average_precision_area",
     "average_precision_coco101",
     "average_precision_voc11",
+    "classify_errors",
     "coco_box_ap_from_scratch",
     "coco_evaluate",
     "detections_to_coco",
+    "error_summary",
     "match_detections",
     "precision_recall",
     "scaled_area_ranges",
     "simulate_detections",
+    "size_classes",
     "subset_ground_truth",
 ]
