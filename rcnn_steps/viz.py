@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.axes import Axes
+from matplotlib.colors import LogNorm
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
 from rcnn_steps.modeling.keypoint_head import heatmap_entropy
@@ -460,8 +461,9 @@ def draw_keypoint_heatmaps(
     (and, given ``keypoints[name]`` ``(K, 3)``, the points decoded from the maps); then one
     column per keypoint in ``show``, its probability map over the box. Titles give each
     map's entropy (:func:`rcnn_steps.modeling.keypoint_head.heatmap_entropy`; a flat map has
-    ``log(m^2)``). One colour scale for the whole figure, so a flat map reads dark beside a
-    peaked one.
+    ``log(m^2)``). One logarithmic colour scale for the whole figure, from ``1 / (100
+    m^2)`` to 1: a flat map is one even colour (``1 / m^2`` in every cell), a peaked map a
+    bright spot on black.
 
     Args:
         image: ``(3, H, W)`` in [0, 1].
@@ -480,7 +482,8 @@ def draw_keypoint_heatmaps(
         for row, maps in heatmaps.items()
     }
     entropy = {row: heatmap_entropy(maps.detach().float()).cpu() for row, maps in heatmaps.items()}
-    vmax = max(float(p.max()) for p in probs.values())
+    cells = next(iter(probs.values())).shape[-1] * next(iter(probs.values())).shape[-2]
+    scale = LogNorm(vmin=0.01 / cells, vmax=1.0, clip=True)
     cols = 1 + len(show)
     fig, axes = plt.subplots(
         len(probs), cols, figsize=(1.7 * cols + 0.9, 2.5 * len(probs)), dpi=DPI, squeeze=False
@@ -493,7 +496,7 @@ def draw_keypoint_heatmaps(
         for col, (ax, (values, title)) in enumerate(zip(row_axes, panels, strict=True)):
             show_image(image, ax=ax)
             im = ax.imshow(
-                values.numpy(), cmap="magma", vmin=0, vmax=vmax, alpha=0.8, extent=extent,
+                values.numpy(), cmap="magma", norm=scale, alpha=0.85, extent=extent,
                 interpolation="nearest",
             )  # fmt: skip
             if col == 0 and keypoints is not None and row in keypoints:
@@ -503,7 +506,7 @@ def draw_keypoint_heatmaps(
             ax.set_title(title, fontsize=CAPTION_SIZE + 1)
         row_axes[0].set_ylabel(row, fontsize=FONT_SIZE)
     bar = fig.colorbar(im, ax=list(axes.ravel()), fraction=0.03, pad=0.02)
-    bar.set_label("probability per cell", fontsize=FONT_SIZE)
+    bar.set_label("probability per cell (log scale)", fontsize=FONT_SIZE)
     return fig
 
 
