@@ -791,6 +791,7 @@ class TwoHeads(nn.Module):
             "loss_a": (self.a(x)[:, 0] - y).pow(2).mean(),
             "loss_b": (self.b(x)[:, 0] + y).abs().mean(),
             "loss_none": self.a(x).sum() * 0,  # a graph, a zero gradient: nothing to learn
+            "loss_constant": torch.tensor(0.5),  # no graph at all
         }
 
 
@@ -815,14 +816,14 @@ def test_branch_gradient_norms_are_each_terms_own_gradient(shared):
     images, targets = _two_heads_batch()
     copy = deepcopy(model).train()  # the same weights and batch-norm state
     norms = engine.branch_gradient_norms(model, images, targets)
-    assert list(norms) == ["loss_a", "loss_b", "loss_none", "total_loss"]
+    assert list(norms) == ["loss_a", "loss_b", "loss_none", "loss_constant", "total_loss"]
     model = copy
     losses = model(images, targets)
     for name in ("loss_a", "loss_b"):
         assert norms[name] == pytest.approx(_norm_of_gradient(model, losses[name]), rel=1e-5)
         assert norms[name] > 0
-    assert norms["loss_none"] == 0.0  # touches no parameter's value
-    total = _norm_of_gradient(model, sum(losses.values()))
+    assert norms["loss_none"] == norms["loss_constant"] == 0.0  # touch no parameter
+    total = _norm_of_gradient(model, sum(v for k, v in losses.items() if k != "loss_constant"))
     assert norms["total_loss"] == pytest.approx(total, rel=1e-5)
     # never more than the sum of the parts (triangle inequality) ...
     assert norms["total_loss"] <= norms["loss_a"] + norms["loss_b"] + 1e-6

@@ -81,7 +81,7 @@ def branch_gradient_norms(
     The total is not the sum of the terms' norms: ``||sum_k g_k|| <= sum_k ||g_k||``
     (the triangle inequality), and ``||sum_k g_k||^2 = sum_k ||g_k||^2`` only when the
     terms' gradients are orthogonal, e.g. when they touch disjoint parameters (two heads
-    without a shared trunk). A term that touches no parameter gets 0.
+    without a shared trunk). A term that touches no parameter (or is a constant) gets 0.
 
     The model is left as it was: its mode, its buffers (batch-norm statistics, which a
     forward pass in train mode updates) and its ``.grad`` fields (the gradients are
@@ -105,6 +105,9 @@ def branch_gradient_norms(
         terms["total_loss"] = _total_loss(losses, dict(weights))
         norms = {}
         for name, term in terms.items():
+            if not term.requires_grad:  # a constant (no graph at all): no gradient
+                norms[name] = 0.0
+                continue
             grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
             squares = [g.float().pow(2).sum() for g in grads if g is not None]
             norms[name] = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
