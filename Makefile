@@ -35,9 +35,11 @@ data: $(STAMP)
 book: $(STAMP)
 	$(BIN)/python scripts/run_book.py --out build/book
 
-# For authors: execute every chapter in place, refreshing the committed outputs.
+# For authors: execute every chapter in place, refreshing the committed outputs, and fold
+# the cells that only check (their input collapsed; a test keeps them folded).
 book-update: $(STAMP)
 	$(BIN)/python scripts/run_book.py --inplace
+	$(BIN)/python scripts/fold_checks.py
 
 # The book as static HTML pages in build/html/ (index.html: the contents), rendered from
 # the committed outputs: nothing is executed, so it takes seconds.

@@ -423,3 +423,61 @@ def format_table(
     if rule:
         out.insert(1, " " * indent + rule * (sum(widths) + gap * (len(columns) - 1)))
     return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------
+# Where a chapter's numbers come from
+
+
+def _provenance_entry(label: str, provenance: Mapping[str, Any]) -> list[str]:
+    """Two lines for one results file (or one row of a table file): what, when, where;
+    then the command that wrote it."""
+    machine = provenance.get("machine") or {}
+    threads = machine.get("torch_threads")
+    where = ", ".join(
+        part
+        for part in (
+            machine.get("cpu"),
+            f"{machine['cpu_count']} cores" if machine.get("cpu_count") else None,
+            f"{threads} thread{'s' if threads != 1 else ''}" if threads else None,
+        )
+        if part
+    )
+    seeds = provenance.get("seeds")
+    seconds = provenance.get("wall_time_s")
+    facts = [
+        f"commit {provenance.get('commit', '?')}",
+        str(provenance.get("date", "?"))[:16],
+        f"seeds {' '.join(map(str, seeds))}" if seeds else None,
+        where or None,
+        f"{seconds / 60:.0f} min" if seconds and seconds >= 60 else None,
+    ]
+    command = _module_command(str(provenance.get("command", "?")))
+    return [f"{label}: " + " | ".join(f for f in facts if f), f"    {command}"]
+
+
+def _module_command(command: str) -> str:
+    """A recorded command (``sys.argv`` with the script's file name, ``rcnn.py evaluate ...``)
+    as a reader types it: ``python -m rcnn_steps.rcnn evaluate ...``."""
+    script, _, rest = command.partition(" ")
+    if not script.endswith(".py"):
+        return command
+    module = "rcnn_steps" if script == "__main__.py" else f"rcnn_steps.{script[:-3]}"
+    return f"python -m {module} {rest}".rstrip()
+
+
+def provenance_lines(names: Sequence[str], folder: str | os.PathLike | None = None) -> str:
+    """The provenance of the results files ``names`` (in ``folder``, default
+    :func:`results_dir`), as text to print in a chapter's appendix: per file the commit,
+    date, seeds, machine and wall time, and under it the command that wrote it. A table
+    file whose rows carry their own provenance (``evolution.json``) gets a line per row."""
+    folder = Path(folder) if folder is not None else results_dir()
+    lines = []
+    for name in names:
+        payload = read_results(folder / name)
+        if "provenance" in payload:
+            lines += _provenance_entry(name, payload["provenance"])
+        else:
+            for key, row in payload.get("rows", {}).items():
+                lines += _provenance_entry(f"{name} [{key}]", row.get("provenance", {}))
+    return "\n".join(lines)

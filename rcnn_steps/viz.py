@@ -847,8 +847,8 @@ def effect_forest(
             (span,) = ax.plot([ours.min(), ours.max()], [yi, yi], color="C0", linewidth=1.6)
             span.set_gid("range")
         else:  # one run: say so where the range would be, rather than draw none silently
-            note = ax.annotate("n=1", (ours[0], yi), textcoords="offset points", xytext=(6, 3),
-                               fontsize=FONT_SIZE, color="0.35")  # fmt: skip
+            note = ax.annotate("n=1", (ours[0], yi), textcoords="offset points", xytext=(0, -13),
+                               ha="center", fontsize=FONT_SIZE - 1, color="0.35")  # fmt: skip
             note.set_gid("n=1")
         (mean,) = ax.plot(ours.mean(), yi, "o", color="C0", markersize=6)
         mean.set_gid("mean")
@@ -861,7 +861,7 @@ def effect_forest(
     lo, hi = min(xs), max(xs)
     pad = 0.08 * (hi - lo) if hi > lo else 1.0
     single = any(len(e["ours"]) == 1 for e in effects)
-    ax.set_xlim(lo - pad, hi + (2.5 if single else 1.0) * pad)  # room for an "n=1"
+    ax.set_xlim(lo - pad, hi + (2.5 if single else 1.0) * pad)  # room for the last label
     ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.set_yticks(y)
     ax.set_yticklabels([label for label, _ in rows], fontsize=FONT_SIZE)
@@ -874,12 +874,17 @@ def effect_forest(
     what = metrics.pop() if len(metrics) == 1 else "AP"
     _label_axes(ax, f"effect, {what} points (variant minus baseline)", "", title)
     if legend:
-        counts = sorted({len(e["ours"]) for e in effects})
-        handles = [
-            plt.Line2D([], [], color="0.3", marker="|", linestyle="", markersize=11),
-            plt.Line2D([], [], color="C0", marker="o", linewidth=1.6, markersize=6),
-        ]
-        text = ["ours, each seed", f"ours, mean and range of {'/'.join(map(str, counts))} seeds"]
+        counts = sorted({len(e["ours"]) for e in effects} - {1})
+        if counts:
+            handles = [
+                plt.Line2D([], [], color="0.3", marker="|", linestyle="", markersize=11),
+                plt.Line2D([], [], color="C0", marker="o", linewidth=1.6, markersize=6),
+            ]
+            seeds = "/".join(map(str, counts))
+            text = ["ours, each seed", f"ours, mean and range of {seeds} seeds"]
+        else:  # one run per row: no seeds to tell apart, no range
+            handles = [plt.Line2D([], [], color="C0", marker="o", linestyle="", markersize=6)]
+            text = ["ours, one run (n=1)"]
         if any(e.get("paper") is not None for e in effects):
             handles.append(plt.Line2D([], [], color="C3", marker="D", mfc="none", linestyle=""))
             text.append("paper's effect (its data and model)")

@@ -1,3 +1,4 @@
+import json
 import subprocess
 
 import numpy as np
@@ -81,3 +82,24 @@ def test_format_table_aligns_formats_and_rules():
     assert format_table([], ["a", "bc"]) == "a  bc\n-----"  # a header alone
     with pytest.raises(ValueError, match="align='center'"):
         format_table(rows, [Column("x", align="center")])
+
+
+def test_provenance_lines_say_what_wrote_each_file(tmp_path):
+    from rcnn_steps.utils import provenance_lines
+
+    machine = {"cpu": "Xeon", "cpu_count": 2, "torch_threads": 1}
+    prov = {"command": "rcnn.py evaluate --preset cpu", "commit": "abc123", "seeds": [0, 1],
+            "date": "2026-11-27 10:28:29 UTC", "machine": machine, "wall_time_s": 425}  # fmt: skip
+    (tmp_path / "one.json").write_text(json.dumps({"results": {}, "provenance": prov}))
+    row = {**prov, "wall_time_s": 3, "seeds": None, "command": "__main__.py evaluate"}
+    rows = {"rows": {"R-CNN": {"provenance": row}}}
+    (tmp_path / "table.json").write_text(json.dumps(rows))
+    text = provenance_lines(["one.json", "table.json"], tmp_path)
+    assert text.split("\n") == [
+        "one.json: commit abc123 | 2026-11-27 10:28 | seeds 0 1 | Xeon, 2 cores, 1 thread | 7 min",
+        "    python -m rcnn_steps.rcnn evaluate --preset cpu",
+        "table.json [R-CNN]: commit abc123 | 2026-11-27 10:28 | Xeon, 2 cores, 1 thread",
+        "    python -m rcnn_steps evaluate",
+    ]
+    with pytest.raises(FileNotFoundError, match="run the library command"):
+        provenance_lines(["missing.json"], tmp_path)

@@ -415,3 +415,14 @@ def test_book_style_gives_a_chapters_own_figures_the_same_defaults():
     with plt.rc_context():  # restores the defaults after
         viz.use_book_style()
         assert plt.rcParams["figure.dpi"] == viz.DPI and plt.rcParams["font.size"] >= 9
+
+
+def test_effect_forest_legend_says_how_many_seeds_and_one_run_alone():
+    ax = viz.effect_forest(_effects())
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["ours, each seed", "ours, mean and range of 2/3 seeds",
+                      "paper's effect (its data and model)"]  # fmt: skip
+    one_run = [e for e in _effects() if len(e["ours"]) == 1]
+    ax = viz.effect_forest(one_run)  # no seeds to tell apart, no range, no paper
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ours, one run (n=1)"]
+    plt.close("all")
