@@ -1047,10 +1047,9 @@ class FasterRCNN(nn.Module):
         clock.lap("backbone")
         if self.config.fpn:
             rpn_maps = [features[n] for n in self.config.fpn_levels]
-            roi_maps: Tensor | Mapping[str, Tensor] = features  # the pooler picks its levels
         else:
             rpn_maps = [features[self.config.feature_stage]]
-            roi_maps = rpn_maps[0]
+        roi_maps = self._roi_maps(features)
         image_shape = image_list.tensors.shape[-2:]
         clock.start()
         proposals, rpn_losses = self.rpn(image_list, rpn_maps, targets, intermediates)
@@ -1075,6 +1074,11 @@ class FasterRCNN(nn.Module):
             else:
                 intermediates["feature"] = rpn_maps[0].detach()
         return detections, {**rpn_losses, **roi_losses}
+
+    def _roi_maps(self, features: Mapping[str, Tensor]) -> Tensor | Mapping[str, Tensor]:
+        """What the RoI heads pool from: the whole pyramid with FPN (the pooler picks each
+        RoI's level), else the one map ``config.feature_stage``."""
+        return features if self.config.fpn else features[self.config.feature_stage]
 
     def forward(
         self,
@@ -1126,6 +1130,73 @@ class FasterRCNN(nn.Module):
         if not self.training:
             intermediates["detections"] = detections
         return intermediates
+
+    @torch.no_grad()
+    def keypoint_heatmaps(
+        self,
+        images: Sequence[Tensor] | Tensor,
+        boxes: Sequence[Tensor],
+        labels: Sequence[Tensor] | None = None,
+    ) -> Tensor:
+        """The keypoint branch's heatmap logits for boxes you choose (a ground-truth
+        person, say), not only for the model's own detections: backbone, then the
+        branch's RoIAlign, convs and deconv on ``boxes``, each box reading the channels
+        of its class (Mask R-CNN section 5). Run in eval mode (batch-norm statistics as
+        at test time), then the mode is restored; no gradients.
+
+        On a model's own detections this equals ``inspect()``'s
+        ``detection_heatmaps``; :func:`rcnn_steps.modeling.keypoint_head.heatmap_entropy`
+        says how peaked the maps are.
+
+        Args:
+            images: a list of ``(3, H, W)`` floats in [0, 1] (or an ``(N, 3, H, W)``
+                batch).
+            boxes: per image ``(R_i, 4)`` xyxy in the image's pixels.
+            labels: per image ``(R_i,)`` the class of each box; may be None when exactly
+                one class has keypoints (the synthetic set's person).
+
+        Returns:
+            ``(sum R_i, K_max, m, m)`` logits; softmax over each map's ``m x m`` cells
+            gives the probability of the keypoint's position in the box.
+        """
+        branch = self.roi_heads.keypoint_branch
+        if branch is None:
+            raise ValueError(
+                "keypoint_heatmaps: this model has no keypoint branch (config.keypoints is "
+                "False); use a model trained with keypoints."
+            )
+        image_list, _ = preprocess(images, None, self.config)
+        if len(boxes) != len(image_list.image_sizes):
+            raise ValueError(
+                f"keypoint_heatmaps: {len(image_list.image_sizes)} images but {len(boxes)} "
+                "box tensors; give one (R_i, 4) tensor per image."
+            )
+        if labels is None:
+            classes = [c for c, n in enumerate(branch.keypoint_counts, start=1) if n]
+            if len(classes) != 1:
+                raise ValueError(
+                    f"keypoint_heatmaps: classes {classes} have keypoints; give the labels "
+                    "of the boxes (one (R_i,) tensor per image)."
+                )
+            labels = [torch.full((len(b),), classes[0], dtype=torch.int64) for b in boxes]
+        device = image_list.tensors.device
+        rois = [b.to(device=device, dtype=image_list.tensors.dtype) for b in boxes]
+        labels = torch.cat([lab.to(device) for lab in labels])
+        fits = len(labels) == sum(len(r) for r in rois)
+        fits = fits and bool(((labels >= 0) & (labels < len(branch.channels))).all())
+        if not fits or not branch.has_keypoints(labels).all():
+            raise ValueError(
+                f"keypoint_heatmaps: labels must give one class with keypoints per box, "
+                f"got {labels.tolist()} for {sum(len(r) for r in rois)} boxes."
+            )
+        was_training = self.training
+        self.eval()
+        try:
+            features = self.backbone(image_list.tensors)
+            logits = branch(self._roi_maps(features), rois, image_list.tensors.shape[-2:])
+        finally:
+            self.train(was_training)
+        return branch.select(logits, labels)
 
     @torch.no_grad()
     def stages(self, image: Tensor) -> list[dict[str, Any]]:

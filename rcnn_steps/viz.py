@@ -27,8 +27,10 @@ import numpy as np
 import torch
 from matplotlib import patheffects
 from matplotlib.axes import Axes
+from matplotlib.colors import LogNorm
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
+from rcnn_steps.modeling.keypoint_head import heatmap_entropy
 from rcnn_steps.modeling.matcher import Matcher, label_anchors
 from rcnn_steps.modeling.poolers import LevelMapper
 from rcnn_steps.ops import box_iou, roi_align_bins, roi_align_sampling_points, roi_pool_cells
@@ -51,6 +53,7 @@ __all__ = [
     "draw_boxes",
     "draw_detections",
     "draw_instances",
+    "draw_keypoint_heatmaps",
     "draw_keypoint_targets",
     "draw_keypoints",
     "draw_mask_target",
@@ -453,6 +456,70 @@ def draw_keypoint_targets(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
+    return fig
+
+
+def draw_keypoint_heatmaps(
+    image: torch.Tensor,
+    roi: torch.Tensor | np.ndarray,
+    heatmaps: Mapping[str, torch.Tensor],
+    names: Sequence[str] | None = None,
+    show: Sequence[int] = (0, 4, 9),
+    keypoints: Mapping[str, torch.Tensor | np.ndarray] | None = None,
+    skeleton: Sequence[tuple[int, int]] = (),
+) -> plt.Figure:
+    """Predicted keypoint heatmaps of one box, one row per model (Mask R-CNN section 5:
+    each map is a softmax over its ``m x m`` cells). First column: the image cut to the
+    box, with the largest of the ``K`` keypoints' probabilities at each cell laid over it
+    (and, given ``keypoints[name]`` ``(K, 3)``, the points decoded from the maps); then one
+    column per keypoint in ``show``, its probability map over the box. Titles give each
+    map's entropy (:func:`rcnn_steps.modeling.keypoint_head.heatmap_entropy`; a flat map has
+    ``log(m^2)``). One logarithmic colour scale for the whole figure, from ``1 / (100
+    m^2)`` to 1: a flat map is one even colour (``1 / m^2`` in every cell), a peaked map a
+    bright spot on black.
+
+    Args:
+        image: ``(3, H, W)`` in [0, 1].
+        roi: ``(4,)`` xyxy, the box the heatmaps were predicted for.
+        heatmaps: row name -> ``(K, m, m)`` logits of that box (e.g. a row of
+            :meth:`rcnn_steps.faster_rcnn.FasterRCNN.keypoint_heatmaps`).
+        names: the K keypoint names; show: which keypoints get a column.
+    """
+    if not heatmaps:
+        raise ValueError("draw_keypoint_heatmaps: give at least one row of heatmaps.")
+    x1, y1, x2, y2 = (float(v) for v in _np(roi))
+    # pixel i covers [i, i + 1); imshow centres pixel i on i, hence the -0.5
+    extent = (x1 - 0.5, x2 - 0.5, y2 - 0.5, y1 - 0.5)
+    probs = {
+        row: torch.softmax(maps.detach().float().flatten(-2), -1).view_as(maps).cpu()
+        for row, maps in heatmaps.items()
+    }
+    entropy = {row: heatmap_entropy(maps.detach().float()).cpu() for row, maps in heatmaps.items()}
+    cells = next(iter(probs.values())).shape[-1] * next(iter(probs.values())).shape[-2]
+    scale = LogNorm(vmin=0.01 / cells, vmax=1.0, clip=True)
+    cols = 1 + len(show)
+    fig, axes = plt.subplots(
+        len(probs), cols, figsize=(1.7 * cols + 0.9, 2.5 * len(probs)), dpi=DPI, squeeze=False
+    )
+    for row_axes, (row, p) in zip(axes, probs.items(), strict=True):
+        panels = [(p.max(dim=0).values, f"max of {len(p)}: H {entropy[row].mean():.2f}")]
+        for k in show:
+            name = names[k] if names is not None else str(k)
+            panels.append((p[k], f"{name}: H {entropy[row][k]:.2f}"))
+        for col, (ax, (values, title)) in enumerate(zip(row_axes, panels, strict=True)):
+            show_image(image, ax=ax)
+            im = ax.imshow(
+                values.numpy(), cmap="magma", norm=scale, alpha=0.85, extent=extent,
+                interpolation="nearest",
+            )  # fmt: skip
+            if col == 0 and keypoints is not None and row in keypoints:
+                draw_keypoints(ax, _np(keypoints[row])[None], skeleton, names=names, markersize=2)
+            ax.set_xlim(extent[0], extent[1])
+            ax.set_ylim(extent[2], extent[3])
+            ax.set_title(title, fontsize=CAPTION_SIZE + 1)
+        row_axes[0].set_ylabel(row, fontsize=FONT_SIZE)
+    bar = fig.colorbar(im, ax=list(axes.ravel()), fraction=0.03, pad=0.02)
+    bar.set_label("probability per cell (log scale)", fontsize=FONT_SIZE)
     return fig
 
 

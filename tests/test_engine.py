@@ -9,6 +9,7 @@ import re
 import tempfile
 import traceback
 import warnings
+from copy import deepcopy
 from pathlib import Path
 
 import pytest
@@ -764,3 +765,93 @@ def test_train_result_summary_rounds_what_results_files_keep():
         "final_losses": {"loss": 0.1235},
         "loss_history": [{"step": 1, "loss": 0.9877}],
     }
+
+
+# ----------------------------------------------------------------------------------------
+# Each loss term's share of the gradient
+
+
+class TwoHeads(nn.Module):
+    """Two regression heads, on a shared trunk or each on its own input, and a batch norm
+    (whose statistics a forward pass in train mode changes)."""
+
+    def __init__(self, shared: bool):
+        super().__init__()
+        self.shared = shared
+        self.norm = nn.BatchNorm1d(4, affine=False)  # statistics, no parameters to share
+        self.trunk = nn.Linear(4, 4)
+        self.a = nn.Linear(4, 1)
+        self.b = nn.Linear(4, 1)
+
+    def forward(self, images, targets):
+        x = self.norm(torch.stack(list(images)))
+        x = self.trunk(x) if self.shared else x
+        y = torch.stack([t["y"] for t in targets])
+        return {
+            "loss_a": (self.a(x)[:, 0] - y).pow(2).mean(),
+            "loss_b": (self.b(x)[:, 0] + y).abs().mean(),
+            "loss_none": self.a(x).sum() * 0,  # a graph, a zero gradient: nothing to learn
+            "loss_constant": torch.tensor(0.5),  # no graph at all
+        }
+
+
+def _two_heads_batch():
+    g = torch.Generator().manual_seed(3)
+    images = list(torch.randn(6, 4, generator=g))
+    targets = [{"y": v} for v in torch.randn(6, generator=g)]
+    return images, targets
+
+
+def _norm_of_gradient(model, loss):
+    grads = torch.autograd.grad(
+        loss, list(model.parameters()), retain_graph=True, allow_unused=True
+    )
+    return math.sqrt(sum(float(g.pow(2).sum()) for g in grads if g is not None))
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_branch_gradient_norms_are_each_terms_own_gradient(shared):
+    torch.manual_seed(0)
+    model = TwoHeads(shared)
+    images, targets = _two_heads_batch()
+    copy = deepcopy(model).train()  # the same weights and batch-norm state
+    norms = engine.branch_gradient_norms(model, images, targets)
+    assert list(norms) == ["loss_a", "loss_b", "loss_none", "loss_constant", "total_loss"]
+    model = copy
+    losses = model(images, targets)
+    for name in ("loss_a", "loss_b"):
+        assert norms[name] == pytest.approx(_norm_of_gradient(model, losses[name]), rel=1e-5)
+        assert norms[name] > 0
+    assert norms["loss_none"] == norms["loss_constant"] == 0.0  # touch no parameter
+    total = _norm_of_gradient(model, sum(v for k, v in losses.items() if k != "loss_constant"))
+    assert norms["total_loss"] == pytest.approx(total, rel=1e-5)
+    # never more than the sum of the parts (triangle inequality) ...
+    assert norms["total_loss"] <= norms["loss_a"] + norms["loss_b"] + 1e-6
+    # ... and the parts add in squares only when their gradients are orthogonal: heads on
+    # disjoint parameters; a shared trunk gets both gradients, which do not add so
+    squares = norms["loss_a"] ** 2 + norms["loss_b"] ** 2
+    if shared:
+        assert abs(norms["total_loss"] ** 2 - squares) > 1e-3 * squares
+    else:
+        assert norms["total_loss"] ** 2 == pytest.approx(squares, rel=1e-5)
+
+
+def test_branch_gradient_norms_weight_the_terms_and_leave_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = TwoHeads(shared=True).eval()
+    images, targets = _two_heads_batch()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = engine.branch_gradient_norms(model, images, targets)
+    weighted = engine.branch_gradient_norms(model, images, targets, {"loss_a": 3.0})
+    assert weighted["loss_a"] == pytest.approx(3 * plain["loss_a"], rel=1e-5)
+    assert weighted["loss_b"] == pytest.approx(plain["loss_b"], rel=1e-6)
+    assert weighted["total_loss"] != pytest.approx(plain["total_loss"], rel=1e-3)
+    assert not model.training  # the mode is restored
+    assert all(p.grad is None for p in model.parameters())  # no .grad written
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # batch-norm stats too
+    with pytest.raises(ValueError, match="loss_weights names"):
+        engine.branch_gradient_norms(model, images, targets, {"loss_c": 1.0})
+    frozen = TwoHeads(shared=False).requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        engine.branch_gradient_norms(frozen, images, targets)

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torchvision.models.detection import keypoint_rcnn as tv_keypoint_rcnn
@@ -7,6 +9,7 @@ from rcnn_steps.modeling.keypoint_head import (
     KeypointBranch,
     KeypointRCNNHeads,
     KeypointRCNNPredictor,
+    heatmap_entropy,
     heatmaps_to_keypoints,
     keypoint_channel_table,
     keypoint_counts_of,
@@ -194,3 +197,30 @@ def test_config_keypoint_loss_weight_reaches_the_branch():
     assert "loss_weight=0.1" in repr(model.roi_heads.keypoint_branch)
     with pytest.raises(ValueError, match="keypoint_loss_weight must be > 0.*keypoints=False"):
         DetectorConfig.ci_mask(keypoint_loss_weight=0.0)
+
+
+def test_heatmap_entropy_is_log_cells_when_flat_and_zero_when_one_hot():
+    m = 56
+    flat = torch.full((2, 3, m, m), 1.7)  # any constant: the softmax is uniform
+    torch.testing.assert_close(heatmap_entropy(flat), torch.full((2, 3), math.log(m * m)))
+    one_hot = torch.full((1, 2, m, m), float("-inf"))
+    one_hot[0, 0, 5, 7] = one_hot[0, 1, 55, 0] = 0.0
+    assert heatmap_entropy(one_hot).tolist() == [[0.0, 0.0]]  # no nan from 0 * log 0
+    peaked = torch.zeros(1, 1, m, m)
+    peaked[0, 0, 10, 10] = 40.0  # finite, but all the mass on one cell
+    assert heatmap_entropy(peaked).item() < 1e-6
+    # spread evenly over n cells: log n; in between, the entropy of the distribution
+    four = torch.full((1, 1, 8, 8), float("-inf"))
+    four[0, 0, :2, :2] = 3.0
+    torch.testing.assert_close(heatmap_entropy(four), torch.tensor([[math.log(4)]]))
+    logits = torch.randn(4, 11, 14, 14, generator=torch.Generator().manual_seed(0))
+    expected = torch.distributions.Categorical(logits=logits.flatten(-2)).entropy()
+    torch.testing.assert_close(heatmap_entropy(logits), expected)
+    assert (heatmap_entropy(logits) < math.log(14 * 14)).all()
+
+
+def test_heatmap_entropy_rejects_what_is_not_logits():
+    with pytest.raises(ValueError, match="float logits"):
+        heatmap_entropy(torch.zeros(3, dtype=torch.float32))
+    with pytest.raises(ValueError, match="float logits"):
+        heatmap_entropy(torch.zeros(1, 2, 4, 4, dtype=torch.int64))

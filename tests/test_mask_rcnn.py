@@ -1,8 +1,10 @@
 import copy
+import math
 
 import pytest
 import torch
 
+from rcnn_steps.engine import branch_gradient_norms
 from rcnn_steps.faster_rcnn import DetectorConfig, FasterRCNN
 from rcnn_steps.mask_rcnn import MaskRCNN, copy_weights_to_torchvision, torchvision_mask_rcnn
 
@@ -392,3 +394,83 @@ def test_fit_few_images_says_what_is_wrong_with_its_arguments(tiny_synth):
         fit_few_images("ci_mask", class_name="person", num_images=10_000, root=tiny_synth)
     with pytest.raises(ValueError, match="num_images must be at least 1"):
         fit_few_images("ci_mask", num_images=0, root=tiny_synth)
+
+
+def _detector_with_detections(**overrides):
+    """A ci_mask model whose RPN and box predictor have larger weights than at init, so
+    that its untrained box branch keeps many detections."""
+    torch.manual_seed(0)
+    model = FasterRCNN(DetectorConfig.ci_mask(**overrides))
+    with torch.no_grad():
+        for p in model.rpn.head.parameters():
+            p.normal_(std=0.2)
+        for p in model.roi_heads.box_predictor.parameters():
+            p.normal_(std=0.1)
+    return model
+
+
+@pytest.mark.parametrize("fpn", [True, False])
+def test_keypoint_heatmaps_of_the_detections_equal_inspects(fpn):
+    """On the model's own detections, ``keypoint_heatmaps`` gives the heatmaps the test-time
+    cascade computed; in train mode too (it runs in eval mode and restores the mode)."""
+    model = _detector_with_detections(num_classes=2, keypoint_counts=(0, 11), fpn=fpn).eval()
+    images, _ = _batch()
+    out = model.inspect(images)
+    with_kp = out["detection_has_keypoints"]
+    boxes = [d["boxes"][k] for d, k in zip(out["detections"], with_kp, strict=True)]
+    labels = [d["labels"][k] for d, k in zip(out["detections"], with_kp, strict=True)]
+    assert min(len(b) for b in boxes) > 0  # both images have detections of class 2
+    maps = model.keypoint_heatmaps(images, boxes, labels)
+    assert maps.shape == (sum(len(b) for b in boxes), 11, 56, 56)
+    torch.testing.assert_close(maps, out["detection_heatmaps"])
+    model.train()
+    torch.testing.assert_close(model.keypoint_heatmaps(images, boxes), maps)  # labels: class 2
+    assert model.training
+
+
+def test_keypoint_heatmaps_read_each_box_s_own_keypoint_set():
+    """Two classes with keypoint sets of 3 and 5: a box reads its class's channels, the
+    slots past its count hold its first channel (as ``KeypointBranch.select``)."""
+    model = _detector_with_detections(num_classes=2, keypoint_counts=(3, 5)).eval()
+    images, _ = _batch()
+    box = torch.tensor([[8.0, 10.0, 30.0, 40.0]])
+    first = model.keypoint_heatmaps(images[:1], [box], [torch.tensor([1])])
+    second = model.keypoint_heatmaps(images[:1], [box], [torch.tensor([2])])
+    assert first.shape == second.shape == (1, 5, 56, 56)
+    assert not torch.allclose(first[:, :3], second[:, :3])  # other channels
+    torch.testing.assert_close(first[:, 3:], first[:, :1].expand(1, 2, 56, 56))
+
+
+def test_keypoint_heatmaps_say_what_is_wrong():
+    images, _ = _batch()
+    box = [torch.tensor([[8.0, 10.0, 30.0, 40.0]])]
+    two_sets = _detector_with_detections(num_classes=2, keypoint_counts=(3, 5))
+    with pytest.raises(ValueError, match=r"classes \[1, 2\] have keypoints; give the labels"):
+        two_sets.keypoint_heatmaps(images[:1], box)
+    with pytest.raises(ValueError, match="2 images but 1 box tensors"):
+        two_sets.keypoint_heatmaps(images, box, [torch.tensor([1])])
+    one_set = _detector_with_detections(num_classes=2, keypoint_counts=(0, 11))
+    for bad in ([1], [7], [2, 2]):  # a class without keypoints, no such class, too many
+        with pytest.raises(ValueError, match="one class with keypoints per box"):
+            one_set.keypoint_heatmaps(images[:1], box, [torch.tensor(bad)])
+    no_branch = _detector_with_detections(keypoints=False)
+    with pytest.raises(ValueError, match="no keypoint branch"):
+        no_branch.keypoint_heatmaps(images[:1], box)
+
+
+def test_branch_gradient_norms_of_mask_rcnn_scale_with_the_keypoint_loss_weight():
+    """Six losses and their total; the keypoint term's gradient is its loss weight times
+    the unweighted one (same weights, same sampled RoIs), and the other terms do not move."""
+    model = _detector_with_detections()
+    images, targets = _batch(label=6)
+    torch.manual_seed(1)
+    full = branch_gradient_norms(model, images, targets)
+    model.roi_heads.keypoint_branch.loss_weight = 0.1
+    torch.manual_seed(1)
+    tenth = branch_gradient_norms(model, images, targets)
+    assert set(full) == LOSSES | {"total_loss"}
+    assert all(math.isfinite(v) and v > 0 for v in full.values())
+    assert tenth["loss_keypoint"] == pytest.approx(0.1 * full["loss_keypoint"], rel=1e-4)
+    for name in LOSSES - {"loss_keypoint"}:
+        assert tenth[name] == pytest.approx(full[name], rel=1e-5), name
+    assert tenth["total_loss"] < full["total_loss"]

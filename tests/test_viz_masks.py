@@ -1,10 +1,13 @@
 """The chapter 07 figures draw what they are given (no errors, the right panels)."""
 
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from rcnn_steps import viz  # noqa: E402
@@ -44,4 +47,28 @@ def test_instances_and_stage_times():
     assert len(ax.patches) == 1 and len(ax.lines) == 3  # one box; a limb and two points
     ax = viz.plot_stage_times({"backbone": 0.01, "rpn": 0.002})
     assert [t.get_text() for t in ax.get_yticklabels()] == ["rpn", "backbone"]
+    plt.close("all")
+
+
+def test_keypoint_heatmaps_figure_has_a_row_per_model_on_one_colour_scale():
+    image = torch.rand(3, 64, 64)
+    roi = torch.tensor([10.0, 8.0, 30.0, 50.0])
+    peaked = torch.zeros(3, 56, 56)
+    peaked[0, 5, 5] = peaked[1, 20, 30] = peaked[2, 50, 10] = 12.0
+    flat = torch.zeros(3, 56, 56)
+    kps = torch.tensor([[14.0, 10.0, 1], [20.0, 30.0, 1], [18.0, 48.0, 1]])
+    fig = viz.draw_keypoint_heatmaps(
+        image, roi, {"learned": peaked, "flat": flat}, ["a", "b", "c"], show=(0, 2),
+        keypoints={"learned": kps}, skeleton=[(0, 1)],
+    )  # fmt: skip
+    maps = fig.axes[:6]
+    assert len(fig.axes) == 7  # 2 rows x (max + 2 keypoints) and one colour bar
+    assert [ax.get_ylabel() for ax in maps[::3]] == ["learned", "flat"]
+    assert maps[4].get_title() == f"a: H {math.log(56 * 56):.2f}"  # the flat row
+    climits = {ax.images[-1].get_clim() for ax in maps}
+    assert len(climits) == 1  # one scale: the flat maps read dark beside the peaked ones
+    assert maps[0].get_xlim() == pytest.approx((9.5, 29.5))  # cut to the box
+    assert len(maps[0].lines) > len(maps[3].lines)  # the learned row's keypoints
+    with pytest.raises(ValueError, match="at least one row"):
+        viz.draw_keypoint_heatmaps(image, roi, {})
     plt.close("all")

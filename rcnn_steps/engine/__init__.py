@@ -86,8 +86,9 @@ The package's modules, one idea each, in the order the loop uses them
 - :mod:`~rcnn_steps.engine.config`: :class:`TrainConfig` and :func:`resolve_device`;
 - :mod:`~rcnn_steps.engine.optim`: :func:`build_optimizer`, :func:`lr_factor`,
   :func:`build_scheduler` (SGD, warm-up, step or cosine decay);
-- :mod:`~rcnn_steps.engine.losses`: :func:`detection_loss`, :func:`classification_loss`
-  and the weighted sum that is minimised;
+- :mod:`~rcnn_steps.engine.losses`: :func:`detection_loss`, :func:`classification_loss`,
+  the weighted sum that is minimised and :func:`branch_gradient_norms` (each term's
+  share of its gradient);
 - :mod:`~rcnn_steps.engine.batches`: :func:`to_device` and :func:`epoch_iterator` (the
   data order, a function of ``(seed, epoch)``);
 - :mod:`~rcnn_steps.engine.rng`: :func:`get_rng_state` and :func:`set_rng_state`;
@@ -127,7 +128,12 @@ from rcnn_steps.engine.distributed import (
     process_rank,
 )
 from rcnn_steps.engine.loop import TrainResult, train
-from rcnn_steps.engine.losses import LossDict, classification_loss, detection_loss
+from rcnn_steps.engine.losses import (
+    LossDict,
+    branch_gradient_norms,
+    classification_loss,
+    detection_loss,
+)
 from rcnn_steps.engine.metrics import read_metrics
 from rcnn_steps.engine.optim import build_optimizer, build_scheduler, lr_factor
 from rcnn_steps.engine.rng import get_rng_state, set_rng_state
@@ -146,6 +152,7 @@ __all__ = [
     "TrainResult",
     "TrainingInterrupted",
     "all_gather_objects",
+    "branch_gradient_norms",
     "build_optimizer",
     "build_scheduler",
     "checkpoint_checksum",

@@ -19,7 +19,8 @@ masks, one for each of K keypoint types": the mask machinery of
 
 At test time (:func:`heatmaps_to_keypoints`) each heatmap is resized to its box and the
 arg-max cell is the keypoint. These equal torchvision's functions of the same name
-(tests/test_keypoint_head.py).
+(tests/test_keypoint_head.py). :func:`heatmap_entropy` measures how peaked a predicted
+heatmap is (``log(m^2)`` for a flat one: a branch that learned nothing).
 
 **Beyond torchvision's person-only head**: any category may define its own keypoint set
 (a dataset's ``keypoint_counts``, one count per class, 0 for classes without keypoints).
@@ -43,6 +44,7 @@ __all__ = [
     "KeypointBranch",
     "KeypointRCNNHeads",
     "KeypointRCNNPredictor",
+    "heatmap_entropy",
     "heatmaps_to_keypoints",
     "keypoint_channel_table",
     "keypoint_counts_of",
@@ -211,6 +213,34 @@ def heatmaps_to_keypoints(maps: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
         keypoints[i, :, 2] = 1
         scores[i] = resized[torch.arange(k, device=maps.device), row, col]
     return keypoints, scores
+
+
+def heatmap_entropy(heatmaps: Tensor) -> Tensor:
+    """How spread out each predicted heatmap is: the entropy, in nats, of the softmax over
+    its ``m x m`` cells (the distribution the loss of section 5 trains),
+    ``H = -sum_c p_c log p_c`` with ``p = softmax(logits over the m^2 cells)``.
+
+    A flat map (all logits equal) has ``H = log(m^2)`` (8.05 for m = 56), the entropy of a
+    uniform guess; a map whose mass is on one cell has ``H = 0``; ``exp(H)`` is the number of
+    cells the map spreads over. A branch that learned nothing predicts flat maps, and its
+    loss stays near ``log(m^2)`` (chapter 07, section 8).
+
+    Args:
+        heatmaps: ``(R, K, m, m)`` logits (any leading dims: ``(..., h, w)``); ``-inf``
+            marks a cell of probability 0.
+
+    Returns:
+        ``(R, K)`` (the leading dims), float.
+    """
+    if heatmaps.dim() < 2 or not heatmaps.is_floating_point():
+        raise ValueError(
+            f"heatmap_entropy: heatmaps must be float logits (..., h, w), got "
+            f"{heatmaps.dtype} of shape {tuple(heatmaps.shape)}."
+        )
+    log_p = F.log_softmax(heatmaps.flatten(-2), dim=-1)
+    p = log_p.exp()
+    # a cell of probability 0 adds 0 (p log p -> 0), not 0 * -inf = nan
+    return -torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(dim=-1)
 
 
 def keypointrcnn_inference(
