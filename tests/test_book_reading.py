@@ -32,10 +32,6 @@ BOOKKEEPING = re.compile(
 
 #: ``{chapter stem: {cell id: what is over}}``: the cells still to cut down.
 OVER_THE_LIMIT: dict[str, dict[str, str]] = {
-    "00_objects_boxes_scores": {
-    },
-    "03_fast_rcnn_roipool": {
-    },
     "04_faster_rcnn_rpn": {
         "061dd34e": "449 words",
     },
