@@ -32,29 +32,16 @@ BOOKKEEPING = re.compile(
 
 #: ``{chapter stem: {cell id: what is over}}``: the cells still to cut down.
 OVER_THE_LIMIT: dict[str, dict[str, str]] = {
-    "04_faster_rcnn_rpn": {
-        "061dd34e": "449 words",
-    },
     "05_feature_pyramid_networks": {
-        "3fc43caf": "494 words",
         "d6675195": "38 lines",
         "274908a1": "35 lines",
         "30c96078": "37 lines",
-        "25e9fd48": "343 words",
-        "74144001": "579 words",
     },
     "06_roialign": {
-        "d3d3c6a7": "331 words",
         "4ce60877": "32 lines",
         "df14ea4a": "36 lines",
-        "0230e3ca": "418 words",
         "bbb9a93d": "37 lines",
         "8af73f0d": "515 words",
-    },
-    "07_masks_keypoints": {
-        "db2785b1": "385 words",
-        "f9568b8c": "311 words",
-        "46bc5833": "656 words",
     },
     "08_full_model_ablations": {
         "85f9bce4": "31 lines",
