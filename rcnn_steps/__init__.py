@@ -39,17 +39,17 @@ The modules read like the book's table of contents:
 - chapter 07: :mod:`rcnn_steps.modeling.mask_head` (mask targets, per-class sigmoid or
   softmax, pasting), :mod:`rcnn_steps.modeling.keypoint_head` (keypoints as one-hot
   heatmaps),
-  :mod:`rcnn_steps.mask_rcnn` (the test-time cascade), :mod:`rcnn_steps.runner` (a preset
-  trained and scored);
+  :mod:`rcnn_steps.mask_rcnn` (the test-time cascade),
+  :mod:`rcnn_steps.experiments.runner` (a preset trained and scored);
 - chapter 08: :mod:`rcnn_steps.experiments` (the presets, each defined once),
-  :mod:`rcnn_steps.ablations` (the papers' tables as data),
-  :mod:`rcnn_steps.grid` (their runs, cached and resumable), :mod:`rcnn_steps.cli`
+  :mod:`rcnn_steps.experiments.ablations` (the papers' tables as data),
+  :mod:`rcnn_steps.experiments.grid` (their runs, cached and resumable), :mod:`rcnn_steps.cli`
   (``python -m rcnn_steps train | predict | evaluate | export``);
 - chapters 04-06: :mod:`rcnn_steps.explorers` (sliders on three of :mod:`rcnn_steps.viz`'s
   figures: anchor labels, pyramid levels, RoIPool's bins against RoIAlign's; the one module
   that needs ipywidgets);
 - shared plumbing: :mod:`rcnn_steps.utils` (seeds, threads, devices, results files),
-  :mod:`rcnn_steps.evolution` (the table of every chapter's detector).
+  :mod:`rcnn_steps.experiments.evolution` (the table of every chapter's detector).
 """
 
 __version__ = "0.1.0"

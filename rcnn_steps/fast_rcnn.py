@@ -367,7 +367,7 @@ def evaluate_fast_rcnn(
 def _evaluate_command(args) -> int:
     from rcnn_steps.data import synth_datasets
     from rcnn_steps.data.proposals import load_proposals, proposals_path
-    from rcnn_steps.evolution import add_row, evaluation_image_ids
+    from rcnn_steps.experiments.evolution import add_row, evaluation_image_ids
     from rcnn_steps.selective_search import selective_search
     from rcnn_steps.utils import set_threads, write_results
 
@@ -442,7 +442,7 @@ def _evaluate_command(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from rcnn_steps.evolution import add_evaluate_arguments
+    from rcnn_steps.experiments.evolution import add_evaluate_arguments
     from rcnn_steps.utils import results_dir
 
     parser = argparse.ArgumentParser(prog="python -m rcnn_steps.fast_rcnn")

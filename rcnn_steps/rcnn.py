@@ -659,7 +659,7 @@ def _proposals_command(args) -> int:
 
 def _evaluate_command(args) -> int:
     from rcnn_steps.data import synth_datasets
-    from rcnn_steps.evolution import add_row, evaluation_image_ids
+    from rcnn_steps.experiments.evolution import add_row, evaluation_image_ids
     from rcnn_steps.selective_search import selective_search
     from rcnn_steps.utils import seed_everything, set_threads, write_results
 
@@ -774,7 +774,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.config = config
     if args.command == "proposals":
         if args.num_images is None:
-            from rcnn_steps.evolution import NUM_EVAL_IMAGES
+            from rcnn_steps.experiments.evolution import NUM_EVAL_IMAGES
 
             args.num_images = (
                 PRESETS["cpu"].num_train_images if args.split == "train" else NUM_EVAL_IMAGES

@@ -1095,8 +1095,8 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """Train (seeded), evaluate and time the sliding-window detector; write the results
     file and the evolution table's "sliding window" row. Returns the results payload."""
-    from rcnn_steps import evolution
     from rcnn_steps.data import synth_datasets
+    from rcnn_steps.experiments import evolution
     from rcnn_steps.utils import results_dir, seed_everything, write_results
 
     started = time.time()

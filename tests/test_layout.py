@@ -54,8 +54,8 @@ def test_a_floor_imports_only_from_the_floors_below(floor):
 def test_nothing_imports_the_experiments_floor_but_the_top():
     """``experiments`` (the presets' records) is the top floor: it may import every floor,
     and no floor imports it. The package's loose modules that still read it are the
-    roads to the top (runner, grid, cli, ...) and, in one function kept for chapter 05,
-    ``faster_rcnn.train_config``."""
+    roads to the top (``cli``), the old paths' shims and, in one function kept for
+    chapter 05, ``faster_rcnn.train_config``."""
     assert sorted((PACKAGE / "experiments").glob("*.py")), "no modules in rcnn_steps/experiments"
     below = {
         f"{path.relative_to(PACKAGE)} imports {module}"

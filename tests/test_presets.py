@@ -9,21 +9,25 @@ from pathlib import Path
 
 import pytest
 
-from rcnn_steps import ablations, cli, faster_rcnn, grid, ladder, runner
+from rcnn_steps import cli, faster_rcnn
 from rcnn_steps.engine import TrainConfig
 from rcnn_steps.experiments import (
     PRESETS,
     Feeding,
     Preset,
+    ablations,
     detector_config,
     evaluated_presets,
     feeding,
+    grid,
+    ladder,
     preset,
+    runner,
     schedule,
     train_config,
 )
+from rcnn_steps.experiments.grid import RunSpec
 from rcnn_steps.faster_rcnn import DetectorConfig
-from rcnn_steps.grid import RunSpec
 
 RUNS = Path(__file__).resolve().parents[1] / "results" / "runs"
 

@@ -315,8 +315,8 @@ def test_before_after_scatter_with_diagonal_and_thresholds():
 
 
 def _stages_of(preset, image):
+    from rcnn_steps.experiments.runner import detector_config
     from rcnn_steps.faster_rcnn import FasterRCNN
-    from rcnn_steps.runner import detector_config
 
     torch.manual_seed(0)
     model = FasterRCNN(detector_config(preset))

@@ -188,7 +188,7 @@ def synth_folder_name(
     """The folder :func:`ensure_synth` keeps a set in, under the data folder:
     ``synth-<size>px[-from<layout_size>]-seed<seed>[-<style>]`` (``synth-128px-seed0``,
     ``synth-256px-from128-seed0``, ``synth-128px-seed0-hard``): the form
-    :func:`rcnn_steps.ladder.data_tag` reads."""
+    :func:`rcnn_steps.experiments.ladder.data_tag` reads."""
     drawn_from = f"-from{layout_size}" if layout_size not in (None, size) else ""
     style = "" if scene_style == "flat" else f"-{scene_style}"
     return f"synth-{size}px{drawn_from}-seed{seed}{style}"
