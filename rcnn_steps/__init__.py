@@ -22,14 +22,14 @@ The modules read like the book's table of contents:
   :mod:`rcnn_steps.ops.boxes` (IoU, NMS, box coding), :mod:`rcnn_steps.evaluation`
   (AP from scratch and through pycocotools), :mod:`rcnn_steps.viz` (drawing);
 - chapter 01: :mod:`rcnn_steps.engine` (the one training loop),
-  :mod:`rcnn_steps.sliding_window`;
-- chapter 02: :mod:`rcnn_steps.selective_search`, :mod:`rcnn_steps.rcnn`;
+  :mod:`rcnn_steps.detectors.sliding_window`;
+- chapter 02: :mod:`rcnn_steps.detectors.selective_search`, :mod:`rcnn_steps.detectors.rcnn`;
 - chapter 03: :mod:`rcnn_steps.ops.roipool` (RoIPool and its readable reference),
-  :mod:`rcnn_steps.modeling.losses`, :mod:`rcnn_steps.fast_rcnn`;
+  :mod:`rcnn_steps.modeling.losses`, :mod:`rcnn_steps.detectors.fast_rcnn`;
 - chapter 04: :mod:`rcnn_steps.ops.image_list`, :mod:`rcnn_steps.modeling.anchors`,
   :mod:`rcnn_steps.modeling.matcher`, :mod:`rcnn_steps.modeling.sampler`,
   :mod:`rcnn_steps.modeling.backbones`, :mod:`rcnn_steps.modeling.rpn`,
-  :mod:`rcnn_steps.modeling.roi_heads`, :mod:`rcnn_steps.faster_rcnn`;
+  :mod:`rcnn_steps.modeling.roi_heads`, :mod:`rcnn_steps.detectors.faster_rcnn`;
 - chapter 05: :mod:`rcnn_steps.modeling.fpn` (the feature pyramid),
   :mod:`rcnn_steps.modeling.poolers` (RoIs pooled from their level), and ResNet backbones
   in :mod:`rcnn_steps.modeling.backbones`;
@@ -39,7 +39,7 @@ The modules read like the book's table of contents:
 - chapter 07: :mod:`rcnn_steps.modeling.mask_head` (mask targets, per-class sigmoid or
   softmax, pasting), :mod:`rcnn_steps.modeling.keypoint_head` (keypoints as one-hot
   heatmaps),
-  :mod:`rcnn_steps.mask_rcnn` (the test-time cascade),
+  :mod:`rcnn_steps.detectors.mask_rcnn` (the test-time cascade),
   :mod:`rcnn_steps.experiments.runner` (a preset trained and scored);
 - chapter 08: :mod:`rcnn_steps.experiments` (the presets, each defined once),
   :mod:`rcnn_steps.experiments.ablations` (the papers' tables as data),

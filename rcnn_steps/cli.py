@@ -10,7 +10,7 @@
   the evolution table (chapters 04, 05 and 07);
 
 The chapters' other commands live beside their modules (``python -m
-rcnn_steps.sliding_window``, ``rcnn``, ``selective_search``, ``fast_rcnn``,
+rcnn_steps.detectors.sliding_window``, ``rcnn``, ``selective_search``, ``fast_rcnn``,
 ``ablations``). This module sits at the top with :mod:`rcnn_steps.experiments.runner`, and reads the
 presets (``--preset``: model, schedule, feeding, results file) from their records in
 :mod:`rcnn_steps.experiments`; nothing imports it.
@@ -52,12 +52,13 @@ def evaluate_results_path(preset: str) -> Path:
 
 
 def torchvision_baseline(config):
-    """torchvision's model for ``config`` (:func:`rcnn_steps.mask_rcnn.torchvision_mask_rcnn`)
-    around our backbone built exactly as ours is (same seed, so the same weights), with
-    torchvision's own heads and their own initialisation: the baseline of
-    ``evaluate --baseline-torchvision``."""
-    from rcnn_steps.faster_rcnn import FasterRCNN
-    from rcnn_steps.mask_rcnn import torchvision_mask_rcnn
+    """torchvision's model for ``config``
+    (:func:`rcnn_steps.detectors.mask_rcnn.torchvision_mask_rcnn`) around our backbone
+    built exactly as ours is (same seed, so the same weights), with torchvision's own
+    heads and their own initialisation: the baseline of ``evaluate
+    --baseline-torchvision``."""
+    from rcnn_steps.detectors.faster_rcnn import FasterRCNN
+    from rcnn_steps.detectors.mask_rcnn import torchvision_mask_rcnn
 
     ours = FasterRCNN(config)  # draws the same random numbers as our model's construction
     return torchvision_mask_rcnn(config, copy.deepcopy(ours.backbone))
@@ -330,11 +331,11 @@ def _check_out_file(command: str, path: Path, kind: str, overwrite: bool = False
 def _parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
     """``["mask_aligned=true", "anchor_sizes=8,16"]`` -> ``{"mask_aligned": True,
     "anchor_sizes": (8, 16)}``: each value read and checked as its DetectorConfig field
-    declares (:meth:`~rcnn_steps.faster_rcnn.DetectorConfig.parse_override`), so a value
+    declares (:meth:`~rcnn_steps.detectors.config.DetectorConfig.parse_override`), so a value
     the field cannot take is refused here, naming ``--set``, the field and what it
     accepts, before any work starts. A field given twice is refused too (which one was
     meant?)."""
-    from rcnn_steps.faster_rcnn import DetectorConfig
+    from rcnn_steps.detectors.config import DetectorConfig
 
     overrides: dict[str, Any] = {}
     given: dict[str, str] = {}
@@ -512,6 +513,7 @@ def _train_command(args: argparse.Namespace) -> int:
     import torch
 
     from rcnn_steps.data import collate_fn
+    from rcnn_steps.detectors.faster_rcnn import FasterRCNN
     from rcnn_steps.engine import (
         RunFolder,
         TrainConfig,
@@ -527,7 +529,6 @@ def _train_command(args: argparse.Namespace) -> int:
         make_evaluator,
         schedule,
     )
-    from rcnn_steps.faster_rcnn import FasterRCNN
     from rcnn_steps.utils import code_diff_hash, git_commit, set_threads
 
     # every check that needs no data, in every process before they meet (so none of them
@@ -620,8 +621,9 @@ def load_run(checkpoint: str | Path, device: str = "cpu"):
     skeleton, the feeding): ``(model in eval mode, run description)``. The description is
     the one stored in the file by ``export`` when there is one, else its folder's
     ``run.json``, else ``{}``."""
+    from rcnn_steps.detectors.config import DetectorConfig
+    from rcnn_steps.detectors.faster_rcnn import FasterRCNN
     from rcnn_steps.engine import RunFolder, load_checkpoint
-    from rcnn_steps.faster_rcnn import DetectorConfig, FasterRCNN
 
     path = Path(checkpoint)
     ckpt = load_checkpoint(path, map_location=device)

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from rcnn_steps.detectors.faster_rcnn import DetectorConfig, FasterRCNN
 from rcnn_steps.experiments import PRESETS, ablations, runner
 from rcnn_steps.experiments.ablations import faster_rcnn_grid, run_grid, run_key, schedule
-from rcnn_steps.faster_rcnn import DetectorConfig, FasterRCNN
 from rcnn_steps.utils import read_results
 
 TWO = ["1s1r_128", "3s3r"]

@@ -19,9 +19,9 @@ from PIL import Image
 from rcnn_steps import cli
 from rcnn_steps.data.__main__ import main as data_main
 from rcnn_steps.data.example import make_example
+from rcnn_steps.detectors.faster_rcnn import DetectorConfig
 from rcnn_steps.engine import CheckpointError
 from rcnn_steps.experiments.runner import PRESETS, config_for_data, detector_config
-from rcnn_steps.faster_rcnn import DetectorConfig
 
 
 @pytest.fixture(scope="module")

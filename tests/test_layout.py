@@ -16,6 +16,38 @@ FLOORS = {
     "modeling": ("rcnn_steps.ops", "rcnn_steps.utils"),
     "evaluation": ("rcnn_steps.ops",),
     "engine": ("rcnn_steps.utils",),
+    "detectors": ("rcnn_steps.ops", "rcnn_steps.modeling", "rcnn_steps.utils"),
+    "experiments": ("rcnn_steps",),  # the top: every floor
+}
+
+#: Upward imports a floor still makes, by file: known debts (issue 23) that only shrink.
+#: The chapters' own training, evaluating and evolution-row code (their ``python -m
+#: rcnn_steps.<chapter> evaluate`` commands) still sits beside their models, and selective
+#: search's ``evaluate`` and ``quality`` commands load the data set; each moves up to
+#: ``experiments`` in time. A listed import no longer made fails
+#: :func:`test_the_known_upward_imports_are_still_made`, so the list is trimmed as they go.
+KNOWN_UPWARD: dict[str, set[str]] = {
+    "detectors/fast_rcnn.py": {
+        "rcnn_steps.data",
+        "rcnn_steps.data.proposals",
+        "rcnn_steps.engine",
+        "rcnn_steps.evaluation",
+        "rcnn_steps.experiments.evolution",
+    },
+    "detectors/rcnn.py": {
+        "rcnn_steps.data",
+        "rcnn_steps.data.proposals",
+        "rcnn_steps.engine",
+        "rcnn_steps.evaluation",
+        "rcnn_steps.experiments.evolution",
+    },
+    "detectors/selective_search.py": {"rcnn_steps.data"},
+    "detectors/sliding_window.py": {
+        "rcnn_steps.data",
+        "rcnn_steps.engine",
+        "rcnn_steps.evaluation",
+        "rcnn_steps.experiments",
+    },
 }
 
 
@@ -47,22 +79,37 @@ def test_a_floor_imports_only_from_the_floors_below(floor):
         for path in files
         for module in _imported_modules(path)
         if not _allowed(module, floor)
+        and module not in KNOWN_UPWARD.get(str(path.relative_to(PACKAGE)), ())
     }
     assert not upward, sorted(upward)
 
 
+def test_the_known_upward_imports_are_still_made():
+    """Every entry of :data:`KNOWN_UPWARD` is an import its file still makes (delete the
+    entries of a move once it is done)."""
+    gone = {
+        f"{name} no longer imports {module}"
+        for name, modules in KNOWN_UPWARD.items()
+        for module in modules
+        if module not in _imported_modules(PACKAGE / name)
+    }
+    assert not gone, sorted(gone)
+
+
 def test_nothing_imports_the_experiments_floor_but_the_top():
     """``experiments`` (the presets' records) is the top floor: it may import every floor,
-    and no floor imports it. The package's loose modules that still read it are the
-    roads to the top (``cli``), the old paths' shims and, in one function kept for
-    chapter 05, ``faster_rcnn.train_config``."""
+    and no floor imports it (but the :data:`KNOWN_UPWARD` debts). The package's loose
+    modules that still read it are the road to the top (``cli``) and the old paths'
+    shims (``rcnn_steps.faster_rcnn.train_config``)."""
     assert sorted((PACKAGE / "experiments").glob("*.py")), "no modules in rcnn_steps/experiments"
     below = {
         f"{path.relative_to(PACKAGE)} imports {module}"
         for floor in FLOORS
+        if floor != "experiments"
         for path in sorted((PACKAGE / floor).glob("*.py"))
         for module in _imported_modules(path)
         if module == "rcnn_steps.experiments" or module.startswith("rcnn_steps.experiments.")
+        if module not in KNOWN_UPWARD.get(str(path.relative_to(PACKAGE)), ())
     }
     assert not below, sorted(below)
 

@@ -4,9 +4,13 @@ import math
 import pytest
 import torch
 
+from rcnn_steps.detectors.faster_rcnn import DetectorConfig, FasterRCNN
+from rcnn_steps.detectors.mask_rcnn import (
+    MaskRCNN,
+    copy_weights_to_torchvision,
+    torchvision_mask_rcnn,
+)
 from rcnn_steps.engine import branch_gradient_norms
-from rcnn_steps.faster_rcnn import DetectorConfig, FasterRCNN
-from rcnn_steps.mask_rcnn import MaskRCNN, copy_weights_to_torchvision, torchvision_mask_rcnn
 
 LOSSES = {
     "loss_objectness",
@@ -332,8 +336,8 @@ def test_gpu_and_coco_presets_build_and_take_one_step_on_cpu(preset):
     """The presets for larger machines, built here and trained one step on tiny inputs
     (their real images are 512 and 800 px: their records' feeding resizes the data for them)."""
     from rcnn_steps.engine import TrainConfig, train
+    from rcnn_steps.experiments import train_config
     from rcnn_steps.experiments.runner import feeding
-    from rcnn_steps.faster_rcnn import train_config
 
     torch.manual_seed(0)
     overrides = {"keypoint_counts": (0, 0, 0, 0, 0, 11)} if preset == "gpu_mask" else {}

@@ -1,12 +1,12 @@
-"""Tests for chapter 01's sliding-window detector (rcnn_steps.sliding_window)."""
+"""Tests for chapter 01's sliding-window detector (rcnn_steps.detectors.sliding_window)."""
 
 import math
 
 import pytest
 import torch
 
-from rcnn_steps import sliding_window as sw
 from rcnn_steps.data import CocoDataset
+from rcnn_steps.detectors import sliding_window as sw
 from rcnn_steps.ops import box_iou
 
 
@@ -193,7 +193,7 @@ def test_dense_equals_naive_on_cuda():
 def test_multiply_adds_counts_conv_and_linear_layers():
     from torch import nn
 
-    from rcnn_steps.sliding_window import multiply_adds
+    from rcnn_steps.detectors.sliding_window import multiply_adds
 
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
     # conv: 4*6*6 outputs x 3*3*3 each; linear: 5 outputs x 144 each
@@ -201,7 +201,7 @@ def test_multiply_adds_counts_conv_and_linear_layers():
 
 
 def test_dense_detection_does_less_work_than_naive():
-    from rcnn_steps.sliding_window import CropClassifier, WindowConfig, detection_cost
+    from rcnn_steps.detectors.sliding_window import CropClassifier, WindowConfig, detection_cost
 
     cost = detection_cost(CropClassifier(num_classes=6), (128, 128), WindowConfig())
     assert cost["dense_macs"] > 0 and cost["ratio"] > 3.0

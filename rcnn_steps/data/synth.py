@@ -551,7 +551,7 @@ def _paint_hard(
 
     The constants were tuned so that our selective search ("fast", all its proposals) on
     the 128 px set's first 100 val images comes near what the paper reports on PASCAL VOC
-    2007 (:data:`rcnn_steps.selective_search.PAPER_VOC2007`).
+    2007 (:data:`rcnn_steps.detectors.selective_search.PAPER_VOC2007`).
 
     All random numbers come from ``rng``, a generator of its own, so the layout's stream
     is not touched.

@@ -1,7 +1,7 @@
 """The ablation grids of chapters 04 and 06: the papers' tables, at small scale.
 
 Each grid is a list of named settings (overrides of
-:class:`~rcnn_steps.faster_rcnn.DetectorConfig`), each with the paper's number beside it
+:class:`~rcnn_steps.detectors.config.DetectorConfig`), each with the paper's number beside it
 (:func:`faster_rcnn_grid`). :func:`run_grid` trains and evaluates every (setting, seed)
 pair with :func:`run_setting` and keeps the results file up to date after each run, so
 an interrupted grid resumes where it stopped; at the end it summarises each setting over
@@ -220,7 +220,7 @@ def faster_rcnn_grid(table: str) -> dict[str, dict[str, Any]]:
     ``"table6"``, Table 6's question (the rows "SS 2000" and "RPN+VGG, shared 300" of
     Tables 3 and 6, VOC07 test mAP 66.9 and 69.9): does a detector do as well with 300
     proposals from its own RPN as with ~2000 from selective search? ``ss_2000`` trains
-    :class:`~rcnn_steps.fast_rcnn.FastRCNN` on the selective-search proposals chapter 02
+    :class:`~rcnn_steps.detectors.fast_rcnn.FastRCNN` on the selective-search proposals chapter 02
     cached (``python -m rcnn_steps.rcnn proposals``; the fast mode returns ~590 per
     128 px image, all kept, up to 2000); ``rpn_300`` trains the whole Faster R-CNN and
     tests on its 300 best proposals. Everything else is equal: the preset's detector

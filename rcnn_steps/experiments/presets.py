@@ -3,7 +3,7 @@
 
 A preset is four facts that go together:
 
-- the **model**: a :class:`~rcnn_steps.faster_rcnn.DetectorConfig` constructor (the
+- the **model**: a :class:`~rcnn_steps.detectors.config.DetectorConfig` constructor (the
   chapters teach them as class methods, :meth:`DetectorConfig.cpu_mask` and the others);
 - the **schedule**: the :class:`~rcnn_steps.engine.TrainConfig` fields it trains with;
 - the **feeding**: how its images reach the model (:class:`Feeding`);
@@ -15,7 +15,7 @@ The roads that read them: ``python -m rcnn_steps train`` and ``evaluate``
 (:func:`rcnn_steps.experiments.runner.run_setting`,
 :class:`rcnn_steps.experiments.grid.RunSpec`),
 :func:`rcnn_steps.experiments.runner.fit_few_images`, and chapter 05's ``train_config``
-(:func:`rcnn_steps.faster_rcnn.train_config` delegates here). Change a preset here and
+(:func:`rcnn_steps.detectors.faster_rcnn.train_config` delegates here). Change a preset here and
 every one of them sees the change.
 
 Functions: :func:`preset` (the record by name), :func:`detector_config`,
@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from rcnn_steps.detectors.config import DetectorConfig
 from rcnn_steps.engine import TrainConfig
-from rcnn_steps.faster_rcnn import DetectorConfig
 
 __all__ = [
     "Feeding",
@@ -247,7 +247,7 @@ def preset(name: str) -> Preset:
 
 
 def detector_config(name: str, **overrides: Any) -> DetectorConfig:
-    """The preset's :class:`~rcnn_steps.faster_rcnn.DetectorConfig`, with ``overrides``."""
+    """The preset's :class:`~rcnn_steps.detectors.config.DetectorConfig`, with ``overrides``."""
     return preset(name).model(**overrides)
 
 

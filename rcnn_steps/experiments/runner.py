@@ -1,8 +1,8 @@
 """Training and evaluating any detector of the book on a COCO-format folder: the top of
 the library.
 
-The models (:mod:`rcnn_steps.faster_rcnn`, :mod:`rcnn_steps.fast_rcnn`,
-:mod:`rcnn_steps.mask_rcnn`) know how to compute losses and detections; the engine
+The models (:mod:`rcnn_steps.detectors.faster_rcnn`, :mod:`rcnn_steps.detectors.fast_rcnn`,
+:mod:`rcnn_steps.detectors.mask_rcnn`) know how to compute losses and detections; the engine
 (:mod:`rcnn_steps.engine`) knows how to take SGD steps; the evaluation module knows COCO
 AP. This module puts them together, and everything that *runs* a detector goes through it:
 the chapters' ``evaluate`` commands, the ablation grids
@@ -10,7 +10,7 @@ the chapters' ``evaluate`` commands, the ablation grids
 data. It reads the presets from :mod:`rcnn_steps.experiments`; nothing below imports it.
 
 - presets: each defined once, in its record (:mod:`rcnn_steps.experiments`), read here
-  through :func:`detector_config` (a :class:`~rcnn_steps.faster_rcnn.DetectorConfig` by
+  through :func:`detector_config` (a :class:`~rcnn_steps.detectors.config.DetectorConfig` by
   name, with overrides), :func:`schedule` (its training schedule) and :func:`feeding`;
 - data: :func:`load_datasets`, the (train, val) pair of a folder laid out as the
   synthetic set (``train/``, ``val/``, ``annotations/instances_{train,val}.json``);
@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 
+from rcnn_steps.detectors.config import DetectorConfig
 from rcnn_steps.experiments import PRESETS, feeding, schedule
 from rcnn_steps.experiments import preset as preset_record
-from rcnn_steps.faster_rcnn import DetectorConfig
 
 __all__ = [
     "METHODS",
@@ -198,7 +198,7 @@ def detect(
     them (trimmed to each class's own keypoint count). The time covers the network only
     (preprocessing, backbone, RPN or RoI heads, NMS, masks and keypoints), not image
     loading or the RLE encoding. ``proposals`` (``{image_id: (P, 4)}``) are passed to a
-    :class:`~rcnn_steps.fast_rcnn.FastRCNN`; the other models make their own. With
+    :class:`~rcnn_steps.detectors.fast_rcnn.FastRCNN`; the other models make their own. With
     ``test_size``, each image is resized to that shorter side (longer side at most
     ``max_size``) before the model sees it, and its detections are mapped back to the
     image's own pixels, where the ground truth is.
@@ -457,9 +457,9 @@ def run_setting(
     val images (default :data:`rcnn_steps.experiments.evolution.NUM_EVAL_IMAGES`): COCO box AP, and
     mask and keypoint AP when the config has those branches.
 
-    ``method="rpn"`` trains a :class:`~rcnn_steps.faster_rcnn.FasterRCNN` (with its mask
+    ``method="rpn"`` trains a :class:`~rcnn_steps.detectors.faster_rcnn.FasterRCNN` (with its mask
     and keypoint branches if the config turns them on); ``method="selective_search"`` a
-    :class:`~rcnn_steps.fast_rcnn.FastRCNN` with the same config on selective-search
+    :class:`~rcnn_steps.detectors.fast_rcnn.FastRCNN` with the same config on selective-search
     proposals (:func:`selective_search_proposals`). ``num_train_images`` restricts
     training to the first images of the train set (default: all). The images are fed as
     the preset's record says (:func:`feeding`: images per batch, resizing in training and
@@ -468,7 +468,7 @@ def run_setting(
     cached at the images' own size, so ``method="selective_search"`` refuses a preset
     that resizes them. ``timing_threads`` sets torch's CPU thread count while the val
     images are detected and timed. ``model_builder(config)`` replaces the model (e.g.
-    :func:`rcnn_steps.mask_rcnn.torchvision_mask_rcnn` for a baseline trained the same
+    :func:`rcnn_steps.detectors.mask_rcnn.torchvision_mask_rcnn` for a baseline trained the same
     way); ``out_dir`` keeps the run's checkpoint and ``metrics.jsonl``.
 
     Returns a JSON-able dict: ``name, seed, preset, method, max_iter, overrides,
@@ -479,9 +479,9 @@ def run_setting(
     eval_seconds`` and the :meth:`~rcnn_steps.engine.TrainResult.summary` fields.
     """
     from rcnn_steps.data import collate_fn
+    from rcnn_steps.detectors.faster_rcnn import FasterRCNN
     from rcnn_steps.engine import TrainConfig, train
     from rcnn_steps.experiments.evolution import NUM_EVAL_IMAGES, evaluation_image_ids
-    from rcnn_steps.faster_rcnn import FasterRCNN
     from rcnn_steps.utils import seed_everything
 
     if method not in METHODS:
@@ -520,7 +520,7 @@ def run_setting(
         result = train(model, loader, train_cfg)
         val_proposals, proposal_seconds = None, 0.0
     else:
-        from rcnn_steps.fast_rcnn import (
+        from rcnn_steps.detectors.fast_rcnn import (
             FastRCNN,
             ProposalDataset,
             collate_proposals,
@@ -601,8 +601,8 @@ def fit_few_images(
     ``metrics`` as :func:`evaluate` gives them (box AP, and mask and keypoint AP with
     those branches), on the training images."""
     from rcnn_steps.data import collate_fn
+    from rcnn_steps.detectors.faster_rcnn import FasterRCNN
     from rcnn_steps.engine import TrainConfig, train
-    from rcnn_steps.faster_rcnn import FasterRCNN
     from rcnn_steps.utils import seed_everything
 
     if num_images < 1:
