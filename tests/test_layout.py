@@ -21,33 +21,12 @@ FLOORS = {
 }
 
 #: Upward imports a floor still makes, by file: known debts (issue 23) that only shrink.
-#: The chapters' own training, evaluating and evolution-row code (their ``python -m
-#: rcnn_steps.<chapter> evaluate`` commands) still sits beside their models, and selective
-#: search's ``evaluate`` and ``quality`` commands load the data set; each moves up to
-#: ``experiments`` in time. A listed import no longer made fails
-#: :func:`test_the_known_upward_imports_are_still_made`, so the list is trimmed as they go.
+#: A listed import no longer made fails :func:`test_the_known_upward_imports_are_still_made`,
+#: so the list is trimmed as they go.
 KNOWN_UPWARD: dict[str, set[str]] = {
-    "detectors/fast_rcnn.py": {
-        "rcnn_steps.data",
-        "rcnn_steps.data.proposals",
-        "rcnn_steps.engine",
-        "rcnn_steps.evaluation",
-        "rcnn_steps.experiments.evolution",
-    },
-    "detectors/rcnn.py": {
-        "rcnn_steps.data",
-        "rcnn_steps.data.proposals",
-        "rcnn_steps.engine",
-        "rcnn_steps.evaluation",
-        "rcnn_steps.experiments.evolution",
-    },
-    "detectors/selective_search.py": {"rcnn_steps.data"},
-    "detectors/sliding_window.py": {
-        "rcnn_steps.data",
-        "rcnn_steps.engine",
-        "rcnn_steps.evaluation",
-        "rcnn_steps.experiments",
-    },
+    # chapters 02-04 import the proposal cache's functions from R-CNN's module, which
+    # re-exports them (tests/test_proposals.py); the cache itself is data's
+    "detectors/rcnn.py": {"rcnn_steps.data.proposals"},
 }
 
 

@@ -7,6 +7,7 @@ import torch
 
 from rcnn_steps.data import CocoDataset
 from rcnn_steps.detectors import sliding_window as sw
+from rcnn_steps.experiments.sliding_window import Preset, evaluate_detector, train_sliding_window
 from rcnn_steps.ops import box_iou
 
 
@@ -133,8 +134,8 @@ def test_crop_dataset_labels_and_balance(tiny):
 
 def test_training_and_end_to_end_detection(tiny):
     train, val = tiny
-    preset = sw.Preset("test", 24, 4, 2.0, 6, 8, 0.01, 4, 2, 1)
-    run = sw.train_sliding_window(train, preset, seed=0)
+    preset = Preset("test", 24, 4, 2.0, 6, 8, 0.01, 4, 2, 1)
+    run = train_sliding_window(train, preset, seed=0)
     assert run.classifier.step == 6 and math.isfinite(run.classifier.losses["total_loss"])
     assert run.regressor.step == 4
     image, _ = val[0]
@@ -147,7 +148,7 @@ def test_training_and_end_to_end_detection(tiny):
         assert (det["boxes"][:, 2:] > det["boxes"][:, :2]).all()
         assert det["boxes"].min() >= 0 and det["boxes"].max() <= 64
         assert (det["scores"][:-1] >= det["scores"][1:]).all()
-    ev = sw.evaluate_detector(run.model, val, val.image_ids[:2], config)
+    ev = evaluate_detector(run.model, val, val.image_ids[:2], config)
     assert 0 <= ev["with_regression"]["AP"] <= 1 and ev["seconds_per_image"] > 0
 
 

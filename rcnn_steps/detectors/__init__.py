@@ -15,8 +15,9 @@
   torchvision's twin.
 
 The floor imports :mod:`rcnn_steps.ops`, :mod:`rcnn_steps.modeling` and
-:mod:`rcnn_steps.utils`; the chapters' own training and evaluating code still imports
-the engine, data, evaluation and the evolution table (``tests/test_layout.py`` lists
-those imports as known exceptions, to be moved up to :mod:`rcnn_steps.experiments`).
-The old paths (``rcnn_steps.faster_rcnn`` and the others) are shims.
+:mod:`rcnn_steps.utils`, and one known exception (``tests/test_layout.py``): R-CNN's
+module re-exports the proposal cache of :mod:`rcnn_steps.data.proposals`, which chapters
+02-04 import from it. How each chapter trains, scores and records its detector is the
+top floor's (:mod:`rcnn_steps.experiments`). The old paths (``rcnn_steps.faster_rcnn`` and
+the others) are shims.
 """

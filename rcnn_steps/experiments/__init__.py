@@ -14,11 +14,17 @@ roads that run it. It may import every floor below; nothing below imports it.
 - :mod:`rcnn_steps.experiments.ladder`: the evolution as a controlled ladder, one change
   per rung (``python -m rcnn_steps.ladder``);
 - :mod:`rcnn_steps.experiments.evolution`: the evolution table, one row per chapter's
-  detector.
+  detector;
+- one module per chapter command of chapters 01-03, each training, scoring and recording
+  its chapter's detector: :mod:`~rcnn_steps.experiments.sliding_window`,
+  :mod:`~rcnn_steps.experiments.selective_search` (proposals measured beside OpenCV's),
+  :mod:`~rcnn_steps.experiments.rcnn`, :mod:`~rcnn_steps.experiments.fast_rcnn`
+  (``python -m rcnn_steps.<chapter> ...``); chapters 04-08 run through
+  :mod:`rcnn_steps.cli` (``python -m rcnn_steps evaluate --preset ...``) and the runner.
 
 The old paths (``rcnn_steps.runner``, ``.grid``, ``.ablations``, ``.ladder``,
-``.evolution``) are shims that keep old imports and the recorded ``python -m`` commands
-working.
+``.evolution``, and the chapters' ``rcnn_steps.sliding_window`` and others) are shims that
+keep old imports and the recorded ``python -m`` commands working.
 """
 
 from rcnn_steps.experiments.presets import (

@@ -39,7 +39,7 @@ from each, a quarter foreground (IoU >= 0.5): 512 RoIs. R-CNN cannot take images
 batch (each window is its own CNN input), so its iteration is 512 warped windows
 (:func:`rcnn_windows_per_iteration`: the detectors' images per batch x RoIs per image)
 drawn from the windows of all the training images, the same quarter foreground at the
-same IoU, on the same schedule (:func:`rcnn_steps.detectors.rcnn.train_rcnn` with ``schedule``);
+same IoU, on the same schedule (:func:`rcnn_steps.experiments.rcnn.train_rcnn` with ``schedule``);
 its CNN is chapter 02's (32 px crops, width 16), and its test keeps its paper's NMS at
 0.3 and box regressor targets at IoU >= 0.6. Equal iterations and batches are not equal
 arithmetic: each run records its wall-clock (``wall_time_s``, ``train_seconds``,
@@ -129,7 +129,7 @@ class Rung:
     """One rung of the ladder: a run kind (``method``: ``"rcnn"``, or a
     :data:`rcnn_steps.experiments.runner.METHODS`), its overrides (of :data:`LADDER_PRESET`'s
     :class:`~rcnn_steps.detectors.config.DetectorConfig`; for ``"rcnn"`` of
-    :class:`~rcnn_steps.detectors.rcnn.RCNNConfig`), and the one change from the rung before:
+    :class:`~rcnn_steps.experiments.rcnn.RCNNConfig`), and the one change from the rung before:
     ``change`` in words, ``changes`` the config fields it sets (empty where the change
     is the method, the pipeline or the budget), ``follows`` the fields the config
     derives from them."""
@@ -351,17 +351,17 @@ def run_rcnn_setting(
     timing_threads: int | None = None,
     out_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """R-CNN's rung: :func:`rcnn_steps.detectors.rcnn.train_rcnn` under the budget rule
+    """R-CNN's rung: :func:`rcnn_steps.experiments.rcnn.train_rcnn` under the budget rule
     (``preset``'s schedule, :func:`rcnn_windows_per_iteration` windows per iteration, a
     quarter foreground at the detectors' IoU), on the selective-search proposals of the
     train images, tested on the first ``num_eval_images`` val images. ``overrides`` are
-    :class:`~rcnn_steps.detectors.rcnn.RCNNConfig` fields (the crop size, the CNN's
+    :class:`~rcnn_steps.experiments.rcnn.RCNNConfig` fields (the crop size, the CNN's
     width). Returns a record with :func:`rcnn_steps.experiments.runner.run_setting`'s
     fields."""
     import torch
 
-    from rcnn_steps.detectors.rcnn import RCNNConfig, evaluate_detector, train_rcnn
     from rcnn_steps.experiments.evolution import NUM_EVAL_IMAGES, evaluation_image_ids
+    from rcnn_steps.experiments.rcnn import RCNNConfig, evaluate_detector, train_rcnn
     from rcnn_steps.experiments.runner import (
         load_datasets,
         selective_search_proposals,

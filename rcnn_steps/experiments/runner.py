@@ -520,8 +520,8 @@ def run_setting(
         result = train(model, loader, train_cfg)
         val_proposals, proposal_seconds = None, 0.0
     else:
-        from rcnn_steps.detectors.fast_rcnn import (
-            FastRCNN,
+        from rcnn_steps.detectors.fast_rcnn import FastRCNN
+        from rcnn_steps.experiments.fast_rcnn import (
             ProposalDataset,
             collate_proposals,
             proposal_detection_loss,
