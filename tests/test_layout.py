@@ -93,6 +93,25 @@ def test_nothing_imports_the_experiments_floor_but_the_top():
     assert not below, sorted(below)
 
 
+#: The old flat paths, kept as shims for old imports and recorded ``python -m`` commands.
+SHIMS = ("runner", "grid", "ablations", "evolution", "ladder", "sliding_window",
+         "selective_search", "rcnn", "fast_rcnn", "faster_rcnn", "mask_rcnn")  # fmt: skip
+
+
+def test_the_floors_import_the_new_paths_not_the_shims():
+    """A shim imports its floor's module; a floor importing a shim would loop back up."""
+    assert all((PACKAGE / f"{name}.py").exists() for name in SHIMS)
+    old = {f"rcnn_steps.{name}" for name in SHIMS}
+    through_shims = {
+        f"{path.relative_to(PACKAGE)} imports {module}"
+        for floor in FLOORS
+        for path in sorted((PACKAGE / floor).glob("*.py"))
+        for module in _imported_modules(path)
+        if module in old or any(module.startswith(o + ".") for o in old)
+    }
+    assert not through_shims, sorted(through_shims)
+
+
 def test_the_layout_check_sees_imports_inside_functions(tmp_path):
     source = tmp_path / "m.py"
     source.write_text(
