@@ -3,11 +3,12 @@ their skeleton, and sets of anchors or proposals (first used in chapter 00); mea
 as pictures (curves, histograms, precision/recall and training curves, ablation tables as
 bars with the spread over seeds, AP against seconds per image); and feature grids with
 RoI bins and sampling points (chapters 03 and 06). A chapter computes what it shows with
-the library and calls one of these to draw it. Three views compute for themselves, because
-:mod:`rcnn_steps.explorers` puts sliders on their arguments: :func:`roipool_vs_roialign`
-(chapter 06), :func:`anchor_labels` (chapter 04) and :func:`pyramid_level` (chapter 05)
-ask the library (``roi_pool_cells``, ``roi_align_bins``, ``Matcher``, ``LevelMapper``)
-and draw its answer for one setting.
+the library and calls one of these to draw it. Four views compute for themselves, because
+:mod:`rcnn_steps.explorers` puts sliders on their arguments: :func:`window_label`
+(chapter 01), :func:`roipool_vs_roialign` (chapter 06), :func:`anchor_labels` (chapter 04)
+and :func:`pyramid_level` (chapter 05) ask the library (``crop_and_resize``,
+``roi_pool_cells``, ``roi_align_bins``, ``Matcher``, ``LevelMapper``) and draw its answer
+for one setting.
 
 Every function draws onto a matplotlib ``Axes`` (made for you when ``ax`` is None) and
 returns it, so chapters can lay several views side by side. Figures are kept small because
@@ -1266,7 +1267,7 @@ def heatmap(
 
 
 # ---------------------------------------------------------------------------------------
-# One setting of the book's explorers (chapters 04, 05, 06): each function computes with
+# One setting of the book's explorers (chapters 01, 04, 05, 06): each function computes with
 # the library and draws; rcnn_steps.explorers puts sliders on its arguments.
 
 #: Colours of the anchor labels (chapter 04): positive, ignored, negative.
