@@ -1542,7 +1542,7 @@ def window_label(
         size, ratio: the window's size (sqrt of its area) in pixels, and width / height.
         stride: the step between windows, in window sides (the detector's: 0.25).
 
-    Returns the axes (two, or three with ``model``); the middle title names the label.
+    Returns the axes (two, or three with ``model``); the middle one's x label names the label.
     """
     if model is not None and model.training:
         raise ValueError(
