@@ -1,9 +1,12 @@
-"""Small interactive explorers: sliders on three of the book's figures.
+"""Small interactive explorers: sliders on four of the book's figures.
 
 Each explorer is a thin ``ipywidgets.interactive`` around one static drawing function of
 :mod:`rcnn_steps.viz`, which holds all the computing and drawing; the chapter shows that
 function's figure for one setting (so the page and nbval see it), then the explorer:
 
+- chapter 01: :func:`sliding_window_explorer` around :func:`rcnn_steps.viz.window_label`
+  (one window slid over an image: its crop, its label by the crop rule, the classifier's
+  answer);
 - chapter 04: :func:`anchor_threshold_explorer` around :func:`rcnn_steps.viz.anchor_labels`
   (the RPN's positive and negative IoU thresholds);
 - chapter 05: :func:`pyramid_level_explorer` around :func:`rcnn_steps.viz.pyramid_level`
@@ -22,7 +25,7 @@ only this module imports it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -38,7 +41,12 @@ except ImportError as err:  # the library itself does not need it
         "requirements.txt pins it)."
     ) from err
 
-__all__ = ["anchor_threshold_explorer", "pyramid_level_explorer", "roi_bins_explorer"]
+__all__ = [
+    "anchor_threshold_explorer",
+    "pyramid_level_explorer",
+    "roi_bins_explorer",
+    "sliding_window_explorer",
+]
 
 #: Sliders update on release, not while dragging: each redraw makes a new figure.
 _SLIDER = {"continuous_update": False, "style": {"description_width": "initial"}}
@@ -54,6 +62,50 @@ def _shown(draw: Callable[..., Any]) -> Callable[..., Any]:
         return axes
 
     return callback
+
+
+def sliding_window_explorer(
+    image: torch.Tensor,
+    target: Mapping[str, Any],
+    class_names: Sequence[str],
+    model: torch.nn.Module | None = None,
+    *,
+    x: float = 0.0,
+    y: float = 0.0,
+    size: float = 27.0,
+    ratio: float = 1.0,
+    stride: float = 0.25,
+) -> widgets.interactive:
+    """Chapter 01: sliders for a window's top-left ``x`` and ``y`` (pixels), its ``size``
+    (pixels), its shape (``ratio``, width / height: 1:1, 3:1 or 1:3, the detector's) and
+    the ``stride`` between windows (in window sides) over
+    :func:`rcnn_steps.viz.window_label`; ``model`` (a trained
+    :class:`rcnn_steps.sliding_window.CropClassifier` in eval mode) adds its answer. The
+    size slider's maximum follows the shape, so the window always fits in the image."""
+    height, width = image.shape[-2:]
+
+    def draw(x: float, y: float, size: float, ratio: float, stride: float) -> Any:
+        return viz.window_label(image, target, class_names, x, y, size, ratio, stride, model=model)
+
+    def largest(r: float) -> int:
+        # the largest size whose window, size * sqrt(r) by size / sqrt(r), fits
+        return int(min(width / r**0.5, height * r**0.5))
+
+    sizes = widgets.FloatSlider(value=size, min=4, max=largest(ratio), step=1,
+                                description="size (px)", **_SLIDER)  # fmt: skip
+    shapes = widgets.Dropdown(options=[("1:1", 1.0), ("3:1 (wide)", 3.0), ("1:3 (tall)", 1 / 3)],
+                              value=ratio, description="shape (w:h)")  # fmt: skip
+    # registered before the widget's own observer, so the size fits before the redraw
+    shapes.observe(lambda change: setattr(sizes, "max", largest(change["new"])), "value")
+    return widgets.interactive(
+        _shown(draw),
+        x=widgets.FloatSlider(value=x, min=0, max=width, step=1, description="x (px)", **_SLIDER),
+        y=widgets.FloatSlider(value=y, min=0, max=height, step=1, description="y (px)", **_SLIDER),
+        size=sizes,
+        ratio=shapes,
+        stride=widgets.FloatSlider(value=stride, min=0.05, max=1.0, step=0.05,
+                                   description="stride (window sides)", **_SLIDER),
+    )  # fmt: skip
 
 
 def roi_bins_explorer(

@@ -3,11 +3,12 @@ their skeleton, and sets of anchors or proposals (first used in chapter 00); mea
 as pictures (curves, histograms, precision/recall and training curves, ablation tables as
 bars with the spread over seeds, AP against seconds per image); and feature grids with
 RoI bins and sampling points (chapters 03 and 06). A chapter computes what it shows with
-the library and calls one of these to draw it. Three views compute for themselves, because
-:mod:`rcnn_steps.explorers` puts sliders on their arguments: :func:`roipool_vs_roialign`
-(chapter 06), :func:`anchor_labels` (chapter 04) and :func:`pyramid_level` (chapter 05)
-ask the library (``roi_pool_cells``, ``roi_align_bins``, ``Matcher``, ``LevelMapper``)
-and draw its answer for one setting.
+the library and calls one of these to draw it. Four views compute for themselves, because
+:mod:`rcnn_steps.explorers` puts sliders on their arguments: :func:`window_label`
+(chapter 01), :func:`roipool_vs_roialign` (chapter 06), :func:`anchor_labels` (chapter 04)
+and :func:`pyramid_level` (chapter 05) ask the library (``crop_and_resize``,
+``roi_pool_cells``, ``roi_align_bins``, ``Matcher``, ``LevelMapper``) and draw its answer
+for one setting.
 
 Every function draws onto a matplotlib ``Axes`` (made for you when ``ax`` is None) and
 returns it, so chapters can lay several views side by side. Figures are kept small because
@@ -30,6 +31,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
+from rcnn_steps.detectors.sliding_window import crop_and_resize
 from rcnn_steps.modeling.keypoint_head import heatmap_entropy
 from rcnn_steps.modeling.matcher import Matcher, label_anchors
 from rcnn_steps.modeling.poolers import LevelMapper
@@ -43,6 +45,7 @@ __all__ = [
     "FONT_SIZE",
     "TITLE_SIZE",
     "LABEL_COLOURS",
+    "WINDOW_COLOURS",
     "ablation_bars",
     "anchor_labels",
     "ap_vs_seconds",
@@ -79,6 +82,8 @@ __all__ = [
     "training_curves",
     "use_book_style",
     "value_grid",
+    "window_label",
+    "window_positions",
 ]
 
 #: The book's figure defaults, in one place (issue 26: dpi >= 110, labels >= 9 pt). Every
@@ -1262,7 +1267,7 @@ def heatmap(
 
 
 # ---------------------------------------------------------------------------------------
-# One setting of the book's explorers (chapters 04, 05, 06): each function computes with
+# One setting of the book's explorers (chapters 01, 04, 05, 06): each function computes with
 # the library and draws; rcnn_steps.explorers puts sliders on its arguments.
 
 #: Colours of the anchor labels (chapter 04): positive, ignored, negative.
@@ -1456,6 +1461,166 @@ def pyramid_level(
         fontsize=FONT_SIZE,
     )
     axes[0].figure.tight_layout(rect=(0, 0, 1, 0.92))  # below the suptitle
+    return axes
+
+
+#: Colours of a window's label by the crop rule (chapter 01): object, in between, background.
+WINDOW_COLOURS = {"object": "lime", "ignored": "orange", "background": "red"}
+
+
+def window_positions(
+    image_size: Sequence[int], width: float, height: float, stride: float
+) -> torch.Tensor:
+    """Every position of a ``width x height`` window slid over an image of ``(H, W)``
+    pixels in steps of ``stride`` times its own side (``stride * width`` across,
+    ``stride * height`` down), starting at the top-left corner: the sliding window of
+    chapter 01 at any stride (its detector's is a quarter, :func:`window_label`).
+
+    Returns ``(ny * nx, 4)`` float32 xyxy boxes, row-major (position ``(j, i)`` at index
+    ``j * nx + i``), all inside the image.
+    """
+    img_h, img_w = (float(v) for v in image_size)
+    if not (0 < width <= img_w and 0 < height <= img_h):
+        raise ValueError(
+            f"window_positions: a {width:g} x {height:g} px window does not fit in a "
+            f"{img_w:g} x {img_h:g} image; use a smaller size"
+        )
+    if not 0 < stride <= 1:
+        raise ValueError(f"window_positions: stride must be in (0, 1] window sides, got {stride}")
+    step_x, step_y = stride * width, stride * height
+    # the small tolerance keeps a last position that floating point puts a hair outside
+    nx = int((img_w - width) / step_x + 1e-6) + 1
+    ny = int((img_h - height) / step_y + 1e-6) + 1
+    y1, x1 = torch.meshgrid(
+        torch.arange(ny, dtype=torch.float32) * step_y,
+        torch.arange(nx, dtype=torch.float32) * step_x,
+        indexing="ij",
+    )
+    boxes = torch.stack([x1, y1, x1 + width, y1 + height], dim=-1).reshape(-1, 4)
+    return boxes.clamp(max=torch.tensor([img_w, img_h, img_w, img_h]))
+
+
+def window_label(
+    image: Any,
+    target: Mapping[str, Any],
+    class_names: Sequence[str],
+    x: float,
+    y: float,
+    size: float,
+    ratio: float = 1.0,
+    stride: float = 0.25,
+    *,
+    model: torch.nn.Module | None = None,
+    positive_iou: float = 0.5,
+    background_iou: float = 0.3,
+    axes: Sequence[Axes] | None = None,
+) -> Sequence[Axes]:
+    """One window of a sliding-window detector (chapter 01): where it sits, what the
+    classifier sees, what it should answer and, with ``model``, what it answers.
+
+    The window is ``size * sqrt(ratio)`` wide and ``size / sqrt(ratio)`` tall
+    (:class:`rcnn_steps.sliding_window.WindowConfig`'s convention) and sits at the
+    position of the grid (:func:`window_positions`, steps of ``stride`` window sides)
+    nearest to its top-left corner ``(x, y)``. Its label is the crop rule the classifier
+    was trained with (:func:`rcnn_steps.sliding_window.make_crops`): the class of the
+    object it overlaps most when that IoU is at least ``positive_iou``, background when
+    it is below ``background_iou`` with every object, and neither in between (such crops
+    are not trained on). Left, the image with its objects (dashed white), the centre of
+    every window of the grid (dots) and the window in its label's colour
+    (:data:`WINDOW_COLOURS`); the title counts the windows and gives, per object, the
+    best IoU any of them reaches (a coarse grid misses objects). Middle, the crop as the
+    classifier sees it (:func:`rcnn_steps.sliding_window.crop_and_resize`: warped to
+    32 x 32, plus the shape channel). Right (with ``model``, a
+    :class:`rcnn_steps.sliding_window.CropClassifier` in eval mode), its softmax over the
+    classes, the label's class outlined.
+
+    Args:
+        image: ``(3, H, W)`` float in [0, 1].
+        target: the image's ``{"boxes": (K, 4) xyxy, "labels": (K,)}``.
+        class_names: names by label, background first.
+        x, y: where to put the window's top-left corner, in pixels (it snaps to the grid).
+        size, ratio: the window's size (sqrt of its area) in pixels, and width / height.
+        stride: the step between windows, in window sides (the detector's: 0.25).
+
+    Returns the axes (two, or three with ``model``); the middle one's x label names the label.
+    """
+    if model is not None and model.training:
+        raise ValueError(
+            "window_label: the classifier is in training mode; call model.eval() first"
+        )
+    if not 0 <= background_iou <= positive_iou <= 1:
+        raise ValueError(
+            f"window_label: need 0 <= background_iou <= positive_iou <= 1, got "
+            f"{background_iou} and {positive_iou}"
+        )
+    img_h, img_w = image.shape[-2:]
+    width, height = size * ratio**0.5, size / ratio**0.5
+    windows = window_positions((img_h, img_w), width, height, stride)
+    corners = windows[:, :2]
+    window = windows[int(((corners - torch.tensor([x, y])) ** 2).sum(1).argmin())]
+    boxes = torch.as_tensor(target["boxes"], dtype=torch.float32).reshape(-1, 4)
+    labels = torch.as_tensor(target["labels"]).reshape(-1)
+    iou = box_iou(window[None], boxes)[0] if len(boxes) else torch.zeros(0)
+    best = int(iou.argmax()) if len(iou) else -1
+    best_iou = float(iou[best]) if len(iou) else 0.0
+    if best_iou >= positive_iou:
+        kind, label = "object", int(labels[best])
+        verdict = f"{class_names[label]} (IoU {best_iou:.2f} >= {positive_iou:g})"
+    elif best_iou < background_iou:
+        kind, label = "background", 0
+        verdict = f"background (IoU {best_iou:.2f} < {background_iou:g})"
+    else:
+        kind, label = "ignored", None
+        verdict = f"none (IoU {best_iou:.2f}: not trained on)"
+    crop = crop_and_resize(torch.as_tensor(image, dtype=torch.float32), window[None].round())
+    if axes is None:
+        ratios = [1.2, 1.0] if model is None else [1.2, 1.0, 1.2]
+        _, axes = plt.subplots(1, len(ratios), figsize=(2.9 * sum(ratios), 3.4), dpi=DPI,
+                               gridspec_kw={"width_ratios": ratios})  # fmt: skip
+    image_ax, crop_ax = axes[0], axes[1]
+    show_image(image, ax=image_ax)
+    centres = (windows[:, :2] + windows[:, 2:]) / 2
+    image_ax.scatter(*_np(centres).T, s=2, color="white", alpha=0.5, linewidths=0)
+    draw_boxes(image_ax, boxes, colour="white", linestyle="--", linewidth=1.0)
+    if best_iou > 0:  # the object the label is decided by, in the label's colour
+        draw_boxes(image_ax, boxes[best], colour=WINDOW_COLOURS[kind], linestyle="--")
+    draw_boxes(image_ax, window, colour=WINDOW_COLOURS[kind], linewidth=2.0)
+    image_ax.set_xlim(-0.5, img_w - 0.5)
+    image_ax.set_ylim(img_h - 0.5, -0.5)
+    reach = box_iou(windows, boxes).amax(0) if len(boxes) else torch.zeros(0)
+    reached = [
+        f"{class_names[k]} {v:.2f}" for k, v in zip(labels.tolist(), reach.tolist(), strict=True)
+    ]
+    step = f"{stride * width:.0f} x {stride * height:.0f}"
+    image_ax.set_title(
+        f"{len(windows)} windows of {width:.0f} x {height:.0f} px,\nstep {step} px\n"
+        + textwrap.fill("best IoU: " + ", ".join(reached), 36),
+        fontsize=FONT_SIZE,
+    )
+    show_image(crop[0, :3], ax=crop_ax)
+    crop_ax.set_title(
+        f"what the classifier sees: 32 x 32,\nshape channel {float(crop[0, 3, 0, 0]):+.1f}",
+        fontsize=FONT_SIZE,
+    )
+    crop_ax.set_xlabel(
+        f"label: {verdict}",
+        fontsize=FONT_SIZE,
+        color={"object": "green", "ignored": "darkorange", "background": "red"}[kind],
+    )
+    if model is not None:
+        with torch.no_grad():
+            probs = model(crop).softmax(1)[0]
+        names = ["background", *class_names[1:]]
+        bars = axes[2].barh(range(len(names)), _np(probs), color="tab:blue")
+        if label is not None:
+            bars[label].set_edgecolor("black")
+            bars[label].set_linewidth(2.0)
+        axes[2].set_yticks(range(len(names)), names)
+        axes[2].invert_yaxis()
+        axes[2].set_xlim(0, 1)
+        top = int(probs.argmax())
+        _label_axes(axes[2], "softmax score", "", f"answer: {names[top]} {float(probs[top]):.2f}")
+    axes[0].figure.tight_layout()
     return axes
 
 

@@ -802,3 +802,18 @@ def test_effect_records_of_one_seed_and_bad_names():
     empty = {**long, "runs": {k: v for k, v in long["runs"].items() if k.startswith("roipool")}}
     with pytest.raises(ValueError, match="share no seed"):
         ablations.effect_records(empty, "roipool", ["roialign"])
+
+
+def test_above_every_seed_asks_for_a_gap_between_the_seed_ranges():
+    grid = _toy_grid(
+        {"a": [0.30, 0.34], "b": [0.40, 0.45], "c": [0.33, 0.50]}, dict.fromkeys("abc")
+    )
+    assert ablations.seed_range(grid, "b") == (0.40, 0.45)  # the table's family: mask_AP
+    assert ablations.above_every_seed(grid, "b", "a")  # worst b 0.40 > best a 0.34
+    assert not ablations.above_every_seed(grid, "a", "b")  # a direction, not a distance
+    assert ablations.above_every_seed(grid, "b", "a", margin=0.05)  # 6 points apart
+    assert not ablations.above_every_seed(grid, "b", "a", margin=0.07)
+    assert not ablations.above_every_seed(grid, "b", "c")  # overlapping ranges
+    assert not ablations.above_every_seed(grid, "c", "b")
+    with pytest.raises(ValueError, match="'b' of 'toy' has no AP75.*--tables toy"):
+        ablations.above_every_seed(grid, "b", "a", "AP75", family="")

@@ -31,25 +31,7 @@ BOOKKEEPING = re.compile(
 )
 
 #: ``{chapter stem: {cell id: what is over}}``: the cells still to cut down.
-OVER_THE_LIMIT: dict[str, dict[str, str]] = {
-    "05_feature_pyramid_networks": {
-        "d6675195": "38 lines",
-        "274908a1": "35 lines",
-        "30c96078": "37 lines",
-    },
-    "06_roialign": {
-        "4ce60877": "32 lines",
-        "df14ea4a": "36 lines",
-        "bbb9a93d": "37 lines",
-        "8af73f0d": "515 words",
-    },
-    "08_full_model_ablations": {
-        "85f9bce4": "31 lines",
-        "1d46efe7": "39 lines",
-        "d49f9a4a": "37 lines",
-        "e69d6de6": "31 lines",
-    },
-}
+OVER_THE_LIMIT: dict[str, dict[str, str]] = {}
 
 
 def _source(cell) -> str:

@@ -74,3 +74,21 @@ def test_pyramid_level_explorer_moves_the_box_between_levels():
     assert framed() == [4]
     sliders["s0 (px)"].value = 224  # the paper's s0 on our small image: everything on P2
     assert framed() == [2]
+
+
+def test_sliding_window_explorer_moves_the_window_and_keeps_it_inside_the_image():
+    image = torch.zeros(3, 64, 64)
+    target = {"boxes": torch.tensor([[16.0, 16.0, 32.0, 32.0]]), "labels": torch.tensor([1])}
+    widget = explorers.sliding_window_explorer(image, target, ["__background__", "a"], size=16)
+    sliders = _sliders(widget)
+    assert set(sliders) == {"x (px)", "y (px)", "size (px)", "shape (w:h)", "stride (window sides)"}
+    assert widget.result[1].get_xlabel().startswith("label: background")  # at (0, 0)
+    sliders["x (px)"].value, sliders["y (px)"].value = 16, 16  # onto the object
+    assert widget.result[1].get_xlabel() == "label: a (IoU 1.00 >= 0.5)"
+    assert widget.result[0].get_title().startswith("169 windows of 16 x 16 px")
+    sliders["stride (window sides)"].value = 1.0  # tiles: 16 of them
+    assert widget.result[0].get_title().startswith("16 windows of 16 x 16 px")
+    sliders["size (px)"].value = 60
+    sliders["shape (w:h)"].value = 3.0  # 60 px at 3:1 would be 104 px wide
+    assert sliders["size (px)"].max == 36 and sliders["size (px)"].value == 36  # 64 / sqrt(3)
+    assert widget.result[0].get_title().startswith("3 windows of 62 x 21 px")  # 3 rows of 1

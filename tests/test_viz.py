@@ -10,6 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
+from rcnn_steps import sliding_window as sw  # noqa: E402
 from rcnn_steps import viz  # noqa: E402
 from rcnn_steps.data import KEYPOINT_NAMES, SKELETON, CocoDataset  # noqa: E402
 from rcnn_steps.evaluation import error_summary  # noqa: E402
@@ -294,6 +295,65 @@ def test_pyramid_level_checks_its_arguments():
     plt.close("all")
 
 
+def test_window_positions_step_a_fraction_of_the_window_and_stay_inside():
+    boxes = viz.window_positions((64, 96), 32.0, 16.0, 0.25)  # steps of 8 across, 4 down
+    assert len(boxes) == 9 * 13  # (96 - 32) / 8 + 1 columns, (64 - 16) / 4 + 1 rows
+    assert boxes[1].tolist() == [8.0, 0.0, 40.0, 16.0] and boxes[9].tolist()[:2] == [0.0, 4.0]
+    assert boxes[-1].tolist() == [64.0, 48.0, 96.0, 64.0]  # the last one ends at the corner
+    assert len(viz.window_positions((64, 64), 32.0, 32.0, 1.0)) == 4  # tiles, no overlap
+    with pytest.raises(ValueError, match="does not fit in a 64 x 64 image"):
+        viz.window_positions((64, 64), 80.0, 10.0, 0.25)
+    with pytest.raises(ValueError, match="stride must be in"):
+        viz.window_positions((64, 64), 16.0, 16.0, 0.0)
+
+
+def _one_object_image():
+    """A 64 px image with one class-2 object, 16 px square at (16, 16)."""
+    image = torch.zeros(3, 64, 64)
+    image[2, 16:32, 16:32] = 1.0
+    target = {"boxes": torch.tensor([[16.0, 16.0, 32.0, 32.0]]), "labels": torch.tensor([2])}
+    return image, target, ["__background__", "a", "b"]
+
+
+@pytest.mark.parametrize(
+    "x, y, label",
+    [
+        (16, 16, "b (IoU 1.00 >= 0.5)"),  # on the object
+        (13, 11, "none (IoU 0.39: not trained on)"),  # snaps to (12, 12): 144 / 368 px
+        (48, 48, "background (IoU 0.00 < 0.3)"),
+    ],
+)
+def test_window_label_applies_the_crop_rule_to_the_nearest_window(x, y, label):
+    image, target, names = _one_object_image()
+    image_ax, crop_ax = viz.window_label(image, target, names, x, y, 16.0)  # steps of 4 px
+    assert crop_ax.get_xlabel() == "label: " + label
+    assert image_ax.get_title().startswith("169 windows of 16 x 16 px,\nstep 4 x 4 px")
+    assert image_ax.get_title().endswith("best IoU: b 1.00")  # a window sits on it exactly
+    assert crop_ax.get_images()[0].get_array().shape[:2] == (32, 32)  # the classifier's input
+    plt.close("all")
+
+
+def test_window_label_shows_the_classifiers_answer_with_the_label_outlined():
+    image, target, names = _one_object_image()
+    torch.manual_seed(0)
+    model = sw.CropClassifier(num_classes=2)
+    with pytest.raises(ValueError, match="call model.eval"):
+        viz.window_label(image, target, names, 16, 16, 16.0, model=model)
+    image_ax, crop_ax, answer_ax = viz.window_label(
+        image, target, names, 16, 16, 16.0, model=model.eval()
+    )
+    with torch.no_grad():
+        crop = sw.crop_and_resize(image, torch.tensor([[16.0, 16.0, 32.0, 32.0]]))
+        probs = model(crop).softmax(1)[0]
+    widths = [bar.get_width() for bar in answer_ax.patches]
+    assert widths == pytest.approx(probs.tolist(), abs=1e-6)
+    outlined = [bar.get_linewidth() == 2.0 for bar in answer_ax.patches]
+    assert outlined == [False, False, True]  # the label's class, b
+    top = int(probs.argmax())
+    assert answer_ax.get_title() == f"answer: {['background', 'a', 'b'][top]} {probs[top]:.2f}"
+    plt.close("all")
+
+
 def test_draw_detections_without_captions():
     dets = {"boxes": torch.tensor([[1.0, 1.0, 5.0, 5.0]]), "labels": [1], "scores": [0.9]}
     ax = viz.draw_detections(torch.zeros(3, 8, 8), dets, ["bg", "a"], captions=False)
@@ -511,6 +571,8 @@ def _text_sizes(ax):
         lambda: viz.roipool_vs_roialign(1.3, 1.6, 4.6, 3.7)[1],
         lambda: viz.anchor_labels(torch.zeros(3, 64, 64), [8, 8, 30, 30], _anchor_grid())[1],
         lambda: viz.pyramid_level(torch.zeros(3, 64, 64), 20)[1],
+        lambda: viz.window_label(*_one_object_image(), 16, 16, 16.0)[0],
+        lambda: viz.window_label(*_one_object_image(), 16, 16, 16.0)[1],
         lambda: viz.ladder_waterfall(
             {
                 "order": ["a", "b"],

@@ -76,6 +76,8 @@ from rcnn_steps.experiments.runner import (
 )
 
 __all__ = [
+    "seed_range",
+    "above_every_seed",
     "COMPARABLE_METRIC",
     "METHODS",
     "PAPER_METRIC",
@@ -1190,3 +1192,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def seed_range(
+    grid: dict[str, Any], name: str, metric: str = "AP", *, family: str | None = None
+) -> tuple[float, float]:
+    """``(worst seed, best seed)`` of setting ``name``'s ``metric`` in a table
+    (:func:`read_grid_results`' dict), as the summary holds it (fractions, or seconds for
+    the timings, read with ``family=""``); ``metric`` is read in ``family`` (default the
+    table's, as :func:`compare_settings` does)."""
+    fam = grid["family"] if family is None else family
+    spread = grid["summary"][name].get(fam + metric)
+    if spread is None:
+        raise ValueError(
+            f"seed_range: setting {name!r} of {grid['table']!r} has no {fam + metric}; run "
+            f"`python -m rcnn_steps.ablations grid --tables {grid['table']}`"
+        )
+    return spread["min"], spread["max"]
+
+
+def above_every_seed(
+    grid: dict[str, Any],
+    higher: str,
+    lower: str,
+    metric: str = "AP",
+    margin: float = 0.0,
+    *,
+    family: str | None = None,
+) -> bool:
+    """Whether setting ``higher``'s worst seed is above ``lower``'s best seed by more than
+    ``margin`` (in the summary's units: 0.05 is 5 AP points) on ``metric``: an effect
+    beyond the seed spread, in a given direction (:func:`compare_settings`' ``separated``
+    says only that the ranges do not overlap). Read as :func:`seed_range` reads."""
+    worst = seed_range(grid, higher, metric, family=family)[0]
+    return worst > seed_range(grid, lower, metric, family=family)[1] + margin
