@@ -138,9 +138,15 @@ def make_probe(
 
 
 def trace_setting(
-    name: str, seed: int = 0, max_iter: int | None = None, every: int = 25, root=None
+    name: str,
+    seed: int = 0,
+    max_iter: int | None = None,
+    every: int = 25,
+    root=None,
+    preset: str = PRESET,
 ) -> dict[str, Any]:
-    """Train the keypoint-only model in setting ``name`` (:data:`SETTINGS`) and trace it.
+    """Train ``preset``'s keypoint-only model in setting ``name`` (:data:`SETTINGS`) on the
+    set at ``root`` (None: the book's synthetic set) and trace it every ``every`` steps.
 
     Returns ``{name, label, seed, max_iter, lr, grad_clip_norm, keypoint_loss_weight,
     trace: [{step, entropy, dead/i, grad/term}], loss_history, final_losses,
@@ -149,14 +155,16 @@ def trace_setting(
     decimals), train_seconds}``."""
     if name not in SETTINGS:
         raise ValueError(f"unknown setting {name!r}; one of {list(SETTINGS)}")
+    if every < 1:
+        raise ValueError(f"every must be at least 1, got {every}")
     setting = SETTINGS[name]
     overrides = {**BASE_OVERRIDES, "keypoint_loss_weight": setting["keypoint_loss_weight"]}
-    config = detector_config(PRESET, overrides)
-    feed = preset_record(PRESET).feeding
+    config = detector_config(preset, overrides)
+    feed = preset_record(preset).feeding
     train_set, val_set = load_datasets(
         root, masks=False, flip=feed.flip, min_sizes=feed.min_sizes, max_size=feed.max_size
     )
-    sched = schedule(PRESET, max_iter)
+    sched = schedule(preset, max_iter)
     sched["lr"] *= setting.get("lr_factor", 1.0)
     if not setting.get("clip", True):
         sched["grad_clip_norm"] = None
