@@ -4,9 +4,9 @@
     python benchmarks/bench_models.py --device cpu --threads 1 --repeats 9
     python benchmarks/bench_models.py --device cpu --profile   # where our time goes
 
-Both models are built from one :class:`~rcnn_steps.faster_rcnn.DetectorConfig` with the
-same weights (:func:`rcnn_steps.mask_rcnn.torchvision_mask_rcnn` and
-:func:`~rcnn_steps.mask_rcnn.copy_weights_to_torchvision`): the same backbone, FPN, RPN,
+Both models are built from one :class:`~rcnn_steps.detectors.faster_rcnn.DetectorConfig` with the
+same weights (:func:`rcnn_steps.detectors.mask_rcnn.torchvision_mask_rcnn` and
+:func:`~rcnn_steps.detectors.mask_rcnn.copy_weights_to_torchvision`): the same backbone, FPN, RPN,
 box head, mask head (FCN) and keypoint head, so they propose the same boxes and do the
 same arithmetic; what differs is our code around it (RoIAlign in PyTorch ops vs
 torchvision's C++ kernel, our mask pasting and NMS, ...). On CPU the config is the
@@ -38,8 +38,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from rcnn_steps.data import collate_fn, synth_datasets  # noqa: E402
-from rcnn_steps.faster_rcnn import DetectorConfig, FasterRCNN  # noqa: E402
-from rcnn_steps.mask_rcnn import (  # noqa: E402
+from rcnn_steps.detectors.faster_rcnn import DetectorConfig, FasterRCNN  # noqa: E402
+from rcnn_steps.detectors.mask_rcnn import (  # noqa: E402
     copy_weights_to_torchvision,
     torchvision_mask_rcnn,
 )

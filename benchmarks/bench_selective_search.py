@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from rcnn_steps.selective_search import METHODS, evaluate
+from rcnn_steps.experiments.selective_search import METHODS, evaluate
 from rcnn_steps.utils import machine_info, set_threads
 
 

@@ -54,7 +54,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from rcnn_steps.data import collate_fn, synth_datasets  # noqa: E402
-from rcnn_steps.faster_rcnn import DetectorConfig, FasterRCNN  # noqa: E402
+from rcnn_steps.detectors.faster_rcnn import DetectorConfig, FasterRCNN  # noqa: E402
 from rcnn_steps.utils import load_average, machine_info, set_threads  # noqa: E402
 
 VARIANTS = ("eager", "channels_last", "compile")

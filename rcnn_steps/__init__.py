@@ -1,55 +1,78 @@
 """rcnn-steps: object detection rebuilt step by step, from sliding windows to Mask R-CNN.
 
-The library is being arranged in floors, each importing only from the floors below it
-(``tests/test_layout.py`` checks it). Four are in place: :mod:`rcnn_steps.ops`, the
-tensor operations (boxes, image lists, the RoI layers and their readable references),
-which imports nothing but torch; :mod:`rcnn_steps.modeling`, the parts a detector is built
-from (anchors, matcher, sampler, losses, backbones, RPN, poolers, FPN, the box, mask and
-keypoint branches), which imports only ``ops``; :mod:`rcnn_steps.evaluation` (AP from
-scratch in ``ap`` and ``matching``, pycocotools' evaluator in ``cocoeval``), which imports
-only ``ops``; and :mod:`rcnn_steps.engine`, the one training loop and what it keeps
-(config, optimizer and schedule, losses, data order, random states, several processes,
-checkpoints, metrics, the run folder), which imports only :mod:`rcnn_steps.utils`. At
-the top, :mod:`rcnn_steps.experiments` defines each detector preset once (a
-:class:`~rcnn_steps.experiments.Preset` record: its model, training schedule, feeding,
-and the chapter, table row and results file it is reported in), read by every road that
-trains one; it may import every floor, and no floor imports it. The detectors, data and
-the other experiment modules still sit directly in the package.
+The library is arranged in floors, each importing only from the floors below it
+(``tests/test_layout.py`` checks it, in function bodies too):
+
+- :mod:`rcnn_steps.ops`: the tensor operations (boxes, image lists, the RoI layers and
+  their readable references); imports nothing but torch;
+- :mod:`rcnn_steps.modeling`: the parts a detector is built from (anchors, matcher,
+  sampler, losses, backbones, RPN, poolers, FPN, the box, mask and keypoint branches);
+  imports ``ops``;
+- :mod:`rcnn_steps.evaluation`: AP from scratch (``ap``, ``matching``), pycocotools'
+  evaluator (``cocoeval``), where detections fail (``errors``); imports ``ops``;
+- :mod:`rcnn_steps.engine`: the one training loop and what it keeps (config, optimizer
+  and schedule, losses, data order, random states, several processes, checkpoints,
+  metrics, the run folder); imports :mod:`rcnn_steps.utils`;
+- :mod:`rcnn_steps.detectors`: one module per chapter's detector, and
+  :class:`~rcnn_steps.detectors.config.DetectorConfig`; imports ``ops``, ``modeling`` and
+  ``utils`` (one known exception, listed in the test);
+- :mod:`rcnn_steps.experiments`, the top: each detector preset defined once (a
+  :class:`~rcnn_steps.experiments.Preset` record: model, schedule, feeding, and where it is
+  reported), the runner, grids, the papers' tables, the ladder, the evolution table and
+  each chapter command's training and scoring; it may import every floor, and no floor
+  imports it.
+
+:mod:`rcnn_steps.data` (the synthetic set, the COCO loader, transforms, the proposal
+cache), :mod:`rcnn_steps.viz`, :mod:`rcnn_steps.explorers`, :mod:`rcnn_steps.cli` and
+:mod:`rcnn_steps.utils` still sit beside the floors. The old flat paths
+(``rcnn_steps.faster_rcnn``, ``rcnn_steps.ablations``, ...) are shims, so old imports and
+every recorded ``python -m rcnn_steps.<module>`` command still work.
 
 The modules read like the book's table of contents:
 
-- chapter 00: :mod:`rcnn_steps.data` (the synthetic COCO-format set and its loader),
-  :mod:`rcnn_steps.ops.boxes` (IoU, NMS, box coding), :mod:`rcnn_steps.evaluation`
-  (AP from scratch and through pycocotools), :mod:`rcnn_steps.viz` (drawing);
-- chapter 01: :mod:`rcnn_steps.engine` (the one training loop),
-  :mod:`rcnn_steps.sliding_window`;
-- chapter 02: :mod:`rcnn_steps.selective_search`, :mod:`rcnn_steps.rcnn`;
-- chapter 03: :mod:`rcnn_steps.ops.roipool` (RoIPool and its readable reference),
-  :mod:`rcnn_steps.modeling.losses`, :mod:`rcnn_steps.fast_rcnn`;
-- chapter 04: :mod:`rcnn_steps.ops.image_list`, :mod:`rcnn_steps.modeling.anchors`,
-  :mod:`rcnn_steps.modeling.matcher`, :mod:`rcnn_steps.modeling.sampler`,
-  :mod:`rcnn_steps.modeling.backbones`, :mod:`rcnn_steps.modeling.rpn`,
-  :mod:`rcnn_steps.modeling.roi_heads`, :mod:`rcnn_steps.faster_rcnn`;
-- chapter 05: :mod:`rcnn_steps.modeling.fpn` (the feature pyramid),
+- chapter 00, objects, boxes and scores: :mod:`rcnn_steps.data` (the synthetic
+  COCO-format set and its loader), :mod:`rcnn_steps.ops.boxes` (IoU, NMS, box coding),
+  :mod:`rcnn_steps.evaluation` (AP from scratch and through pycocotools),
+  :mod:`rcnn_steps.viz` (drawing);
+- chapter 01, sliding windows: :mod:`rcnn_steps.engine` (the one training loop),
+  :mod:`rcnn_steps.detectors.sliding_window`, run by
+  :mod:`rcnn_steps.experiments.sliding_window`;
+- chapter 02, selective search and R-CNN: :mod:`rcnn_steps.detectors.selective_search`
+  (measured by :mod:`rcnn_steps.experiments.selective_search`),
+  :mod:`rcnn_steps.data.proposals` (the proposal cache), :mod:`rcnn_steps.detectors.rcnn`,
+  run by :mod:`rcnn_steps.experiments.rcnn`;
+- chapter 03, Fast R-CNN: :mod:`rcnn_steps.ops.roipool` (RoIPool and its readable
+  reference), :mod:`rcnn_steps.modeling.losses`, :mod:`rcnn_steps.detectors.fast_rcnn`, run
+  by :mod:`rcnn_steps.experiments.fast_rcnn`;
+- chapter 04, Faster R-CNN: :mod:`rcnn_steps.ops.image_list`,
+  :mod:`rcnn_steps.modeling.anchors`, :mod:`rcnn_steps.modeling.matcher`,
+  :mod:`rcnn_steps.modeling.sampler`, :mod:`rcnn_steps.modeling.backbones`,
+  :mod:`rcnn_steps.modeling.rpn`, :mod:`rcnn_steps.modeling.roi_heads`,
+  :mod:`rcnn_steps.detectors.config` (every switch, and the presets by scale),
+  :mod:`rcnn_steps.detectors.faster_rcnn`, and the papers' tables as grids
+  (:mod:`rcnn_steps.experiments.ablations`, :mod:`rcnn_steps.experiments.grid`);
+- chapter 05, feature pyramids: :mod:`rcnn_steps.modeling.fpn`,
   :mod:`rcnn_steps.modeling.poolers` (RoIs pooled from their level), and ResNet backbones
   in :mod:`rcnn_steps.modeling.backbones`;
-- chapter 06: :mod:`rcnn_steps.ops.roialign` (RoIAlign, RoIWarp and RoIAlign's readable
-  reference), :mod:`rcnn_steps.ops.roi_layers` (Mask R-CNN Table 2(c)'s RoI layers as one
-  config field);
-- chapter 07: :mod:`rcnn_steps.modeling.mask_head` (mask targets, per-class sigmoid or
-  softmax, pasting), :mod:`rcnn_steps.modeling.keypoint_head` (keypoints as one-hot
-  heatmaps),
-  :mod:`rcnn_steps.mask_rcnn` (the test-time cascade), :mod:`rcnn_steps.runner` (a preset
-  trained and scored);
-- chapter 08: :mod:`rcnn_steps.experiments` (the presets, each defined once),
-  :mod:`rcnn_steps.ablations` (the papers' tables as data),
-  :mod:`rcnn_steps.grid` (their runs, cached and resumable), :mod:`rcnn_steps.cli`
+- chapter 06, RoIAlign: :mod:`rcnn_steps.ops.roialign` (RoIAlign, RoIWarp and RoIAlign's
+  readable reference), :mod:`rcnn_steps.ops.roi_layers` (Mask R-CNN Table 2(c)'s RoI
+  layers as one config field);
+- chapter 07, masks and keypoints: :mod:`rcnn_steps.modeling.mask_head` (mask targets,
+  per-class sigmoid or softmax, pasting), :mod:`rcnn_steps.modeling.keypoint_head`
+  (keypoints as one-hot heatmaps), :mod:`rcnn_steps.detectors.mask_rcnn` (the test-time
+  cascade, torchvision's twin), :mod:`rcnn_steps.experiments.runner` (a preset trained and
+  scored);
+- chapter 08, the full model and the ablations: :mod:`rcnn_steps.experiments` (the
+  presets, each defined once), :mod:`rcnn_steps.experiments.ablations` (the papers' tables
+  as data), :mod:`rcnn_steps.experiments.grid` (their runs, cached and resumable),
+  :mod:`rcnn_steps.experiments.ladder` (one change per rung),
+  :mod:`rcnn_steps.experiments.evolution` (the table of every chapter's detector),
+  :mod:`rcnn_steps.evaluation.errors` (where the final model fails), :mod:`rcnn_steps.cli`
   (``python -m rcnn_steps train | predict | evaluate | export``);
 - chapters 04-06: :mod:`rcnn_steps.explorers` (sliders on three of :mod:`rcnn_steps.viz`'s
   figures: anchor labels, pyramid levels, RoIPool's bins against RoIAlign's; the one module
   that needs ipywidgets);
-- shared plumbing: :mod:`rcnn_steps.utils` (seeds, threads, devices, results files),
-  :mod:`rcnn_steps.evolution` (the table of every chapter's detector).
+- shared plumbing: :mod:`rcnn_steps.utils` (seeds, threads, devices, results files).
 """
 
 __version__ = "0.1.0"

@@ -10,8 +10,8 @@
   the evolution table (chapters 04, 05 and 07);
 
 The chapters' other commands live beside their modules (``python -m
-rcnn_steps.sliding_window``, ``rcnn``, ``selective_search``, ``fast_rcnn``,
-``ablations``). This module sits at the top with :mod:`rcnn_steps.runner`, and reads the
+rcnn_steps.detectors.sliding_window``, ``rcnn``, ``selective_search``, ``fast_rcnn``,
+``ablations``). This module sits at the top with :mod:`rcnn_steps.experiments.runner`, and reads the
 presets (``--preset``: model, schedule, feeding, results file) from their records in
 :mod:`rcnn_steps.experiments`; nothing imports it.
 """
@@ -52,21 +52,22 @@ def evaluate_results_path(preset: str) -> Path:
 
 
 def torchvision_baseline(config):
-    """torchvision's model for ``config`` (:func:`rcnn_steps.mask_rcnn.torchvision_mask_rcnn`)
-    around our backbone built exactly as ours is (same seed, so the same weights), with
-    torchvision's own heads and their own initialisation: the baseline of
-    ``evaluate --baseline-torchvision``."""
-    from rcnn_steps.faster_rcnn import FasterRCNN
-    from rcnn_steps.mask_rcnn import torchvision_mask_rcnn
+    """torchvision's model for ``config``
+    (:func:`rcnn_steps.detectors.mask_rcnn.torchvision_mask_rcnn`) around our backbone
+    built exactly as ours is (same seed, so the same weights), with torchvision's own
+    heads and their own initialisation: the baseline of ``evaluate
+    --baseline-torchvision``."""
+    from rcnn_steps.detectors.faster_rcnn import FasterRCNN
+    from rcnn_steps.detectors.mask_rcnn import torchvision_mask_rcnn
 
     ours = FasterRCNN(config)  # draws the same random numbers as our model's construction
     return torchvision_mask_rcnn(config, copy.deepcopy(ours.backbone))
 
 
 def _evaluate_command(args: argparse.Namespace) -> int:
-    from rcnn_steps.evolution import add_row
     from rcnn_steps.experiments import preset as preset_record
-    from rcnn_steps.runner import run_setting
+    from rcnn_steps.experiments.evolution import add_row
+    from rcnn_steps.experiments.runner import run_setting
     from rcnn_steps.utils import set_threads, write_results
 
     started = time.time()
@@ -150,7 +151,7 @@ def _check_evaluate_arguments(args: argparse.Namespace):
     takes minutes, and a mistake found after it would lose them): ``(overrides, config,
     out)``, the parsed ``--set``, the preset's config with it, and the results file to
     write. Each mistake is a one-line :class:`CommandError` naming the argument."""
-    from rcnn_steps.runner import detector_config, schedule
+    from rcnn_steps.experiments.runner import detector_config, schedule
 
     _check_at_least("evaluate", args, threads=1, timing_threads=1, num_eval_images=1, max_iter=1)
     if not 0 <= args.seed < 2**32:
@@ -254,7 +255,7 @@ OUT_FILE_KINDS: dict[str, tuple[tuple[str, ...], str, str, str]] = {
 
 def _is_evaluate_results(path: Path) -> bool:
     """Whether ``path`` is a results file that ``evaluate`` wrote (:func:`rcnn_steps.
-    utils.write_results` with a :func:`rcnn_steps.runner.run_setting` record: a method,
+    utils.write_results` with a :func:`rcnn_steps.experiments.runner.run_setting` record: a method,
     a config, metrics, and a preset ``evaluate`` offers)."""
     from rcnn_steps.experiments import evaluated_presets
     from rcnn_steps.utils import read_results
@@ -330,11 +331,11 @@ def _check_out_file(command: str, path: Path, kind: str, overwrite: bool = False
 def _parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
     """``["mask_aligned=true", "anchor_sizes=8,16"]`` -> ``{"mask_aligned": True,
     "anchor_sizes": (8, 16)}``: each value read and checked as its DetectorConfig field
-    declares (:meth:`~rcnn_steps.faster_rcnn.DetectorConfig.parse_override`), so a value
+    declares (:meth:`~rcnn_steps.detectors.config.DetectorConfig.parse_override`), so a value
     the field cannot take is refused here, naming ``--set``, the field and what it
     accepts, before any work starts. A field given twice is refused too (which one was
     meant?)."""
-    from rcnn_steps.faster_rcnn import DetectorConfig
+    from rcnn_steps.detectors.config import DetectorConfig
 
     overrides: dict[str, Any] = {}
     given: dict[str, str] = {}
@@ -512,6 +513,7 @@ def _train_command(args: argparse.Namespace) -> int:
     import torch
 
     from rcnn_steps.data import collate_fn
+    from rcnn_steps.detectors.faster_rcnn import FasterRCNN
     from rcnn_steps.engine import (
         RunFolder,
         TrainConfig,
@@ -520,8 +522,7 @@ def _train_command(args: argparse.Namespace) -> int:
         process_rank,
         train,
     )
-    from rcnn_steps.faster_rcnn import FasterRCNN
-    from rcnn_steps.runner import (
+    from rcnn_steps.experiments.runner import (
         config_for_data,
         feeding,
         load_datasets,
@@ -620,8 +621,9 @@ def load_run(checkpoint: str | Path, device: str = "cpu"):
     skeleton, the feeding): ``(model in eval mode, run description)``. The description is
     the one stored in the file by ``export`` when there is one, else its folder's
     ``run.json``, else ``{}``."""
+    from rcnn_steps.detectors.config import DetectorConfig
+    from rcnn_steps.detectors.faster_rcnn import FasterRCNN
     from rcnn_steps.engine import RunFolder, load_checkpoint
-    from rcnn_steps.faster_rcnn import DetectorConfig, FasterRCNN
 
     path = Path(checkpoint)
     ckpt = load_checkpoint(path, map_location=device)
@@ -918,7 +920,7 @@ def _predict_command(args: argparse.Namespace) -> int:
     from rcnn_steps.data.coco import read_image
     from rcnn_steps.data.transforms import ResizeShortestSide
     from rcnn_steps.evaluation import detections_to_coco
-    from rcnn_steps.runner import _resized_back, trim_keypoints
+    from rcnn_steps.experiments.runner import _resized_back, trim_keypoints
     from rcnn_steps.utils import atomic_write_bytes
 
     if not (math.isfinite(args.score_threshold) and 0 <= args.score_threshold <= 1):
@@ -1073,8 +1075,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (see the module's docstring). A user's error (bad input, a missing or damaged file)
     is one line on stderr and exit status 2; Ctrl-C is one line and 130; ``--debug``
     shows the traceback instead (:func:`rcnn_steps.utils.run_command`)."""
-    from rcnn_steps.evolution import add_evaluate_arguments
     from rcnn_steps.experiments import PRESETS, evaluated_presets
+    from rcnn_steps.experiments.evolution import add_evaluate_arguments
 
     parser = argparse.ArgumentParser(prog="python -m rcnn_steps")
     sub = parser.add_subparsers(dest="command", required=True)

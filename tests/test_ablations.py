@@ -5,10 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rcnn_steps import ablations, runner
-from rcnn_steps.ablations import faster_rcnn_grid, run_grid, run_key, schedule
-from rcnn_steps.experiments import PRESETS
-from rcnn_steps.faster_rcnn import DetectorConfig, FasterRCNN
+from rcnn_steps.detectors.faster_rcnn import DetectorConfig, FasterRCNN
+from rcnn_steps.experiments import PRESETS, ablations, runner
+from rcnn_steps.experiments.ablations import faster_rcnn_grid, run_grid, run_key, schedule
 from rcnn_steps.utils import read_results
 
 TWO = ["1s1r_128", "3s3r"]
@@ -182,7 +181,7 @@ def test_the_documented_command_is_the_real_one(tmp_path, monkeypatch):
 
 
 def test_the_summary_metrics_are_the_grids():
-    from rcnn_steps import grid
+    from rcnn_steps.experiments import grid
 
     assert ablations.SUMMARY_METRICS is grid.SUMMARY_METRICS
 
@@ -375,7 +374,7 @@ def test_fpn_table3_grid_and_paper_numbers():
 
 
 def test_fpn_table3_settings_are_the_presets_and_designs():
-    from rcnn_steps.ablations import detector_config
+    from rcnn_steps.experiments.ablations import detector_config
 
     grid = faster_rcnn_grid("fpn_table3")
     configs = {n: detector_config("cpu", s["overrides"]) for n, s in grid.items()}
@@ -450,8 +449,8 @@ def test_command_passes_timing_threads(tmp_path, monkeypatch):
 
 
 def test_mask_tables_build_and_share_their_baseline():
-    from rcnn_steps.grid import RunSpec
-    from rcnn_steps.runner import detector_config
+    from rcnn_steps.experiments.grid import RunSpec
+    from rcnn_steps.experiments.runner import detector_config
 
     keys = {}
     for table in ablations.MASK_TABLES:
@@ -507,7 +506,7 @@ def test_mask_tables_run_in_parallel_workers_and_share_runs(tiny_synth, tmp_path
     assert on_disk["summary"] == json.loads(json.dumps(t3["summary"]))
     # a second call plans nothing
     printed = []
-    from rcnn_steps.grid import RunSpec, run_specs
+    from rcnn_steps.experiments.grid import RunSpec, run_specs
 
     grid = ablations.mask_rcnn_grid("mrcnn_3")
     common = dict(max_iter=2, num_eval_images=3, root=str(tiny_synth))
@@ -582,7 +581,7 @@ def test_long_table_is_the_final_model_and_kept_runs_export_and_load(tiny_synth,
 
 
 def test_grid_reports_a_failed_run_and_keeps_the_others(tmp_path, monkeypatch):
-    from rcnn_steps.grid import RunSpec, run_specs
+    from rcnn_steps.experiments.grid import RunSpec, run_specs
 
     def fake(name, overrides, seed, preset, max_iter=None, **kwargs):
         if name == "bad":
@@ -599,8 +598,8 @@ def test_grid_reports_a_failed_run_and_keeps_the_others(tmp_path, monkeypatch):
 
 
 def test_grid_refuses_zero_threads_and_warns_when_it_oversubscribes(tmp_path, monkeypatch):
-    from rcnn_steps import grid
-    from rcnn_steps.grid import RunSpec, run_specs
+    from rcnn_steps.experiments import grid
+    from rcnn_steps.experiments.grid import RunSpec, run_specs
 
     def fake(name, overrides, seed, preset, max_iter=None, **kwargs):
         return {"name": name, "seed": seed, "metrics": {"AP": 0.5}, "wall_time_s": 2.0}
@@ -650,7 +649,7 @@ def test_read_grid_results_takes_labels_and_order_from_the_grid(tmp_path):
 
 
 def _toy_grid(values: dict[str, list[float]], paper: dict[str, float | None]) -> dict:
-    from rcnn_steps.grid import _spread
+    from rcnn_steps.experiments.grid import _spread
 
     summary = {
         name: {

@@ -38,7 +38,7 @@ RERUN = Path(os.environ["RCNN_BOOK_RERUN"]) if os.environ.get("RCNN_BOOK_RERUN")
 #: a phrase (a regular expression) that is taken out of the prose before its numbers are
 #: checked, with where it comes from. Keep it short: anything measured belongs in a cell.
 ALLOWED: dict[str, str] = {
-    # papers' test-time speeds (rcnn_steps.evolution.PAPER_SECONDS_PER_IMAGE)
+    # papers' test-time speeds (rcnn_steps.experiments.evolution.PAPER_SECONDS_PER_IMAGE)
     r"\b47 s\b": "R-CNN, about 47 s per image (Fast R-CNN paper, Table 4)",
     r"about 2 s per image": "Fast R-CNN with selective search (Faster R-CNN paper, section 1)",
     r"0\.148 against 0\.32 s": "FPN vs C4 test time per image (FPN paper, section 5.2.1)",

@@ -19,9 +19,9 @@ from PIL import Image
 from rcnn_steps import cli
 from rcnn_steps.data.__main__ import main as data_main
 from rcnn_steps.data.example import make_example
+from rcnn_steps.detectors.faster_rcnn import DetectorConfig
 from rcnn_steps.engine import CheckpointError
-from rcnn_steps.faster_rcnn import DetectorConfig
-from rcnn_steps.runner import PRESETS, config_for_data, detector_config
+from rcnn_steps.experiments.runner import PRESETS, config_for_data, detector_config
 
 
 @pytest.fixture(scope="module")
@@ -469,7 +469,7 @@ def test_every_preset_and_stored_config_still_reads_back():
 def no_training(monkeypatch):
     """``evaluate`` that would train raises :class:`Trained` instead: a refusal must come
     before it, and an accepted command reaches it."""
-    from rcnn_steps import runner
+    from rcnn_steps.experiments import runner
 
     class Trained(Exception):
         pass
@@ -697,7 +697,7 @@ def test_train_refuses_a_val_split_whose_categories_disagree_with_train(
 
 
 def test_a_val_split_without_a_class_is_numbered_and_sized_as_train(example, tmp_path):
-    from rcnn_steps.runner import load_datasets
+    from rcnn_steps.experiments.runner import load_datasets
 
     def no_kites(data):
         data["categories"] = [c for c in data["categories"] if c["name"] != "kite"]
@@ -1025,8 +1025,8 @@ def test_ctrl_c_saves_the_step_done_and_resume_continues_exactly(
     import os
     import signal
 
-    from rcnn_steps import runner
     from rcnn_steps.engine import load_checkpoint, read_metrics
+    from rcnn_steps.experiments import runner
 
     # a job started with `&` by a non-interactive shell inherits SIGINT ignored, and
     # train rightly leaves an ignored SIGINT alone: give this test Python's default

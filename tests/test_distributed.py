@@ -91,7 +91,7 @@ def test_two_processes_equal_one_on_the_combined_batch(tmp_path):
 
 def _train_detector(rank, world, port, root, out_dir, stop_at, resume):
     from rcnn_steps.data import CocoDataset, collate_fn
-    from rcnn_steps.faster_rcnn import DetectorConfig, FasterRCNN
+    from rcnn_steps.detectors.faster_rcnn import DetectorConfig, FasterRCNN
 
     _join(rank, world, port)
     data = CocoDataset(root / "train", root / "annotations" / "instances_train.json")

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from rcnn_steps import engine
+from rcnn_steps.detectors.faster_rcnn import FasterRCNN
 from rcnn_steps.engine import (
     CheckpointError,
     NonFiniteLossError,
@@ -34,6 +35,7 @@ from rcnn_steps.engine import (
     to_device,
     train,
 )
+from rcnn_steps.engine.checkpoint import MOVED_MODULES, current_class_path
 
 # ----------------------------------------------------------------------------------------
 # Tiny models and data
@@ -521,6 +523,30 @@ def test_resume_into_a_model_of_other_shapes_is_a_clear_error(tmp_path):
         train(wider, detection_loader(), config, resume=True)
     with pytest.raises(CheckpointError, match=r"written by a .*FakeDetector, and this model is"):
         train(nn.Linear(4, 3), detection_loader(), config, resume=True)
+
+
+def test_a_class_path_from_before_the_floors_is_read_as_its_new_path():
+    assert current_class_path("rcnn_steps.faster_rcnn.FasterRCNN") == (
+        f"{FasterRCNN.__module__}.{FasterRCNN.__qualname__}"
+    )
+    assert current_class_path("rcnn_steps.faster_rcnn_x.Y") == "rcnn_steps.faster_rcnn_x.Y"
+    assert current_class_path("tests.test_engine.FakeDetector") == "tests.test_engine.FakeDetector"
+
+
+def test_a_checkpoint_naming_the_old_path_of_a_moved_class_resumes(tmp_path, monkeypatch):
+    """A checkpoint written before its model's module moved (issue 23) names the class by
+    the old path; resuming maps it to the new one (a model of another class is still
+    refused)."""
+    config = make_config(tmp_path)
+    train(fresh_detector(), detection_loader(), config, stop_at=4)
+    checkpoint = load_checkpoint(tmp_path / "last.pt")
+    checkpoint.pop("checksum", None)
+    checkpoint["model_description"]["class"] = "old_place.FakeDetector"
+    save_checkpoint(tmp_path / "last.pt", checkpoint)
+    with pytest.raises(CheckpointError, match=r"written by a old_place.FakeDetector"):
+        train(fresh_detector(), detection_loader(), config, resume=True)
+    monkeypatch.setitem(MOVED_MODULES, "old_place", FakeDetector.__module__)
+    assert train(fresh_detector(), detection_loader(), config, resume=True).step == 12
 
 
 @dataclasses.dataclass

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from rcnn_steps import evolution
+from rcnn_steps.experiments import evolution
 
 
 def test_rows_are_added_replaced_and_sorted(tmp_path):

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from rcnn_steps.fast_rcnn import FastRCNN
-from rcnn_steps.faster_rcnn import DetectorConfig
+from rcnn_steps.detectors.fast_rcnn import FastRCNN
+from rcnn_steps.detectors.faster_rcnn import DetectorConfig
 
 
 def _data():
@@ -76,7 +76,7 @@ def _jittered_proposals(dataset, ids, n=30, seed=0):
 
 
 def test_proposal_dataset_and_collate(tiny_synth):
-    from rcnn_steps.fast_rcnn import ProposalDataset, collate_proposals
+    from rcnn_steps.experiments.fast_rcnn import ProposalDataset, collate_proposals
 
     train, _ = _tiny_sets(tiny_synth)
     props = _jittered_proposals(train, train.image_ids[:5])
@@ -93,7 +93,7 @@ def test_proposal_dataset_and_collate(tiny_synth):
 
 
 def test_train_and_evaluate_fast_rcnn_tiny(tiny_synth):
-    from rcnn_steps.fast_rcnn import FastRCNNRun, evaluate_fast_rcnn, train_fast_rcnn
+    from rcnn_steps.experiments.fast_rcnn import FastRCNNRun, evaluate_fast_rcnn, train_fast_rcnn
 
     train, val = _tiny_sets(tiny_synth)
     train_props = _jittered_proposals(train, train.image_ids)
@@ -131,7 +131,7 @@ def test_evaluate_command_on_the_tiny_set(tiny_synth, tmp_path, monkeypatch):
 
     import rcnn_steps.data
     import rcnn_steps.data.proposals
-    import rcnn_steps.fast_rcnn as fr
+    import rcnn_steps.experiments.fast_rcnn as fr
     from rcnn_steps.data.proposals import make_proposals
     from rcnn_steps.utils import read_results
 
@@ -164,7 +164,7 @@ def test_evaluate_command_on_the_tiny_set(tiny_synth, tmp_path, monkeypatch):
 
 
 def test_proposal_dataset_flip_mirrors_everything(tiny_synth):
-    from rcnn_steps.fast_rcnn import ProposalDataset
+    from rcnn_steps.experiments.fast_rcnn import ProposalDataset
 
     train, _ = _tiny_sets(tiny_synth)
     props = _jittered_proposals(train, train.image_ids[:1])

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from rcnn_steps.detectors.faster_rcnn import DetectorConfig, FasterRCNN
 from rcnn_steps.engine import TrainConfig, train
-from rcnn_steps.faster_rcnn import DetectorConfig, FasterRCNN, train_config
+from rcnn_steps.experiments import train_config
 
 
 def _batch(n=2, size=64):
@@ -243,7 +244,7 @@ def test_fpn_pieces_equal_torchvision():
     from torchvision.ops import MultiScaleRoIAlign
     from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-    from rcnn_steps.faster_rcnn import preprocess
+    from rcnn_steps.detectors.faster_rcnn import preprocess
 
     model = _model(fpn=True, roi_op="roialign_avg").eval()
     cfg = model.config

@@ -190,7 +190,7 @@ def test_branch_rejects_inconsistent_sets():
 
 
 def test_config_keypoint_loss_weight_reaches_the_branch():
-    from rcnn_steps.faster_rcnn import DetectorConfig, FasterRCNN
+    from rcnn_steps.detectors.faster_rcnn import DetectorConfig, FasterRCNN
 
     model = FasterRCNN(DetectorConfig.ci_mask(keypoint_loss_weight=0.1))
     assert model.roi_heads.keypoint_branch.loss_weight == 0.1

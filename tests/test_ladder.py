@@ -1,13 +1,14 @@
-"""The ladder (rcnn_steps.ladder): one change per rung, stable keys, a tiny run, the plan."""
+"""The ladder (rcnn_steps.experiments.ladder): one change per rung, stable keys, a tiny run,
+the plan."""
 
 import json
 
 import pytest
 
-from rcnn_steps import ablations, ladder
 from rcnn_steps.data import synth_folder_name
-from rcnn_steps.grid import RunSpec
-from rcnn_steps.runner import detector_config
+from rcnn_steps.experiments import ablations, ladder
+from rcnn_steps.experiments.grid import RunSpec
+from rcnn_steps.experiments.runner import detector_config
 
 
 def _timing(root, sec_per_iter, setup_s, eval_s_per_image):

@@ -16,6 +16,17 @@ FLOORS = {
     "modeling": ("rcnn_steps.ops", "rcnn_steps.utils"),
     "evaluation": ("rcnn_steps.ops",),
     "engine": ("rcnn_steps.utils",),
+    "detectors": ("rcnn_steps.ops", "rcnn_steps.modeling", "rcnn_steps.utils"),
+    "experiments": ("rcnn_steps",),  # the top: every floor
+}
+
+#: Upward imports a floor still makes, by file: known debts (issue 23) that only shrink.
+#: A listed import no longer made fails :func:`test_the_known_upward_imports_are_still_made`,
+#: so the list is trimmed as they go.
+KNOWN_UPWARD: dict[str, set[str]] = {
+    # chapters 02-04 import the proposal cache's functions from R-CNN's module, which
+    # re-exports them (tests/test_proposals.py); the cache itself is data's
+    "detectors/rcnn.py": {"rcnn_steps.data.proposals"},
 }
 
 
@@ -47,24 +58,58 @@ def test_a_floor_imports_only_from_the_floors_below(floor):
         for path in files
         for module in _imported_modules(path)
         if not _allowed(module, floor)
+        and module not in KNOWN_UPWARD.get(str(path.relative_to(PACKAGE)), ())
     }
     assert not upward, sorted(upward)
 
 
+def test_the_known_upward_imports_are_still_made():
+    """Every entry of :data:`KNOWN_UPWARD` is an import its file still makes (delete the
+    entries of a move once it is done)."""
+    gone = {
+        f"{name} no longer imports {module}"
+        for name, modules in KNOWN_UPWARD.items()
+        for module in modules
+        if module not in _imported_modules(PACKAGE / name)
+    }
+    assert not gone, sorted(gone)
+
+
 def test_nothing_imports_the_experiments_floor_but_the_top():
     """``experiments`` (the presets' records) is the top floor: it may import every floor,
-    and no floor imports it. The package's loose modules that still read it are the
-    roads to the top (runner, grid, cli, ...) and, in one function kept for chapter 05,
-    ``faster_rcnn.train_config``."""
+    and no floor imports it (but the :data:`KNOWN_UPWARD` debts). The package's loose
+    modules that still read it are the road to the top (``cli``) and the old paths'
+    shims (``rcnn_steps.faster_rcnn.train_config``)."""
     assert sorted((PACKAGE / "experiments").glob("*.py")), "no modules in rcnn_steps/experiments"
     below = {
         f"{path.relative_to(PACKAGE)} imports {module}"
         for floor in FLOORS
+        if floor != "experiments"
         for path in sorted((PACKAGE / floor).glob("*.py"))
         for module in _imported_modules(path)
         if module == "rcnn_steps.experiments" or module.startswith("rcnn_steps.experiments.")
+        if module not in KNOWN_UPWARD.get(str(path.relative_to(PACKAGE)), ())
     }
     assert not below, sorted(below)
+
+
+#: The old flat paths, kept as shims for old imports and recorded ``python -m`` commands.
+SHIMS = ("runner", "grid", "ablations", "evolution", "ladder", "sliding_window",
+         "selective_search", "rcnn", "fast_rcnn", "faster_rcnn", "mask_rcnn")  # fmt: skip
+
+
+def test_the_floors_import_the_new_paths_not_the_shims():
+    """A shim imports its floor's module; a floor importing a shim would loop back up."""
+    assert all((PACKAGE / f"{name}.py").exists() for name in SHIMS)
+    old = {f"rcnn_steps.{name}" for name in SHIMS}
+    through_shims = {
+        f"{path.relative_to(PACKAGE)} imports {module}"
+        for floor in FLOORS
+        for path in sorted((PACKAGE / floor).glob("*.py"))
+        for module in _imported_modules(path)
+        if module in old or any(module.startswith(o + ".") for o in old)
+    }
+    assert not through_shims, sorted(through_shims)
 
 
 def test_the_layout_check_sees_imports_inside_functions(tmp_path):

@@ -4,9 +4,13 @@ import math
 import pytest
 import torch
 
+from rcnn_steps.detectors.faster_rcnn import DetectorConfig, FasterRCNN
+from rcnn_steps.detectors.mask_rcnn import (
+    MaskRCNN,
+    copy_weights_to_torchvision,
+    torchvision_mask_rcnn,
+)
 from rcnn_steps.engine import branch_gradient_norms
-from rcnn_steps.faster_rcnn import DetectorConfig, FasterRCNN
-from rcnn_steps.mask_rcnn import MaskRCNN, copy_weights_to_torchvision, torchvision_mask_rcnn
 
 LOSSES = {
     "loss_objectness",
@@ -291,7 +295,7 @@ def test_evaluate_command_reports_box_mask_and_keypoint_ap_beside_torchvision(ti
 
 
 def test_detect_writes_masks_and_per_class_keypoints(tiny_synth):
-    from rcnn_steps.runner import detect, evaluate, load_datasets
+    from rcnn_steps.experiments.runner import detect, evaluate, load_datasets
 
     torch.manual_seed(0)
     model = MaskRCNN(DetectorConfig.ci_mask())
@@ -332,8 +336,8 @@ def test_gpu_and_coco_presets_build_and_take_one_step_on_cpu(preset):
     """The presets for larger machines, built here and trained one step on tiny inputs
     (their real images are 512 and 800 px: their records' feeding resizes the data for them)."""
     from rcnn_steps.engine import TrainConfig, train
-    from rcnn_steps.faster_rcnn import train_config
-    from rcnn_steps.runner import feeding
+    from rcnn_steps.experiments import train_config
+    from rcnn_steps.experiments.runner import feeding
 
     torch.manual_seed(0)
     overrides = {"keypoint_counts": (0, 0, 0, 0, 0, 11)} if preset == "gpu_mask" else {}
@@ -358,7 +362,7 @@ def test_gpu_and_coco_presets_build_and_take_one_step_on_cpu(preset):
 
 
 def test_keypoint_ap_of_noisy_truth_is_one_without_noise_and_falls_with_it(tiny_synth):
-    from rcnn_steps.runner import keypoint_ap_of_noisy_truth, load_datasets
+    from rcnn_steps.experiments.runner import keypoint_ap_of_noisy_truth, load_datasets
 
     _, val = load_datasets(tiny_synth)
     ap = keypoint_ap_of_noisy_truth(val, val.image_ids, [0, 1, 8], seed=0)
@@ -369,7 +373,7 @@ def test_keypoint_ap_of_noisy_truth_is_one_without_noise_and_falls_with_it(tiny_
 
 
 def test_fit_few_images_trains_and_scores_on_the_same_person_images(tiny_synth):
-    from rcnn_steps.runner import fit_few_images, load_datasets
+    from rcnn_steps.experiments.runner import fit_few_images, load_datasets
 
     train_set, _ = load_datasets(tiny_synth)
     out = fit_few_images(
@@ -386,7 +390,7 @@ def test_fit_few_images_trains_and_scores_on_the_same_person_images(tiny_synth):
 
 
 def test_fit_few_images_says_what_is_wrong_with_its_arguments(tiny_synth):
-    from rcnn_steps.runner import fit_few_images
+    from rcnn_steps.experiments.runner import fit_few_images
 
     with pytest.raises(ValueError, match="no class 'cat' in this set; its classes are"):
         fit_few_images("ci_mask", class_name="cat", root=tiny_synth, max_iter=1)

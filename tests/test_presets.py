@@ -9,21 +9,25 @@ from pathlib import Path
 
 import pytest
 
-from rcnn_steps import ablations, cli, faster_rcnn, grid, ladder, runner
+from rcnn_steps import cli, faster_rcnn  # faster_rcnn: the old path, a shim
+from rcnn_steps.detectors.faster_rcnn import DetectorConfig
 from rcnn_steps.engine import TrainConfig
 from rcnn_steps.experiments import (
     PRESETS,
     Feeding,
     Preset,
+    ablations,
     detector_config,
     evaluated_presets,
     feeding,
+    grid,
+    ladder,
     preset,
+    runner,
     schedule,
     train_config,
 )
-from rcnn_steps.faster_rcnn import DetectorConfig
-from rcnn_steps.grid import RunSpec
+from rcnn_steps.experiments.grid import RunSpec
 
 RUNS = Path(__file__).resolve().parents[1] / "results" / "runs"
 
@@ -103,6 +107,7 @@ def test_schedules_and_train_config_are_todays_values():
     for made in (train_config("cpu_mask"), faster_rcnn.train_config("cpu_mask")):
         assert dataclasses.asdict(made) == dataclasses.asdict(expected)
     assert train_config("ci", max_iter=600).max_iter == 600
+    assert faster_rcnn.train_config() == train_config("cpu")  # the old path's default
     assert train_config("cpu_fpn") == train_config("cpu")
 
 
@@ -186,7 +191,7 @@ def test_changing_a_record_changes_every_schedule_reader(monkeypatch, tmp_path):
               grid_run_seconds=90.0)  # fmt: skip
     assert runner.schedule("ci")["max_iter"] == 60 and ablations.schedule("ci")["lr"] == 0.01
     assert runner.schedule("ci", 30)["warmup_steps"] == 4
-    assert faster_rcnn.train_config("ci").max_iter == 60  # chapter 05's name
+    assert faster_rcnn.train_config("ci").max_iter == 60  # the old path's shim
     assert spec.key() != key
     assert grid.estimate_seconds(RunSpec("x", 0, "ci", max_iter=30), tmp_path) == 45.0
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import rcnn_steps.rcnn
+import rcnn_steps.detectors.rcnn
 from rcnn_steps.data import CocoDataset
 from rcnn_steps.data.proposals import load_proposals, make_proposals, proposals_path
 from rcnn_steps.utils import results_dir
@@ -61,6 +61,6 @@ def test_the_committed_caches_still_load(split):
 
 
 def test_the_chapters_import_the_cache_from_rcnn():
-    """Chapters 02 to 04 import load_proposals and proposals_path from rcnn_steps.rcnn."""
-    assert rcnn_steps.rcnn.load_proposals is load_proposals
-    assert rcnn_steps.rcnn.proposals_path is proposals_path
+    """Chapters 02 to 04 import load_proposals and proposals_path from rcnn_steps.detectors.rcnn."""
+    assert rcnn_steps.detectors.rcnn.load_proposals is load_proposals
+    assert rcnn_steps.detectors.rcnn.proposals_path is proposals_path

@@ -5,25 +5,22 @@ import pytest
 import torch
 
 from rcnn_steps.data.proposals import load_proposals, make_proposals
-from rcnn_steps.ops import BoxCoder
-from rcnn_steps.rcnn import (
-    PRESETS,
+from rcnn_steps.detectors.rcnn import (
     RCNN_BOX_CODER_WEIGHTS,
-    RCNNConfig,
     RCNNNet,
     WindowBatches,
     context_padding,
     detect,
     dilated_boxes,
     label_proposals,
-    preset_config,
     rcnn_loss,
     regression_targets,
-    train_rcnn,
     training_windows,
     warp_boxes,
     warp_boxes_batched,
 )
+from rcnn_steps.experiments.rcnn import PRESETS, RCNNConfig, preset_config, train_rcnn
+from rcnn_steps.ops import BoxCoder
 
 
 def test_context_padding_scales_the_papers_16_at_227():
@@ -185,7 +182,7 @@ def test_preset_config_changes_only_the_crop_size():
 
 
 def test_evaluate_command_refuses_a_changed_crop_without_its_own_file(capsys):
-    from rcnn_steps.rcnn import main
+    from rcnn_steps.experiments.rcnn import main
 
     # both fail at parsing, before any proposal or image is read
     with pytest.raises(SystemExit):

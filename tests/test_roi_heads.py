@@ -147,8 +147,8 @@ def test_check_targets_rejects_labels_above_num_classes():
 def test_detectors_check_labels_against_their_num_classes_before_the_forward_pass():
     # a label above num_classes used to index past the classifier (a bare IndexError on
     # CPU, a device-side assert on CUDA); both detectors now stop before any compute
-    from rcnn_steps.fast_rcnn import FastRCNN
-    from rcnn_steps.faster_rcnn import DetectorConfig, FasterRCNN
+    from rcnn_steps.detectors.fast_rcnn import FastRCNN
+    from rcnn_steps.detectors.faster_rcnn import DetectorConfig, FasterRCNN
 
     torch.manual_seed(0)
     config = DetectorConfig.ci()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from rcnn_steps.selective_search import (
+from rcnn_steps.detectors.selective_search import (
     MODES,
     PAPER_VOC2007,
     Strategy,
@@ -26,7 +26,7 @@ from rcnn_steps.selective_search import (
     size_similarity,
     texture_similarity,
 )
-from rcnn_steps.selective_search import main as ss_main
+from rcnn_steps.experiments.selective_search import main as ss_main
 
 
 def two_rectangles() -> tuple[np.ndarray, list[list[int]]]:

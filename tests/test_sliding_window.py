@@ -1,12 +1,13 @@
-"""Tests for chapter 01's sliding-window detector (rcnn_steps.sliding_window)."""
+"""Tests for chapter 01's sliding-window detector (rcnn_steps.detectors.sliding_window)."""
 
 import math
 
 import pytest
 import torch
 
-from rcnn_steps import sliding_window as sw
 from rcnn_steps.data import CocoDataset
+from rcnn_steps.detectors import sliding_window as sw
+from rcnn_steps.experiments.sliding_window import Preset, evaluate_detector, train_sliding_window
 from rcnn_steps.ops import box_iou
 
 
@@ -133,8 +134,8 @@ def test_crop_dataset_labels_and_balance(tiny):
 
 def test_training_and_end_to_end_detection(tiny):
     train, val = tiny
-    preset = sw.Preset("test", 24, 4, 2.0, 6, 8, 0.01, 4, 2, 1)
-    run = sw.train_sliding_window(train, preset, seed=0)
+    preset = Preset("test", 24, 4, 2.0, 6, 8, 0.01, 4, 2, 1)
+    run = train_sliding_window(train, preset, seed=0)
     assert run.classifier.step == 6 and math.isfinite(run.classifier.losses["total_loss"])
     assert run.regressor.step == 4
     image, _ = val[0]
@@ -147,7 +148,7 @@ def test_training_and_end_to_end_detection(tiny):
         assert (det["boxes"][:, 2:] > det["boxes"][:, :2]).all()
         assert det["boxes"].min() >= 0 and det["boxes"].max() <= 64
         assert (det["scores"][:-1] >= det["scores"][1:]).all()
-    ev = sw.evaluate_detector(run.model, val, val.image_ids[:2], config)
+    ev = evaluate_detector(run.model, val, val.image_ids[:2], config)
     assert 0 <= ev["with_regression"]["AP"] <= 1 and ev["seconds_per_image"] > 0
 
 
@@ -193,7 +194,7 @@ def test_dense_equals_naive_on_cuda():
 def test_multiply_adds_counts_conv_and_linear_layers():
     from torch import nn
 
-    from rcnn_steps.sliding_window import multiply_adds
+    from rcnn_steps.detectors.sliding_window import multiply_adds
 
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
     # conv: 4*6*6 outputs x 3*3*3 each; linear: 5 outputs x 144 each
@@ -201,7 +202,7 @@ def test_multiply_adds_counts_conv_and_linear_layers():
 
 
 def test_dense_detection_does_less_work_than_naive():
-    from rcnn_steps.sliding_window import CropClassifier, WindowConfig, detection_cost
+    from rcnn_steps.detectors.sliding_window import CropClassifier, WindowConfig, detection_cost
 
     cost = detection_cost(CropClassifier(num_classes=6), (128, 128), WindowConfig())
     assert cost["dense_macs"] > 0 and cost["ratio"] > 3.0

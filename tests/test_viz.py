@@ -335,8 +335,8 @@ def test_before_after_scatter_with_diagonal_and_thresholds():
 
 
 def _stages_of(preset, image):
-    from rcnn_steps.faster_rcnn import FasterRCNN
-    from rcnn_steps.runner import detector_config
+    from rcnn_steps.detectors.faster_rcnn import FasterRCNN
+    from rcnn_steps.experiments.runner import detector_config
 
     torch.manual_seed(0)
     model = FasterRCNN(detector_config(preset))
@@ -372,8 +372,8 @@ def test_a_detectors_stages_carry_the_shapes_its_code_computes():
 
 
 def test_rcnn_and_fast_rcnn_stages_use_the_same_keys():
-    from rcnn_steps.fast_rcnn import FastRCNN
-    from rcnn_steps.rcnn import RCNNNet, rcnn_stages
+    from rcnn_steps.detectors.fast_rcnn import FastRCNN
+    from rcnn_steps.detectors.rcnn import RCNNNet, rcnn_stages
 
     image = torch.rand(3, 64, 64)
     proposals = torch.tensor([[2.0, 3.0, 30.0, 40.0], [10.0, 10.0, 60.0, 50.0]]).repeat(40, 1)

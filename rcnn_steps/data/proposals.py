@@ -10,7 +10,7 @@ in pixels with exclusive ends, as uint16), the seconds selective search took on 
 mode and seed, and the fingerprint of the data set it was made from, so that a cache of
 other data is refused instead of silently used.
 
-Selective search (:mod:`rcnn_steps.selective_search`) is a classical, non-learned
+Selective search (:mod:`rcnn_steps.detectors.selective_search`) is a classical, non-learned
 algorithm on images, ``ops``-like: its algorithm imports only :mod:`rcnn_steps.ops`, so it
 sits below the data it proposes boxes for, and the cache may import it. (Its ``evaluate``
 command still reads the synthetic set through :mod:`rcnn_steps.data`, inside the function:
@@ -49,7 +49,7 @@ def make_proposals(
     ranked boxes (uint16, exclusive ends) with the seconds each image took to ``out``."""
     # local: selective search pulls in scikit-image and SciPy (0.3 s), which reading a
     # cache does not need
-    from rcnn_steps.selective_search import selective_search
+    from rcnn_steps.detectors.selective_search import selective_search
 
     ids, boxes, counts, seconds = [], [], [], []
     for idx in range(min(num_images, len(dataset))):

@@ -188,7 +188,7 @@ def synth_folder_name(
     """The folder :func:`ensure_synth` keeps a set in, under the data folder:
     ``synth-<size>px[-from<layout_size>]-seed<seed>[-<style>]`` (``synth-128px-seed0``,
     ``synth-256px-from128-seed0``, ``synth-128px-seed0-hard``): the form
-    :func:`rcnn_steps.ladder.data_tag` reads."""
+    :func:`rcnn_steps.experiments.ladder.data_tag` reads."""
     drawn_from = f"-from{layout_size}" if layout_size not in (None, size) else ""
     style = "" if scene_style == "flat" else f"-{scene_style}"
     return f"synth-{size}px{drawn_from}-seed{seed}{style}"
@@ -551,7 +551,7 @@ def _paint_hard(
 
     The constants were tuned so that our selective search ("fast", all its proposals) on
     the 128 px set's first 100 val images comes near what the paper reports on PASCAL VOC
-    2007 (:data:`rcnn_steps.selective_search.PAPER_VOC2007`).
+    2007 (:data:`rcnn_steps.detectors.selective_search.PAPER_VOC2007`).
 
     All random numbers come from ``rng``, a generator of its own, so the layout's stream
     is not touched.

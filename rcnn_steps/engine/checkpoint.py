@@ -188,11 +188,36 @@ def _short_reason(error: BaseException) -> str:
     return type(error).__name__ + (f": {first}" if first else "")
 
 
+#: The package's modules that moved to a floor (issue 23), old path to new: a checkpoint
+#: written before the move names its model's class by the old path
+#: (``rcnn_steps.faster_rcnn.FasterRCNN``) and still resumes into the same class.
+MOVED_MODULES = {
+    f"rcnn_steps.{name}": f"rcnn_steps.detectors.{name}"
+    for name in (
+        "sliding_window",
+        "selective_search",
+        "rcnn",
+        "fast_rcnn",
+        "faster_rcnn",
+        "mask_rcnn",
+    )  # fmt: skip
+}
+
+
+def current_class_path(path: str) -> str:
+    """``module.Class`` as the package spells it now: a path under an old module of
+    :data:`MOVED_MODULES` is given its new module; any other path is returned as is."""
+    for old, new in MOVED_MODULES.items():
+        if path.startswith(old + "."):
+            return new + path[len(old) :]
+    return path
+
+
 def model_description(model: nn.Module) -> dict[str, Any]:
     """What a checkpoint records about the model it was trained with, so a resume can tell
     another model from this one: ``{"class": "module.Class", "config": {...} or None}``,
     the config being ``model.config.to_dict()`` when the model has one (the detectors'
-    :class:`~rcnn_steps.faster_rcnn.DetectorConfig` does), as plain values."""
+    :class:`~rcnn_steps.detectors.config.DetectorConfig` does), as plain values."""
     config = getattr(model, "config", None)
     to_dict = getattr(config, "to_dict", None)
     return {
@@ -230,7 +255,7 @@ def _check_resumable(checkpoint: dict[str, Any], path: Path, model: nn.Module) -
     now = model_description(model)
     saved = checkpoint.get("model_description")
     if saved is not None:  # checkpoints written before it was stored have none
-        if saved["class"] != now["class"]:
+        if current_class_path(saved["class"]) != now["class"]:
             raise CheckpointError(
                 f"cannot resume from {path}: it was written by a {saved['class']}, and this "
                 f"model is a {now['class']}. {start_afresh}"

@@ -418,7 +418,7 @@ def error_summary(
     Args:
         coco_gt: the ground truth: a COCO dict, a json path or a ``pycocotools`` COCO.
         results: COCO result dicts (``image_id``, ``category_id``, ``bbox`` as
-            ``[x, y, w, h]``, ``score``), as :func:`rcnn_steps.runner.detect` returns.
+            ``[x, y, w, h]``, ``score``), as :func:`rcnn_steps.experiments.runner.detect` returns.
         score_threshold, iou_threshold, background_iou: as in :func:`classify_errors`.
         image_size: the side the size classes are scaled to
             (:func:`size_classes`); default: the images' median long side.

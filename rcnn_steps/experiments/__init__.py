@@ -1,9 +1,30 @@
-"""The experiments floor, the top of the library: what is run, defined once.
+"""The experiments floor, the top of the library: what is run, defined once, and the
+roads that run it. It may import every floor below; nothing below imports it.
 
-:mod:`rcnn_steps.experiments.presets`: one :class:`~rcnn_steps.experiments.presets.Preset`
-record per detector preset (its model, training schedule, feeding, and the chapter, table
-row and results file it is reported in), read by every road that trains or scores a
-preset. It may import every floor below; nothing below imports it.
+- :mod:`rcnn_steps.experiments.presets`: one
+  :class:`~rcnn_steps.experiments.presets.Preset` record per detector preset (its model,
+  training schedule, feeding, and the chapter, table row and results file it is reported
+  in), read by every road that trains or scores a preset;
+- :mod:`rcnn_steps.experiments.runner`: a preset trained and scored
+  (:func:`~rcnn_steps.experiments.runner.run_setting`), on the book's set or your own;
+- :mod:`rcnn_steps.experiments.grid`: many runs in parallel, each cached in
+  ``results/runs/`` by a key of what decides its result, resumable;
+- :mod:`rcnn_steps.experiments.ablations`: the papers' ablation tables as data, run as
+  grids (``python -m rcnn_steps.ablations grid``);
+- :mod:`rcnn_steps.experiments.ladder`: the evolution as a controlled ladder, one change
+  per rung (``python -m rcnn_steps.ladder``);
+- :mod:`rcnn_steps.experiments.evolution`: the evolution table, one row per chapter's
+  detector;
+- one module per chapter command of chapters 01-03, each training, scoring and recording
+  its chapter's detector: :mod:`~rcnn_steps.experiments.sliding_window`,
+  :mod:`~rcnn_steps.experiments.selective_search` (proposals measured beside OpenCV's),
+  :mod:`~rcnn_steps.experiments.rcnn`, :mod:`~rcnn_steps.experiments.fast_rcnn`
+  (``python -m rcnn_steps.<chapter> ...``); chapters 04-08 run through
+  :mod:`rcnn_steps.cli` (``python -m rcnn_steps evaluate --preset ...``) and the runner.
+
+The old paths (``rcnn_steps.runner``, ``.grid``, ``.ablations``, ``.ladder``,
+``.evolution``, and the chapters' ``rcnn_steps.sliding_window`` and others) are shims that
+keep old imports and the recorded ``python -m`` commands working.
 """
 
 from rcnn_steps.experiments.presets import (

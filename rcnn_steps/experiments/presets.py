@@ -3,7 +3,7 @@
 
 A preset is four facts that go together:
 
-- the **model**: a :class:`~rcnn_steps.faster_rcnn.DetectorConfig` constructor (the
+- the **model**: a :class:`~rcnn_steps.detectors.config.DetectorConfig` constructor (the
   chapters teach them as class methods, :meth:`DetectorConfig.cpu_mask` and the others);
 - the **schedule**: the :class:`~rcnn_steps.engine.TrainConfig` fields it trains with;
 - the **feeding**: how its images reach the model (:class:`Feeding`);
@@ -11,10 +11,12 @@ A preset is four facts that go together:
   that ``python -m rcnn_steps evaluate --preset`` writes (book presets only).
 
 The roads that read them: ``python -m rcnn_steps train`` and ``evaluate``
-(:mod:`rcnn_steps.cli`), every grid and ladder run (:func:`rcnn_steps.runner.run_setting`,
-:class:`rcnn_steps.grid.RunSpec`), :func:`rcnn_steps.runner.fit_few_images`, and chapter
-05's ``train_config`` (:func:`rcnn_steps.faster_rcnn.train_config` delegates here).
-Change a preset here and every one of them sees the change.
+(:mod:`rcnn_steps.cli`), every grid and ladder run
+(:func:`rcnn_steps.experiments.runner.run_setting`,
+:class:`rcnn_steps.experiments.grid.RunSpec`),
+:func:`rcnn_steps.experiments.runner.fit_few_images`, and chapter 05's ``train_config``
+(:func:`rcnn_steps.detectors.faster_rcnn.train_config` delegates here). Change a preset here and
+every one of them sees the change.
 
 Functions: :func:`preset` (the record by name), :func:`detector_config`,
 :func:`schedule` (shortened to any ``max_iter`` with the same shape),
@@ -29,8 +31,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from rcnn_steps.detectors.config import DetectorConfig
 from rcnn_steps.engine import TrainConfig
-from rcnn_steps.faster_rcnn import DetectorConfig
 
 __all__ = [
     "Feeding",
@@ -58,11 +60,12 @@ class Feeding:
 
     Read by both roads that train a preset: ``python -m rcnn_steps train``
     (:mod:`rcnn_steps.cli`, where ``--batch-size`` and ``--flip`` may override it) and
-    :func:`rcnn_steps.runner.run_setting` (``evaluate``, every grid and ladder run). What
-    the two still do differently is not the preset's: ``train`` under ``torchrun`` gives
-    each process its share of the images (a ``DistributedSampler``) and may load them in
-    ``--loader-workers`` processes (which changes the draws of the random flips and sizes,
-    made in the workers; nothing else); a grid trains on its first ``num_train_images``.
+    :func:`rcnn_steps.experiments.runner.run_setting` (``evaluate``, every grid and ladder
+    run). What the two still do differently is not the preset's: ``train`` under
+    ``torchrun`` gives each process its share of the images (a ``DistributedSampler``) and
+    may load them in ``--loader-workers`` processes (which changes the draws of the random
+    flips and sizes, made in the workers; nothing else); a grid trains on its first
+    ``num_train_images``.
     """
 
     #: images per batch (per process under torchrun)
@@ -102,22 +105,23 @@ class Preset:
     #: builds the model's config from overrides: ``model(**overrides) -> DetectorConfig``
     model: Callable[..., DetectorConfig]
     #: :class:`~rcnn_steps.engine.TrainConfig` fields (:data:`SCHEDULE_FIELDS`); only the
-    #: fields given, as a grid run's cache key hashes them (:meth:`rcnn_steps.grid.RunSpec.
-    #: key`): adding a field at its default value would change every key of the preset
+    #: fields given, as a grid run's cache key hashes them
+    #: (:meth:`rcnn_steps.experiments.grid.RunSpec.key`): adding a field at its default
+    #: value would change every key of the preset
     schedule: Mapping[str, Any]
     #: one line: what the preset is for
     description: str
     feeding: Feeding = field(default_factory=Feeding)
     #: the book chapter whose detector this is (``evaluate`` writes its row), or None
     chapter: str | None = None
-    #: the evolution table's name of the detector (:func:`rcnn_steps.evolution.add_row`)
+    #: the evolution table's name of the detector (:func:`rcnn_steps.experiments.evolution.add_row`)
     detector: str | None = None
     #: the results file ``evaluate --preset NAME`` writes in ``results/``; None: a preset
     #: ``evaluate`` does not offer
     results_file: str | None = None
     #: seconds one grid run takes at the full schedule on one core of the reference machine
     #: (a 2-core AMD EPYC, one thread per worker, both busy): the plan's estimate before
-    #: the cache holds runs of the preset to measure from (:func:`rcnn_steps.grid.
+    #: the cache holds runs of the preset to measure from (:func:`rcnn_steps.experiments.grid.
     #: estimate_seconds`); None: 600 s
     grid_run_seconds: float | None = None
 
@@ -243,7 +247,7 @@ def preset(name: str) -> Preset:
 
 
 def detector_config(name: str, **overrides: Any) -> DetectorConfig:
-    """The preset's :class:`~rcnn_steps.faster_rcnn.DetectorConfig`, with ``overrides``."""
+    """The preset's :class:`~rcnn_steps.detectors.config.DetectorConfig`, with ``overrides``."""
     return preset(name).model(**overrides)
 
 

@@ -264,7 +264,7 @@ def keypointrcnn_inference(
 def keypoint_counts_of(categories: Sequence[Mapping]) -> tuple[int, ...]:
     """One keypoint count per class (label 1..C, in the order of the category ids, as
     :class:`~rcnn_steps.data.CocoDataset` numbers them), 0 for categories without
-    ``keypoints``: the value of :attr:`rcnn_steps.faster_rcnn.DetectorConfig.keypoint_counts`
+    ``keypoints``: the value of :attr:`rcnn_steps.detectors.config.DetectorConfig.keypoint_counts`
     for a dataset (``keypoint_counts_of(dataset.categories)``)."""
     ordered = sorted(categories, key=lambda c: c["id"])
     return tuple(len(c.get("keypoints") or ()) for c in ordered)

@@ -28,7 +28,7 @@ reads them all.
 ``cpu_fpn`` preset trains on 128 px synthetic images whose objects are small relative to
 the image (sqrt(area) quartiles 9 / 17 / 33 px), and uses anchors of 8, 16, 32, 64, 128
 px on P2..P6: the paper's divided by 4 (why 4, and not the image ratio, is in
-:meth:`rcnn_steps.faster_rcnn.DetectorConfig.cpu_fpn`). We divide s0 by the same factor,
+:meth:`rcnn_steps.detectors.config.DetectorConfig.cpu_fpn`). We divide s0 by the same factor,
 ``s0 = 224 / 4 = 56`` at ``k0 = 4``, so the RoI levels keep the paper's relation to the
 anchor levels: a RoI the size of a level-k anchor is pooled from the same level as in
 the paper (a 128 px RoI, P4's anchor, goes to P3 there; our 32 px RoI, P4's anchor, goes

@@ -1,0 +1,814 @@
+"""The evolution as a controlled ladder: one change per rung, the same data and budget.
+
+The evolution table (chapter 08) keeps each chapter's own row, each trained as its
+chapter trained it. The ladder is the controlled comparison beside it: R-CNN, then one
+idea at a time, up to Mask R-CNN, every rung on the same training and val images, the
+same schedule and batch, and 3 seeds (GUIDE section 7):
+
+==================  ===========================================================  ========
+rung                the one change from the rung before                          method
+==================  ===========================================================  ========
+``rcnn``            R-CNN: selective search, every proposal warped to 32 x 32     rcnn
+                    and classified by its own CNN pass (chapter 02)
+``fast_rcnn``       the same proposals read off one shared feature map with      ss
+                    RoIPool (Fast R-CNN, chapter 03)
+``roialign``        RoIAlign instead of RoIPool (chapter 06)                     ss
+``faster_rcnn``     proposals from its own RPN instead of selective search       rpn
+                    (Faster R-CNN, chapter 04)
+``fpn``             a feature pyramid instead of the single stride-8 map (05)    rpn
+``mask_rcnn``       the mask branch (Mask R-CNN, chapter 07)                     rpn
+``mask_rcnn_long``  4x the iterations (:data:`~rcnn_steps.experiments.ablations.LONG_MAX_ITER`) rpn
+==================  ===========================================================  ========
+
+Every rung from ``fast_rcnn`` on is an override of one preset, ``cpu_mask``
+(:data:`LADDER_PRESET`), from a base that is the final model of chapter 08 without its
+branches (:data:`LADDER_BASE`: no keypoints, the exact mask pixel convention, which does
+nothing until the mask branch is on), so consecutive rungs' configs differ by exactly the
+field(s) each rung names (:attr:`Rung.changes`; ``size_divisible`` follows ``fpn``), or
+not at all where the change is the method (selective search vs RPN). ``mask_rcnn`` *is*
+the final model's config and ``mask_rcnn_long`` its run at the final budget: the same
+runs (same cache keys) as ``mrcnn_pixels``'s ``exact`` and ``mrcnn_long``'s
+``roialign`` of :mod:`rcnn_steps.experiments.ablations` on the 128 px set, reused from the run
+cache.
+
+**The budget rule.** Every rung trains for the preset's schedule (1500 iterations, lr
+0.05 with 50 warm-up steps, x0.1 at 1200, momentum 0.9, gradients clipped at norm 10)
+on all 1000 train images, and is tested on all 200 val images, seconds per image
+timed on one thread. A detector's iteration is a batch of 8 images with 64 RoIs sampled
+from each, a quarter foreground (IoU >= 0.5): 512 RoIs. R-CNN cannot take images in a
+batch (each window is its own CNN input), so its iteration is 512 warped windows
+(:func:`rcnn_windows_per_iteration`: the detectors' images per batch x RoIs per image)
+drawn from the windows of all the training images, the same quarter foreground at the
+same IoU, on the same schedule (:func:`rcnn_steps.experiments.rcnn.train_rcnn` with ``schedule``);
+its CNN is chapter 02's (32 px crops, width 16), and its test keeps its paper's NMS at
+0.3 and box regressor targets at IoU >= 0.6. Equal iterations and batches are not equal
+arithmetic: each run records its wall-clock (``wall_time_s``, ``train_seconds``,
+``train_sec_per_iter``) beside its AP. Selective search's proposals are computed once
+per data set and cached (:func:`prepare_proposals`); the selective-search rungs' seconds
+per image add the cache's measured selective-search seconds per val image to the
+network's.
+
+**Data.** The same ladder runs on any synthetic set: the book's 128 px set (``--data
+128``), the same scenes drawn at 256 px (``--data 256``, ``python -m rcnn_steps.data
+synth --size 256 --layout-size 128``) or any folder (``--root``, e.g. a harder scene
+variant), each writing its own file, ``results/ladder_<tag>.json`` (:func:`data_tag`:
+``ladder_128.json``, ``ladder_256.json``, ``ladder_256-hard.json``). Runs are cached in
+``results/runs/`` by :class:`rcnn_steps.experiments.grid.RunSpec`'s key; a set under the data folder
+is keyed by its folder name, not by where the data folder lies on this machine
+(:func:`data_root`), so a grid resumes from another checkout.
+
+Commands::
+
+    python -m rcnn_steps.ladder measure --data 128 256   # s/iteration of every rung
+    python -m rcnn_steps.ladder plan --data 128 256      # runs, hours, core-hours
+    python -m rcnn_steps.ladder run --data 128           # the grid (resumes when rerun)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from rcnn_steps.experiments.ablations import FINAL_OVERRIDES, LONG_MAX_ITER, MASK_BASE
+from rcnn_steps.experiments.grid import RunSpec, summarise
+from rcnn_steps.experiments.runner import detector_config, feeding, schedule
+
+__all__ = [
+    "BUDGET_RULE",
+    "LADDER",
+    "LADDER_BASE",
+    "LADDER_PRESET",
+    "Rung",
+    "config_diff",
+    "data_root",
+    "data_tag",
+    "ladder_specs",
+    "main",
+    "measure",
+    "plan",
+    "prepare_proposals",
+    "rcnn_windows_per_iteration",
+    "read_ladder_results",
+    "run_ladder",
+    "run_rcnn_setting",
+    "run_rung",
+]
+
+#: The preset every detector rung overrides (and whose schedule R-CNN trains on too).
+LADDER_PRESET = "cpu_mask"
+#: The overrides every detector rung starts from: the final model of chapter 08
+#: (:data:`~rcnn_steps.experiments.ablations.FINAL_OVERRIDES`) without keypoints
+#: (:data:`~rcnn_steps.experiments.ablations.MASK_BASE`); ``mask_aligned`` does nothing until the
+#: mask branch is on.
+LADDER_BASE: dict[str, Any] = {**MASK_BASE, **FINAL_OVERRIDES}
+#: R-CNN's network (chapter 02's preset): 32 x 32 crops, a CNN of width 16.
+RCNN_OVERRIDES: dict[str, Any] = {"crop_size": 32, "width": 16}
+#: Val images of every rung: the whole val split.
+LADDER_EVAL_IMAGES = 200
+LADDER_SEEDS = (0, 1, 2)
+#: The budget rule, as every results file states it.
+BUDGET_RULE = (
+    "every rung: the {preset} schedule ({max_iter} iterations, the long rung {long}) on all "
+    "train images, tested on {eval} val images, seconds per image on 1 thread; a detector "
+    "iteration is {images} images x {rois} sampled RoIs (a quarter foreground, IoU >= 0.5), "
+    "R-CNN's is {windows} warped windows drawn from all training images' windows (a quarter "
+    "foreground, IoU >= 0.5), on the same schedule; wall-clock recorded per run"
+)
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One rung of the ladder: a run kind (``method``: ``"rcnn"``, or a
+    :data:`rcnn_steps.experiments.runner.METHODS`), its overrides (of :data:`LADDER_PRESET`'s
+    :class:`~rcnn_steps.detectors.config.DetectorConfig`; for ``"rcnn"`` of
+    :class:`~rcnn_steps.experiments.rcnn.RCNNConfig`), and the one change from the rung before:
+    ``change`` in words, ``changes`` the config fields it sets (empty where the change
+    is the method, the pipeline or the budget), ``follows`` the fields the config
+    derives from them."""
+
+    name: str
+    label: str
+    change: str
+    method: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    changes: dict[str, Any] = field(default_factory=dict)
+    follows: tuple[str, ...] = ()
+    #: None: the ladder's budget (the preset's schedule)
+    max_iter: int | None = None
+
+
+_SINGLE_MAP = {**LADDER_BASE, "masks": False, "fpn": False}
+LADDER: tuple[Rung, ...] = (
+    Rung(
+        "rcnn",
+        "R-CNN: selective search, warped 32 px crops, a CNN per crop",
+        "the start: chapter 02's pipeline",
+        "rcnn",
+        RCNN_OVERRIDES,
+    ),
+    Rung(
+        "fast_rcnn",
+        "Fast R-CNN: the same proposals, shared features, RoIPool",
+        "shared features and RoIPool instead of a CNN per warped crop",
+        "selective_search",
+        {**_SINGLE_MAP, "roi_op": "roipool"},
+    ),
+    Rung(
+        "roialign",
+        "+ RoIAlign",
+        "RoIAlign instead of RoIPool",
+        "selective_search",
+        _SINGLE_MAP,
+        changes={"roi_op": "roialign_avg"},
+    ),
+    Rung(
+        "faster_rcnn",
+        "Faster R-CNN: RPN proposals instead of selective search",
+        "proposals from the detector's own RPN instead of selective search",
+        "rpn",
+        _SINGLE_MAP,
+    ),
+    Rung(
+        "fpn",
+        "+ FPN",
+        "a feature pyramid (P2-P6) instead of the single stride-8 map",
+        "rpn",
+        {**LADDER_BASE, "masks": False},
+        changes={"fpn": True},
+        follows=("size_divisible",),
+    ),
+    Rung(
+        "mask_rcnn",
+        "Mask R-CNN: + the mask branch",
+        "the mask branch",
+        "rpn",
+        dict(LADDER_BASE),
+        changes={"masks": True},
+    ),
+    Rung(
+        "mask_rcnn_long",
+        f"Mask R-CNN, {LONG_MAX_ITER} iterations (the final model)",
+        f"{LONG_MAX_ITER} iterations instead of the preset's",
+        "rpn",
+        dict(LADDER_BASE),
+        max_iter=LONG_MAX_ITER,
+    ),
+)
+RUNGS = {rung.name: rung for rung in LADDER}
+
+
+def config_diff(before: Rung, after: Rung, preset: str = LADDER_PRESET) -> dict[str, tuple]:
+    """The :class:`~rcnn_steps.detectors.config.DetectorConfig` fields two detector rungs'
+    configs differ in: ``{field: (before, after)}``."""
+    a = asdict(detector_config(preset, before.overrides))
+    b = asdict(detector_config(preset, after.overrides))
+    return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+def rcnn_windows_per_iteration(preset: str = LADDER_PRESET) -> int:
+    """R-CNN's windows per iteration under the budget rule: the detectors' images per
+    batch times RoIs sampled per image (8 x 64 = 512 for ``cpu_mask``)."""
+    return feeding(preset)["batch_size"] * detector_config(preset).roi_batch_size_per_image
+
+
+# ----------------------------------------------------------------------------------------
+# Data: which set, its key and its results file
+
+
+#: The ladder's data sets by name (``--data``): ``ensure_synth`` arguments. "128" is the
+#: book's set; "256" the same scenes drawn at twice the resolution; "-hard" the same
+#: layouts with objects painted as in photographs (camouflage, shading, parts, soft edges).
+DATA_SETS: dict[str, dict[str, Any]] = {
+    "128": {},
+    "256": {"size": 256, "layout_size": 128},
+    "128-hard": {"scene_style": "hard"},
+    "256-hard": {"size": 256, "layout_size": 128, "scene_style": "hard"},
+}
+
+
+def _default_root() -> Path:
+    from rcnn_steps.data import ensure_synth
+
+    return ensure_synth()
+
+
+def data_root(data: str | None = None, root: str | Path | None = None) -> str | None:
+    """What a run's :class:`~rcnn_steps.experiments.grid.RunSpec` holds as its ``root`` (part of its
+    key): None for the book's 128 px set (the key every grid's runs on it have), the
+    folder's name for a set under the data folder (``synth-256px-from128-seed0``:
+    :func:`resolve_root` finds it wherever the data folder is), else the path as given.
+    ``data`` names one of :data:`DATA_SETS` (generated first if missing); ``root`` any
+    folder."""
+    from rcnn_steps.data import ensure_synth
+    from rcnn_steps.utils import data_dir
+
+    if (data is None) == (root is None):
+        raise ValueError("give one of data ('128', '256') or root (a folder)")
+    if data is not None:
+        if data == "128":
+            return None
+        if data not in DATA_SETS:
+            raise ValueError(
+                f"data must be one of {', '.join(DATA_SETS)} (or pass root), got {data!r}"
+            )
+        path = ensure_synth(**DATA_SETS[data])
+    else:
+        path = Path(root)
+    path = path.resolve()
+    if path == _default_root().resolve():
+        return None
+    base = data_dir().resolve()
+    return path.name if path.parent == base else str(path)
+
+
+def resolve_root(root: str | None) -> str | None:
+    """The folder a :func:`data_root` value names on this machine."""
+    from rcnn_steps.utils import data_dir
+
+    if root is None or Path(root).is_absolute():
+        return root
+    path = data_dir() / root
+    if not path.exists():
+        raise FileNotFoundError(f"no data set {root!r} in the data folder {data_dir()}")
+    return str(path)
+
+
+def data_tag(root: str | None) -> str:
+    """The name of a ladder's results file, ``results/ladder_<tag>.json``: ``128`` for the
+    book's set; ``<size>`` for a synthetic set ``synth-<size>px[-from<L>]-seed0`` and
+    ``<size>-<variant>`` for a variant (``synth-256px-from128-seed0-hard``: ``256-hard``);
+    another seed adds ``-seed<S>``; any other folder its name."""
+    if root is None:
+        return "128"
+    name = Path(root).name
+    match = re.fullmatch(r"synth-(\d+)px(?:-from\d+)?-seed(\d+)(.*)", name)
+    if not match:
+        return name
+    size, seed, rest = match.groups()
+    return size + ("" if seed == "0" else f"-seed{seed}") + rest
+
+
+# ----------------------------------------------------------------------------------------
+# Runs
+
+
+def ladder_specs(
+    root: str | None,
+    seeds: Sequence[int] = LADDER_SEEDS,
+    *,
+    rungs: Sequence[str] | None = None,
+    preset: str = LADDER_PRESET,
+    max_iter: int | None = None,
+    long_max_iter: int | None = None,
+    num_eval_images: int | None = LADDER_EVAL_IMAGES,
+    num_train_images: int | None = None,
+) -> list[RunSpec]:
+    """The runs of the ladder on ``root`` (a :func:`data_root` value), rung by rung and
+    seed by seed. ``max_iter`` shortens every rung (tests), ``long_max_iter`` the long
+    rung (default :data:`~rcnn_steps.experiments.ablations.LONG_MAX_ITER`)."""
+    chosen = [RUNGS[name] for name in rungs] if rungs is not None else list(LADDER)
+    specs = []
+    for rung in chosen:
+        iters = max_iter
+        if rung.max_iter is not None:
+            iters = long_max_iter if long_max_iter is not None else rung.max_iter
+        for seed in seeds:
+            specs.append(
+                RunSpec(
+                    name=rung.name,
+                    seed=int(seed),
+                    preset=preset,
+                    overrides=dict(rung.overrides),
+                    method=rung.method,
+                    num_train_images=num_train_images,
+                    max_iter=iters,
+                    num_eval_images=num_eval_images,
+                    root=root,
+                    timing_threads=1,
+                )
+            )
+    return specs
+
+
+def run_rcnn_setting(
+    name: str,
+    overrides: dict[str, Any],
+    seed: int,
+    preset: str,
+    max_iter: int | None = None,
+    *,
+    num_train_images: int | None = None,
+    root: str | Path | None = None,
+    num_eval_images: int | None = None,
+    timing_threads: int | None = None,
+    out_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """R-CNN's rung: :func:`rcnn_steps.experiments.rcnn.train_rcnn` under the budget rule
+    (``preset``'s schedule, :func:`rcnn_windows_per_iteration` windows per iteration, a
+    quarter foreground at the detectors' IoU), on the selective-search proposals of the
+    train images, tested on the first ``num_eval_images`` val images. ``overrides`` are
+    :class:`~rcnn_steps.experiments.rcnn.RCNNConfig` fields (the crop size, the CNN's
+    width). Returns a record with :func:`rcnn_steps.experiments.runner.run_setting`'s
+    fields."""
+    import torch
+
+    from rcnn_steps.experiments.evolution import NUM_EVAL_IMAGES, evaluation_image_ids
+    from rcnn_steps.experiments.rcnn import RCNNConfig, evaluate_detector, train_rcnn
+    from rcnn_steps.experiments.runner import (
+        load_datasets,
+        selective_search_proposals,
+        thread_count,
+    )
+
+    t0 = time.perf_counter()
+    detector = detector_config(preset)
+    sched = schedule(preset, max_iter)
+    train_set, val_set = load_datasets(root)
+    n_train = len(train_set) if num_train_images is None else min(num_train_images, len(train_set))
+    eval_ids = evaluation_image_ids(val_set, num_eval_images or NUM_EVAL_IMAGES)
+    train_props, _ = selective_search_proposals(train_set, "train", n_train, root)
+    val_props, proposal_seconds = selective_search_proposals(val_set, "val", len(eval_ids), root)
+    config = RCNNConfig(
+        **{
+            "num_train_images": n_train,
+            "max_iter": sched["max_iter"],
+            "batch_size": rcnn_windows_per_iteration(preset),
+            "fg_fraction": detector.roi_positive_fraction,
+            "fg_iou": detector.roi_fg_iou_thresh,
+            "lr": sched["lr"],
+            "seed": int(seed),
+            **overrides,
+        }
+    )
+    model, result = train_rcnn(
+        train_set,
+        train_props,
+        config,
+        device="cpu",
+        out_dir=None if out_dir is None else str(out_dir),
+        schedule=sched,
+    )
+    t1 = time.perf_counter()
+    with thread_count(timing_threads):
+        threads = torch.get_num_threads()
+        ev = evaluate_detector(model, val_set, val_props, eval_ids, config)
+    t2 = time.perf_counter()
+    network_seconds = ev["classification_seconds_per_image"]
+    return {
+        "name": name,
+        "seed": int(seed),
+        "preset": preset,
+        "method": "rcnn",
+        "max_iter": sched["max_iter"],
+        "overrides": json.loads(json.dumps(overrides)),
+        "metrics": {k: round(float(v), 4) for k, v in ev["metrics"].items()},
+        "rcnn_config": asdict(config),
+        "num_train_images": n_train,
+        "num_eval_images": len(eval_ids),
+        "network_seconds_per_image": round(network_seconds, 4),
+        "proposal_seconds_per_image": round(proposal_seconds, 4),
+        "seconds_per_image": round(network_seconds + proposal_seconds, 4),
+        "timing_threads": threads,
+        "wall_time_s": round(t2 - t0, 2),
+        "train_seconds": round(t1 - t0, 2),
+        "eval_seconds": round(t2 - t1, 2),
+        **result.summary(),
+    }
+
+
+def run_rung(spec: RunSpec) -> dict[str, Any]:
+    """One run of the ladder (the grid's ``runner``): R-CNN's rung by
+    :func:`run_rcnn_setting`, the others by
+    :func:`rcnn_steps.experiments.runner.run_setting`, on the data :func:`resolve_root`
+    finds; the record keeps ``spec`` as keyed."""
+    from rcnn_steps.experiments.grid import _run_one, with_provenance
+
+    here = replace(spec, root=resolve_root(spec.root))
+    iters = schedule(spec.preset, spec.max_iter)["max_iter"]
+    print(f"{spec.name}/seed{spec.seed}: started, {iters} iterations ({spec.key()}, "
+          f"{time.strftime('%H:%M:%S')})", flush=True)  # fmt: skip
+    if spec.method != "rcnn":
+        record = _run_one(here)
+    else:
+        record = run_rcnn_setting(
+            spec.name,
+            dict(spec.overrides),
+            spec.seed,
+            spec.preset,
+            spec.max_iter,
+            num_train_images=spec.num_train_images,
+            root=here.root,
+            num_eval_images=spec.num_eval_images,
+            timing_threads=spec.timing_threads,
+            out_dir=spec.out_dir,
+        )
+    print(f"{spec.name}/seed{spec.seed}: {record['train_sec_per_iter']:.3f} s/iteration, "
+          f"{record['wall_time_s']:.0f} s in all", flush=True)  # fmt: skip
+    return with_provenance(spec, record)
+
+
+def prepare_proposals(
+    root: str | None,
+    num_train_images: int | None = None,
+    num_eval_images: int | None = LADDER_EVAL_IMAGES,
+    log=print,
+) -> dict[str, float]:
+    """Make (or extend) the selective-search proposal caches the ladder's first rungs read,
+    before any run starts, so no run's wall-clock holds them and no two workers make them
+    at once: for the book's set, the train images beyond chapter 02's 400 go to the set's
+    own cache beside the data; for any other set, both splits. Returns the seconds of
+    selective search per image, by split, of the images it computed (empty if none)."""
+    import numpy as np
+
+    from rcnn_steps.data.proposals import load_proposals, make_proposals, proposals_path
+    from rcnn_steps.experiments.runner import _covers, load_datasets
+
+    here = resolve_root(root)
+    train_set, val_set = load_datasets(here)
+    folder = Path(here) if here is not None else _default_root()
+    spent: dict[str, float] = {}
+    for split, dataset, count in (
+        ("train", train_set, num_train_images or len(train_set)),
+        ("val", val_set, min(num_eval_images or len(val_set), len(val_set))),
+    ):
+        count = min(count, len(dataset))
+        if root is None and _covers(proposals_path(split), dataset, count):
+            continue
+        path = folder / f"proposals_fast_{split}.npz"
+        held: dict[int, Any] = {}
+        if path.exists():
+            try:
+                held = load_proposals(path, dataset)
+            except ValueError:  # made from other data: start again
+                held = {}
+        wanted = [int(i) for i in dataset.image_ids[:count]]
+        if all(i in held for i in wanted):
+            continue
+        log(f"selective search: {count} {split} images of {folder.name} -> {path}")
+        t0 = time.time()
+        make_proposals(dataset, count, path)  # deterministic (seed 0): held ones come out equal
+        with np.load(path) as data:
+            spent[split] = float(np.mean(data["seconds"]))
+        log(f"  {time.time() - t0:.0f} s, {spent[split]:.3f} s per image")
+    return spent
+
+
+def _results(specs, runs, root, preset, long_max_iter, num_eval_images) -> dict[str, Any]:
+    names = list(dict.fromkeys(s.name for s in specs))
+    settings = {
+        name: {
+            "label": RUNGS[name].label,
+            "change": RUNGS[name].change,
+            "method": RUNGS[name].method,
+            "overrides": json.loads(json.dumps(RUNGS[name].overrides)),
+            "changes": json.loads(json.dumps(RUNGS[name].changes)),
+            "max_iter": next(s.max_iter for s in specs if s.name == name)
+            or schedule(preset)["max_iter"],
+            "paper": None,
+        }
+        for name in names
+    }
+    by_name = {f"{r['name']}/seed{r['seed']}": r for r in runs}
+    rule = BUDGET_RULE.format(
+        preset=preset,
+        max_iter=schedule(preset)["max_iter"],
+        long=long_max_iter,
+        eval=num_eval_images,
+        images=feeding(preset)["batch_size"],
+        rois=detector_config(preset).roi_batch_size_per_image,
+        windows=rcnn_windows_per_iteration(preset),
+    )
+    return {
+        "table": "ladder",
+        "data": data_tag(root),
+        "root": root,
+        "preset": preset,
+        "max_iter": schedule(preset)["max_iter"],
+        "long_max_iter": long_max_iter,
+        "num_eval_images": num_eval_images,
+        "budget": rule,
+        "order": names,
+        "settings": settings,
+        "runs": dict(sorted(by_name.items())),
+        "summary": summarise(settings, {k: r for k, r in by_name.items()}),
+    }
+
+
+def run_ladder(
+    root: str | None,
+    seeds: Sequence[int] = LADDER_SEEDS,
+    out: str | Path | None = None,
+    *,
+    rungs: Sequence[str] | None = None,
+    preset: str = LADDER_PRESET,
+    max_iter: int | None = None,
+    long_max_iter: int | None = None,
+    num_eval_images: int | None = LADDER_EVAL_IMAGES,
+    num_train_images: int | None = None,
+    workers: int = 1,
+    threads_per_worker: int = 1,
+    cache_dir: str | Path | None = None,
+    timing: dict[str, Any] | None = None,
+    progress: bool = False,
+    log=print,
+) -> dict[str, Any]:
+    """Run the ladder on ``root`` (a :func:`data_root` value) and keep
+    ``results/ladder_<tag>.json`` (:func:`data_tag`) up to date after every run. The runs
+    go through :func:`rcnn_steps.experiments.grid.run_specs` (cached in ``cache_dir``, default
+    ``results/runs``: a killed grid resumes, runs shared with other grids are reused),
+    seed by seed (every rung of seed 0 first), the long rung last. ``timing``
+    (:func:`measure`'s) prints the plan first. Returns the file's ``results``."""
+    from rcnn_steps.experiments.grid import load_cached, run_specs
+    from rcnn_steps.utils import results_dir, write_results
+
+    started = time.time()
+    out = Path(out) if out is not None else results_dir() / f"ladder_{data_tag(root)}.json"
+    cache_dir = Path(cache_dir) if cache_dir is not None else results_dir() / "runs"
+    long_iters = long_max_iter if long_max_iter is not None else LONG_MAX_ITER
+    specs = ladder_specs(root, seeds, rungs=rungs, preset=preset, max_iter=max_iter,
+                         long_max_iter=long_iters, num_eval_images=num_eval_images,
+                         num_train_images=num_train_images)  # fmt: skip
+    if timing is not None:
+        log(format_plan(plan(specs, timing, cache_dir)))
+
+    def write() -> dict[str, Any]:
+        # a run shared with another grid was cached under that grid's setting name
+        # (mrcnn_pixels' "exact", mrcnn_long's "roialign"): file it under the rung's
+        runs = [dict(r, name=s.name) for s in specs if (r := load_cached(s, cache_dir)) is not None]
+        results = _results(specs, runs, root, preset, long_iters, num_eval_images)
+        write_results(out, results, preset=preset, seeds=sorted({int(s) for s in seeds}),
+                      started=started)  # fmt: skip
+        return results
+
+    if any(s.method in ("rcnn", "selective_search") for s in specs):
+        prepare_proposals(root, num_train_images, num_eval_images, log=log)
+    write()
+    groups = [[s for s in specs if s.seed == seed and RUNGS[s.name].max_iter is None]
+              for seed in seeds]  # fmt: skip
+    groups.append([s for s in specs if RUNGS[s.name].max_iter is not None])
+    failures = []
+    for group in groups:
+        if not group:
+            continue
+        try:
+            run_specs(group, cache_dir, workers=workers, threads_per_worker=threads_per_worker,
+                      progress=progress, log=log, on_result=lambda _s, _r: write(),
+                      runner=run_rung)  # fmt: skip
+        except RuntimeError as error:  # reported; the other seeds go on
+            failures.append(str(error))
+    results = write()
+    log(f"wrote {out}")
+    if failures:
+        raise RuntimeError("; ".join(failures))
+    return results
+
+
+def read_ladder_results(path: str | Path) -> dict[str, Any]:
+    """A ladder's results file in the shape of
+    :func:`rcnn_steps.experiments.ablations.read_grid_results` (``order, labels, paper, metric,
+    family, summary, runs, settings, preset, max_iter, num_eval_images, provenance``,
+    plus ``data``, ``budget`` and ``changes``), so a chapter shows it, and compares two
+    rungs with :func:`rcnn_steps.experiments.ablations.compare_settings`, as it does a table. Rungs
+    not run yet are in ``summary`` with ``n`` 0."""
+    from rcnn_steps.utils import read_results
+
+    payload = read_results(path)
+    results = payload["results"]
+    if results.get("table") != "ladder":
+        raise ValueError(f"{path} holds {results.get('table')!r}, not a ladder's results")
+    order = [name for name in RUNGS if name in results["settings"]]
+    return {
+        "table": "ladder",
+        "data": results["data"],
+        "budget": results["budget"],
+        "order": order,
+        "labels": {name: RUNGS[name].label for name in order},
+        "changes": {name: RUNGS[name].change for name in order},
+        "paper": {name: None for name in order},
+        "paper_metric": None,
+        "metric": "AP",
+        "family": "",
+        "summary": {**{n: {"seeds": [], "n": 0} for n in order}, **results["summary"]},
+        "runs": results["runs"],
+        "settings": results["settings"],
+        "preset": results["preset"],
+        "max_iter": results["max_iter"],
+        "num_eval_images": results["num_eval_images"],
+        "provenance": payload["provenance"],
+    }
+
+
+# ----------------------------------------------------------------------------------------
+# Measuring and planning
+
+
+def measure(
+    root: str | None,
+    *,
+    iters: int = 20,
+    eval_images: int = 5,
+    train_images: int = 64,
+    rungs: Sequence[str] | None = None,
+    preset: str = LADDER_PRESET,
+    log=print,
+) -> dict[str, Any]:
+    """Seconds of each rung on one thread: ``iters`` training iterations (on the first
+    ``train_images`` images: an iteration's cost does not depend on how many there are)
+    and ``eval_images`` val images through the rung's own runner. Returns ``{"root",
+    "threads", "iters", "rungs": {name: {"sec_per_iter", "setup_s",
+    "eval_s_per_image", "proposal_s_per_image"}}}``; the long rung is the mask rung's
+    iterations. The selective-search caches are made (or extended) for the images used."""
+    import torch
+
+    from rcnn_steps.experiments.runner import thread_count
+
+    names = [n for n in (rungs or list(RUNGS)) if RUNGS[n].max_iter is None]
+    prepare_proposals(root, train_images, eval_images, log=log)
+    out: dict[str, Any] = {"root": root, "threads": 1, "iters": iters, "rungs": {}}
+    with thread_count(1):
+        for name in names:
+            rung = RUNGS[name]
+            spec = RunSpec(name, 0, preset, dict(rung.overrides), rung.method, train_images,
+                           iters, eval_images, root, timing_threads=1)  # fmt: skip
+            record = run_rung(spec)
+            sec_per_iter = record["train_sec_per_iter"]
+            out["rungs"][name] = {
+                "sec_per_iter": round(sec_per_iter, 4),
+                "setup_s": round(max(0.0, record["train_seconds"] - iters * sec_per_iter), 2),
+                "eval_s_per_image": round(record["eval_seconds"] / record["num_eval_images"], 4),
+                "proposal_s_per_image": record["proposal_seconds_per_image"],
+                "torch_threads": torch.get_num_threads(),
+            }
+            per_image = out["rungs"][name]["eval_s_per_image"]
+            log(f"  {name}: {sec_per_iter:.3f} s/iteration, {per_image:.3f} s per val image")
+    return out
+
+
+def estimate_run_seconds(spec: RunSpec, timing: dict[str, Any]) -> float:
+    """One run's seconds from :func:`measure`'s timing: set-up, the schedule's iterations
+    and the evaluation of its val images (the long rung at the mask rung's rates)."""
+    name = "mask_rcnn" if spec.name == "mask_rcnn_long" else spec.name
+    t = timing["rungs"][name]
+    iters = schedule(spec.preset, spec.max_iter)["max_iter"]
+    return (
+        t["setup_s"]
+        + iters * t["sec_per_iter"]
+        + (spec.num_eval_images or 0) * t["eval_s_per_image"]
+    )
+
+
+def plan(specs: Sequence[RunSpec], timing: dict[str, Any], cache_dir: str | Path) -> dict:
+    """The plan of a ladder: per rung, the runs to do (those not in ``cache_dir``), the
+    estimated seconds of one and of all, on one thread; and the total in core-hours."""
+    from rcnn_steps.experiments.grid import load_cached
+
+    rows: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        row = rows.setdefault(spec.name, {"runs": 0, "cached": 0, "run_s": 0.0, "todo_s": 0.0,
+                                          "cached_wall_s": []})  # fmt: skip
+        row["runs"] += 1
+        seconds = estimate_run_seconds(spec, timing)
+        row["run_s"] = seconds
+        cached = load_cached(spec, cache_dir)
+        if cached is not None:
+            row["cached"] += 1
+            row["cached_wall_s"].append(cached.get("wall_time_s"))
+        else:
+            row["todo_s"] += seconds
+    total = sum(r["todo_s"] for r in rows.values())
+    return {"root": timing.get("root"), "tag": data_tag(timing.get("root")), "rungs": rows,
+            "todo_s": total, "core_hours": total / 3600}  # fmt: skip
+
+
+def format_plan(p: dict[str, Any]) -> str:
+    lines = [f"ladder plan, data {p['tag']} (one thread per run):"]
+    lines.append(f"  {'rung':<16} {'runs':>4} {'cached':>6} {'h per run':>9} {'h to do':>8}")
+    for name, r in p["rungs"].items():
+        walls = [w for w in r["cached_wall_s"] if w]
+        seen = f"  (cached runs took {statistics.median(walls) / 3600:.2f} h)" if walls else ""
+        lines.append(
+            f"  {name:<16} {r['runs']:>4} {r['cached']:>6} {r['run_s'] / 3600:>9.2f} "
+            f"{r['todo_s'] / 3600:>8.2f}{seen}"
+        )
+    lines.append(f"  total to do: {p['core_hours']:.1f} core-hours "
+                 f"({p['core_hours']:.1f} h on one worker)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def timing_path(root: str | None) -> Path:
+    from rcnn_steps.utils import results_dir
+
+    return results_dir() / f"ladder_timing_{data_tag(root)}.json"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m rcnn_steps.ladder {measure, plan, run} --data 128 | 256 | --root DIR``."""
+    from rcnn_steps.utils import read_results, write_results
+
+    parser = argparse.ArgumentParser(prog="python -m rcnn_steps.ladder")
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands = {
+        "measure": "seconds per iteration and per val image of every rung, one thread "
+        "(writes results/ladder_timing_<tag>.json)",
+        "plan": "the runs to do and their core-hours, from the measured timing and the cache",
+        "run": "run the ladder (resumes: cached runs are kept); writes results/ladder_<tag>.json",
+    }
+    parsers = {}
+    for name, text in commands.items():
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--data", nargs="+", choices=tuple(DATA_SETS), default=None)
+        p.add_argument("--root", type=Path, nargs="+", default=None, help="data folders")
+        p.add_argument("--rungs", nargs="+", choices=list(RUNGS), default=None)
+        parsers[name] = p
+    parsers["measure"].add_argument("--iters", type=int, default=20)
+    for name in ("plan", "run"):
+        parsers[name].add_argument("--seeds", type=int, nargs="+", default=list(LADDER_SEEDS))
+    parsers["run"].add_argument("--workers", type=int, default=1)
+    parsers["run"].add_argument("--threads-per-worker", type=int, default=1)
+    parsers["run"].add_argument("--out", type=Path, default=None,
+                                help="default results/ladder_<tag>.json")  # fmt: skip
+    args = parser.parse_args(argv)
+    roots = [data_root(data=d) for d in args.data or []]
+    roots += [data_root(root=r) for r in args.root or []]
+    if not roots:
+        parser.error("give --data 128 / 256 or --root DIR")
+    if args.command == "run" and len(roots) > 1:
+        parser.error("run one ladder at a time (one --data or --root)")
+    total = 0.0
+    for root in roots:
+        if args.command == "measure":
+            print(f"measuring the ladder on {data_tag(root)} ({args.iters} iterations, 1 thread)")
+            timing = measure(root, iters=args.iters, rungs=args.rungs)
+            write_results(timing_path(root), timing, preset=LADDER_PRESET, seeds=[0])
+            print(f"wrote {timing_path(root)}")
+            continue
+        timing = None
+        if timing_path(root).exists():
+            timing = read_results(timing_path(root))["results"]
+        elif args.command == "plan":
+            parser.error(f"no {timing_path(root)}: run `python -m rcnn_steps.ladder measure`")
+        if args.command == "plan":
+            from rcnn_steps.utils import results_dir
+
+            specs = ladder_specs(root, args.seeds, rungs=args.rungs)
+            p = plan(specs, timing, results_dir() / "runs")
+            print(format_plan(p))
+            total += p["core_hours"]
+            continue
+        run_ladder(root, args.seeds, args.out, rungs=args.rungs, workers=args.workers,
+                   threads_per_worker=args.threads_per_worker, timing=timing)  # fmt: skip
+    if args.command == "plan" and len(roots) > 1:
+        print(f"all ladders: {total:.1f} core-hours")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
