@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from rcnn_steps.data import collate_fn
+from rcnn_steps.detectors.config import DetectorConfig
+from rcnn_steps.detectors.faster_rcnn import FasterRCNN
 from rcnn_steps.experiments.keypoint_debug import (
     dead_unit_fractions,
     make_probe,
@@ -13,8 +15,7 @@ from rcnn_steps.experiments.keypoint_debug import (
     trace_setting,
     uniform_entropy,
 )
-from rcnn_steps.faster_rcnn import DetectorConfig, FasterRCNN
-from rcnn_steps.runner import load_datasets
+from rcnn_steps.experiments.runner import load_datasets
 
 
 def _keypoint_model():

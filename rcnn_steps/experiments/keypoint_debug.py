@@ -18,8 +18,13 @@ steps, what one would look at, in the order one would look:
 4. **the remedies**, each a setting: a smaller loss weight, a smaller learning rate, and
    no clip (to show what the clip is for).
 
-The probes never change the run: the random state is restored after each, so a traced
-setting trains exactly as the untraced grid run of the same seed.
+The probes do not change the run: each puts back the random state it drew from (the RoI
+and anchor samplers), and :func:`rcnn_steps.engine.branch_gradient_norms` leaves the
+weights, buffers and gradients as they were, so a traced setting trains as an untraced run
+of the same seed would on the same machine. (On 2026-12-04 the traced weight-1 run ended
+with the keypoint loss of table ``mrcnn_kp_weight``'s ``w1/seed0``, 8.0507, though the two
+ran on different CPUs; their other losses differ in the second digit, as runs on two
+kernel sets do.)
 
     python -m rcnn_steps.experiments.keypoint_debug --seed 0 --out results/keypoint_debug.json
 """
@@ -37,12 +42,12 @@ import torch
 from torch import Tensor, nn
 
 from rcnn_steps.data import collate_fn
+from rcnn_steps.detectors.faster_rcnn import FasterRCNN
 from rcnn_steps.engine import NonFiniteLossError, TrainConfig, branch_gradient_norms, train
 from rcnn_steps.experiments.presets import preset as preset_record
 from rcnn_steps.experiments.presets import schedule
-from rcnn_steps.faster_rcnn import FasterRCNN
+from rcnn_steps.experiments.runner import detect, detector_config, evaluate, load_datasets
 from rcnn_steps.modeling.keypoint_head import heatmap_entropy
-from rcnn_steps.runner import detect, detector_config, evaluate, load_datasets
 from rcnn_steps.utils import add_debug_argument, run_command, seed_everything, write_results
 
 PRESET = "cpu_mask"
