@@ -799,11 +799,14 @@ def training_curves(
     ax: Axes | None = None,
     title: str = "",
     logy: bool = False,
+    ylabel: str = "loss",
+    hlines: Mapping[str, float] | None = None,
 ) -> Axes:
     """Loss curves of training runs: ``histories`` maps a run's name to its logged records
-    (dicts with ``"step"`` and the ``keys``: an engine ``metrics.jsonl`` or a results
-    file's ``loss_history``). One line per (run, key); runs keep one colour, keys differ
-    by line style."""
+    (dicts with ``"step"`` and the ``keys``: an engine ``metrics.jsonl``, a results
+    file's ``loss_history``, or any per-step trace such as an ``eval_history``). One line
+    per (run, key); runs keep one colour, keys differ by line style. ``hlines`` maps a
+    label to a reference level, drawn dotted and named at the right."""
     ax = _figure_axes(ax, (4.4, 2.6))
     styles = ["-", "--", ":", "-."]
     for r, (name, records) in enumerate(histories.items()):
@@ -814,10 +817,53 @@ def training_curves(
             steps, values = zip(*points, strict=True)
             label = name if len(keys) == 1 else (key if len(histories) == 1 else f"{name}: {key}")
             ax.plot(steps, values, styles[k % len(styles)], color=f"C{r}", label=label)
+    for label, level in (hlines or {}).items():
+        ax.axhline(level, color="k", linewidth=0.8, linestyle=":")
+        ax.annotate(label, (1, level), xycoords=("axes fraction", "data"), xytext=(-2, 2),
+                    textcoords="offset points", ha="right", va="bottom",
+                    fontsize=FONT_SIZE)  # fmt: skip
     if logy:
         ax.set_yscale("log")
-    _label_axes(ax, "training step", "loss", title)
+    _label_axes(ax, "training step", ylabel, title)
     ax.legend(fontsize=FONT_SIZE)
+    return ax
+
+
+def gradient_norms(
+    trace: Sequence[Mapping[str, float]],
+    clip: float | None = None,
+    *,
+    ax: Axes | None = None,
+    title: str = "",
+) -> Axes:
+    """Which loss term the gradient is made of, over training: each term's gradient norm
+    (one colour per term) and the whole gradient's (black), log scale. ``trace`` holds
+    records ``{"step", "grad/<term>", ..., "grad/total_loss"}`` as
+    :func:`rcnn_steps.engine.branch_gradient_norms` measures them (prefixed ``grad/``).
+    ``clip``: the whole gradient's clip norm, dashed: where the black line is above it,
+    every parameter's step is scaled by ``clip / total``, the term that makes the total
+    setting how far every branch moves."""
+    if not trace:
+        raise ValueError("gradient_norms: the trace is empty")
+    terms = [k for k in trace[0] if k.startswith("grad/") and k != "grad/total_loss"]
+    if not terms or "grad/total_loss" not in trace[0]:
+        raise KeyError("gradient_norms: records need 'grad/<term>' keys and 'grad/total_loss'")
+    ax = _figure_axes(ax, (4.6, 2.8))
+    steps = [r["step"] for r in trace]
+    for k, term in enumerate(terms):
+        name = term.removeprefix("grad/loss_").replace("_", " ")
+        ax.plot(steps, [max(r[term], 1e-6) for r in trace], color=f"C{k}", linewidth=1.2,
+                label=name)  # fmt: skip
+    ax.plot(steps, [r["grad/total_loss"] for r in trace], color="k", linewidth=1.6,
+            label="whole gradient")  # fmt: skip
+    if clip is not None:
+        ax.axhline(clip, color="k", linestyle="--", linewidth=0.9)
+        ax.annotate(f"clip {clip:g}", (1, clip), xycoords=("axes fraction", "data"),
+                    xytext=(-2, 2), textcoords="offset points", ha="right", va="bottom",
+                    fontsize=FONT_SIZE)  # fmt: skip
+    ax.set_yscale("log")
+    _label_axes(ax, "training step", "gradient norm", title)
+    ax.legend(fontsize=FONT_SIZE - 1, ncol=2)
     return ax
 
 

@@ -115,6 +115,26 @@ def test_training_curves_one_line_per_run_and_key():
     assert list(ax.get_lines()[1].get_xdata()) == [10]  # only the records that logged it
     with pytest.raises(KeyError, match="logged no 'loss_box'"):
         viz.training_curves({"r": run}, keys=("loss_box",))
+    ax = viz.training_curves({"r": run}, ylabel="entropy", hlines={"flat map": 1.5})
+    assert ax.get_ylabel() == "entropy" and [t.get_text() for t in ax.texts] == ["flat map"]
+    assert list(ax.get_lines()[-1].get_ydata()) == [1.5, 1.5]  # the reference level
+    plt.close("all")
+
+
+def test_gradient_norms_one_line_per_term_then_the_whole_gradient():
+    keys = ("step", "grad/loss_classifier", "grad/loss_keypoint", "grad/total_loss")
+    rows = [(25, 2.0, 30.0, 30.1), (50, 1.0, 0.0, 1.0)]
+    trace = [dict(zip(keys, row, strict=True)) for row in rows]
+    ax = viz.gradient_norms(trace, clip=10)
+    labels = [ln.get_label() for ln in ax.get_lines()]
+    assert labels[:3] == ["classifier", "keypoint", "whole gradient"]
+    assert list(ax.get_lines()[2].get_ydata()) == [30.1, 1.0]
+    assert ax.get_lines()[1].get_ydata()[1] > 0  # a zero norm stays drawable on a log axis
+    assert ax.get_yscale() == "log" and [t.get_text() for t in ax.texts] == ["clip 10"]
+    with pytest.raises(ValueError, match="empty"):
+        viz.gradient_norms([])
+    with pytest.raises(KeyError, match="total_loss"):
+        viz.gradient_norms([{"step": 1, "grad/loss_a": 1.0}])
     plt.close("all")
 
 
