@@ -120,3 +120,35 @@ def test_the_layout_check_sees_imports_inside_functions(tmp_path):
     found = _imported_modules(source)
     assert found == {"rcnn_steps.engine", "rcnn_steps.viz"}
     assert not _allowed("rcnn_steps.engine", "modeling") and _allowed("rcnn_steps.ops", "modeling")
+
+
+def test_every_name_a_chapter_imports_from_the_library_exists():
+    """A chapter's ``from rcnn_steps.<module> import <name>`` must resolve: a shim at an old
+    path re-exports only its new module's ``__all__``, so a name outside it (a constant,
+    say) would fail only when the chapter runs."""
+    import importlib
+
+    import nbformat
+
+    missing = []
+    for path in sorted((PACKAGE.parent / "book").glob("[0-9][0-9]_*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type != "code":
+                continue
+            try:
+                tree = ast.parse(cell.source)
+            except SyntaxError:  # a cell with IPython magics: nothing to import here
+                continue
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.ImportFrom):
+                    continue
+                if not (node.module or "").startswith("rcnn_steps"):
+                    continue
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    if not hasattr(module, alias.name):
+                        try:
+                            importlib.import_module(f"{node.module}.{alias.name}")
+                        except ImportError:
+                            missing.append(f"{path.name}: {node.module}.{alias.name}")
+    assert not missing, missing
