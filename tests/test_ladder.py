@@ -166,3 +166,24 @@ def test_named_data_sets(monkeypatch, tmp_path):
     assert ladder.data_tag(ladder.data_root("256-hard")) == "256-hard"
     with pytest.raises(ValueError, match="128-hard"):
         ladder.data_root("512")
+
+
+def test_detectors_scale_their_pixel_fields_with_the_images():
+    assert ladder.image_scale(None) == 1
+    assert ladder.image_scale("synth-256px-from128-seed0") == 2
+    assert ladder.image_scale("/x/synth-512px-from128-seed0-hard") == 4
+    assert ladder.image_scale("synth-128px-seed0-hard") == ladder.image_scale("/x/mine") == 1
+    with pytest.raises(ValueError, match="whole multiple"):
+        ladder.image_scale("synth-200px-from128-seed0")
+    book = {s.name: s for s in ladder.ladder_specs(None, [0])}
+    big = {s.name: s for s in ladder.ladder_specs("synth-256px-from128-seed0", [0])}
+    assert big["rcnn"].overrides == book["rcnn"].overrides  # crops: nothing in image pixels
+    for name in ("fast_rcnn", "faster_rcnn", "fpn", "mask_rcnn_long"):
+        small = detector_config(ladder.LADDER_PRESET, book[name].overrides)
+        large = detector_config(ladder.LADDER_PRESET, big[name].overrides)
+        assert large.anchor_sizes == tuple(2 * a for a in small.anchor_sizes)
+        assert large.fpn_anchor_sizes == tuple(2 * a for a in small.fpn_anchor_sizes)
+        assert large.roi_canonical_size == 2 * small.roi_canonical_size
+        # nothing else differs: the same model, read at twice the resolution
+        same = {k: v for k, v in vars(large).items() if k not in ladder.PIXEL_FIELDS}
+        assert same == {k: v for k, v in vars(small).items() if k not in ladder.PIXEL_FIELDS}

@@ -55,7 +55,11 @@ variant), each writing its own file, ``results/ladder_<tag>.json`` (:func:`data_
 ``ladder_128.json``, ``ladder_256.json``, ``ladder_256-hard.json``). Runs are cached in
 ``results/runs/`` by :class:`rcnn_steps.experiments.grid.RunSpec`'s key; a set under the data folder
 is keyed by its folder name, not by where the data folder lies on this machine
-(:func:`data_root`), so a grid resumes from another checkout.
+(:func:`data_root`), so a grid resumes from another checkout. On a set drawn at ``k``
+times the book's resolution the detectors' fields in image pixels (anchors, FPN's s0:
+:data:`PIXEL_FIELDS`) are ``k`` times the preset's (:func:`scaled_overrides`), as the
+papers set theirs for their images' size: each object keeps its level and its anchors,
+and only its size in feature cells grows, which is what the scale test asks.
 
 Commands::
 
@@ -86,10 +90,12 @@ __all__ = [
     "LADDER",
     "LADDER_BASE",
     "LADDER_PRESET",
+    "PIXEL_FIELDS",
     "Rung",
     "config_diff",
     "data_root",
     "data_tag",
+    "image_scale",
     "ladder_specs",
     "main",
     "measure",
@@ -100,6 +106,7 @@ __all__ = [
     "run_ladder",
     "run_rcnn_setting",
     "run_rung",
+    "scaled_overrides",
 ]
 
 #: The preset every detector rung overrides (and whose schedule R-CNN trains on too).
@@ -234,6 +241,49 @@ DATA_SETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: The detector fields measured in pixels of the image: anchors (Faster R-CNN section 3.1;
+#: FPN section 4.1: one size per level) and FPN's s0 (eq. 1, the box size mapped to the
+#: canonical level). The papers set them for their images' size (anchors 32-512 and
+#: s0 = 224 for COCO at 800 px); on a set drawn at ``k`` times the resolution of the book's
+#: the ladder multiplies them by ``k``, so every object is read from the same level and
+#: matched by the same anchors as at 128 px, and only its size in cells grows. Without
+#: it, FPN would send each object one level up and its size in cells would not change.
+PIXEL_FIELDS = ("anchor_sizes", "fpn_anchor_sizes", "roi_canonical_size")
+
+
+def image_scale(root: str | None) -> int:
+    """How many times the book's resolution a set's images are drawn at: 2 for
+    ``synth-256px-from128-seed0`` (the 128 px layouts drawn at 256 px), 1 for the book's
+    set, any other synthetic set drawn at its own layout size, and any other folder."""
+    if root is None:
+        return 1
+    match = re.fullmatch(r"synth-(\d+)px-from(\d+)-seed\d+.*", Path(root).name)
+    if not match:
+        return 1
+    size, layout = (int(g) for g in match.groups())
+    if size % layout:
+        raise ValueError(
+            f"{root}: drawn at {size} px from {layout} px layouts, not a whole multiple"
+        )
+    return size // layout
+
+
+def scaled_overrides(overrides: dict[str, Any], scale: int, preset: str = LADDER_PRESET) -> dict:
+    """A detector rung's ``overrides`` for images drawn at ``scale`` times the book's
+    resolution: :data:`PIXEL_FIELDS` multiplied by ``scale`` (the same ``overrides`` at
+    1, so the book's runs keep their keys)."""
+    if scale == 1:
+        return dict(overrides)
+    config = asdict(detector_config(preset, overrides))
+    scaled = {}
+    for name in PIXEL_FIELDS:
+        value = config[name]
+        scaled[name] = (
+            tuple(scale * v for v in value) if isinstance(value, tuple) else scale * value
+        )
+    return {**overrides, **scaled}
+
+
 def _default_root() -> Path:
     from rcnn_steps.data import ensure_synth
 
@@ -315,6 +365,7 @@ def ladder_specs(
     seed by seed. ``max_iter`` shortens every rung (tests), ``long_max_iter`` the long
     rung (default :data:`~rcnn_steps.experiments.ablations.LONG_MAX_ITER`)."""
     chosen = [RUNGS[name] for name in rungs] if rungs is not None else list(LADDER)
+    scale = image_scale(root)
     specs = []
     for rung in chosen:
         iters = max_iter
@@ -326,7 +377,11 @@ def ladder_specs(
                     name=rung.name,
                     seed=int(seed),
                     preset=preset,
-                    overrides=dict(rung.overrides),
+                    overrides=(
+                        dict(rung.overrides)
+                        if rung.method == "rcnn"  # crops: no field in image pixels
+                        else scaled_overrides(rung.overrides, scale, preset)
+                    ),
                     method=rung.method,
                     num_train_images=num_train_images,
                     max_iter=iters,
@@ -508,7 +563,8 @@ def _results(specs, runs, root, preset, long_max_iter, num_eval_images) -> dict[
             "label": RUNGS[name].label,
             "change": RUNGS[name].change,
             "method": RUNGS[name].method,
-            "overrides": json.loads(json.dumps(RUNGS[name].overrides)),
+            # as trained: a detector rung's pixel fields scaled with the images
+            "overrides": json.loads(json.dumps(next(s.overrides for s in specs if s.name == name))),
             "changes": json.loads(json.dumps(RUNGS[name].changes)),
             "max_iter": next(s.max_iter for s in specs if s.name == name)
             or schedule(preset)["max_iter"],
@@ -526,6 +582,13 @@ def _results(specs, runs, root, preset, long_max_iter, num_eval_images) -> dict[
         rois=detector_config(preset).roi_batch_size_per_image,
         windows=rcnn_windows_per_iteration(preset),
     )
+    scale = image_scale(root)
+    if scale != 1:
+        rule += (
+            f"; images drawn at {scale}x the book's resolution, so the detectors' "
+            f"{', '.join(PIXEL_FIELDS)} are {scale}x the preset's (the same levels and "
+            "anchors per object, each object larger in cells)"
+        )
     return {
         "table": "ladder",
         "data": data_tag(root),
