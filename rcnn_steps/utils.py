@@ -40,7 +40,16 @@ def seed_everything(seed: int) -> None:
 
 
 def set_threads(n: int = 2) -> None:
-    """Fix torch's intra-op thread count, so timings and float sums repeat run to run."""
+    """Fix torch's intra-op thread count, so timings and float sums repeat run to run.
+
+    ``RCNN_STEPS_THREADS`` in the environment, when set, replaces ``n``: one thread lets a
+    chapter run beside another job without the two fighting over the cores (two torch
+    threads sharing one busy core run many times slower, not twice)."""
+    override = os.environ.get("RCNN_STEPS_THREADS")
+    if override is not None:
+        if not override.isdigit() or int(override) < 1:
+            raise ValueError(f"RCNN_STEPS_THREADS must be a whole number >= 1, got {override!r}")
+        n = int(override)
     torch.set_num_threads(n)
 
 

@@ -103,3 +103,24 @@ def test_provenance_lines_say_what_wrote_each_file(tmp_path):
     ]
     with pytest.raises(FileNotFoundError, match="run the library command"):
         provenance_lines(["missing.json"], tmp_path)
+
+
+def test_set_threads_takes_the_environment_cap(monkeypatch):
+    import torch
+
+    from rcnn_steps.utils import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("RCNN_STEPS_THREADS", raising=False)
+        set_threads(2)
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("RCNN_STEPS_THREADS", "1")
+        set_threads(2)
+        assert torch.get_num_threads() == 1
+        for bad in ("0", "two", "-1"):
+            monkeypatch.setenv("RCNN_STEPS_THREADS", bad)
+            with pytest.raises(ValueError, match="RCNN_STEPS_THREADS"):
+                set_threads(2)
+    finally:
+        torch.set_num_threads(before)
