@@ -16,6 +16,8 @@ The library is arranged in floors, each importing only from the floors below it
 - :mod:`rcnn_steps.detectors`: one module per chapter's detector, and
   :class:`~rcnn_steps.detectors.config.DetectorConfig`; imports ``ops``, ``modeling`` and
   ``utils`` (one known exception, listed in the test);
+- :mod:`rcnn_steps.viz`: drawing, one module per kind of picture; imports ``ops``,
+  ``modeling``, ``detectors`` and ``utils`` (the explorers' views compute with them);
 - :mod:`rcnn_steps.experiments`, the top: each detector preset defined once (a
   :class:`~rcnn_steps.experiments.Preset` record: model, schedule, feeding, and where it is
   reported), the runner, grids, the papers' tables, the ladder, the evolution table and
@@ -23,10 +25,10 @@ The library is arranged in floors, each importing only from the floors below it
   imports it.
 
 :mod:`rcnn_steps.data` (the synthetic set, the COCO loader, transforms, the proposal
-cache), :mod:`rcnn_steps.viz`, :mod:`rcnn_steps.explorers`, :mod:`rcnn_steps.cli` and
-:mod:`rcnn_steps.utils` still sit beside the floors. The old flat paths
-(``rcnn_steps.faster_rcnn``, ``rcnn_steps.ablations``, ...) are shims, so old imports and
-every recorded ``python -m rcnn_steps.<module>`` command still work.
+cache), :mod:`rcnn_steps.explorers`, :mod:`rcnn_steps.cli` and :mod:`rcnn_steps.utils`
+still sit beside the floors. The old flat paths (``rcnn_steps.faster_rcnn``,
+``rcnn_steps.ablations``, ...) are shims, so old imports and every recorded
+``python -m rcnn_steps.<module>`` command still work.
 
 The modules read like the book's table of contents:
 
