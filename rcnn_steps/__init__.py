@@ -52,7 +52,8 @@ The modules read like the book's table of contents:
   :mod:`rcnn_steps.modeling.rpn`, :mod:`rcnn_steps.modeling.roi_heads`,
   :mod:`rcnn_steps.detectors.config` (every switch, and the presets by scale),
   :mod:`rcnn_steps.detectors.faster_rcnn`, and the papers' tables as grids
-  (:mod:`rcnn_steps.experiments.ablations`, :mod:`rcnn_steps.experiments.grid`);
+  (:mod:`rcnn_steps.experiments.paper_tables`, :mod:`rcnn_steps.experiments.ablations`,
+  :mod:`rcnn_steps.experiments.grid`);
 - chapter 05, feature pyramids: :mod:`rcnn_steps.modeling.fpn`,
   :mod:`rcnn_steps.modeling.poolers` (RoIs pooled from their level), and ResNet backbones
   in :mod:`rcnn_steps.modeling.backbones`;
@@ -65,8 +66,9 @@ The modules read like the book's table of contents:
   cascade, torchvision's twin), :mod:`rcnn_steps.experiments.runner` (a preset trained and
   scored);
 - chapter 08, the full model and the ablations: :mod:`rcnn_steps.experiments` (the
-  presets, each defined once), :mod:`rcnn_steps.experiments.ablations` (the papers' tables
-  as data), :mod:`rcnn_steps.experiments.grid` (their runs, cached and resumable),
+  presets, each defined once), :mod:`rcnn_steps.experiments.paper_tables` (the papers'
+  tables as data), :mod:`rcnn_steps.experiments.ablations` (run as grids and read back),
+  :mod:`rcnn_steps.experiments.grid` (their runs, cached and resumable),
   :mod:`rcnn_steps.experiments.ladder` (one change per rung),
   :mod:`rcnn_steps.experiments.evolution` (the table of every chapter's detector),
   :mod:`rcnn_steps.evaluation.errors` (where the final model fails), :mod:`rcnn_steps.cli`
