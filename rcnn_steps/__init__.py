@@ -16,6 +16,8 @@ The library is arranged in floors, each importing only from the floors below it
 - :mod:`rcnn_steps.detectors`: one module per chapter's detector, and
   :class:`~rcnn_steps.detectors.config.DetectorConfig`; imports ``ops``, ``modeling`` and
   ``utils`` (one known exception, listed in the test);
+- :mod:`rcnn_steps.viz`: drawing, one module per kind of picture; imports ``ops``,
+  ``modeling``, ``detectors`` and ``utils`` (the explorers' views compute with them);
 - :mod:`rcnn_steps.experiments`, the top: each detector preset defined once (a
   :class:`~rcnn_steps.experiments.Preset` record: model, schedule, feeding, and where it is
   reported), the runner, grids, the papers' tables, the ladder, the evolution table and
@@ -23,10 +25,10 @@ The library is arranged in floors, each importing only from the floors below it
   imports it.
 
 :mod:`rcnn_steps.data` (the synthetic set, the COCO loader, transforms, the proposal
-cache), :mod:`rcnn_steps.viz`, :mod:`rcnn_steps.explorers`, :mod:`rcnn_steps.cli` and
-:mod:`rcnn_steps.utils` still sit beside the floors. The old flat paths
-(``rcnn_steps.faster_rcnn``, ``rcnn_steps.ablations``, ...) are shims, so old imports and
-every recorded ``python -m rcnn_steps.<module>`` command still work.
+cache), :mod:`rcnn_steps.explorers`, :mod:`rcnn_steps.cli` and :mod:`rcnn_steps.utils`
+still sit beside the floors. The old flat paths (``rcnn_steps.faster_rcnn``,
+``rcnn_steps.ablations``, ...) are shims, so old imports and every recorded
+``python -m rcnn_steps.<module>`` command still work.
 
 The modules read like the book's table of contents:
 
@@ -50,7 +52,8 @@ The modules read like the book's table of contents:
   :mod:`rcnn_steps.modeling.rpn`, :mod:`rcnn_steps.modeling.roi_heads`,
   :mod:`rcnn_steps.detectors.config` (every switch, and the presets by scale),
   :mod:`rcnn_steps.detectors.faster_rcnn`, and the papers' tables as grids
-  (:mod:`rcnn_steps.experiments.ablations`, :mod:`rcnn_steps.experiments.grid`);
+  (:mod:`rcnn_steps.experiments.paper_tables`, :mod:`rcnn_steps.experiments.ablations`,
+  :mod:`rcnn_steps.experiments.grid`);
 - chapter 05, feature pyramids: :mod:`rcnn_steps.modeling.fpn`,
   :mod:`rcnn_steps.modeling.poolers` (RoIs pooled from their level), and ResNet backbones
   in :mod:`rcnn_steps.modeling.backbones`;
@@ -63,8 +66,9 @@ The modules read like the book's table of contents:
   cascade, torchvision's twin), :mod:`rcnn_steps.experiments.runner` (a preset trained and
   scored);
 - chapter 08, the full model and the ablations: :mod:`rcnn_steps.experiments` (the
-  presets, each defined once), :mod:`rcnn_steps.experiments.ablations` (the papers' tables
-  as data), :mod:`rcnn_steps.experiments.grid` (their runs, cached and resumable),
+  presets, each defined once), :mod:`rcnn_steps.experiments.paper_tables` (the papers'
+  tables as data), :mod:`rcnn_steps.experiments.ablations` (run as grids and read back),
+  :mod:`rcnn_steps.experiments.grid` (their runs, cached and resumable),
   :mod:`rcnn_steps.experiments.ladder` (one change per rung),
   :mod:`rcnn_steps.experiments.evolution` (the table of every chapter's detector),
   :mod:`rcnn_steps.evaluation.errors` (where the final model fails), :mod:`rcnn_steps.cli`

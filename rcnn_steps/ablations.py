@@ -1,5 +1,5 @@
-"""Moved to :mod:`rcnn_steps.experiments.ablations` (the papers' ablation tables as data,
-and their grids).
+"""Moved to :mod:`rcnn_steps.experiments.ablations` (the papers' ablation tables run as
+grids; the tables themselves are data in :mod:`rcnn_steps.experiments.paper_tables`).
 
 This shim keeps the old import path working, and ``python -m rcnn_steps.ablations grid
 ...``, the command the ablation results files record.

@@ -17,6 +17,8 @@ FLOORS = {
     "evaluation": ("rcnn_steps.ops",),
     "engine": ("rcnn_steps.utils",),
     "detectors": ("rcnn_steps.ops", "rcnn_steps.modeling", "rcnn_steps.utils"),
+    # drawing: the explorers' views ask the library (ops, modeling, one detector's crops)
+    "viz": ("rcnn_steps.ops", "rcnn_steps.modeling", "rcnn_steps.detectors", "rcnn_steps.utils"),
     "experiments": ("rcnn_steps",),  # the top: every floor
 }
 

@@ -9,8 +9,10 @@ roads that run it. It may import every floor below; nothing below imports it.
   (:func:`~rcnn_steps.experiments.runner.run_setting`), on the book's set or your own;
 - :mod:`rcnn_steps.experiments.grid`: many runs in parallel, each cached in
   ``results/runs/`` by a key of what decides its result, resumable;
-- :mod:`rcnn_steps.experiments.ablations`: the papers' ablation tables as data, run as
-  grids (``python -m rcnn_steps.ablations grid``);
+- :mod:`rcnn_steps.experiments.paper_tables`: the papers' ablation tables as data (each
+  table's settings and the paper's numbers beside them);
+- :mod:`rcnn_steps.experiments.ablations`: those tables run as grids
+  (``python -m rcnn_steps.ablations grid``) and their results files read back;
 - :mod:`rcnn_steps.experiments.ladder`: the evolution as a controlled ladder, one change
   per rung (``python -m rcnn_steps.ladder``);
 - :mod:`rcnn_steps.experiments.evolution`: the evolution table, one row per chapter's

@@ -81,8 +81,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rcnn_steps.experiments.ablations import FINAL_OVERRIDES, LONG_MAX_ITER, MASK_BASE
 from rcnn_steps.experiments.grid import RunSpec, summarise
+from rcnn_steps.experiments.paper_tables import FINAL_OVERRIDES, LONG_MAX_ITER, MASK_BASE
 from rcnn_steps.experiments.runner import detector_config, feeding, schedule
 
 __all__ = [
