@@ -107,10 +107,12 @@ def test_no_chapter_module_is_imported_until_its_command_runs():
 
 
 #: The old forms of the chapters' commands (the shims at the package's top, the data
-#: package, keypoint_debug's own module) and of the library's (``cli.py`` was a module).
+#: package, keypoint_debug's own module and the form its results file records) and of the
+#: library's (``cli.py`` was a module).
 OLD_FORMS = ("rcnn_steps.sliding_window", "rcnn_steps.selective_search", "rcnn_steps.rcnn",
              "rcnn_steps.fast_rcnn", "rcnn_steps.ablations", "rcnn_steps.ladder",
-             "rcnn_steps.experiments.keypoint_debug", "rcnn_steps.data",
+             "rcnn_steps.experiments.keypoint_debug", "rcnn_steps.keypoint_debug",
+             "rcnn_steps.data",
              "rcnn_steps.cli")  # fmt: skip
 
 

@@ -130,7 +130,8 @@ def test_the_modules_of_a_checked_folder_are_under_the_line_limit(folder):
 
 #: The old flat paths, kept as shims for old imports and recorded ``python -m`` commands.
 SHIMS = ("runner", "grid", "ablations", "evolution", "ladder", "sliding_window",
-         "selective_search", "rcnn", "fast_rcnn", "faster_rcnn", "mask_rcnn")  # fmt: skip
+         "selective_search", "rcnn", "fast_rcnn", "faster_rcnn", "mask_rcnn",
+         "keypoint_debug")  # fmt: skip
 
 
 def test_the_floors_import_the_new_paths_not_the_shims():
