@@ -22,11 +22,13 @@ The library is arranged in floors, each importing only from the floors below it
   :class:`~rcnn_steps.experiments.Preset` record: model, schedule, feeding, and where it is
   reported), the runner, grids, the papers' tables, the ladder, the evolution table and
   each chapter command's training and scoring; it may import every floor, and no floor
-  imports it.
+  imports it but the command line;
+- :mod:`rcnn_steps.cli`, above them all: ``python -m rcnn_steps <command>``, the library's
+  commands and every chapter's; only ``python -m rcnn_steps`` imports it.
 
 :mod:`rcnn_steps.data` (the synthetic set, the COCO loader, transforms, the proposal
-cache), :mod:`rcnn_steps.explorers`, :mod:`rcnn_steps.cli` and :mod:`rcnn_steps.utils`
-still sit beside the floors. The old flat paths (``rcnn_steps.faster_rcnn``,
+cache), :mod:`rcnn_steps.explorers` and :mod:`rcnn_steps.utils` still
+sit beside the floors. The old flat paths (``rcnn_steps.faster_rcnn``,
 ``rcnn_steps.ablations``, ...) are shims, so old imports and every recorded
 ``python -m rcnn_steps.<module>`` command still work.
 
@@ -72,7 +74,8 @@ The modules read like the book's table of contents:
   :mod:`rcnn_steps.experiments.ladder` (one change per rung),
   :mod:`rcnn_steps.experiments.evolution` (the table of every chapter's detector),
   :mod:`rcnn_steps.evaluation.errors` (where the final model fails), :mod:`rcnn_steps.cli`
-  (``python -m rcnn_steps train | predict | evaluate | export``);
+  (``python -m rcnn_steps train | predict | evaluate | export``, and each chapter's
+  command: ``python -m rcnn_steps ladder plan --data 128``);
 - chapters 04-06: :mod:`rcnn_steps.explorers` (sliders on three of :mod:`rcnn_steps.viz`'s
   figures: anchor labels, pyramid levels, RoIPool's bins against RoIAlign's; the one module
   that needs ipywidgets);

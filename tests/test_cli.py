@@ -112,14 +112,14 @@ def test_bugs_keep_their_traceback_and_ctrl_c_is_one_line(monkeypatch, tmp_path,
     def bug(args):
         raise TypeError("a programming error")
 
-    monkeypatch.setattr(cli, "_export_command", bug)
+    monkeypatch.setattr(cli.export, "command", bug)
     with pytest.raises(TypeError):
         cli.main(argv)
 
     def ctrl_c(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_export_command", ctrl_c)
+    monkeypatch.setattr(cli.export, "command", ctrl_c)
     assert cli.main(argv) == 130
     assert capsys.readouterr().err.strip().splitlines() == ["interrupted"]
 
@@ -381,7 +381,7 @@ def test_set_refuses_a_value_its_field_cannot_take(example, tmp_path, capsys, it
 
 
 def test_set_reads_values_as_their_fields_declare():
-    parsed = cli._parse_overrides(
+    parsed = cli.parse_overrides(
         ["masks=FALSE", "keypoints=True", "anchor_sizes=16", "anchor_aspect_ratios=(1, 2)",
          "rpn_min_size=1e-2", "mask_roi_op=None", "roi_op='roialign_avg'", "pooled_size=5"]
     )  # fmt: skip
