@@ -99,14 +99,14 @@ def _index(chapters: list[tuple[str, str]], title: str) -> str:
 <meta charset="utf-8">
 <title>{html.escape(title)}</title>
 <style>body {{ font: 16px/1.5 sans-serif; max-width: 46em; margin: 2em auto; padding: 0 1em; }}
-li {{ margin: 0.3em 0; }}</style>
+ul.contents {{ list-style: none; padding-left: 0; }} li {{ margin: 0.3em 0; }}</style>
 </head>
 <body>
 <h1>{html.escape(title)}</h1>
 <p>Each chapter as it was last executed (the outputs committed with the notebooks).</p>
-<ol start="0">
+<ul class="contents">
 {items}
-</ol>
+</ul>
 </body>
 </html>
 """

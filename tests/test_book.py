@@ -309,6 +309,29 @@ def test_every_figure_is_explained(path):
     assert not bad, f"{path.name}: figures without a following explanation:\n" + "\n".join(bad)
 
 
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_the_chapter_opens_with_its_numbered_title(path):
+    # `make html`'s contents and its previous/next links read each chapter's first heading,
+    # so every title has one form: "# NN · Title", NN the file's number.
+    cells = json.loads(path.read_text())["cells"]
+    first = "".join(cells[0]["source"]).splitlines()[0]
+    assert re.fullmatch(rf"# {path.name[:2]} · \S.*", first), f"{path.name}: title {first!r}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_no_cell_prints_a_plot_objects_repr(path):
+    # A cell ending in a plotting call shows "<Axes: title=...>" above its figure unless the
+    # call ends with ";": noise on the page, and a line nbval compares.
+    reprs = [
+        f"cell {i}: {''.join(out['data']['text/plain'])[:60]}"
+        for i, cell in enumerate(json.loads(path.read_text())["cells"])
+        for out in cell.get("outputs", [])
+        if out["output_type"] == "execute_result"
+        and re.match(r"<(Axes|Figure|matplotlib)", "".join(out["data"].get("text/plain", "")))
+    ]
+    assert not reprs, f"{path.name}: end these plotting calls with ';':\n" + "\n".join(reprs)
+
+
 # The checks themselves, on made-up notebooks: they must be able to fail.
 
 
