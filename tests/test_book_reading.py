@@ -25,10 +25,21 @@ MAX_WORDS = 300  #: words in one markdown cell (code spans count as words)
 MAX_LINES = 30  #: lines in one code cell
 
 #: Words about how the book is made, not about detection: they belong in a provenance
-#: note or a code comment, not in the reader's text.
+#: note or a code comment, not in the reader's text. Checked on the prose with its code
+#: (fenced, indented and inline) taken out, so a command's flags may name workers.
 BOOKKEEPING = re.compile(
-    r"committed tree|-dirty\b|core-hours?|this chapter's standard|\bthe twin\b", re.IGNORECASE
+    r"committed (tree|command|file|weights)|-dirty\b|core-hours?|this chapter's standard"
+    r"|\bthe twin\b|\bthe grids'|\bexact pixels\b|\bworkers?\b|one-thread job",
+    re.IGNORECASE,
 )
+
+
+def prose(markdown: str) -> str:
+    """``markdown`` without its code: fenced blocks, indented blocks and inline spans."""
+    text = re.sub(r"```.*?```", "", markdown, flags=re.DOTALL)
+    text = re.sub(r"(^|\n)(    |\t)[^\n]*", r"\1", text)
+    return re.sub(r"`[^`]*`", "", text)
+
 
 #: ``{chapter stem: {cell id: what is over}}``: the cells still to cut down.
 OVER_THE_LIMIT: dict[str, dict[str, str]] = {}
@@ -47,7 +58,7 @@ def cell_problems(nb: dict) -> dict[str, str]:
         if cell["cell_type"] == "markdown":
             if (words := len(text.split())) > MAX_WORDS:
                 what.append(f"{words} words")
-            if match := BOOKKEEPING.search(text):
+            if match := BOOKKEEPING.search(prose(text)):
                 what.append(f"says {match.group(0)!r}")
         elif cell["cell_type"] == "code" and (lines := len(text.strip().splitlines())) > MAX_LINES:
             what.append(f"{lines} lines")
@@ -74,9 +85,12 @@ def test_the_check_finds_long_cells_and_bookkeeping():
             {"cell_type": "code", "id": "c", "source": "x = 1\n" * (MAX_LINES + 1)},
             {"cell_type": "code", "id": "d", "source": "x = 1\n" * MAX_LINES},
             {"cell_type": "markdown", "id": "e", "source": "word " * MAX_WORDS},
+            {"cell_type": "markdown", "id": "f", "source": "at the grids' budget"},
+            {"cell_type": "markdown", "id": "g", "source": "run `--workers 2`:\n\n    --workers 2"},
+            {"cell_type": "markdown", "id": "h", "source": "one thread in each of two workers"},
         ]
     }
-    assert set(cell_problems(nb)) == {"a", "b", "c"}
+    assert set(cell_problems(nb)) == {"a", "b", "c", "f", "h"}
     assert "committed tree" in cell_problems(nb)["b"]
 
 
