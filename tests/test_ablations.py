@@ -502,7 +502,9 @@ def test_mask_tables_run_in_parallel_workers_and_share_runs(tiny_synth, tmp_path
     assert t3["summary"]["mask"]["paper"] == {"AP": 38.2}
     for run in t3["runs"].values():
         assert run["commit"] and run["spec"]["preset"] == "ci_mask"
-    on_disk = read_results(tmp_path / "ablation_mrcnn_3.json")["results"]
+    # another set than the book's writes its own file, never the book's
+    assert not (tmp_path / "ablation_mrcnn_3.json").exists()
+    on_disk = read_results(tmp_path / f"ablation_mrcnn_3_{Path(tiny_synth).name}.json")["results"]
     assert on_disk["summary"] == json.loads(json.dumps(t3["summary"]))
     # a second call plans nothing
     printed = []
@@ -715,7 +717,9 @@ def test_long_table_c4_trains_and_the_grid_cli_takes_threads_per_worker(tiny_syn
          str(tiny_synth), "--num-eval-images", "2", "--out-dir", str(out), "--no-progress"]
     )  # fmt: skip
     assert code == 0
-    table = json.loads((out / "ablation_mrcnn_long.json").read_text())["results"]
+    table = json.loads((out / f"ablation_mrcnn_long_{Path(tiny_synth).name}.json").read_text())[
+        "results"
+    ]
     run = table["runs"]["c4/seed0"]
     assert run["spec"]["overrides"]["feature_stage"] == "c4"
     assert run["spec"]["overrides"]["mask_aligned"] is True
@@ -817,3 +821,38 @@ def test_above_every_seed_asks_for_a_gap_between_the_seed_ranges():
     assert not ablations.above_every_seed(grid, "c", "b")
     with pytest.raises(ValueError, match="'b' of 'toy' has no AP75.*--tables toy"):
         ablations.above_every_seed(grid, "b", "a", "AP75", family="")
+
+
+def test_a_grid_on_the_256_px_set_scales_its_pixel_fields(monkeypatch, tmp_path):
+    """``--data 256``: the same settings with anchors and FPN's s0 doubled (the ladder's
+    rule, :func:`~rcnn_steps.experiments.datasets.scaled_overrides`), keyed by the set's
+    name, written to ``ablation_<table>_256.json``; the book's runs keep their keys."""
+    from rcnn_steps.experiments.datasets import PIXEL_FIELDS, results_name
+    from rcnn_steps.experiments.runner import detector_config
+
+    grid = ablations.mask_rcnn_grid("mrcnn_2c")
+    book = ablations._specs("mrcnn_2c", grid, [0], "cpu_mask", None, None, 200, 1)
+    big = ablations._specs("mrcnn_2c", grid, [0], "cpu_mask", None,
+                           "synth-256px-from128-seed0", 200, 1)  # fmt: skip
+    assert [s.overrides for s in book] == [s["overrides"] for s in grid.values()]
+    for small, large in zip(book, big, strict=True):
+        a, b = (vars(detector_config("cpu_mask", s.overrides)) for s in (small, large))
+        assert b["anchor_sizes"] == tuple(2 * x for x in a["anchor_sizes"])
+        assert b["roi_canonical_size"] == 2 * a["roi_canonical_size"]
+        assert {k: v for k, v in a.items() if k not in PIXEL_FIELDS} == {
+            k: v for k, v in b.items() if k not in PIXEL_FIELDS
+        }
+        assert large.root == "synth-256px-from128-seed0" and large.key() != small.key()
+    assert results_name("ablation_mrcnn_2c", None) == "ablation_mrcnn_2c.json"
+    assert results_name("ablation_mrcnn_2c", "synth-256px-from128-seed0") == (
+        "ablation_mrcnn_2c_256.json"
+    )
+    # the command: --data names the set (made if missing), --root and --data exclude
+    asked = {}
+    monkeypatch.setattr(ablations, "run_tables", lambda *a, **k: asked.update(k) or {})
+    monkeypatch.setattr(ablations, "data_root", lambda data=None, root=None: data or root)
+    monkeypatch.setattr(ablations, "resolve_root", lambda root: root)
+    assert ablations.main(["grid", "--tables", "mrcnn_2c", "--data", "256"]) == 0
+    assert asked["root"] == "256"
+    with pytest.raises(SystemExit):
+        ablations.main(["grid", "--tables", "mrcnn_2c", "--data", "256", "--root", str(tmp_path)])

@@ -32,6 +32,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rcnn_steps.experiments.datasets import (
+    DATA_SETS,
+    data_root,
+    image_scale,
+    resolve_root,
+    results_name,
+    scaled_overrides,
+)
 from rcnn_steps.experiments.grid import SUMMARY_METRICS, SUMMARY_TIMINGS, summarise
 from rcnn_steps.experiments.paper_tables import (
     ALL_TABLES,
@@ -394,12 +402,14 @@ def _specs(table, settings, seeds, preset, max_iter, root, num_eval_images, timi
 
     from rcnn_steps.experiments.grid import RunSpec
 
+    # on a set drawn at k times the book's resolution, the pixel-sized fields scale with it
+    scale = image_scale(root)
     specs = [
         RunSpec(
             name=name,
             seed=int(seed),
             preset=preset,
-            overrides=setting["overrides"],
+            overrides=scaled_overrides(setting["overrides"], scale, preset),
             method=setting.get("method", "rpn"),
             num_train_images=setting.get("num_train_images"),
             max_iter=max_iter,
@@ -444,7 +454,11 @@ def run_tables(
     paper_metric, comparable_metric, settings`` (the grid), ``runs`` (``{run_key(name,
     seed): run}``) and ``summary`` (:func:`rcnn_steps.experiments.grid.summarise`). A file made with
     another preset, ``max_iter`` or number of evaluation images is refused rather than
-    mixed. ``settings`` restricts the tables to some setting names. Returns ``{table:
+    mixed. ``root``: another data set (default the book's); on a set drawn at ``k`` times
+    the book's resolution the settings' pixel fields are scaled
+    (:func:`~rcnn_steps.experiments.datasets.scaled_overrides`) and the files are
+    ``ablation_<table>_<tag>.json`` (:func:`~rcnn_steps.experiments.datasets.results_name`).
+    ``settings`` restricts the tables to some setting names. Returns ``{table:
     results}``. ``paths`` names another file for some tables; ``keep_runs`` keeps each
     run's checkpoint (``last.pt``) and ``metrics.jsonl`` in ``keep_runs/<setting>-<key>/``
     (:func:`rcnn_steps.engine.export_weights` makes a weights-only copy to share)."""
@@ -453,6 +467,8 @@ def run_tables(
     from rcnn_steps.utils import read_results, write_results
 
     started = time.time()
+    # a set in the data folder is keyed by its name, so its runs' cache holds on any machine
+    root = None if root is None else data_root(root=resolve_root(root))
     out_dir = Path(out_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / "runs"
     plans: dict[str, dict[str, Any]] = {}
@@ -464,7 +480,7 @@ def run_tables(
         if settings is not None:
             chosen = {k: v for k, v in full.items() if k in set(settings)}
         iters = schedule(preset, max_iter)["max_iter"]
-        out = Path((paths or {}).get(table, out_dir / f"ablation_{table}.json"))
+        out = Path((paths or {}).get(table, out_dir / results_name(f"ablation_{table}", root)))
         runs: dict[str, dict[str, Any]] = {}
         earlier: list[int] = []
         if out.exists():
@@ -623,7 +639,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "(--workers 1) may take one per core")  # fmt: skip
     gr.add_argument("--timing-threads", type=int, default=1,
                     help="threads while val images are timed")  # fmt: skip
-    gr.add_argument("--root", type=Path, default=None, help="a synthetic/COCO-format set")
+    data = gr.add_mutually_exclusive_group()
+    data.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="a synthetic/COCO-format set; writes ablation_<table>_<folder>.json",
+    )
+    data.add_argument(
+        "--data", choices=tuple(DATA_SETS), default=None,
+        help="a named synthetic set (made if missing): 256 draws the book's scenes at twice "
+             "the resolution, with anchors and FPN's s0 doubled; writes "
+             "ablation_<table>_<data>.json",
+    )  # fmt: skip
     gr.add_argument("--keep-runs", type=Path, default=None,
                     help="keep each run's last.pt and metrics.jsonl here")  # fmt: skip
     gr.add_argument("--no-progress", action="store_true")
@@ -636,7 +664,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out_dir,
         args.max_iter,
         settings=args.settings,
-        root=args.root,
+        root=data_root(args.data) if args.data else args.root,
         num_eval_images=args.num_eval_images,
         timing_threads=args.timing_threads,
         workers=args.workers,
@@ -646,7 +674,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for results in tables.values():
         _print_summary(results)
-    print(f"wrote {', '.join(str(out_dir / f'ablation_{t}.json') for t in tables)}")
+    root = data_root(args.data) if args.data else args.root
+    root = None if root is None else data_root(root=resolve_root(root))
+    print(f"wrote {', '.join(str(out_dir / results_name(f'ablation_{t}', root)) for t in tables)}")
     return 0
 
 

@@ -139,6 +139,7 @@ def _worker_init(threads: int) -> None:
 def _run_one(spec: RunSpec) -> dict[str, Any]:
     """One run in a worker: :func:`rcnn_steps.experiments.runner.run_setting` plus
     :func:`with_provenance`."""
+    from rcnn_steps.experiments.datasets import resolve_root
     from rcnn_steps.experiments.runner import run_setting
 
     record = run_setting(
@@ -149,7 +150,7 @@ def _run_one(spec: RunSpec) -> dict[str, Any]:
         spec.max_iter,
         method=spec.method,
         num_train_images=spec.num_train_images,
-        root=spec.root,
+        root=resolve_root(spec.root),  # a set's name: found in this machine's data folder
         num_eval_images=spec.num_eval_images,
         timing_threads=spec.timing_threads,
         out_dir=spec.out_dir,

@@ -72,7 +72,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import sys
 import time
@@ -81,6 +80,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from rcnn_steps.experiments.datasets import (
+    DATA_SETS,
+    PIXEL_FIELDS,
+    book_root,
+    data_root,
+    data_tag,
+    image_scale,
+    resolve_root,
+    scaled_overrides,
+)
 from rcnn_steps.experiments.grid import RunSpec, summarise
 from rcnn_steps.experiments.paper_tables import FINAL_OVERRIDES, LONG_MAX_ITER, MASK_BASE
 from rcnn_steps.experiments.runner import detector_config, feeding, schedule
@@ -228,122 +237,6 @@ def rcnn_windows_per_iteration(preset: str = LADDER_PRESET) -> int:
 
 # ----------------------------------------------------------------------------------------
 # Data: which set, its key and its results file
-
-
-#: The ladder's data sets by name (``--data``): ``ensure_synth`` arguments. "128" is the
-#: book's set; "256" the same scenes drawn at twice the resolution; "-hard" the same
-#: layouts with objects painted as in photographs (camouflage, shading, parts, soft edges).
-DATA_SETS: dict[str, dict[str, Any]] = {
-    "128": {},
-    "256": {"size": 256, "layout_size": 128},
-    "128-hard": {"scene_style": "hard"},
-    "256-hard": {"size": 256, "layout_size": 128, "scene_style": "hard"},
-}
-
-
-#: The detector fields measured in pixels of the image: anchors (Faster R-CNN section 3.1;
-#: FPN section 4.1: one size per level) and FPN's s0 (eq. 1, the box size mapped to the
-#: canonical level). The papers set them for their images' size (anchors 32-512 and
-#: s0 = 224 for COCO at 800 px); on a set drawn at ``k`` times the resolution of the book's
-#: the ladder multiplies them by ``k``, so every object is read from the same level and
-#: matched by the same anchors as at 128 px, and only its size in cells grows. Without
-#: it, FPN would send each object one level up and its size in cells would not change.
-PIXEL_FIELDS = ("anchor_sizes", "fpn_anchor_sizes", "roi_canonical_size")
-
-
-def image_scale(root: str | None) -> int:
-    """How many times the book's resolution a set's images are drawn at: 2 for
-    ``synth-256px-from128-seed0`` (the 128 px layouts drawn at 256 px), 1 for the book's
-    set, any other synthetic set drawn at its own layout size, and any other folder."""
-    if root is None:
-        return 1
-    match = re.fullmatch(r"synth-(\d+)px-from(\d+)-seed\d+.*", Path(root).name)
-    if not match:
-        return 1
-    size, layout = (int(g) for g in match.groups())
-    if size % layout:
-        raise ValueError(
-            f"{root}: drawn at {size} px from {layout} px layouts, not a whole multiple"
-        )
-    return size // layout
-
-
-def scaled_overrides(overrides: dict[str, Any], scale: int, preset: str = LADDER_PRESET) -> dict:
-    """A detector rung's ``overrides`` for images drawn at ``scale`` times the book's
-    resolution: :data:`PIXEL_FIELDS` multiplied by ``scale`` (the same ``overrides`` at
-    1, so the book's runs keep their keys)."""
-    if scale == 1:
-        return dict(overrides)
-    config = asdict(detector_config(preset, overrides))
-    scaled = {}
-    for name in PIXEL_FIELDS:
-        value = config[name]
-        scaled[name] = (
-            tuple(scale * v for v in value) if isinstance(value, tuple) else scale * value
-        )
-    return {**overrides, **scaled}
-
-
-def _default_root() -> Path:
-    from rcnn_steps.data import ensure_synth
-
-    return ensure_synth()
-
-
-def data_root(data: str | None = None, root: str | Path | None = None) -> str | None:
-    """What a run's :class:`~rcnn_steps.experiments.grid.RunSpec` holds as its ``root`` (part of its
-    key): None for the book's 128 px set (the key every grid's runs on it have), the
-    folder's name for a set under the data folder (``synth-256px-from128-seed0``:
-    :func:`resolve_root` finds it wherever the data folder is), else the path as given.
-    ``data`` names one of :data:`DATA_SETS` (generated first if missing); ``root`` any
-    folder."""
-    from rcnn_steps.data import ensure_synth
-    from rcnn_steps.utils import data_dir
-
-    if (data is None) == (root is None):
-        raise ValueError("give one of data ('128', '256') or root (a folder)")
-    if data is not None:
-        if data == "128":
-            return None
-        if data not in DATA_SETS:
-            raise ValueError(
-                f"data must be one of {', '.join(DATA_SETS)} (or pass root), got {data!r}"
-            )
-        path = ensure_synth(**DATA_SETS[data])
-    else:
-        path = Path(root)
-    path = path.resolve()
-    if path == _default_root().resolve():
-        return None
-    base = data_dir().resolve()
-    return path.name if path.parent == base else str(path)
-
-
-def resolve_root(root: str | None) -> str | None:
-    """The folder a :func:`data_root` value names on this machine."""
-    from rcnn_steps.utils import data_dir
-
-    if root is None or Path(root).is_absolute():
-        return root
-    path = data_dir() / root
-    if not path.exists():
-        raise FileNotFoundError(f"no data set {root!r} in the data folder {data_dir()}")
-    return str(path)
-
-
-def data_tag(root: str | None) -> str:
-    """The name of a ladder's results file, ``results/ladder_<tag>.json``: ``128`` for the
-    book's set; ``<size>`` for a synthetic set ``synth-<size>px[-from<L>]-seed0`` and
-    ``<size>-<variant>`` for a variant (``synth-256px-from128-seed0-hard``: ``256-hard``);
-    another seed adds ``-seed<S>``; any other folder its name."""
-    if root is None:
-        return "128"
-    name = Path(root).name
-    match = re.fullmatch(r"synth-(\d+)px(?:-from\d+)?-seed(\d+)(.*)", name)
-    if not match:
-        return name
-    size, seed, rest = match.groups()
-    return size + ("" if seed == "0" else f"-seed{seed}") + rest
 
 
 # ----------------------------------------------------------------------------------------
@@ -528,7 +421,7 @@ def prepare_proposals(
 
     here = resolve_root(root)
     train_set, val_set = load_datasets(here)
-    folder = Path(here) if here is not None else _default_root()
+    folder = Path(here) if here is not None else book_root()
     spent: dict[str, float] = {}
     for split, dataset, count in (
         ("train", train_set, num_train_images or len(train_set)),
