@@ -72,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     damaged file) is one line on stderr and exit status 2; Ctrl-C is one line and 130;
     ``--debug`` shows the traceback instead (:func:`rcnn_steps.utils.run_command`). A
     chapter's command is its module's ``main`` with the arguments after its name
-    (:func:`rcnn_steps.cli.chapters.forward`), which answers them as it always has."""
+    (:func:`rcnn_steps.cli.chapters.forward`), which answers them as it always has, under
+    the name ``python -m rcnn_steps <command>``, and takes ``--debug`` the same way."""
     parser = argparse.ArgumentParser(
         prog="python -m rcnn_steps",
         description="The R-CNN family, step by step: the library's commands and the "
@@ -84,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_debug_argument(parser, *ours)
     args = parser.parse_args(argv)
     if args.command in CHAPTER_COMMANDS:
-        # a --debug before the command is the chapter's to take (or refuse), as after it
+        # a --debug before the command is the chapter's to take, as one after it
         debug = ["--debug"] if args.debug else []
         return chapters.forward(args.command, [*args.arguments, *debug])
     # looked up now, not when the module was loaded, so a test can replace a command

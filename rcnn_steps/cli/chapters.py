@@ -1,11 +1,15 @@
 """The chapters' own commands as subcommands of ``python -m rcnn_steps``: ``python -m
 rcnn_steps ladder plan --data 128`` runs ``python -m rcnn_steps.ladder plan --data 128``.
 
-Each is its module's ``main(argv)`` (:data:`CHAPTER_COMMANDS`) given every argument after
-the command's name, untouched: its own ``--help``, checks and errors are the ones shown,
-and a results file it writes records ``python -m rcnn_steps <command> ...``, a command
-that runs again. The old ``python -m rcnn_steps.<module>`` forms stay (the shims at the
-package's top), for the commands the results files already record.
+Each is its module's ``main(argv, prog=...)`` (:data:`CHAPTER_COMMANDS`) given every
+argument after the command's name, untouched: its own ``--help``, checks and errors are
+the ones shown, under the name typed (``usage: python -m rcnn_steps ladder ...``), and a
+results file it writes records ``python -m rcnn_steps <command> ...``, a command that runs
+again. Each takes ``--debug`` before or after its subcommand (``python -m rcnn_steps
+--debug <command> ...`` passes it on): a user's error is one line, ``error: ...``, unless
+``--debug`` asks for the traceback (:func:`rcnn_steps.utils.run_command`). The old
+``python -m rcnn_steps.<module>`` forms stay (the shims at the package's top), under their
+own names, for the commands the results files already record.
 """
 
 from __future__ import annotations
@@ -53,7 +57,8 @@ def add_parsers(sub) -> None:
 
 
 def forward(name: str, arguments: Sequence[str]) -> int:
-    """Run chapter command ``name`` with ``arguments``: its module's ``main(arguments)``.
+    """Run chapter command ``name`` with ``arguments``: its module's ``main(arguments)``,
+    its help and errors named ``python -m rcnn_steps <name>``.
 
     The module is imported here, not when the command line starts: the chapter modules
     import their detectors, training and evaluation, which ``train``, ``predict``, the
@@ -61,4 +66,4 @@ def forward(name: str, arguments: Sequence[str]) -> int:
     import importlib
 
     module = importlib.import_module(CHAPTER_COMMANDS[name][0])
-    return module.main(list(arguments))
+    return module.main(list(arguments), prog=f"python -m rcnn_steps {name}")

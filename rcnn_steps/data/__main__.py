@@ -21,8 +21,10 @@ from rcnn_steps.data.synth import SCENE_STYLES, generate
 from rcnn_steps.utils import add_debug_argument, run_command
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rcnn_steps.data", description=__doc__)
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """``python -m rcnn_steps.data synth | example | check ...`` (``prog``: the name its help
+    and errors show; ``python -m rcnn_steps data`` passes its own)."""
+    parser = argparse.ArgumentParser(prog=prog or "python -m rcnn_steps.data", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("synth", help="write the synthetic COCO-format set")
     s.add_argument("--out", required=True, help="output folder")

@@ -607,12 +607,13 @@ def _print_summary(results: dict[str, Any]) -> None:
         )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m rcnn_steps.ablations grid --tables T ... --seeds 0 1 2``."""
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """``python -m rcnn_steps.ablations grid --tables T ... --seeds 0 1 2`` (``prog``: the
+    name its help and errors show; ``python -m rcnn_steps ablations`` passes its own)."""
     from rcnn_steps.experiments.grid import default_workers
-    from rcnn_steps.utils import results_dir
+    from rcnn_steps.utils import add_debug_argument, run_command
 
-    parser = argparse.ArgumentParser(prog="python -m rcnn_steps.ablations")
+    parser = argparse.ArgumentParser(prog=prog or "python -m rcnn_steps.ablations")
     sub = parser.add_subparsers(dest="command", required=True)
     gr = sub.add_parser(
         "grid",
@@ -655,7 +656,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     gr.add_argument("--keep-runs", type=Path, default=None,
                     help="keep each run's last.pt and metrics.jsonl here")  # fmt: skip
     gr.add_argument("--no-progress", action="store_true")
+    add_debug_argument(parser, gr)
     args = parser.parse_args(argv)
+    return run_command(_grid_command, args)
+
+
+def _grid_command(args: argparse.Namespace) -> int:
+    from rcnn_steps.utils import results_dir
+
     out_dir = args.out_dir or results_dir()
     tables = run_tables(
         args.tables,

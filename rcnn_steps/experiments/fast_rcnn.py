@@ -36,7 +36,14 @@ from rcnn_steps.detectors.selective_search import selective_search
 from rcnn_steps.engine import TrainConfig, train
 from rcnn_steps.evaluation import coco_evaluate, detections_to_coco, subset_ground_truth
 from rcnn_steps.experiments.evolution import add_evaluate_arguments, add_row, evaluation_image_ids
-from rcnn_steps.utils import results_dir, seed_everything, set_threads, write_results
+from rcnn_steps.utils import (
+    add_debug_argument,
+    results_dir,
+    run_command,
+    seed_everything,
+    set_threads,
+    write_results,
+)
 
 __all__ = [
     "PRESETS",
@@ -323,16 +330,18 @@ def _evaluate_command(args) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-
-    parser = argparse.ArgumentParser(prog="python -m rcnn_steps.fast_rcnn")
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """``python -m rcnn_steps.fast_rcnn evaluate ...`` (``prog``: the name its help and
+    errors show; ``python -m rcnn_steps fast-rcnn`` passes its own)."""
+    parser = argparse.ArgumentParser(prog=prog or "python -m rcnn_steps.fast_rcnn")
     sub = parser.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("evaluate", help="train, evaluate, write results and the table row")
     ev.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     ev.add_argument("--out", type=Path, default=results_dir() / "fast_rcnn.json")
     add_evaluate_arguments(ev)
+    add_debug_argument(parser, ev)
     args = parser.parse_args(argv)
-    return _evaluate_command(args)
+    return run_command(_evaluate_command, args)
 
 
 if __name__ == "__main__":

@@ -224,9 +224,11 @@ def uniform_entropy(size: int = 56) -> float:
     return math.log(size * size)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """``python -m rcnn_steps.experiments.keypoint_debug ...`` (``prog``: the name its help
+    and errors show; ``python -m rcnn_steps keypoint-debug`` passes its own)."""
     parser = argparse.ArgumentParser(
-        prog="python -m rcnn_steps.experiments.keypoint_debug",
+        prog=prog or "python -m rcnn_steps.experiments.keypoint_debug",
         description="Trace chapter 07's keypoint collapse: per-term gradient norms, "
         "heatmap entropy and dead units over training, in each setting of SETTINGS.",
     )

@@ -705,11 +705,13 @@ def timing_path(root: str | None) -> Path:
     return results_dir() / f"ladder_timing_{data_tag(root)}.json"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m rcnn_steps.ladder {measure, plan, run} --data 128 | 256 | --root DIR``."""
-    from rcnn_steps.utils import read_results, write_results
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """``python -m rcnn_steps.ladder {measure, plan, run} --data 128 | 256 | --root DIR``
+    (``prog``: the name its help and errors show; ``python -m rcnn_steps ladder`` passes
+    its own)."""
+    from rcnn_steps.utils import CommandError, add_debug_argument, run_command
 
-    parser = argparse.ArgumentParser(prog="python -m rcnn_steps.ladder")
+    parser = argparse.ArgumentParser(prog=prog or "python -m rcnn_steps.ladder")
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {
         "measure": "seconds per iteration and per val image of every rung, one thread "
@@ -731,13 +733,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parsers["run"].add_argument("--threads-per-worker", type=int, default=1)
     parsers["run"].add_argument("--out", type=Path, default=None,
                                 help="default results/ladder_<tag>.json")  # fmt: skip
+    add_debug_argument(parser, *parsers.values())
     args = parser.parse_args(argv)
+    if not args.data and not args.root:
+        parser.error("give --data 128 / 256 or --root DIR")
+    if args.command == "run" and len(args.data or []) + len(args.root or []) > 1:
+        parser.error("run one ladder at a time (one --data or --root)")
+
+    def command(args: argparse.Namespace) -> int:
+        for folder in args.root or []:
+            if not folder.is_dir():
+                raise CommandError(f"--root {folder} is not a folder; give a data set's folder")
+        return _command(parser, args)
+
+    return run_command(command, args)
+
+
+def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from rcnn_steps.utils import read_results, write_results
+
     roots = [data_root(data=d) for d in args.data or []]
     roots += [data_root(root=r) for r in args.root or []]
-    if not roots:
-        parser.error("give --data 128 / 256 or --root DIR")
-    if args.command == "run" and len(roots) > 1:
-        parser.error("run one ladder at a time (one --data or --root)")
     total = 0.0
     for root in roots:
         if args.command == "measure":
@@ -750,7 +766,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if timing_path(root).exists():
             timing = read_results(timing_path(root))["results"]
         elif args.command == "plan":
-            parser.error(f"no {timing_path(root)}: run `python -m rcnn_steps.ladder measure`")
+            parser.error(f"no {timing_path(root)}: run `{parser.prog} measure`")
         if args.command == "plan":
             from rcnn_steps.utils import results_dir
 

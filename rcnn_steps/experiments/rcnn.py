@@ -42,7 +42,14 @@ from rcnn_steps.engine import TrainConfig, train
 from rcnn_steps.evaluation import coco_evaluate, detections_to_coco
 from rcnn_steps.experiments.evolution import NUM_EVAL_IMAGES, add_row, evaluation_image_ids
 from rcnn_steps.ops import BoxCoder
-from rcnn_steps.utils import results_dir, seed_everything, set_threads, write_results
+from rcnn_steps.utils import (
+    add_debug_argument,
+    results_dir,
+    run_command,
+    seed_everything,
+    set_threads,
+    write_results,
+)
 
 __all__ = [
     "PRESETS",
@@ -276,9 +283,10 @@ def _evaluate_command(args) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-
-    parser = argparse.ArgumentParser(prog="python -m rcnn_steps.rcnn")
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """``python -m rcnn_steps.rcnn proposals | evaluate ...`` (``prog``: the name its help
+    and errors show; ``python -m rcnn_steps rcnn`` passes its own)."""
+    parser = argparse.ArgumentParser(prog=prog or "python -m rcnn_steps.rcnn")
     sub = parser.add_subparsers(dest="command", required=True)
     pr = sub.add_parser("proposals", help="cache selective search proposals of a split")
     pr.add_argument("--split", choices=("train", "val"), default="train")
@@ -300,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="warp to S x S crops instead of the preset's (a multiple of 8; needs --out, "
         "and adds no row to the evolution table)",
     )
+    add_debug_argument(parser, pr, ev)
     args = parser.parse_args(argv)
     if args.command == "evaluate":
         try:
@@ -320,8 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.num_images = (
                 PRESETS["cpu"].num_train_images if args.split == "train" else NUM_EVAL_IMAGES
             )
-        return _proposals_command(args)
-    return _evaluate_command(args)
+        return run_command(_proposals_command, args)
+    return run_command(_evaluate_command, args)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,13 @@ from rcnn_steps.detectors.selective_search import (
     proposal_recall,
     selective_search,
 )
-from rcnn_steps.utils import results_dir, set_threads, write_results
+from rcnn_steps.utils import (
+    add_debug_argument,
+    results_dir,
+    run_command,
+    set_threads,
+    write_results,
+)
 
 __all__ = ["METHODS", "evaluate", "main", "quality"]
 
@@ -181,9 +187,10 @@ def quality(
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-
-    parser = argparse.ArgumentParser(prog="python -m rcnn_steps.selective_search")
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """``python -m rcnn_steps.selective_search evaluate | quality ...`` (``prog``: the name
+    its help and errors show; ``python -m rcnn_steps selective-search`` passes its own)."""
+    parser = argparse.ArgumentParser(prog=prog or "python -m rcnn_steps.selective_search")
     sub = parser.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("evaluate", help="recall vs proposals and s/image, ours vs OpenCV")
     ev.add_argument("--out", type=Path, default=results_dir() / "selective_search.json")
@@ -205,12 +212,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     qu.add_argument("--max-proposals", type=int, default=2000)
     qu.add_argument("--seed", type=int, default=0)
     qu.add_argument("--threads", type=int, default=1)
+    add_debug_argument(parser, ev, qu)
     args = parser.parse_args(argv)
+    if args.command == "quality" and (args.num_images < 1 or args.max_proposals < 1):
+        parser.error("--num-images and --max-proposals must be at least 1")
+    return run_command(lambda args: _command(parser, args), args)
+
+
+def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     set_threads(args.threads)
     started = time.time()
     if args.command == "quality":
-        if args.num_images < 1 or args.max_proposals < 1:
-            parser.error("--num-images and --max-proposals must be at least 1")
         try:
             results = quality(
                 args.root, args.num_images, args.methods, args.max_proposals, args.seed

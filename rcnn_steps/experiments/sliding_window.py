@@ -45,7 +45,14 @@ from rcnn_steps.detectors.sliding_window import (
 from rcnn_steps.engine import TrainConfig, TrainResult, classification_loss, train
 from rcnn_steps.evaluation import coco_evaluate, detections_to_coco
 from rcnn_steps.experiments import evolution
-from rcnn_steps.utils import results_dir, seed_everything, set_threads, write_results
+from rcnn_steps.utils import (
+    add_debug_argument,
+    results_dir,
+    run_command,
+    seed_everything,
+    set_threads,
+    write_results,
+)
 
 __all__ = [
     "PRESETS",
@@ -322,9 +329,11 @@ def run_evaluation(
     return payload
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """``python -m rcnn_steps.sliding_window evaluate ...`` (``prog``: the name its help and
+    errors show; ``python -m rcnn_steps sliding-window`` passes its own)."""
     parser = argparse.ArgumentParser(
-        prog="python -m rcnn_steps.sliding_window",
+        prog=prog or "python -m rcnn_steps.sliding_window",
         description="Chapter 01: train, evaluate and time the sliding-window detector.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -345,8 +354,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ev.add_argument("--threads", type=int, default=2)
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_debug_argument(parser, ev)
     args = parser.parse_args(argv)
+    return run_command(_evaluate_command, args)
 
+
+def _evaluate_command(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     payload = run_evaluation(
         args.preset,
