@@ -73,6 +73,7 @@ The modules read like the book's table of contents:
   :mod:`rcnn_steps.experiments.grid` (their runs, cached and resumable),
   :mod:`rcnn_steps.experiments.ladder` (one change per rung),
   :mod:`rcnn_steps.experiments.datasets` (the sets by name, at 128 and 256 px, flat or hard),
+  :mod:`rcnn_steps.experiments.size_effects` (effects against object size in cells),
   :mod:`rcnn_steps.experiments.evolution` (the table of every chapter's detector),
   :mod:`rcnn_steps.evaluation.errors` (where the final model fails), :mod:`rcnn_steps.cli`
   (``python -m rcnn_steps train | predict | evaluate | export``, and each chapter's

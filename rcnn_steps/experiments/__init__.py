@@ -17,6 +17,8 @@ roads that run it. It may import every floor below; nothing below imports it.
   per rung (``python -m rcnn_steps.ladder``);
 - :mod:`rcnn_steps.experiments.datasets`: the data sets the ladder and the grids run on,
   by name (``--data 256``), and the detector fields scaled with their resolution;
+- :mod:`rcnn_steps.experiments.size_effects`: the ablations' effects over the paper's
+  against object size in feature cells, at each resolution (chapter 08's size test);
 - :mod:`rcnn_steps.experiments.evolution`: the evolution table, one row per chapter's
   detector;
 - one module per chapter command of chapters 01-03, each training, scoring and recording

@@ -53,6 +53,7 @@ from rcnn_steps.viz.comparisons import (
     effect_forest,
     effect_sentence,
     ladder_waterfall,
+    size_effects,
 )
 from rcnn_steps.viz.diagrams import draw_stages
 from rcnn_steps.viz.explorer_views import (
@@ -135,6 +136,7 @@ __all__ = [
     "histogram",
     "image_grid",
     "ladder_waterfall",
+    "size_effects",
     "plot_mask_probabilities",
     "plot_stage_times",
     "pr_curve",

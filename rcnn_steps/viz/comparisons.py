@@ -2,7 +2,8 @@
 table as bars with the spread over seeds (:func:`ablation_bars`), ablations as effects
 beside the paper's (:func:`effect_sentence`, :func:`effect_forest`), the evolution table as
 AP against seconds per image (:func:`ap_vs_seconds`) and what each rung of the controlled
-ladder bought (:func:`ladder_waterfall`). Each reads a results file's records as the
+ladder bought (:func:`ladder_waterfall`), and effects against object size in feature cells
+(:func:`size_effects`). Each reads a results file's records as the
 library writes them.
 """
 
@@ -286,4 +287,47 @@ def ladder_waterfall(
                        ha="right")  # fmt: skip
     ax.axhline(0, color="0.3", lw=0.6)
     _label_axes(ax, "", f"{metric}, % (bars: step from the rung before)", title)
+    return ax
+
+
+def size_effects(
+    points: Sequence[dict[str, Any]],
+    *,
+    reference_cells: float | None = None,
+    ax: Axes | None = None,
+    title: str = "",
+) -> Axes:
+    """The size prediction tested (:func:`rcnn_steps.experiments.size_effects.size_effect_points`'s
+    ``points``): each effect's ratio to the paper's (log scale; 1 is the paper's size)
+    against the objects' median side in feature cells (log scale), one line per effect
+    from the smaller images to the larger, each point labelled with its scale and seeds,
+    a whisker over the seeds where more than one ran. ``reference_cells`` draws where
+    COCO's objects lie (a dotted vertical line)."""
+    ax = _figure_axes(ax, (5.6, 3.6))
+    by_effect: dict[str, list[dict[str, Any]]] = {}
+    for p in points:
+        if p["ratio"] is not None:
+            by_effect.setdefault(p["effect"], []).append(p)
+    for i, (effect, pts) in enumerate(by_effect.items()):
+        pts = sorted(pts, key=lambda p: p["cells"])
+        x = [p["cells"] for p in pts]
+        y = [p["ratio"] for p in pts]
+        ax.plot(x, y, "o-", color=f"C{i}", label=effect, lw=1.4)
+        for p in pts:
+            if len(p["seeds"]) > 1 and p["paper"]:
+                lo, hi = sorted((p["ours_min"] / p["paper"], p["ours_max"] / p["paper"]))
+                ax.plot([p["cells"]] * 2, [lo, hi], color=f"C{i}", lw=0.8)
+            ax.annotate(f"{p['scale']} px, n={len(p['seeds'])}", (p["cells"], p["ratio"]),
+                        textcoords="offset points", xytext=(5, 4), fontsize=FONT_SIZE - 1,
+                        color=f"C{i}")  # fmt: skip
+    ax.axhline(1, color="0.3", lw=0.8, ls="--")
+    if reference_cells is not None:
+        ax.axvline(reference_cells, color="0.4", lw=0.8, ls=":")
+        ax.annotate("COCO at 800 px", (reference_cells, 1), textcoords="offset points",
+                    xytext=(-4, 6), ha="right", fontsize=FONT_SIZE - 1, color="0.3")  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.legend(fontsize=FONT_SIZE - 1, loc="upper right")
+    _label_axes(ax, "median object side, cells of the map it is pooled from",
+                "our effect / the paper's", title)  # fmt: skip
     return ax
