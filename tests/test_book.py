@@ -319,6 +319,19 @@ def test_the_chapter_opens_with_its_numbered_title(path):
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_no_cell_draws_below_the_books_type_size_or_resolution(path):
+    # viz.use_book_style sets 9 pt and 110 dpi; a chapter must not undo it for one figure
+    code = "\n".join(
+        "".join(c["source"])
+        for c in json.loads(path.read_text())["cells"]
+        if c["cell_type"] == "code"
+    )
+    small = [m.group(0) for m in re.finditer(r"fontsize=([0-9.]+)", code) if float(m.group(1)) < 9]
+    low = [m.group(0) for m in re.finditer(r"dpi\W+(\d+)", code) if int(m.group(1)) < 110]
+    assert not small and not low, f"{path.name}: {small + low}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_no_cell_prints_a_plot_objects_repr(path):
     # A cell ending in a plotting call shows "<Axes: title=...>" above its figure unless the
     # call ends with ";": noise on the page, and a line nbval compares.

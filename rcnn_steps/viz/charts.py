@@ -185,7 +185,7 @@ def gradient_norms(
                     fontsize=FONT_SIZE)  # fmt: skip
     ax.set_yscale("log")
     _label_axes(ax, "training step", "gradient norm", title)
-    ax.legend(fontsize=FONT_SIZE - 1, ncol=2)
+    ax.legend(fontsize=FONT_SIZE, ncol=2)
     return ax
 
 

@@ -166,7 +166,7 @@ def effect_forest(
             span.set_gid("range")
         else:  # one run: say so where the range would be, rather than draw none silently
             note = ax.annotate("n=1", (ours[0], yi), textcoords="offset points", xytext=(0, -13),
-                               ha="center", fontsize=FONT_SIZE - 1, color="0.35")  # fmt: skip
+                               ha="center", fontsize=FONT_SIZE, color="0.35")  # fmt: skip
             note.set_gid("n=1")
         (mean,) = ax.plot(ours.mean(), yi, "o", color="C0", markersize=6)
         mean.set_gid("mean")
@@ -318,16 +318,16 @@ def size_effects(
                 lo, hi = sorted((p["ours_min"] / p["paper"], p["ours_max"] / p["paper"]))
                 ax.plot([p["cells"]] * 2, [lo, hi], color=f"C{i}", lw=0.8)
             ax.annotate(f"{p['scale']} px, n={len(p['seeds'])}", (p["cells"], p["ratio"]),
-                        textcoords="offset points", xytext=(5, 4), fontsize=FONT_SIZE - 1,
+                        textcoords="offset points", xytext=(5, 4), fontsize=FONT_SIZE,
                         color=f"C{i}")  # fmt: skip
     ax.axhline(1, color="0.3", lw=0.8, ls="--")
     if reference_cells is not None:
         ax.axvline(reference_cells, color="0.4", lw=0.8, ls=":")
         ax.annotate("COCO at 800 px", (reference_cells, 1), textcoords="offset points",
-                    xytext=(-4, 6), ha="right", fontsize=FONT_SIZE - 1, color="0.3")  # fmt: skip
+                    xytext=(-4, 6), ha="right", fontsize=FONT_SIZE, color="0.3")  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
-    ax.legend(fontsize=FONT_SIZE - 1, loc="upper right")
+    ax.legend(fontsize=FONT_SIZE, loc="upper right")
     _label_axes(ax, "median object side, cells of the map it is pooled from",
                 "our effect / the paper's", title)  # fmt: skip
     return ax
