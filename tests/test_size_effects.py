@@ -71,7 +71,14 @@ def test_points_divide_our_effect_by_the_papers_at_each_scale():
                           "mrcnn_2a": _grid("mrcnn_2a", {"fpn": [0.6]})},  # c4 not run
                 "boxes": 2 * BOXES, "configs": _configs(2)},
     }  # fmt: skip
-    points = size_effect_points(scales)
+    coco = {
+        "boxes": 6.25 * BOXES,
+        "configs": {
+            "fpn": detector_config("cpu_mask", {"roi_canonical_size": 224}),
+            "c4": _configs(1)["c4"],
+        },
+    }
+    points = size_effect_points(scales, reference=coco)
     got = {(p["effect"], p["scale"]): p for p in points}
     assert set(got) == {("RoIAlign over RoIPool", "128"), ("RoIAlign over RoIPool", "256"),
                         ("FPN over C4", "128")}  # fmt: skip
@@ -86,8 +93,12 @@ def test_points_divide_our_effect_by_the_papers_at_each_scale():
     assert big["cells"] == pytest.approx(2 * align["cells"]) and big["ours"] == pytest.approx(5)
     assert got["FPN over C4", "128"]["cells"] == median_cells(BOXES, _configs(1)["c4"], "c4")
     assert [e[0] for e in SIZE_EFFECTS] == ["mrcnn_2c", "mrcnn_2b", "mrcnn_2a"]
+    # the paper's case: the same objects at 800 px, s0 224, on the same map
+    assert align["reference_cells"] == median_cells(6.25 * BOXES, coco["configs"]["fpn"], "fpn")
+    c4_ref = got["FPN over C4", "128"]["reference_cells"]
+    assert c4_ref == pytest.approx(6.25 * got["FPN over C4", "128"]["cells"])
 
-    ax = viz.size_effects(points, reference_cells=17.2, title="t")
+    ax = viz.size_effects(points, title="t")
     lines = [line for line in ax.lines if line.get_label() in {"RoIAlign over RoIPool",
                                                                 "FPN over C4"}]  # fmt: skip
     assert len(lines) == 2
@@ -95,4 +106,9 @@ def test_points_divide_our_effect_by_the_papers_at_each_scale():
     assert list(align_line.get_xdata()) == pytest.approx([align["cells"], big["cells"]])
     assert ax.get_xscale() == ax.get_yscale() == "log"
     labels = [t.get_text() for t in ax.texts]
-    assert "128 px, n=3" in labels and "256 px, n=1" in labels and "COCO at 800 px" in labels
+    assert "128 px, n=3" in labels and "256 px, n=1" in labels
+    hollow = [line for line in ax.lines if line.get_markerfacecolor() == "none"]
+    assert sorted(line.get_xdata()[0] for line in hollow) == pytest.approx(
+        sorted([align["reference_cells"], c4_ref])
+    )  # one reference point per effect drawn, at ratio 1
+    assert all(line.get_ydata()[0] == 1 for line in hollow)

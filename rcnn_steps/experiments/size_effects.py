@@ -65,6 +65,8 @@ def median_cells(boxes: Tensor, config: Any, pooled_from: str) -> float:
 def size_effect_points(
     scales: Mapping[str, Mapping[str, Any]],
     effects: Sequence[tuple[str, str, str, str, str]] = SIZE_EFFECTS,
+    *,
+    reference: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """One point per (effect, scale) that ran: our effect over the paper's against the
     objects' median size in cells.
@@ -73,9 +75,14 @@ def size_effect_points(
     boxes at that resolution, "configs": {"fpn": config, "c4": config}}, "256": ...}``;
     a table missing from a scale's ``grids``, or a setting not run there, gives no point.
 
+    ``reference``: ``{"boxes", "configs"}`` of the paper's case (our objects scaled to
+    COCO's 800 px, the paper's s0 = 224), where the ratio is 1 by definition; each record
+    then has ``"reference_cells"``, the median size in cells on the same map there.
+
     Returns records ``{"effect", "table", "scale", "cells", "ours" (mean over the seeds
     both settings ran, AP points), "ours_min", "ours_max" (over those seeds), "paper"
-    (the paper's effect, points), "ratio" (ours / paper), "seeds", "metric"}``."""
+    (the paper's effect, points), "ratio" (ours / paper), "seeds", "metric",
+    "reference_cells" (None without ``reference``)}``."""
     points = []
     for table, baseline, variant, pooled_from, label in effects:
         for scale, held in scales.items():
@@ -92,5 +99,7 @@ def size_effect_points(
                 "paper": record["paper"],
                 "ratio": None if not record["paper"] else mean / record["paper"],
                 "seeds": record["seeds"], "metric": record["metric"],
+                "reference_cells": None if reference is None else median_cells(
+                    reference["boxes"], reference["configs"][pooled_from], pooled_from),
             })  # fmt: skip
     return points

@@ -16,6 +16,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.ticker import ScalarFormatter
 
 from rcnn_steps.viz.style import DPI, FONT_SIZE, _figure_axes, _label_axes
 
@@ -293,7 +294,6 @@ def ladder_waterfall(
 def size_effects(
     points: Sequence[dict[str, Any]],
     *,
-    reference_cells: float | None = None,
     ax: Axes | None = None,
     title: str = "",
 ) -> Axes:
@@ -301,32 +301,35 @@ def size_effects(
     ``points``): each effect's ratio to the paper's (log scale; 1 is the paper's size)
     against the objects' median side in feature cells (log scale), one line per effect
     from the smaller images to the larger, each point labelled with its scale and seeds,
-    a whisker over the seeds where more than one ran. ``reference_cells`` draws where
-    COCO's objects lie (a dotted vertical line)."""
+    a whisker over the seeds where more than one ran. Where the points carry
+    ``reference_cells`` (the paper's objects on the same map), a hollow marker of the
+    effect's colour at ratio 1 shows where its line would end if size were all there is."""
     ax = _figure_axes(ax, (5.6, 3.6))
     by_effect: dict[str, list[dict[str, Any]]] = {}
     for p in points:
         if p["ratio"] is not None:
             by_effect.setdefault(p["effect"], []).append(p)
     for i, (effect, pts) in enumerate(by_effect.items()):
+        colour = f"C{i}"
         pts = sorted(pts, key=lambda p: p["cells"])
-        x = [p["cells"] for p in pts]
-        y = [p["ratio"] for p in pts]
-        ax.plot(x, y, "o-", color=f"C{i}", label=effect, lw=1.4)
+        ax.plot([p["cells"] for p in pts], [p["ratio"] for p in pts], "o-", color=colour,
+                label=effect, lw=1.4)  # fmt: skip
         for p in pts:
             if len(p["seeds"]) > 1 and p["paper"]:
                 lo, hi = sorted((p["ours_min"] / p["paper"], p["ours_max"] / p["paper"]))
-                ax.plot([p["cells"]] * 2, [lo, hi], color=f"C{i}", lw=0.8)
+                ax.plot([p["cells"]] * 2, [lo, hi], color=colour, lw=0.8)
             ax.annotate(f"{p['scale']} px, n={len(p['seeds'])}", (p["cells"], p["ratio"]),
                         textcoords="offset points", xytext=(5, 4), fontsize=FONT_SIZE,
-                        color=f"C{i}")  # fmt: skip
+                        color=colour)  # fmt: skip
+        if pts[-1].get("reference_cells"):
+            ax.plot([pts[-1]["cells"], pts[-1]["reference_cells"]], [pts[-1]["ratio"], 1],
+                    color=colour, lw=0.8, ls=":")  # fmt: skip
+            ax.plot(pts[-1]["reference_cells"], 1, "o", mfc="none", color=colour, ms=8)
     ax.axhline(1, color="0.3", lw=0.8, ls="--")
-    if reference_cells is not None:
-        ax.axvline(reference_cells, color="0.4", lw=0.8, ls=":")
-        ax.annotate("COCO at 800 px", (reference_cells, 1), textcoords="offset points",
-                    xytext=(-4, 6), ha="right", fontsize=FONT_SIZE, color="0.3")  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(ScalarFormatter())
     ax.legend(fontsize=FONT_SIZE, loc="upper right")
     _label_axes(ax, "median object side, cells of the map it is pooled from",
                 "our effect / the paper's", title)  # fmt: skip
