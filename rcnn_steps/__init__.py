@@ -35,7 +35,9 @@ sit beside the floors. The old flat paths (``rcnn_steps.faster_rcnn``,
 The modules read like the book's table of contents:
 
 - chapter 00, objects, boxes and scores: :mod:`rcnn_steps.data` (the synthetic
-  COCO-format set and its loader), :mod:`rcnn_steps.ops.boxes` (IoU, NMS, box coding),
+  COCO-format set, :mod:`rcnn_steps.data.synth` with its ``synth_config``,
+  ``synth_drawing``, ``synth_hard`` and ``synth_scene`` parts, and its loader),
+  :mod:`rcnn_steps.ops.boxes` (IoU, NMS, box coding),
   :mod:`rcnn_steps.evaluation` (AP from scratch and through pycocotools),
   :mod:`rcnn_steps.viz` (drawing);
 - chapter 01, sliding windows: :mod:`rcnn_steps.engine` (the one training loop),

@@ -1,7 +1,11 @@
 """Data for the book (chapter 00): the synthetic COCO-format set and a COCO reader.
 
 - :func:`generate` / :func:`ensure_synth` write the seeded synthetic set
-  (``python -m rcnn_steps.data synth --out DIR``);
+  (``python -m rcnn_steps.data synth --out DIR``) in :mod:`rcnn_steps.data.synth`, from
+  its parts: :mod:`~rcnn_steps.data.synth_config` (the categories and
+  :class:`SynthConfig`), :mod:`~rcnn_steps.data.synth_drawing` (masks, backgrounds, flat
+  paint), :mod:`~rcnn_steps.data.synth_hard` (the hard style) and
+  :mod:`~rcnn_steps.data.synth_scene` (one image laid out and annotated);
 - :class:`CocoDataset` reads it, and real COCO 2017, into tensors, numbering the classes
   by a :class:`LabelMap` (category id <-> label, names, keypoint sets);
 - :mod:`rcnn_steps.data.transforms` holds flips that keep keypoints' left and right;
