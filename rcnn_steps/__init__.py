@@ -36,7 +36,8 @@ The modules read like the book's table of contents:
 
 - chapter 00, objects, boxes and scores: :mod:`rcnn_steps.data` (the synthetic
   COCO-format set, :mod:`rcnn_steps.data.synth` with its ``synth_config``,
-  ``synth_drawing``, ``synth_hard`` and ``synth_scene`` parts, and its loader),
+  ``synth_drawing``, ``synth_hard`` and ``synth_scene`` parts, and its loader,
+  :mod:`rcnn_steps.data.coco`, with the annotation file's checks in ``coco_json``),
   :mod:`rcnn_steps.ops.boxes` (IoU, NMS, box coding),
   :mod:`rcnn_steps.evaluation` (AP from scratch and through pycocotools),
   :mod:`rcnn_steps.viz` (drawing);

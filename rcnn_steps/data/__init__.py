@@ -7,7 +7,9 @@
   paint), :mod:`~rcnn_steps.data.synth_hard` (the hard style) and
   :mod:`~rcnn_steps.data.synth_scene` (one image laid out and annotated);
 - :class:`CocoDataset` reads it, and real COCO 2017, into tensors, numbering the classes
-  by a :class:`LabelMap` (category id <-> label, names, keypoint sets);
+  by a :class:`LabelMap` (category id <-> label, names, keypoint sets), in
+  :mod:`rcnn_steps.data.coco`, once :mod:`rcnn_steps.data.coco_json` has checked the
+  annotation file (:func:`load_coco_json`, :class:`DatasetError`);
 - :mod:`rcnn_steps.data.transforms` holds flips that keep keypoints' left and right;
 - :mod:`rcnn_steps.data.proposals` is the selective-search proposal cache of chapters 02
   to 04 (:func:`make_proposals`, :func:`load_proposals`, :func:`proposals_path`).
