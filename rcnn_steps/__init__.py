@@ -42,7 +42,9 @@ The modules read like the book's table of contents:
   :mod:`rcnn_steps.evaluation` (AP from scratch and through pycocotools),
   :mod:`rcnn_steps.viz` (drawing);
 - chapter 01, sliding windows: :mod:`rcnn_steps.engine` (the one training loop),
-  :mod:`rcnn_steps.detectors.sliding_window`, run by
+  :mod:`rcnn_steps.detectors.sliding_window` (with its crops,
+  :mod:`rcnn_steps.detectors.window_crops`, and windows,
+  :mod:`rcnn_steps.detectors.window_grids`), run by
   :mod:`rcnn_steps.experiments.sliding_window`;
 - chapter 02, selective search and R-CNN: :mod:`rcnn_steps.detectors.selective_search`
   (measured by :mod:`rcnn_steps.experiments.selective_search`),

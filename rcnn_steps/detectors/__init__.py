@@ -1,6 +1,8 @@
 """The detectors floor: one module per chapter's detector, built from the parts below.
 
-- :mod:`rcnn_steps.detectors.sliding_window` (chapter 01): a classifier over every window;
+- :mod:`rcnn_steps.detectors.sliding_window` (chapter 01): a classifier over every window,
+  trained on the crops of :mod:`~rcnn_steps.detectors.window_crops` and slid over the
+  windows of :mod:`~rcnn_steps.detectors.window_grids`;
 - :mod:`rcnn_steps.detectors.selective_search` (chapter 02): class-independent proposals
   from grouped segments;
 - :mod:`rcnn_steps.detectors.rcnn` (chapter 02): R-CNN, each proposal warped and

@@ -46,6 +46,11 @@ the warp throws the window's shape away. We hand it back to the classifier as a 
 fourth channel, ``log(w / h) / log(3)`` (-1, 0 or +1 for the three ratios), a
 "pyramid of filters" over shape in the spirit of DPM's aspect-ratio components. It is
 constant over a resized image, so the fully convolutional trick is unaffected.
+
+The crops of step 1 are :mod:`rcnn_steps.detectors.window_crops`'s and the windows of step 3
+:mod:`rcnn_steps.detectors.window_grids`'s; this module holds the classifier (steps 2 and
+4), the classification of every window, detection (step 6) and its cost, and re-exports
+the names of both.
 """
 
 from __future__ import annotations
@@ -53,15 +58,33 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rcnn_steps.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image
+from rcnn_steps.detectors.window_crops import (  # noqa: F401 (BOX_CODER_WEIGHTS: re-exported)
+    BOX_CODER_WEIGHTS,
+    INPUT_SIZE,
+    CropSet,
+    _box_coder,
+    _check_image,
+    crop_and_resize,
+    make_crops,
+    shape_channel_value,
+    with_shape_channel,
+)
+from rcnn_steps.detectors.window_grids import (
+    NETWORK_STRIDE,
+    WindowConfig,
+    WindowGrid,
+    count_windows,
+    grid_boxes,
+    resize_for_window,
+    sliding_windows,
+    window_grids,
+)
+from rcnn_steps.ops import batched_nms, clip_boxes_to_image
 
 __all__ = [
     "INPUT_SIZE",
@@ -89,282 +112,6 @@ __all__ = [
     "window_grids",
     "with_shape_channel",
 ]
-
-#: Side of the square input the crop classifier sees (pixels).
-INPUT_SIZE = 32
-#: The classifier's total stride: three 2x2 max-pools. One step on its dense output map is
-#: 8 pixels of the (resized) input.
-NETWORK_STRIDE = 8
-#: R-CNN's and Fast R-CNN's target normalisation for box heads (see BoxCoder).
-BOX_CODER_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
-
-
-def _box_coder() -> BoxCoder:
-    return BoxCoder(weights=BOX_CODER_WEIGHTS)
-
-
-def _check_image(fn: str, image: Any, channels: int = 3) -> None:
-    if not isinstance(image, Tensor):
-        raise TypeError(f"{fn}: image must be a torch.Tensor, got {type(image).__name__}")
-    if image.dim() != 3 or image.shape[0] != channels or not image.is_floating_point():
-        raise ValueError(
-            f"{fn}: image must be a float tensor of shape ({channels}, H, W), got "
-            f"{tuple(image.shape)} {image.dtype}; pass one image from the dataset, "
-            "e.g. `image, target = val[0]`"
-        )
-
-
-# ----------------------------------------------------------------------------------------
-# Step 1: crops, resized to the classifier's input
-# ----------------------------------------------------------------------------------------
-
-
-def shape_channel_value(width: float | Tensor, height: float | Tensor) -> Tensor:
-    """The fourth input channel: ``log(w / h) / log(3)`` clamped to [-1, 1], i.e. -1 for a
-    1:3 (tall) window, 0 for a square one and +1 for a 3:1 (wide) one."""
-    w = torch.as_tensor(width, dtype=torch.float32)
-    h = torch.as_tensor(height, dtype=torch.float32)
-    return (torch.log(w / h) / math.log(3.0)).clamp(-1.0, 1.0)
-
-
-def with_shape_channel(images: Tensor, value: float | Tensor) -> Tensor:
-    """Append the constant shape channel: ``(3, H, W)`` -> ``(4, H, W)``, or
-    ``(B, 3, H, W)`` -> ``(B, 4, H, W)`` with ``value`` a scalar or ``(B,)``."""
-    value = torch.as_tensor(value, dtype=images.dtype, device=images.device)
-    if images.dim() == 3:
-        plane = value.reshape(1, 1, 1).expand(1, *images.shape[1:])
-        return torch.cat([images, plane], dim=0)
-    plane = value.reshape(-1, 1, 1, 1).expand(images.shape[0], 1, *images.shape[2:])
-    return torch.cat([images, plane], dim=1)
-
-
-def _resize(image: Tensor, height: int, width: int) -> Tensor:
-    """Bilinear resize of a ``(C, H, W)`` image, antialiased when shrinking. The crops and
-    the resized images of the detector both go through here, so they look alike."""
-    return F.interpolate(
-        image[None], size=(height, width), mode="bilinear", align_corners=False, antialias=True
-    )[0]
-
-
-def crop_and_resize(image: Tensor, boxes: Tensor, size: int = INPUT_SIZE) -> Tensor:
-    """Cut integer-pixel boxes out of an image and resize each to ``size x size``.
-
-    Args:
-        image: ``(3, H, W)`` float image.
-        boxes: ``(N, 4)`` xyxy boxes with integer coordinates inside the image and
-            positive width and height.
-
-    Returns:
-        ``(N, 4, size, size)``: RGB plus the shape channel of each box.
-    """
-    _check_image("crop_and_resize", image)
-    crops = []
-    for x1, y1, x2, y2 in boxes.round().long().tolist():
-        if not (0 <= x1 < x2 <= image.shape[2] and 0 <= y1 < y2 <= image.shape[1]):
-            raise ValueError(
-                f"crop_and_resize: box {[x1, y1, x2, y2]} is empty or outside the "
-                f"{image.shape[2]}x{image.shape[1]} image; clip boxes to the image first"
-            )
-        crop = _resize(image[:, y1:y2, x1:x2], size, size)
-        crops.append(with_shape_channel(crop, shape_channel_value(x2 - x1, y2 - y1)))
-    if not crops:
-        return image.new_zeros((0, 4, size, size))
-    return torch.stack(crops)
-
-
-@dataclass
-class CropSet:
-    """The crop dataset: ``N`` crops with what the classifier and the regressor learn.
-
-    - ``images``: ``(N, 4, S, S)`` float, RGB plus the shape channel;
-    - ``labels``: ``(N,)`` int64, ``1..C`` for objects and 0 for background;
-    - ``boxes``: ``(N, 4)`` the crop windows in image pixels (xyxy, integers);
-    - ``gt_boxes``: ``(N, 4)`` the object each positive crop was cut around (zeros for
-      background);
-    - ``ious``: ``(N,)`` IoU of the crop with that object (for background: the largest IoU
-      with any object, < 0.3);
-    - ``deltas``: ``(N, 4)`` regression targets ``BoxCoder(10, 10, 5, 5).encode(gt, crop)``
-      (zeros for background);
-    - ``image_ids``: ``(N,)`` the image each crop comes from.
-    """
-
-    images: Tensor
-    labels: Tensor
-    boxes: Tensor
-    gt_boxes: Tensor
-    ious: Tensor
-    deltas: Tensor
-    image_ids: Tensor
-    class_names: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def counts(self) -> dict[str, int]:
-        """Crops per class name (background first)."""
-        binc = torch.bincount(self.labels, minlength=len(self.class_names)).tolist()
-        return dict(zip(self.class_names, binc, strict=True))
-
-    def classification_dataset(self) -> torch.utils.data.TensorDataset:
-        """``(image, label)`` pairs, the batches :func:`classification_loss` reads."""
-        return torch.utils.data.TensorDataset(self.images, self.labels)
-
-
-def _jitter_boxes(
-    rng: np.random.Generator, boxes: np.ndarray, n: int, shift: float, log_scale: float
-) -> np.ndarray:
-    """``n`` jittered copies of each box: centre moved by up to ``shift`` of the size,
-    width and height scaled by ``exp(U(-log_scale, log_scale))`` independently."""
-    boxes = np.repeat(boxes, n, axis=0)
-    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    cx, cy = boxes[:, 0] + w / 2, boxes[:, 1] + h / 2
-    cx = cx + w * rng.uniform(-shift, shift, len(boxes))
-    cy = cy + h * rng.uniform(-shift, shift, len(boxes))
-    w = w * np.exp(rng.uniform(-log_scale, log_scale, len(boxes)))
-    h = h * np.exp(rng.uniform(-log_scale, log_scale, len(boxes)))
-    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
-
-
-def _integer_boxes(boxes: np.ndarray, height: int, width: int, min_side: int = 4) -> np.ndarray:
-    """Round to whole pixels, clip to the image, and drop boxes thinner than ``min_side``."""
-    b = np.round(boxes)
-    b[:, 0::2] = b[:, 0::2].clip(0, width)
-    b[:, 1::2] = b[:, 1::2].clip(0, height)
-    keep = ((b[:, 2] - b[:, 0]) >= min_side) & ((b[:, 3] - b[:, 1]) >= min_side)
-    return b[keep]
-
-
-def make_crops(
-    dataset,
-    num_images: int | None = None,
-    input_size: int = INPUT_SIZE,
-    positives_per_object: int = 3,
-    background_per_image: int = 8,
-    per_class: int | None = None,
-    background_ratio: float = 2.0,
-    positive_iou: float = 0.5,
-    background_iou: float = 0.3,
-    seed: int = 0,
-) -> CropSet:
-    """Cut the crop dataset out of a detection dataset, deterministically given ``seed``.
-
-    Positives: each object's box jittered (centre moved by up to 20% of its size, each
-    side scaled by up to e^0.35 ~ 1.4x), kept when its IoU with the object is at least
-    ``positive_iou`` and no other object overlaps it more, labelled with the object's
-    class. Background: windows of the detector's sizes (8-64 px) and ratios (1:1, 3:1,
-    1:3), half placed anywhere and half near an object (the hard negatives a sliding
-    window meets next to every object), kept when their IoU with *every* object is below
-    ``background_iou``.
-
-    Then class balance: every object class keeps ``per_class`` crops (default: the count
-    of the rarest class), and background keeps ``background_ratio`` times that.
-
-    Args:
-        dataset: a :class:`~rcnn_steps.data.CocoDataset` (images ``(3, H, W)``).
-        num_images: use the first ``num_images`` images (default: all).
-
-    Returns:
-        A :class:`CropSet` of ``(C + background_ratio) * per_class`` crops (fewer when
-        there are not enough background crops).
-    """
-    if not 0 < background_iou <= positive_iou <= 1:
-        raise ValueError(
-            "make_crops: need 0 < background_iou <= positive_iou <= 1, got "
-            f"{background_iou} and {positive_iou}"
-        )
-    rng = np.random.default_rng(seed)
-    n_images = len(dataset) if num_images is None else min(num_images, len(dataset))
-    parts: dict[str, list] = {k: [] for k in ("images", "labels", "boxes", "gt", "iou", "ids")}
-    for index in range(n_images):
-        image, target = dataset[index]
-        _, height, width = image.shape
-        gts = target["boxes"].numpy().astype(np.float64)
-        gt_labels = target["labels"].numpy()
-        chosen, labels, matched, ious = [], [], [], []
-        if len(gts):
-            cand = _jitter_boxes(rng, gts, 8 * positives_per_object, 0.2, 0.35)
-            owner = np.repeat(np.arange(len(gts)), 8 * positives_per_object)
-            keep_mask = np.zeros(len(cand), bool)
-            rounded = np.round(cand)
-            rounded[:, 0::2] = rounded[:, 0::2].clip(0, width)
-            rounded[:, 1::2] = rounded[:, 1::2].clip(0, height)
-            ok = ((rounded[:, 2] - rounded[:, 0]) >= 2) & ((rounded[:, 3] - rounded[:, 1]) >= 2)
-            iou = box_iou(torch.from_numpy(rounded), torch.from_numpy(gts)).numpy()
-            best = iou.argmax(1)
-            own_iou = iou[np.arange(len(cand)), owner]
-            keep_mask = ok & (best == owner) & (own_iou >= positive_iou)
-            for g in range(len(gts)):
-                idx = np.flatnonzero(keep_mask & (owner == g))[:positives_per_object]
-                chosen.append(rounded[idx])
-                labels.append(np.full(len(idx), gt_labels[g]))
-                matched.append(np.repeat(gts[g : g + 1], len(idx), axis=0))
-                ious.append(own_iou[idx])
-        # background: random windows, and windows near objects
-        n_cand = 6 * background_per_image
-        side = np.exp(rng.uniform(np.log(8), np.log(64), n_cand))
-        ratio = rng.choice([1 / 3, 1.0, 3.0], n_cand) * np.exp(rng.uniform(-0.2, 0.2, n_cand))
-        bw, bh = side * np.sqrt(ratio), side / np.sqrt(ratio)
-        cx, cy = rng.uniform(0, width, n_cand), rng.uniform(0, height, n_cand)
-        if len(gts):  # the second half sits near an object: shifted by about its size
-            near = np.arange(n_cand // 2, n_cand)
-            g = rng.integers(0, len(gts), len(near))
-            gw, gh = gts[g, 2] - gts[g, 0], gts[g, 3] - gts[g, 1]
-            cx[near] = (gts[g, 0] + gts[g, 2]) / 2 + gw * rng.uniform(-1.2, 1.2, len(near))
-            cy[near] = (gts[g, 1] + gts[g, 3]) / 2 + gh * rng.uniform(-1.2, 1.2, len(near))
-            scale = np.exp(rng.uniform(-0.7, 0.7, len(near)))
-            bw[near], bh[near] = gw * scale, gh * scale
-        bg = _integer_boxes(
-            np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1), height, width
-        )
-        if len(gts):
-            bg_iou = box_iou(torch.from_numpy(bg), torch.from_numpy(gts)).numpy().max(1)
-        else:
-            bg_iou = np.zeros(len(bg))
-        bg_keep = np.flatnonzero(bg_iou < background_iou)
-        # interleave random and near windows, so both kinds survive the cut
-        bg_keep = bg_keep[np.argsort(rng.permutation(len(bg_keep)), kind="stable")]
-        bg_keep = bg_keep[:background_per_image]
-        chosen.append(bg[bg_keep])
-        labels.append(np.zeros(len(bg_keep), np.int64))
-        matched.append(np.zeros((len(bg_keep), 4)))
-        ious.append(bg_iou[bg_keep])
-
-        boxes = torch.from_numpy(np.concatenate(chosen)).float()
-        parts["images"].append(crop_and_resize(image, boxes, input_size))
-        parts["labels"].append(torch.from_numpy(np.concatenate(labels).astype(np.int64)))
-        parts["boxes"].append(boxes)
-        parts["gt"].append(torch.from_numpy(np.concatenate(matched)).float())
-        parts["iou"].append(torch.from_numpy(np.concatenate(ious)).float())
-        parts["ids"].append(torch.full((len(boxes),), int(target["image_id"])))
-
-    images = torch.cat(parts["images"])
-    labels = torch.cat(parts["labels"])
-    num_classes = len(dataset.class_names) - 1
-    counts = torch.bincount(labels, minlength=num_classes + 1)
-    if per_class is None:
-        per_class = int(counts[1:].min())
-    selected = []
-    for c in range(num_classes + 1):
-        want = per_class if c > 0 else int(round(background_ratio * per_class))
-        idx = np.flatnonzero(labels.numpy() == c)
-        selected.append(np.sort(rng.permutation(idx)[:want]))
-    sel = torch.from_numpy(np.concatenate(selected))
-    boxes, gt = torch.cat(parts["boxes"])[sel], torch.cat(parts["gt"])[sel]
-    labels = labels[sel]
-    deltas = torch.zeros((len(sel), 4))
-    pos = labels > 0
-    if pos.any():
-        deltas[pos] = _box_coder().encode(gt[pos], boxes[pos])
-    return CropSet(
-        images=images[sel],
-        labels=labels,
-        boxes=boxes,
-        gt_boxes=gt,
-        ious=torch.cat(parts["iou"])[sel],
-        deltas=deltas,
-        image_ids=torch.cat(parts["ids"])[sel],
-        class_names=list(dataset.class_names),
-    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -522,134 +269,8 @@ def to_fully_convolutional(model: CropClassifier) -> DenseClassifier:
 
 
 # ----------------------------------------------------------------------------------------
-# Step 3: the windows
+# Steps 3 and 4: every window classified, one at a time or all at once
 # ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class WindowConfig:
-    """Which windows to slide, and how to turn their scores into detections.
-
-    A window of ``size`` s and ``ratio`` r (width / height) is ``s * sqrt(r)`` wide and
-    ``s / sqrt(r)`` tall (its area is s^2 whatever the ratio). The stride between windows
-    is fixed by the network: 8 pixels of the resized image, i.e. a quarter of the window
-    side in the original image (``NETWORK_STRIDE / INPUT_SIZE``).
-    """
-
-    sizes: tuple[float, ...] = (8.0, 12.0, 18.0, 27.0, 40.0, 60.0)
-    ratios: tuple[float, ...] = (1.0, 3.0, 1.0 / 3.0)
-    input_size: int = INPUT_SIZE
-    score_threshold: float = 0.05  #: keep (window, class) pairs scoring above this
-    nms_threshold: float = 0.3  #: class-wise NMS IoU (R-CNN's 0.3)
-    max_detections: int = 100  #: per image, after NMS
-    batch_size: int = 1024  #: windows per forward pass on the naive path
-
-    def __post_init__(self) -> None:
-        if not self.sizes or any(s <= 0 for s in self.sizes):
-            raise ValueError(f"WindowConfig: sizes must be positive, got {self.sizes}")
-        if not self.ratios or any(r <= 0 for r in self.ratios):
-            raise ValueError(f"WindowConfig: ratios must be positive, got {self.ratios}")
-        self.sizes = tuple(float(s) for s in self.sizes)
-        self.ratios = tuple(float(r) for r in self.ratios)
-
-
-@dataclass
-class WindowGrid:
-    """The windows of one (size, ratio): the image is resized to ``resized`` (H', W') so
-    that a ``width x height`` window becomes ``S x S``; the windows are the ``ny x nx``
-    squares of side S at stride 8 of the resized image."""
-
-    size: float
-    ratio: float
-    width: float  #: nominal window width in the original image
-    height: float
-    resized: tuple[int, int]  #: (H', W') of the resized image
-    scale: tuple[float, float]  #: (fy, fx) = (H' / H, W' / W)
-    grid: tuple[int, int]  #: (ny, nx) windows
-
-    @property
-    def num_windows(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-
-def window_grids(image_size: Sequence[int], config: WindowConfig) -> list[WindowGrid]:
-    """The window grids of an image of ``(H, W)`` pixels, one per (size, ratio).
-
-    Windows larger than the image (in either direction) are skipped: they have no valid
-    position. Raises ``ValueError`` when no window fits at all.
-    """
-    height, width = (int(v) for v in image_size)
-    if height <= 0 or width <= 0:
-        raise ValueError(f"window_grids: image size must be positive, got {image_size}")
-    s_in, grids = config.input_size, []
-    for size in config.sizes:
-        for ratio in config.ratios:
-            w, h = size * math.sqrt(ratio), size / math.sqrt(ratio)
-            rh, rw = round(height * s_in / h), round(width * s_in / w)
-            if rh < s_in or rw < s_in:
-                continue  # the window does not fit in the image
-            ny, nx = (rh - s_in) // NETWORK_STRIDE + 1, (rw - s_in) // NETWORK_STRIDE + 1
-            grids.append(
-                WindowGrid(size, ratio, w, h, (rh, rw), (rh / height, rw / width), (ny, nx))
-            )
-    if not grids:
-        raise ValueError(
-            f"window_grids: no window of sizes {config.sizes} and ratios {config.ratios} "
-            f"fits in a {height}x{width} image; use smaller window sizes"
-        )
-    return grids
-
-
-def grid_boxes(grid: WindowGrid, input_size: int = INPUT_SIZE) -> Tensor:
-    """Map every position ``(j, i)`` of a dense output map back to its window.
-
-    Position ``(j, i)`` is the ``S x S`` square at ``(8 i, 8 j)`` of the resized image;
-    dividing by the resize factors gives, in the original image,
-    ``x1 = 8 i / fx, y1 = 8 j / fy, x2 = (8 i + S) / fx, y2 = (8 j + S) / fy``.
-
-    Returns:
-        ``(ny * nx, 4)`` float32 xyxy boxes, row-major (``j * nx + i``): the order of
-        ``map.flatten()`` for a ``(ny, nx)`` map.
-    """
-    (ny, nx), (fy, fx) = grid.grid, grid.scale
-    ys = torch.arange(ny, dtype=torch.float32) * NETWORK_STRIDE
-    xs = torch.arange(nx, dtype=torch.float32) * NETWORK_STRIDE
-    y1, x1 = torch.meshgrid(ys, xs, indexing="ij")
-    boxes = torch.stack([x1 / fx, y1 / fy, (x1 + input_size) / fx, (y1 + input_size) / fy], -1)
-    return boxes.reshape(-1, 4)
-
-
-def sliding_windows(image_size: Sequence[int], config: WindowConfig) -> tuple[Tensor, Tensor]:
-    """Every window of an image: ``(N, 4)`` xyxy boxes and ``(N,)`` the index of their grid
-    in :func:`window_grids` (one grid per size and ratio)."""
-    grids = window_grids(image_size, config)
-    boxes = [grid_boxes(g, config.input_size) for g in grids]
-    index = [torch.full((len(b),), k) for k, b in enumerate(boxes)]
-    return torch.cat(boxes), torch.cat(index)
-
-
-def count_windows(image_size: Sequence[int], config: WindowConfig) -> dict[str, Any]:
-    """How many windows an image has: in total, and per window size and per ratio."""
-    grids = window_grids(image_size, config)
-    per_size: dict[float, int] = {}
-    per_ratio: dict[float, int] = {}
-    for g in grids:
-        per_size[g.size] = per_size.get(g.size, 0) + g.num_windows
-        per_ratio[g.ratio] = per_ratio.get(g.ratio, 0) + g.num_windows
-    return {
-        "total": sum(g.num_windows for g in grids),
-        "per_size": per_size,
-        "per_ratio": per_ratio,
-        "grids": len(grids),
-    }
-
-
-def resize_for_window(image: Tensor, grid: WindowGrid) -> Tensor:
-    """``(3, H, W)`` -> ``(4, H', W')``: the image resized so the grid's window becomes
-    ``S x S``, plus the window's shape channel."""
-    _check_image("resize_for_window", image)
-    resized = _resize(image, *grid.resized)
-    return with_shape_channel(resized, shape_channel_value(grid.width, grid.height))
 
 
 def classify_windows_naive(
