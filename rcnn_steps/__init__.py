@@ -47,7 +47,9 @@ The modules read like the book's table of contents:
   :mod:`rcnn_steps.detectors.window_grids`), run by
   :mod:`rcnn_steps.experiments.sliding_window`;
 - chapter 02, selective search and R-CNN: :mod:`rcnn_steps.detectors.selective_search`
-  (measured by :mod:`rcnn_steps.experiments.selective_search`),
+  (its grouping in :mod:`rcnn_steps.detectors.region_grouping`, recall and MABO in
+  :mod:`rcnn_steps.detectors.proposal_measures`; measured by
+  :mod:`rcnn_steps.experiments.selective_search`),
   :mod:`rcnn_steps.data.proposals` (the proposal cache), :mod:`rcnn_steps.detectors.rcnn`,
   run by :mod:`rcnn_steps.experiments.rcnn`;
 - chapter 03, Fast R-CNN: :mod:`rcnn_steps.ops.roipool` (RoIPool and its readable

@@ -1,10 +1,12 @@
-"""The detectors floor: one module per chapter's detector, built from the parts below.
+"""The detectors floor: one module per chapter's detector (chapters 01 and 02's with their
+parts beside them), built from the parts below.
 
 - :mod:`rcnn_steps.detectors.sliding_window` (chapter 01): a classifier over every window,
   trained on the crops of :mod:`~rcnn_steps.detectors.window_crops` and slid over the
   windows of :mod:`~rcnn_steps.detectors.window_grids`;
 - :mod:`rcnn_steps.detectors.selective_search` (chapter 02): class-independent proposals
-  from grouped segments;
+  from grouped segments (the grouping: :mod:`~rcnn_steps.detectors.region_grouping`),
+  measured by :mod:`~rcnn_steps.detectors.proposal_measures` (recall, MABO);
 - :mod:`rcnn_steps.detectors.rcnn` (chapter 02): R-CNN, each proposal warped and
   classified by its own CNN pass;
 - :mod:`rcnn_steps.detectors.fast_rcnn` (chapter 03): Fast R-CNN, RoIs pooled from one
