@@ -3,8 +3,11 @@
 Nothing here knows about models, training or data; each module imports only torch, the
 standard library and the other modules of this floor.
 
-- :mod:`~rcnn_steps.ops.boxes` (chapter 00; :class:`BoxCoder` chapters 01-04): areas, IoU,
-  non-maximum suppression, clipping, formats, and box coding;
+- :mod:`~rcnn_steps.ops.boxes` (chapter 00): areas, IoU, non-maximum suppression,
+  clipping and formats;
+- :mod:`~rcnn_steps.ops.box_coder` (chapters 01-04): :class:`BoxCoder`, box coding (boxes
+  as regression targets relative to reference boxes; re-exported by ``boxes``);
+- :mod:`~rcnn_steps.ops.box_checks`: the arguments the box functions share, checked;
 - :mod:`~rcnn_steps.ops.image_list` (chapter 04): :class:`ImageList`, a batch of images of
   different sizes as one padded tensor plus their true sizes;
 - the RoI layers, which read a fixed-size feature for every region of interest off a shared
