@@ -35,10 +35,11 @@ sit beside the floors. The old flat paths (``rcnn_steps.faster_rcnn``,
 The modules read like the book's table of contents:
 
 - chapter 00, objects, boxes and scores: :mod:`rcnn_steps.data` (the synthetic
-  COCO-format set and its loader), :mod:`rcnn_steps.ops.boxes` (IoU, NMS, box coding),
-  :mod:`rcnn_steps.evaluation` (AP from scratch and through pycocotools),
-  :mod:`rcnn_steps.viz` (drawing);
+  COCO-format set and its loader), :mod:`rcnn_steps.ops.boxes` (IoU, NMS; its checks in
+  :mod:`rcnn_steps.ops.box_checks`), :mod:`rcnn_steps.evaluation` (AP from scratch and
+  through pycocotools), :mod:`rcnn_steps.viz` (drawing);
 - chapter 01, sliding windows: :mod:`rcnn_steps.engine` (the one training loop),
+  :mod:`rcnn_steps.ops.box_coder` (box coding, chapters 01-04),
   :mod:`rcnn_steps.detectors.sliding_window`, run by
   :mod:`rcnn_steps.experiments.sliding_window`;
 - chapter 02, selective search and R-CNN: :mod:`rcnn_steps.detectors.selective_search`
@@ -59,9 +60,11 @@ The modules read like the book's table of contents:
 - chapter 05, feature pyramids: :mod:`rcnn_steps.modeling.fpn`,
   :mod:`rcnn_steps.modeling.poolers` (RoIs pooled from their level), and ResNet backbones
   in :mod:`rcnn_steps.modeling.backbones`;
-- chapter 06, RoIAlign: :mod:`rcnn_steps.ops.roialign` (RoIAlign, RoIWarp and RoIAlign's
-  readable reference), :mod:`rcnn_steps.ops.roi_layers` (Mask R-CNN Table 2(c)'s RoI
-  layers as one config field);
+- chapter 06, RoIAlign: :mod:`rcnn_steps.ops.roialign` (RoIAlign and RoIWarp),
+  :mod:`rcnn_steps.ops.roialign_sampling` (where RoIAlign reads),
+  :mod:`rcnn_steps.ops.roialign_reference` (RoIAlign's readable reference),
+  :mod:`rcnn_steps.ops.roi_layers` (Mask R-CNN Table 2(c)'s RoI layers as one config
+  field);
 - chapter 07, masks and keypoints: :mod:`rcnn_steps.modeling.mask_head` (mask targets,
   per-class sigmoid or softmax, pasting), :mod:`rcnn_steps.modeling.keypoint_head`
   (keypoints as one-hot heatmaps), :mod:`rcnn_steps.detectors.mask_rcnn` (the test-time

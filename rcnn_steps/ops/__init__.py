@@ -18,8 +18,11 @@ standard library and the other modules of this floor.
     :func:`roi_pool_reference`, with :func:`roi_pool_cells` and :func:`roi_pool_region`
     to show what its rounding reads;
   - :mod:`~rcnn_steps.ops.roialign` (chapter 06, Mask R-CNN): :func:`roi_align` and
-    :func:`roi_align_reference`, :func:`roi_warp`, with :func:`roi_align_sampling_points`,
-    :func:`roi_align_bins` and :func:`bilinear_sample` to show how it reads;
+    :func:`roi_warp`, re-exporting the two modules beside it:
+    :mod:`~rcnn_steps.ops.roialign_sampling` (where RoIAlign reads:
+    :func:`roi_align_sampling_points` and :func:`roi_align_bins` to show it) and
+    :mod:`~rcnn_steps.ops.roialign_reference` (:func:`roi_align_reference` and
+    :func:`bilinear_sample`, RoIAlign as the paper defines it);
   - :mod:`~rcnn_steps.ops.roi_layers` (chapter 06): :func:`get_roi_op`, the rows of Mask
     R-CNN Table 2(c) (:data:`ROI_OP_NAMES`) as one config field;
   - :mod:`~rcnn_steps.ops.roi_checks`: the arguments they share, checked, and
