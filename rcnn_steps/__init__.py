@@ -69,12 +69,16 @@ The modules read like the book's table of contents:
   per-class sigmoid or softmax, pasting), :mod:`rcnn_steps.modeling.keypoint_head`
   (keypoints as one-hot heatmaps), :mod:`rcnn_steps.detectors.mask_rcnn` (the test-time
   cascade, torchvision's twin), :mod:`rcnn_steps.experiments.runner` (a preset trained and
-  scored);
+  scored), :mod:`rcnn_steps.experiments.run_data` (what a run reads),
+  :mod:`rcnn_steps.experiments.scoring` (detections at test time and their AP);
 - chapter 08, the full model and the ablations: :mod:`rcnn_steps.experiments` (the
   presets, each defined once), :mod:`rcnn_steps.experiments.paper_tables` (the papers'
-  tables as data), :mod:`rcnn_steps.experiments.ablations` (run as grids and read back),
+  tables as data), :mod:`rcnn_steps.experiments.ablations` (run as grids),
+  :mod:`rcnn_steps.experiments.effects` (read back: effects against the seed spread),
   :mod:`rcnn_steps.experiments.grid` (their runs, cached and resumable),
-  :mod:`rcnn_steps.experiments.ladder` (one change per rung),
+  :mod:`rcnn_steps.experiments.ladder` (one change per rung; the rungs in
+  :mod:`rcnn_steps.experiments.ladder_rungs`, one rung's run in
+  :mod:`rcnn_steps.experiments.ladder_runner`),
   :mod:`rcnn_steps.experiments.datasets` (the sets by name, at 128 and 256 px, flat or hard),
   :mod:`rcnn_steps.experiments.size_effects` (effects against object size in cells),
   :mod:`rcnn_steps.experiments.evolution` (the table of every chapter's detector),
