@@ -38,10 +38,11 @@ The modules read like the book's table of contents:
   COCO-format set, :mod:`rcnn_steps.data.synth` with its ``synth_config``,
   ``synth_drawing``, ``synth_hard`` and ``synth_scene`` parts, and its loader,
   :mod:`rcnn_steps.data.coco`, with the annotation file's checks in ``coco_json``),
-  :mod:`rcnn_steps.ops.boxes` (IoU, NMS, box coding),
+  :mod:`rcnn_steps.ops.boxes` (IoU, NMS; its checks in :mod:`rcnn_steps.ops.box_checks`),
   :mod:`rcnn_steps.evaluation` (AP from scratch and through pycocotools),
   :mod:`rcnn_steps.viz` (drawing);
 - chapter 01, sliding windows: :mod:`rcnn_steps.engine` (the one training loop),
+  :mod:`rcnn_steps.ops.box_coder` (box coding, chapters 01-04),
   :mod:`rcnn_steps.detectors.sliding_window` (with its crops,
   :mod:`rcnn_steps.detectors.window_crops`, and windows,
   :mod:`rcnn_steps.detectors.window_grids`), run by
@@ -66,19 +67,25 @@ The modules read like the book's table of contents:
 - chapter 05, feature pyramids: :mod:`rcnn_steps.modeling.fpn`,
   :mod:`rcnn_steps.modeling.poolers` (RoIs pooled from their level), and ResNet backbones
   in :mod:`rcnn_steps.modeling.backbones`;
-- chapter 06, RoIAlign: :mod:`rcnn_steps.ops.roialign` (RoIAlign, RoIWarp and RoIAlign's
-  readable reference), :mod:`rcnn_steps.ops.roi_layers` (Mask R-CNN Table 2(c)'s RoI
-  layers as one config field);
+- chapter 06, RoIAlign: :mod:`rcnn_steps.ops.roialign` (RoIAlign and RoIWarp),
+  :mod:`rcnn_steps.ops.roialign_sampling` (where RoIAlign reads),
+  :mod:`rcnn_steps.ops.roialign_reference` (RoIAlign's readable reference),
+  :mod:`rcnn_steps.ops.roi_layers` (Mask R-CNN Table 2(c)'s RoI layers as one config
+  field);
 - chapter 07, masks and keypoints: :mod:`rcnn_steps.modeling.mask_head` (mask targets,
   per-class sigmoid or softmax, pasting), :mod:`rcnn_steps.modeling.keypoint_head`
   (keypoints as one-hot heatmaps), :mod:`rcnn_steps.detectors.mask_rcnn` (the test-time
   cascade, torchvision's twin), :mod:`rcnn_steps.experiments.runner` (a preset trained and
-  scored);
+  scored), :mod:`rcnn_steps.experiments.run_data` (what a run reads),
+  :mod:`rcnn_steps.experiments.scoring` (detections at test time and their AP);
 - chapter 08, the full model and the ablations: :mod:`rcnn_steps.experiments` (the
   presets, each defined once), :mod:`rcnn_steps.experiments.paper_tables` (the papers'
-  tables as data), :mod:`rcnn_steps.experiments.ablations` (run as grids and read back),
+  tables as data), :mod:`rcnn_steps.experiments.ablations` (run as grids),
+  :mod:`rcnn_steps.experiments.effects` (read back: effects against the seed spread),
   :mod:`rcnn_steps.experiments.grid` (their runs, cached and resumable),
-  :mod:`rcnn_steps.experiments.ladder` (one change per rung),
+  :mod:`rcnn_steps.experiments.ladder` (one change per rung; the rungs in
+  :mod:`rcnn_steps.experiments.ladder_rungs`, one rung's run in
+  :mod:`rcnn_steps.experiments.ladder_runner`),
   :mod:`rcnn_steps.experiments.datasets` (the sets by name, at 128 and 256 px, flat or hard),
   :mod:`rcnn_steps.experiments.size_effects` (effects against object size in cells),
   :mod:`rcnn_steps.experiments.evolution` (the table of every chapter's detector),

@@ -30,7 +30,7 @@ TOP = ("experiments", "cli")
 #: The most lines a module of a folder listed here may have (issue 23: no library file
 #: over ~600 lines except where one idea needs it); a folder is listed once it fits.
 LINE_LIMIT = 600
-SIZE_CHECKED = ("cli", "viz")
+SIZE_CHECKED = ("cli", "ops", "viz")
 
 #: Upward imports a floor still makes, by file: known debts (issue 23) that only shrink.
 #: A listed import no longer made fails :func:`test_the_known_upward_imports_are_still_made`,

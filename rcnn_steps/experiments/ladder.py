@@ -61,6 +61,10 @@ times the book's resolution the detectors' fields in image pixels (anchors, FPN'
 papers set theirs for their images' size: each object keeps its level and its anchors,
 and only its size in feature cells grows, which is what the scale test asks.
 
+The rungs are :mod:`rcnn_steps.experiments.ladder_rungs`' records and one rung's run is
+:mod:`rcnn_steps.experiments.ladder_runner`'s (both re-exported here); this module makes
+the ladder's runs, keeps its results file, measures and plans it, and is its command.
+
 Commands::
 
     python -m rcnn_steps.ladder measure --data 128 256   # s/iteration of every rung
@@ -76,22 +80,34 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from rcnn_steps.experiments.datasets import (
     DATA_SETS,
     PIXEL_FIELDS,
-    book_root,
     data_root,
     data_tag,
     image_scale,
-    resolve_root,
     scaled_overrides,
 )
 from rcnn_steps.experiments.grid import RunSpec, summarise
-from rcnn_steps.experiments.paper_tables import FINAL_OVERRIDES, LONG_MAX_ITER, MASK_BASE
+from rcnn_steps.experiments.ladder_rungs import (
+    _SINGLE_MAP,  # noqa: F401 (re-exported: its old home)
+    BUDGET_RULE,
+    LADDER,
+    LADDER_BASE,
+    LADDER_EVAL_IMAGES,
+    LADDER_PRESET,
+    LADDER_SEEDS,
+    RCNN_OVERRIDES,  # noqa: F401 (re-exported: its old home)
+    RUNGS,
+    Rung,
+    config_diff,
+    rcnn_windows_per_iteration,
+)
+from rcnn_steps.experiments.ladder_runner import prepare_proposals, run_rcnn_setting, run_rung
+from rcnn_steps.experiments.paper_tables import LONG_MAX_ITER
 from rcnn_steps.experiments.runner import detector_config, feeding, schedule
 
 __all__ = [
@@ -117,126 +133,6 @@ __all__ = [
     "run_rung",
     "scaled_overrides",
 ]
-
-#: The preset every detector rung overrides (and whose schedule R-CNN trains on too).
-LADDER_PRESET = "cpu_mask"
-#: The overrides every detector rung starts from: the final model of chapter 08
-#: (:data:`~rcnn_steps.experiments.ablations.FINAL_OVERRIDES`) without keypoints
-#: (:data:`~rcnn_steps.experiments.ablations.MASK_BASE`); ``mask_aligned`` does nothing until the
-#: mask branch is on.
-LADDER_BASE: dict[str, Any] = {**MASK_BASE, **FINAL_OVERRIDES}
-#: R-CNN's network (chapter 02's preset): 32 x 32 crops, a CNN of width 16.
-RCNN_OVERRIDES: dict[str, Any] = {"crop_size": 32, "width": 16}
-#: Val images of every rung: the whole val split.
-LADDER_EVAL_IMAGES = 200
-LADDER_SEEDS = (0, 1, 2)
-#: The budget rule, as every results file states it.
-BUDGET_RULE = (
-    "every rung: the {preset} schedule ({max_iter} iterations, the long rung {long}) on all "
-    "train images, tested on {eval} val images, seconds per image on 1 thread; a detector "
-    "iteration is {images} images x {rois} sampled RoIs (a quarter foreground, IoU >= 0.5), "
-    "R-CNN's is {windows} warped windows drawn from all training images' windows (a quarter "
-    "foreground, IoU >= 0.5), on the same schedule; wall-clock recorded per run"
-)
-
-
-@dataclass(frozen=True)
-class Rung:
-    """One rung of the ladder: a run kind (``method``: ``"rcnn"``, or a
-    :data:`rcnn_steps.experiments.runner.METHODS`), its overrides (of :data:`LADDER_PRESET`'s
-    :class:`~rcnn_steps.detectors.config.DetectorConfig`; for ``"rcnn"`` of
-    :class:`~rcnn_steps.experiments.rcnn.RCNNConfig`), and the one change from the rung before:
-    ``change`` in words, ``changes`` the config fields it sets (empty where the change
-    is the method, the pipeline or the budget), ``follows`` the fields the config
-    derives from them."""
-
-    name: str
-    label: str
-    change: str
-    method: str
-    overrides: dict[str, Any] = field(default_factory=dict)
-    changes: dict[str, Any] = field(default_factory=dict)
-    follows: tuple[str, ...] = ()
-    #: None: the ladder's budget (the preset's schedule)
-    max_iter: int | None = None
-
-
-_SINGLE_MAP = {**LADDER_BASE, "masks": False, "fpn": False}
-LADDER: tuple[Rung, ...] = (
-    Rung(
-        "rcnn",
-        "R-CNN: selective search, warped 32 px crops, a CNN per crop",
-        "the start: chapter 02's pipeline",
-        "rcnn",
-        RCNN_OVERRIDES,
-    ),
-    Rung(
-        "fast_rcnn",
-        "Fast R-CNN: the same proposals, shared features, RoIPool",
-        "shared features and RoIPool instead of a CNN per warped crop",
-        "selective_search",
-        {**_SINGLE_MAP, "roi_op": "roipool"},
-    ),
-    Rung(
-        "roialign",
-        "+ RoIAlign",
-        "RoIAlign instead of RoIPool",
-        "selective_search",
-        _SINGLE_MAP,
-        changes={"roi_op": "roialign_avg"},
-    ),
-    Rung(
-        "faster_rcnn",
-        "Faster R-CNN: RPN proposals instead of selective search",
-        "proposals from the detector's own RPN instead of selective search",
-        "rpn",
-        _SINGLE_MAP,
-    ),
-    Rung(
-        "fpn",
-        "+ FPN",
-        "a feature pyramid (P2-P6) instead of the single stride-8 map",
-        "rpn",
-        {**LADDER_BASE, "masks": False},
-        changes={"fpn": True},
-        follows=("size_divisible",),
-    ),
-    Rung(
-        "mask_rcnn",
-        "Mask R-CNN: + the mask branch",
-        "the mask branch",
-        "rpn",
-        dict(LADDER_BASE),
-        changes={"masks": True},
-    ),
-    Rung(
-        "mask_rcnn_long",
-        f"Mask R-CNN, {LONG_MAX_ITER} iterations (the final model)",
-        f"{LONG_MAX_ITER} iterations instead of the preset's",
-        "rpn",
-        dict(LADDER_BASE),
-        max_iter=LONG_MAX_ITER,
-    ),
-)
-RUNGS = {rung.name: rung for rung in LADDER}
-
-
-def config_diff(before: Rung, after: Rung, preset: str = LADDER_PRESET) -> dict[str, tuple]:
-    """The :class:`~rcnn_steps.detectors.config.DetectorConfig` fields two detector rungs'
-    configs differ in: ``{field: (before, after)}``."""
-    a = asdict(detector_config(preset, before.overrides))
-    b = asdict(detector_config(preset, after.overrides))
-    return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
-
-
-def rcnn_windows_per_iteration(preset: str = LADDER_PRESET) -> int:
-    """R-CNN's windows per iteration under the budget rule: the detectors' images per
-    batch times RoIs sampled per image (8 x 64 = 512 for ``cpu_mask``)."""
-    return feeding(preset)["batch_size"] * detector_config(preset).roi_batch_size_per_image
-
-
-# ----------------------------------------------------------------------------------------
-# Data: which set, its key and its results file
 
 
 # ----------------------------------------------------------------------------------------
@@ -284,169 +180,6 @@ def ladder_specs(
                 )
             )
     return specs
-
-
-def run_rcnn_setting(
-    name: str,
-    overrides: dict[str, Any],
-    seed: int,
-    preset: str,
-    max_iter: int | None = None,
-    *,
-    num_train_images: int | None = None,
-    root: str | Path | None = None,
-    num_eval_images: int | None = None,
-    timing_threads: int | None = None,
-    out_dir: str | Path | None = None,
-) -> dict[str, Any]:
-    """R-CNN's rung: :func:`rcnn_steps.experiments.rcnn.train_rcnn` under the budget rule
-    (``preset``'s schedule, :func:`rcnn_windows_per_iteration` windows per iteration, a
-    quarter foreground at the detectors' IoU), on the selective-search proposals of the
-    train images, tested on the first ``num_eval_images`` val images. ``overrides`` are
-    :class:`~rcnn_steps.experiments.rcnn.RCNNConfig` fields (the crop size, the CNN's
-    width). Returns a record with :func:`rcnn_steps.experiments.runner.run_setting`'s
-    fields."""
-    import torch
-
-    from rcnn_steps.experiments.evolution import NUM_EVAL_IMAGES, evaluation_image_ids
-    from rcnn_steps.experiments.rcnn import RCNNConfig, evaluate_detector, train_rcnn
-    from rcnn_steps.experiments.runner import (
-        load_datasets,
-        selective_search_proposals,
-        thread_count,
-    )
-
-    t0 = time.perf_counter()
-    detector = detector_config(preset)
-    sched = schedule(preset, max_iter)
-    train_set, val_set = load_datasets(root)
-    n_train = len(train_set) if num_train_images is None else min(num_train_images, len(train_set))
-    eval_ids = evaluation_image_ids(val_set, num_eval_images or NUM_EVAL_IMAGES)
-    train_props, _ = selective_search_proposals(train_set, "train", n_train, root)
-    val_props, proposal_seconds = selective_search_proposals(val_set, "val", len(eval_ids), root)
-    config = RCNNConfig(
-        **{
-            "num_train_images": n_train,
-            "max_iter": sched["max_iter"],
-            "batch_size": rcnn_windows_per_iteration(preset),
-            "fg_fraction": detector.roi_positive_fraction,
-            "fg_iou": detector.roi_fg_iou_thresh,
-            "lr": sched["lr"],
-            "seed": int(seed),
-            **overrides,
-        }
-    )
-    model, result = train_rcnn(
-        train_set,
-        train_props,
-        config,
-        device="cpu",
-        out_dir=None if out_dir is None else str(out_dir),
-        schedule=sched,
-    )
-    t1 = time.perf_counter()
-    with thread_count(timing_threads):
-        threads = torch.get_num_threads()
-        ev = evaluate_detector(model, val_set, val_props, eval_ids, config)
-    t2 = time.perf_counter()
-    network_seconds = ev["classification_seconds_per_image"]
-    return {
-        "name": name,
-        "seed": int(seed),
-        "preset": preset,
-        "method": "rcnn",
-        "max_iter": sched["max_iter"],
-        "overrides": json.loads(json.dumps(overrides)),
-        "metrics": {k: round(float(v), 4) for k, v in ev["metrics"].items()},
-        "rcnn_config": asdict(config),
-        "num_train_images": n_train,
-        "num_eval_images": len(eval_ids),
-        "network_seconds_per_image": round(network_seconds, 4),
-        "proposal_seconds_per_image": round(proposal_seconds, 4),
-        "seconds_per_image": round(network_seconds + proposal_seconds, 4),
-        "timing_threads": threads,
-        "wall_time_s": round(t2 - t0, 2),
-        "train_seconds": round(t1 - t0, 2),
-        "eval_seconds": round(t2 - t1, 2),
-        **result.summary(),
-    }
-
-
-def run_rung(spec: RunSpec) -> dict[str, Any]:
-    """One run of the ladder (the grid's ``runner``): R-CNN's rung by
-    :func:`run_rcnn_setting`, the others by
-    :func:`rcnn_steps.experiments.runner.run_setting`, on the data :func:`resolve_root`
-    finds; the record keeps ``spec`` as keyed."""
-    from rcnn_steps.experiments.grid import _run_one, with_provenance
-
-    here = replace(spec, root=resolve_root(spec.root))
-    iters = schedule(spec.preset, spec.max_iter)["max_iter"]
-    print(f"{spec.name}/seed{spec.seed}: started, {iters} iterations ({spec.key()}, "
-          f"{time.strftime('%H:%M:%S')})", flush=True)  # fmt: skip
-    if spec.method != "rcnn":
-        record = _run_one(here)
-    else:
-        record = run_rcnn_setting(
-            spec.name,
-            dict(spec.overrides),
-            spec.seed,
-            spec.preset,
-            spec.max_iter,
-            num_train_images=spec.num_train_images,
-            root=here.root,
-            num_eval_images=spec.num_eval_images,
-            timing_threads=spec.timing_threads,
-            out_dir=spec.out_dir,
-        )
-    print(f"{spec.name}/seed{spec.seed}: {record['train_sec_per_iter']:.3f} s/iteration, "
-          f"{record['wall_time_s']:.0f} s in all", flush=True)  # fmt: skip
-    return with_provenance(spec, record)
-
-
-def prepare_proposals(
-    root: str | None,
-    num_train_images: int | None = None,
-    num_eval_images: int | None = LADDER_EVAL_IMAGES,
-    log=print,
-) -> dict[str, float]:
-    """Make (or extend) the selective-search proposal caches the ladder's first rungs read,
-    before any run starts, so no run's wall-clock holds them and no two workers make them
-    at once: for the book's set, the train images beyond chapter 02's 400 go to the set's
-    own cache beside the data; for any other set, both splits. Returns the seconds of
-    selective search per image, by split, of the images it computed (empty if none)."""
-    import numpy as np
-
-    from rcnn_steps.data.proposals import load_proposals, make_proposals, proposals_path
-    from rcnn_steps.experiments.runner import _covers, load_datasets
-
-    here = resolve_root(root)
-    train_set, val_set = load_datasets(here)
-    folder = Path(here) if here is not None else book_root()
-    spent: dict[str, float] = {}
-    for split, dataset, count in (
-        ("train", train_set, num_train_images or len(train_set)),
-        ("val", val_set, min(num_eval_images or len(val_set), len(val_set))),
-    ):
-        count = min(count, len(dataset))
-        if root is None and _covers(proposals_path(split), dataset, count):
-            continue
-        path = folder / f"proposals_fast_{split}.npz"
-        held: dict[int, Any] = {}
-        if path.exists():
-            try:
-                held = load_proposals(path, dataset)
-            except ValueError:  # made from other data: start again
-                held = {}
-        wanted = [int(i) for i in dataset.image_ids[:count]]
-        if all(i in held for i in wanted):
-            continue
-        log(f"selective search: {count} {split} images of {folder.name} -> {path}")
-        t0 = time.time()
-        make_proposals(dataset, count, path)  # deterministic (seed 0): held ones come out equal
-        with np.load(path) as data:
-            spent[split] = float(np.mean(data["seconds"]))
-        log(f"  {time.time() - t0:.0f} s, {spent[split]:.3f} s per image")
-    return spent
 
 
 def _results(specs, runs, root, preset, long_max_iter, num_eval_images) -> dict[str, Any]:

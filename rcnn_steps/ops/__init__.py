@@ -3,8 +3,11 @@
 Nothing here knows about models, training or data; each module imports only torch, the
 standard library and the other modules of this floor.
 
-- :mod:`~rcnn_steps.ops.boxes` (chapter 00; :class:`BoxCoder` chapters 01-04): areas, IoU,
-  non-maximum suppression, clipping, formats, and box coding;
+- :mod:`~rcnn_steps.ops.boxes` (chapter 00): areas, IoU, non-maximum suppression,
+  clipping and formats;
+- :mod:`~rcnn_steps.ops.box_coder` (chapters 01-04): :class:`BoxCoder`, box coding (boxes
+  as regression targets relative to reference boxes; re-exported by ``boxes``);
+- :mod:`~rcnn_steps.ops.box_checks`: the arguments the box functions share, checked;
 - :mod:`~rcnn_steps.ops.image_list` (chapter 04): :class:`ImageList`, a batch of images of
   different sizes as one padded tensor plus their true sizes;
 - the RoI layers, which read a fixed-size feature for every region of interest off a shared
@@ -15,8 +18,11 @@ standard library and the other modules of this floor.
     :func:`roi_pool_reference`, with :func:`roi_pool_cells` and :func:`roi_pool_region`
     to show what its rounding reads;
   - :mod:`~rcnn_steps.ops.roialign` (chapter 06, Mask R-CNN): :func:`roi_align` and
-    :func:`roi_align_reference`, :func:`roi_warp`, with :func:`roi_align_sampling_points`,
-    :func:`roi_align_bins` and :func:`bilinear_sample` to show how it reads;
+    :func:`roi_warp`, re-exporting the two modules beside it:
+    :mod:`~rcnn_steps.ops.roialign_sampling` (where RoIAlign reads:
+    :func:`roi_align_sampling_points` and :func:`roi_align_bins` to show it) and
+    :mod:`~rcnn_steps.ops.roialign_reference` (:func:`roi_align_reference` and
+    :func:`bilinear_sample`, RoIAlign as the paper defines it);
   - :mod:`~rcnn_steps.ops.roi_layers` (chapter 06): :func:`get_roi_op`, the rows of Mask
     R-CNN Table 2(c) (:data:`ROI_OP_NAMES`) as one config field;
   - :mod:`~rcnn_steps.ops.roi_checks`: the arguments they share, checked, and

@@ -1,4 +1,4 @@
-"""Boxes: areas, IoU, non-maximum suppression, clipping, formats, and box coding.
+"""Boxes: areas, IoU, non-maximum suppression, clipping and formats.
 
 Every detector in the book speaks in boxes, so this module comes first. All boxes are
 float tensors of shape ``(N, 4)`` in ``(x1, y1, x2, y2)`` order ("xyxy"): the top-left and
@@ -12,7 +12,8 @@ What is taught where:
   :func:`batched_nms`, :func:`clip_boxes_to_image`, :func:`remove_small_boxes` and the
   format converters.
 - chapters 01-04: :class:`BoxCoder`, the box-regression parameterisation of R-CNN
-  (appendix C), reused by Fast R-CNN's heads and by Faster R-CNN's RPN (eq. 2).
+  (appendix C), reused by Fast R-CNN's heads and by Faster R-CNN's RPN (eq. 2); it is
+  :mod:`~rcnn_steps.ops.box_coder`'s, re-exported here.
 
 Everything is written from scratch in vectorised PyTorch and is checked against
 ``torchvision.ops`` and ``torchvision.models.detection._utils.BoxCoder`` by
@@ -20,7 +21,8 @@ Everything is written from scratch in vectorised PyTorch and is checked against
 numbers, bit for bit on CPU, with one documented difference: :func:`box_iou` of two
 zero-area boxes is 0, not torchvision's ``0 / 0 = nan``. Nothing here moves a tensor to
 another device: outputs live on the inputs' device, in the inputs' dtype (integer and half
-inputs are widened for the arithmetic, as torchvision does).
+inputs are widened for the arithmetic, as torchvision does). The input checks the box
+functions share are :mod:`~rcnn_steps.ops.box_checks`'.
 """
 
 from __future__ import annotations
@@ -31,6 +33,15 @@ from numbers import Real
 
 import torch
 from torch import Tensor
+
+from rcnn_steps.ops.box_checks import (
+    BOX_FORMATS,
+    _check_boxes,
+    _check_fmt,
+    _check_per_box,
+    _check_tensor,  # noqa: F401 (re-exported: the checks' old home)
+)
+from rcnn_steps.ops.box_coder import BoxCoder
 
 __all__ = [
     "BoxCoder",
@@ -46,81 +57,6 @@ __all__ = [
     "xyxy_to_cxcywh",
     "xyxy_to_xywh",
 ]
-
-BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
-
-
-# ----------------------------------------------------------------------------------------
-# Input checks. Each names the function, the argument, what was expected, what came in,
-# and what to do about it: a reader's first mistake is usually a shape, not a formula.
-# ----------------------------------------------------------------------------------------
-
-
-def _check_tensor(fn: str, name: str, value: object) -> None:
-    if not isinstance(value, Tensor):
-        raise TypeError(
-            f"{fn}: {name} must be a torch.Tensor, got {type(value).__name__}; "
-            f"wrap it with torch.as_tensor({name}, dtype=torch.float32)."
-        )
-
-
-def _check_boxes(
-    fn: str, name: str, boxes: object, batched: bool = False, sets: bool = False
-) -> None:
-    """``boxes`` must be a tensor of shape (N, 4); (..., 4) when ``batched``; (N, 4) or
-    (..., N, 4) when ``sets`` (one or more sets of boxes, as :func:`box_iou` takes)."""
-    _check_tensor(fn, name, boxes)
-    assert isinstance(boxes, Tensor)  # for type checkers; _check_tensor raised otherwise
-    if batched:
-        ndim_ok = boxes.dim() >= 1
-    else:
-        ndim_ok = boxes.dim() >= 2 if sets else boxes.dim() == 2
-    if not (ndim_ok and boxes.shape[-1] == 4):
-        expected = "(..., 4)" if batched else "(N, 4)"
-        hint = (
-            " A single box needs a leading dimension: boxes[None] or boxes.reshape(-1, 4)."
-            if boxes.dim() == 1 and boxes.shape[0] == 4
-            else " Each box is one row of four numbers, (x1, y1, x2, y2)."
-        )
-        if sets:
-            hint += " A batch of B sets of boxes is (B, N, 4)."
-        raise ValueError(
-            f"{fn}: {name} must have shape {expected}, got {tuple(boxes.shape)}.{hint}"
-        )
-    if boxes.is_complex() or boxes.dtype == torch.bool:
-        raise TypeError(
-            f"{fn}: {name} must hold real numbers, got dtype {boxes.dtype}; use {name}.float()."
-        )
-
-
-def _check_fmt(fn: str, fmt: object) -> None:
-    if fmt not in BOX_FORMATS:
-        raise ValueError(
-            f"{fn}: fmt must be one of {BOX_FORMATS}, got {fmt!r}; rotated boxes "
-            "('cxcywhr', 'xywhr', 'xyxyxyxy') are not supported here (torchvision.ops "
-            "takes them)."
-        )
-
-
-def _check_per_box(fn: str, name: str, values: object, boxes: Tensor, what: str) -> None:
-    """``values`` must be a 1-D tensor with one entry per box, on the boxes' device."""
-    _check_tensor(fn, name, values)
-    assert isinstance(values, Tensor)
-    if values.dim() != 1:
-        raise ValueError(
-            f"{fn}: {name} must be 1-D with one {what} per box, got shape "
-            f"{tuple(values.shape)}; flatten it with {name}.reshape(-1) if it is (N, 1)."
-        )
-    if values.shape[0] != boxes.shape[0]:
-        raise ValueError(
-            f"{fn}: boxes has {boxes.shape[0]} rows but {name} has {values.shape[0]} "
-            f"entries; give exactly one {what} per box."
-        )
-    if values.device != boxes.device:
-        raise ValueError(
-            f"{fn}: boxes are on {boxes.device} but {name} is on {values.device}; "
-            f"move both to one device, e.g. {name}.to(boxes.device)."
-        )
 
 
 def _widen(t: Tensor) -> Tensor:
@@ -627,148 +563,3 @@ def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
     for step in _CONVERTERS[(in_fmt, out_fmt)]:
         boxes = step(boxes)
     return boxes
-
-
-# ----------------------------------------------------------------------------------------
-# Box coding (chapters 01-04)
-# ----------------------------------------------------------------------------------------
-
-
-class BoxCoder:
-    """Encode boxes as regression targets relative to reference boxes, and decode back.
-
-    The parameterisation of R-CNN (appendix C, eqs. 6-9) and Faster R-CNN (eq. 2): with a
-    reference box P (a proposal, or an anchor in the RPN) of centre (px, py) and size
-    (pw, ph), and a ground-truth box G of centre (gx, gy) and size (gw, gh), the target is
-
-        tx = wx * (gx - px) / pw        ty = wy * (gy - py) / ph
-        tw = ww * log(gw / pw)          th = wh * log(gh / ph)
-
-    Centre offsets are measured in units of the reference size, so the target does not
-    depend on the image scale; sizes are in log space, so growing and shrinking by the
-    same factor are symmetric. Decoding inverts it (R-CNN appendix C, eqs. 1-4):
-    gx = px + pw * tx / wx, ..., gw = pw * exp(tw / ww), ...
-
-    Taught in chapters 01-04: bounding-box regression first appears with R-CNN (chapter
-    02), is a head of Fast R-CNN (chapter 03) and the RPN's output (chapter 04).
-
-    Args:
-        weights: (wx, wy, ww, wh) that scale the targets. Use (1, 1, 1, 1) for the RPN
-            and (10, 10, 5, 5) for the RoI box heads: the latter is Fast R-CNN's target
-            normalisation (divide by standard deviations 0.1, 0.1, 0.2, 0.2), so the
-            smooth-L1 loss sees targets of about unit scale.
-        bbox_xform_clip: upper clamp on the decoded log-size terms tw / ww and th / wh
-            before the exp, so an untrained network cannot overflow it. The default
-            log(1000 / 16) (from Detectron) lets a side grow at most 62.5x the reference.
-
-    Matches ``torchvision.models.detection._utils.BoxCoder``: our :meth:`encode` and
-    :meth:`decode` are its ``encode_single`` and ``decode_single`` (one tensor of boxes,
-    not a list per image; ``torch.cat`` the images first), with the same arithmetic in
-    the same order, so the numbers agree bit for bit.
-    """
-
-    def __init__(
-        self,
-        weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
-        bbox_xform_clip: float = math.log(1000.0 / 16),
-    ) -> None:
-        if len(weights) != 4:
-            raise ValueError(
-                f"BoxCoder: weights must be four numbers (wx, wy, ww, wh), got {weights!r}; "
-                "use (1, 1, 1, 1) for the RPN and (10, 10, 5, 5) for RoI heads."
-            )
-        self.weights = tuple(float(w) for w in weights)
-        self.bbox_xform_clip = float(bbox_xform_clip)
-
-    def __repr__(self) -> str:
-        return f"BoxCoder(weights={self.weights}, bbox_xform_clip={self.bbox_xform_clip:.4f})"
-
-    def encode(self, gt_boxes: Tensor, ref_boxes: Tensor) -> Tensor:
-        """Regression targets that move each reference box onto its ground-truth box.
-
-        Args:
-            gt_boxes: ``(N, 4)`` ground-truth boxes G, xyxy (row i is matched to row i of
-                ``ref_boxes``).
-            ref_boxes: ``(N, 4)`` reference boxes P (proposals or anchors), xyxy, with
-                positive width and height.
-
-        Returns:
-            ``(N, 4)`` targets (tx, ty, tw, th), in the dtype of ``gt_boxes`` /
-            ``ref_boxes`` (promoted if they differ).
-        """
-        _check_boxes("BoxCoder.encode", "gt_boxes", gt_boxes)
-        _check_boxes("BoxCoder.encode", "ref_boxes", ref_boxes)
-        if gt_boxes.shape[0] != ref_boxes.shape[0]:
-            raise ValueError(
-                f"BoxCoder.encode: gt_boxes has {gt_boxes.shape[0]} rows but ref_boxes has "
-                f"{ref_boxes.shape[0]}; pass the matched ground truth of every reference box "
-                "(e.g. gt_boxes[matched_idxs])."
-            )
-        # Weights as a tensor of the ground truth's dtype, as torchvision does, so the
-        # products round the same way.
-        wx, wy, ww, wh = torch.as_tensor(self.weights, dtype=gt_boxes.dtype, device=gt_boxes.device)
-        ref_w = ref_boxes[:, 2] - ref_boxes[:, 0]
-        ref_h = ref_boxes[:, 3] - ref_boxes[:, 1]
-        ref_cx = ref_boxes[:, 0] + 0.5 * ref_w
-        ref_cy = ref_boxes[:, 1] + 0.5 * ref_h
-        gt_w = gt_boxes[:, 2] - gt_boxes[:, 0]
-        gt_h = gt_boxes[:, 3] - gt_boxes[:, 1]
-        gt_cx = gt_boxes[:, 0] + 0.5 * gt_w
-        gt_cy = gt_boxes[:, 1] + 0.5 * gt_h
-
-        tx = wx * (gt_cx - ref_cx) / ref_w
-        ty = wy * (gt_cy - ref_cy) / ref_h
-        tw = ww * torch.log(gt_w / ref_w)
-        th = wh * torch.log(gt_h / ref_h)
-        return torch.stack((tx, ty, tw, th), dim=1)
-
-    def decode(self, deltas: Tensor, ref_boxes: Tensor) -> Tensor:
-        """Apply regression deltas to reference boxes.
-
-        Args:
-            deltas: ``(N, 4 * K)`` deltas (tx, ty, tw, th) per box, K >= 1 groups of four:
-                K = 1 for the RPN or a class-agnostic head, K = number of classes for a
-                class-specific box head (Fast R-CNN), whose group k refines box i for
-                class k.
-            ref_boxes: ``(N, 4)`` reference boxes, xyxy.
-
-        Returns:
-            ``(N, 4 * K)`` decoded boxes, xyxy, group k in columns 4k..4k+3, in the dtype
-            of ``deltas``. ``tw / ww`` and ``th / wh`` are clamped at ``bbox_xform_clip``
-            first. Not clipped to the image: use :func:`clip_boxes_to_image`.
-        """
-        _check_tensor("BoxCoder.decode", "deltas", deltas)
-        _check_boxes("BoxCoder.decode", "ref_boxes", ref_boxes)
-        if deltas.dim() != 2 or deltas.shape[1] == 0 or deltas.shape[1] % 4 != 0:
-            raise ValueError(
-                f"BoxCoder.decode: deltas must have shape (N, 4 * K) with K >= 1 groups of "
-                f"(tx, ty, tw, th), got {tuple(deltas.shape)}; for a (N, K, 4) tensor pass "
-                "deltas.reshape(N, -1)."
-            )
-        if deltas.shape[0] != ref_boxes.shape[0]:
-            raise ValueError(
-                f"BoxCoder.decode: deltas has {deltas.shape[0]} rows but ref_boxes has "
-                f"{ref_boxes.shape[0]}; give one row of deltas per reference box."
-            )
-        ref_boxes = ref_boxes.to(deltas.dtype)
-        ref_w = ref_boxes[:, 2] - ref_boxes[:, 0]
-        ref_h = ref_boxes[:, 3] - ref_boxes[:, 1]
-        ref_cx = ref_boxes[:, 0] + 0.5 * ref_w
-        ref_cy = ref_boxes[:, 1] + 0.5 * ref_h
-
-        wx, wy, ww, wh = self.weights
-        # Every 4th column from an offset picks that coordinate of all K groups: (N, K).
-        dx = deltas[:, 0::4] / wx
-        dy = deltas[:, 1::4] / wy
-        dw = (deltas[:, 2::4] / ww).clamp(max=self.bbox_xform_clip)
-        dh = (deltas[:, 3::4] / wh).clamp(max=self.bbox_xform_clip)
-
-        cx = dx * ref_w[:, None] + ref_cx[:, None]
-        cy = dy * ref_h[:, None] + ref_cy[:, None]
-        w = torch.exp(dw) * ref_w[:, None]
-        h = torch.exp(dh) * ref_h[:, None]
-        # Half sizes as a 0-d tensor times the size: the same rounding as torchvision.
-        half_w = torch.tensor(0.5, dtype=w.dtype, device=w.device) * w
-        half_h = torch.tensor(0.5, dtype=h.dtype, device=h.device) * h
-        boxes = torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=2)
-        return boxes.flatten(1)  # (N, K, 4) -> (N, 4K)
