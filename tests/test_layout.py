@@ -27,10 +27,14 @@ FLOORS = {
 #: experiments floor (no floor below imports a floor above it).
 TOP = ("experiments", "cli")
 
-#: The most lines a module of a folder listed here may have (issue 23: no library file
-#: over ~600 lines except where one idea needs it); a folder is listed once it fits.
+#: The most lines a library module may have (issue 23: no library file over ~600 lines
+#: except where one idea needs it); the exceptions, each with the reason it stays whole.
 LINE_LIMIT = 600
-SIZE_CHECKED = ("cli", "ops", "viz")
+LONG_BY_DESIGN: dict[str, str] = {
+    "experiments/paper_tables.py": "the papers' tables as data, one idea: the mask tables "
+    "read the box tables' numbers and share one index; half of it is the settings' docs",
+    "detectors/config.py": "DetectorConfig, its presets and field rules (being split: issue 23)",
+}
 
 #: Upward imports a floor still makes, by file: known debts (issue 23) that only shrink.
 #: A listed import no longer made fails :func:`test_the_known_upward_imports_are_still_made`,
@@ -119,15 +123,17 @@ def test_nothing_imports_the_command_line_but_python_m():
     assert not importers, sorted(importers)
 
 
-@pytest.mark.parametrize("folder", SIZE_CHECKED)
-def test_the_modules_of_a_checked_folder_are_under_the_line_limit(folder):
+def test_every_module_is_under_the_line_limit_or_says_why_not():
     sizes = {
         str(path.relative_to(PACKAGE)): len(path.read_text().splitlines())
-        for path in sorted((PACKAGE / folder).glob("*.py"))
+        for path in sorted(PACKAGE.rglob("*.py"))
     }
-    assert sizes, f"no modules in rcnn_steps/{folder}"
-    over = {name: lines for name, lines in sizes.items() if lines > LINE_LIMIT}
-    assert not over, f"over {LINE_LIMIT} lines: {over}"
+    over = {name: n for name, n in sizes.items() if n > LINE_LIMIT and name not in LONG_BY_DESIGN}
+    assert not over, (
+        f"over {LINE_LIMIT} lines (split by idea, or say why in LONG_BY_DESIGN): {over}"
+    )
+    fits = [name for name in LONG_BY_DESIGN if sizes.get(name, 0) <= LINE_LIMIT]
+    assert not fits, f"under the limit now (or gone): take them off LONG_BY_DESIGN: {fits}"
 
 
 #: The old flat paths, kept as shims for old imports and recorded ``python -m`` commands.
