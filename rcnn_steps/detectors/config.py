@@ -3,9 +3,12 @@ one plain dataclass, with its presets by scale as class methods (:meth:`Detector
 :meth:`~DetectorConfig.cpu`, :meth:`~DetectorConfig.cpu_fpn`, :meth:`~DetectorConfig.gpu`
 and the mask presets), and the one rule of what each field accepts
 (:func:`check_config_field`, :func:`accepted_values`), run on construction, on JSON read
-back and on ``--set name=value`` (:meth:`DetectorConfig.parse_override`). The rule's
-tables (:data:`FIELD_LIMITS`, :data:`FIELD_CHOICES`, :data:`BACKBONES`) and its tests of
-one value live in :mod:`rcnn_steps.detectors.config_fields` and are re-exported here.
+back and on ``--set name=value`` (:meth:`DetectorConfig.parse_override`). The fields are
+stored flat and read by section (:data:`SECTIONS`: ``rpn``, ``box``, ``mask``...;
+:meth:`DetectorConfig.section`), whose dotted names (``mask.loss``) ``--set`` and the
+presets' overrides take too. The rule's tables (:data:`FIELD_LIMITS`,
+:data:`FIELD_CHOICES`, :data:`BACKBONES`), its tests of one value and the sections live in
+:mod:`rcnn_steps.detectors.config_fields` and are re-exported here.
 
 The training schedule that goes with a preset is not the model's: it lives in the
 preset's record (:mod:`rcnn_steps.experiments.presets`). Built into a model by
@@ -29,11 +32,14 @@ from rcnn_steps.detectors.config_fields import (  # noqa: F401 (re-exported: the
     BACKBONES,
     FIELD_CHOICES,
     FIELD_LIMITS,
+    SECTIONS,
     _element_fits,
     _FieldType,
     _fits,
     _parse_element,
     _Unreadable,
+    flat_name,
+    flat_overrides,
 )
 from rcnn_steps.modeling.fpn import check_levels, level_number
 
@@ -42,8 +48,11 @@ __all__ = [
     "DetectorConfig",
     "FIELD_CHOICES",
     "FIELD_LIMITS",
+    "SECTIONS",
     "accepted_values",
     "check_config_field",
+    "flat_name",
+    "flat_overrides",
 ]
 
 
@@ -61,6 +70,17 @@ class DetectorConfig:
     Construction checks every field against its declared type and range
     (:func:`check_config_field`, :data:`FIELD_LIMITS`, :data:`FIELD_CHOICES`) and then
     how fields combine; :meth:`parse_override` reads a field's value from text.
+
+    The fields are stored flat, one level of names with a prefix per part (``rpn_``,
+    ``roi_`` / ``box_``, ``mask_``...), and stay so: every run's cache key
+    (``results/runs/*.json``), every results file's ``overrides``, every checkpoint's
+    ``config`` and the notebooks name them flat, and ``dataclasses.asdict(config)`` is
+    what they hash and compare. Read them by part instead through :data:`SECTIONS`
+    (``backbone``, ``rpn``, ``fpn``, ``roi``, ``box``, ``mask``, ``keypoint``, ...):
+    :meth:`section` gives one part's values by short name (None for a branch that is
+    off), :meth:`display` prints them grouped, and ``--set`` / :meth:`parse_override` and
+    the presets' overrides take the dotted names too (``mask.loss`` for ``mask_loss``,
+    :func:`flat_name`), always stored under the flat name.
     """
 
     # -- data and backbone ------------------------------------------------------------
@@ -218,8 +238,11 @@ class DetectorConfig:
         ``16,32,64`` (or Python's ``(16, 32, 64)``; ``16`` is a tuple of one), ``none``
         for the fields that may be None. A ValueError names the field, the text and
         what the field accepts, instead of keeping a value the field cannot take (the
-        string ``"false"`` is true)."""
+        string ``"false"`` is true). ``name`` is the flat field name or its section's
+        dotted one (``mask.loss`` for ``mask_loss``, :data:`SECTIONS`)."""
         fields = {f.name for f in dataclasses.fields(cls)}
+        if name.partition(".")[0] in SECTIONS:
+            name = flat_name(name)  # a ValueError naming the section's fields
         if name not in fields:
             # "MASKS", "config.masks", "Mask-Aligned": matched as the field they spell
             spelled = name.rpartition(".")[2].strip().lower().replace("-", "_")
@@ -298,6 +321,8 @@ class DetectorConfig:
             )
 
     # -- presets ----------------------------------------------------------------------
+    # Each takes ``**overrides`` by flat or dotted name (``**{"mask.loss": "softmax"}``),
+    # turned into flat ones before the preset's own values are merged (flat_overrides).
 
     @classmethod
     def ci(cls, **overrides: Any) -> DetectorConfig:
@@ -315,7 +340,7 @@ class DetectorConfig:
             fpn_channels=16,  # used with fpn=True only
             preset="ci",
         )
-        return cls(**{**values, **overrides})
+        return cls(**{**values, **flat_overrides(overrides)})
 
     @classmethod
     def cpu(cls, **overrides: Any) -> DetectorConfig:
@@ -348,7 +373,7 @@ class DetectorConfig:
             roi_batch_size_per_image=64,
             preset="cpu",
         )
-        return cls(**{**values, **overrides})
+        return cls(**{**values, **flat_overrides(overrides)})
 
     @classmethod
     def cpu_fpn(cls, **overrides: Any) -> DetectorConfig:
@@ -386,7 +411,7 @@ class DetectorConfig:
         not the same arithmetic.
         """
         values = dict(fpn=True, fpn_channels=64, preset="cpu_fpn")
-        return cls.cpu(**{**values, **overrides})
+        return cls.cpu(**{**values, **flat_overrides(overrides)})
 
     @classmethod
     def gpu(cls, **overrides: Any) -> DetectorConfig:
@@ -415,7 +440,7 @@ class DetectorConfig:
             roi_batch_size_per_image=512,
             preset="gpu",
         )
-        return cls(**{**values, **overrides})
+        return cls(**{**values, **flat_overrides(overrides)})
 
     # -- Mask R-CNN presets (chapter 07) ------------------------------------------------
 
@@ -432,7 +457,7 @@ class DetectorConfig:
             mask_mlp_size=32,
             preset="ci_mask",
         )
-        return cls.ci(**{**values, **overrides})
+        return cls.ci(**{**values, **flat_overrides(overrides)})
 
     @classmethod
     def cpu_mask(cls, **overrides: Any) -> DetectorConfig:
@@ -451,7 +476,7 @@ class DetectorConfig:
             keypoint_head_channels=64,
             preset="cpu_mask",
         )
-        return cls.cpu_fpn(**{**values, **overrides})
+        return cls.cpu_fpn(**{**values, **flat_overrides(overrides)})
 
     @classmethod
     def gpu_mask(cls, **overrides: Any) -> DetectorConfig:
@@ -459,7 +484,7 @@ class DetectorConfig:
         R-CNN: RoIAlign, the paper's FCN mask head (256 channels) and keypoint head (512
         channels, 8 convs). Not trained in this repository; it needs a GPU."""
         values = dict(roi_op="roialign_avg", masks=True, keypoints=True, preset="gpu_mask")
-        return cls.gpu(**{**values, **overrides})
+        return cls.gpu(**{**values, **flat_overrides(overrides)})
 
     @classmethod
     def coco_mask(cls, **overrides: Any) -> DetectorConfig:
@@ -476,25 +501,43 @@ class DetectorConfig:
         values = dict(
             num_classes=80, keypoints=False, rpn_post_nms_top_n_train=2000, preset="coco_mask"
         )
-        return cls.gpu_mask(**{**values, **overrides})
+        return cls.gpu_mask(**{**values, **flat_overrides(overrides)})
 
-    # -- printing ---------------------------------------------------------------------
+    # -- printing and reading by section -----------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def section(self, name: str) -> dict[str, Any] | None:
+        """The fields of section ``name`` of :data:`SECTIONS` by their short names
+        (``config.section("mask")["loss"]`` is ``config.mask_loss``), or None for a branch
+        that is off: ``fpn``, ``mask`` and ``keypoint`` with ``fpn``, ``masks`` or
+        ``keypoints`` False, whose other fields are then unused."""
+        if name not in SECTIONS:
+            raise ValueError(f"no section {name!r}; the sections: {', '.join(SECTIONS)}")
+        fields = SECTIONS[name]
+        if "enabled" in fields and not getattr(self, fields["enabled"]):
+            return None
+        return {short: getattr(self, flat) for short, flat in fields.items()}
+
     def display(self) -> None:
-        """Print every hyper-parameter in an aligned two-column table."""
-        items = self.to_dict()
-        width = max(len(k) for k in items)
+        """Print every hyper-parameter grouped by section (:data:`SECTIONS`), each under
+        its flat name (the one results files record; ``--set`` takes it or the section's
+        dotted one), aligned in two columns; a branch that is off is one line."""
+        names = [flat for fields in SECTIONS.values() for flat in fields.values()]
+        width = max(len(k) for k in [*names, "(mask resolution M)"])
         print(f"{type(self).__name__} (preset {self.preset!r})")
-        for key, value in items.items():
-            if key != "preset":
-                print(f"  {key:<{width}}  {value!r}")
-        if self.masks:
-            print(f"  {'(mask resolution M)':<{width}}  {self.mask_resolution}")
-        if self.keypoints:
-            print(f"  {'(heatmap size m)':<{width}}  {self.heatmap_size}")
+        for name, fields in SECTIONS.items():
+            if self.section(name) is None:
+                print(f"  {name}: off ({fields['enabled']}=False)")
+                continue
+            print(f"  {name}:")
+            for flat in fields.values():
+                print(f"    {flat:<{width}}  {getattr(self, flat)!r}")
+            if name == "mask":
+                print(f"    {'(mask resolution M)':<{width}}  {self.mask_resolution}")
+            if name == "keypoint":
+                print(f"    {'(heatmap size m)':<{width}}  {self.heatmap_size}")
 
 
 @functools.cache
