@@ -41,9 +41,11 @@ def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
     "anchor_sizes": (8, 16)}``: each value read and checked as its DetectorConfig field
     declares (:meth:`~rcnn_steps.detectors.config.DetectorConfig.parse_override`), so a value
     the field cannot take is refused here, naming ``--set``, the field and what it
-    accepts, before any work starts. A field given twice is refused too (which one was
-    meant?)."""
-    from rcnn_steps.detectors.config import DetectorConfig
+    accepts, before any work starts. A field may be named by its section too
+    (``mask.loss=softmax``, :data:`~rcnn_steps.detectors.config.SECTIONS`); the key is
+    always the flat name (``mask_loss``), as results files and run cache keys record it. A
+    field given twice, by one name or by its two, is refused too (which one was meant?)."""
+    from rcnn_steps.detectors.config import DetectorConfig, flat_name
 
     overrides: dict[str, Any] = {}
     given: dict[str, str] = {}
@@ -52,15 +54,17 @@ def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
         name = name.strip()
         if not sep:
             raise CommandError(f"--set takes FIELD=VALUE with a DetectorConfig field, got {item!r}")
-        if name in given:
-            raise CommandError(
-                f"--set {name} is given twice ({given[name]!r} and {item!r}); give it once"
-            )
         try:
-            overrides[name] = DetectorConfig.parse_override(name, text)
+            value = DetectorConfig.parse_override(name, text)
         except ValueError as e:
             raise CommandError(f"--set {item}: {e}") from None
-        given[name] = item
+        field = flat_name(name)  # known: parse_override read it
+        if field in given:
+            raise CommandError(
+                f"--set {field} is given twice ({given[field]!r} and {item!r}); give it once"
+            )
+        overrides[field] = value
+        given[field] = item
     return overrides
 
 

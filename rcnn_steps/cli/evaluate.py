@@ -53,7 +53,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--set",
         action="append",
         metavar="FIELD=VALUE",
-        help="override a DetectorConfig field of the preset (repeatable; needs --out)",
+        help="override a DetectorConfig field of the preset, flat or by section (mask_loss "
+        "or mask.loss; repeatable; needs --out)",
     )
     add_evaluate_arguments(ev)
     return ev

@@ -54,7 +54,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--set",
         action="append",
         metavar="FIELD=VALUE",
-        help="override a DetectorConfig field (repeatable)",
+        help="override a DetectorConfig field, flat or by section: mask_loss=softmax or "
+        "mask.loss=softmax (repeatable)",
     )
     tr.add_argument("--max-iter", type=int, default=None, help="default: the preset's")
     tr.add_argument("--lr", type=float, default=None, help="default: the preset's")

@@ -3,7 +3,12 @@ one plain dataclass, with its presets by scale as class methods (:meth:`Detector
 :meth:`~DetectorConfig.cpu`, :meth:`~DetectorConfig.cpu_fpn`, :meth:`~DetectorConfig.gpu`
 and the mask presets), and the one rule of what each field accepts
 (:func:`check_config_field`, :func:`accepted_values`), run on construction, on JSON read
-back and on ``--set name=value`` (:meth:`DetectorConfig.parse_override`).
+back and on ``--set name=value`` (:meth:`DetectorConfig.parse_override`). The fields are
+stored flat and read by section (:data:`SECTIONS`: ``rpn``, ``box``, ``mask``...;
+:meth:`DetectorConfig.section`), whose dotted names (``mask.loss``) ``--set`` and the
+presets' overrides take too. The rule's tables (:data:`FIELD_LIMITS`,
+:data:`FIELD_CHOICES`, :data:`BACKBONES`), its tests of one value and the sections live in
+:mod:`rcnn_steps.detectors.config_fields` and are re-exported here.
 
 The training schedule that goes with a preset is not the model's: it lives in the
 preset's record (:mod:`rcnn_steps.experiments.presets`). Built into a model by
@@ -15,131 +20,40 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import math
-import numbers
-import os
-import re
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
-from rcnn_steps.modeling.backbones import STAGES
-from rcnn_steps.modeling.fpn import FPN_LEVELS, check_levels, level_number
-from rcnn_steps.modeling.losses import NORMALIZATIONS
-from rcnn_steps.modeling.mask_head import (
-    MASK_HEADS,
-    MASK_LOSSES,
+from rcnn_steps.detectors.config_fields import (  # noqa: F401 (re-exported: the field rules' old path)
+    _FIELD_ADVICE,
+    _LIMIT_TESTS,
+    _MAY_BE_EMPTY,
+    _PATH_FIELDS,
+    BACKBONES,
+    FIELD_CHOICES,
+    FIELD_LIMITS,
+    SECTIONS,
+    _element_fits,
+    _FieldType,
+    _fits,
+    _parse_element,
+    _Unreadable,
+    flat_name,
+    flat_overrides,
 )
-from rcnn_steps.ops import ROI_OP_NAMES
+from rcnn_steps.modeling.fpn import check_levels, level_number
 
 __all__ = [
     "BACKBONES",
     "DetectorConfig",
     "FIELD_CHOICES",
     "FIELD_LIMITS",
+    "SECTIONS",
     "accepted_values",
     "check_config_field",
+    "flat_name",
+    "flat_overrides",
 ]
-
-#: The ``backbone`` names :class:`DetectorConfig` accepts.
-BACKBONES = ("tiny", "resnet50", "resnet101")
-
-# -- what each field accepts ---------------------------------------------------------
-# Every field of DetectorConfig is checked on construction against its declared type
-# (``bool``: True or False, not "false"; ``int``: an int; ``float``: a finite number;
-# ``tuple[int, ...]``: a tuple or list of ints; ``X | None``: also None) and against the
-# two tables below (:func:`check_config_field`), so the presets, configs read back from
-# JSON, ``python -m rcnn_steps train/evaluate --set`` (:meth:`DetectorConfig.
-# parse_override`) and any other caller meet one rule, with an error naming the field.
-
-#: The range of each number field (of every element of a tuple field), read off how the
-#: field is used: counts and sizes >= 1, IoUs, fractions and probabilities in [0, 1],
-#: loss weights and strides > 0. Fields not listed take any value of their type
-#: (``sampling_ratio``: <= 0 is RoIAlign's adaptive count; ``image_mean``).
-FIELD_LIMITS: dict[str, str] = {
-    "num_classes": ">= 1",
-    "backbone_width": ">= 1",
-    "backbone_blocks": ">= 0",
-    "backbone_trainable_layers": "in 0..5",
-    "image_std": "> 0",
-    "size_divisible": ">= 1",
-    "anchor_sizes": "> 0",
-    "anchor_aspect_ratios": "> 0",
-    "rpn_fg_iou_thresh": "in [0, 1]",
-    "rpn_bg_iou_thresh": "in [0, 1]",
-    "rpn_batch_size_per_image": ">= 1",
-    "rpn_positive_fraction": "in [0, 1]",
-    "rpn_pre_nms_top_n_train": ">= 1",
-    "rpn_pre_nms_top_n_test": ">= 1",
-    "rpn_post_nms_top_n_train": ">= 1",
-    "rpn_post_nms_top_n_test": ">= 1",
-    "rpn_nms_thresh": "in [0, 1]",
-    "rpn_min_size": ">= 0",
-    "rpn_score_thresh": "in [0, 1]",
-    "rpn_lambda": "> 0",
-    "fpn_channels": ">= 1",
-    "fpn_anchor_sizes": "> 0",
-    "roi_canonical_size": "> 0",
-    "roi_canonical_level": ">= 1",
-    "pooled_size": ">= 1",
-    "box_head_size": ">= 1",
-    "roi_fg_iou_thresh": "in [0, 1]",
-    "roi_bg_iou_thresh": "in [0, 1]",
-    "roi_bg_iou_low": "in [0, 1]",
-    "roi_batch_size_per_image": ">= 1",
-    "roi_positive_fraction": "in [0, 1]",
-    "box_score_thresh": "in [0, 1]",
-    "box_nms_thresh": "in [0, 1]",
-    "detections_per_img": ">= 1",
-    "mask_pooled_size": ">= 1",
-    "mask_head_channels": ">= 1",
-    "mask_head_convs": ">= 0",
-    "mask_mlp_layers": ">= 1",
-    "mask_mlp_size": ">= 1",
-    "keypoint_counts": ">= 0",
-    "keypoint_pooled_size": ">= 1",
-    "keypoint_head_channels": ">= 1",
-    "keypoint_head_convs": ">= 1",
-    "keypoint_loss_weight": "> 0",
-}
-_LIMIT_TESTS: dict[str, Callable[[float], bool]] = {
-    ">= 0": lambda v: v >= 0,
-    ">= 1": lambda v: v >= 1,
-    "> 0": lambda v: v > 0,
-    "in [0, 1]": lambda v: 0 <= v <= 1,
-    "in 0..5": lambda v: 0 <= v <= 5,
-}
-
-#: The names each string field (each element of a tuple of names) may take.
-FIELD_CHOICES: dict[str, tuple[str, ...]] = {
-    "backbone": BACKBONES,
-    "feature_stage": STAGES,
-    "rpn_normalization": NORMALIZATIONS,
-    "fpn_levels": FPN_LEVELS,
-    "fpn_roi_levels": FPN_LEVELS,
-    "roi_op": ROI_OP_NAMES,
-    "box_head": ("mlp", "c5"),
-    "mask_head": MASK_HEADS,
-    "mask_loss": MASK_LOSSES,
-    "mask_roi_op": ROI_OP_NAMES,
-    "keypoint_roi_op": ROI_OP_NAMES,
-}
-
-#: String fields that name a file (a ``pathlib.Path`` is accepted too).
-_PATH_FIELDS = ("backbone_weights",)
-
-#: Tuple fields that may be empty (``keypoint_counts``: unused with ``keypoints=False``).
-_MAY_BE_EMPTY = ("keypoint_counts",)
-
-#: What to say beside a refused value, where the range alone does not tell what to do.
-_FIELD_ADVICE: dict[str, str] = {
-    "num_classes": "object classes, background not counted",
-    "backbone_trainable_layers": "stages trained from the top: c5, c4, c3, c2, stem",
-    "roi_canonical_size": "s0 of FPN eq. 1",
-    "keypoint_loss_weight": "to train without the keypoint branch set keypoints=False",
-    "rpn_lambda": "the weight of the box regression loss in eq. 1",
-}
 
 
 @dataclass
@@ -156,6 +70,17 @@ class DetectorConfig:
     Construction checks every field against its declared type and range
     (:func:`check_config_field`, :data:`FIELD_LIMITS`, :data:`FIELD_CHOICES`) and then
     how fields combine; :meth:`parse_override` reads a field's value from text.
+
+    The fields are stored flat, one level of names with a prefix per part (``rpn_``,
+    ``roi_`` / ``box_``, ``mask_``...), and stay so: every run's cache key
+    (``results/runs/*.json``), every results file's ``overrides``, every checkpoint's
+    ``config`` and the notebooks name them flat, and ``dataclasses.asdict(config)`` is
+    what they hash and compare. Read them by part instead through :data:`SECTIONS`
+    (``backbone``, ``rpn``, ``fpn``, ``roi``, ``box``, ``mask``, ``keypoint``, ...):
+    :meth:`section` gives one part's values by short name (None for a branch that is
+    off), :meth:`display` prints them grouped, and ``--set`` / :meth:`parse_override` and
+    the presets' overrides take the dotted names too (``mask.loss`` for ``mask_loss``,
+    :func:`flat_name`), always stored under the flat name.
     """
 
     # -- data and backbone ------------------------------------------------------------
@@ -313,8 +238,11 @@ class DetectorConfig:
         ``16,32,64`` (or Python's ``(16, 32, 64)``; ``16`` is a tuple of one), ``none``
         for the fields that may be None. A ValueError names the field, the text and
         what the field accepts, instead of keeping a value the field cannot take (the
-        string ``"false"`` is true)."""
+        string ``"false"`` is true). ``name`` is the flat field name or its section's
+        dotted one (``mask.loss`` for ``mask_loss``, :data:`SECTIONS`)."""
         fields = {f.name for f in dataclasses.fields(cls)}
+        if name.partition(".")[0] in SECTIONS:
+            name = flat_name(name)  # a ValueError naming the section's fields
         if name not in fields:
             # "MASKS", "config.masks", "Mask-Aligned": matched as the field they spell
             spelled = name.rpartition(".")[2].strip().lower().replace("-", "_")
@@ -393,6 +321,8 @@ class DetectorConfig:
             )
 
     # -- presets ----------------------------------------------------------------------
+    # Each takes ``**overrides`` by flat or dotted name (``**{"mask.loss": "softmax"}``),
+    # turned into flat ones before the preset's own values are merged (flat_overrides).
 
     @classmethod
     def ci(cls, **overrides: Any) -> DetectorConfig:
@@ -410,7 +340,7 @@ class DetectorConfig:
             fpn_channels=16,  # used with fpn=True only
             preset="ci",
         )
-        return cls(**{**values, **overrides})
+        return cls(**{**values, **flat_overrides(overrides)})
 
     @classmethod
     def cpu(cls, **overrides: Any) -> DetectorConfig:
@@ -443,7 +373,7 @@ class DetectorConfig:
             roi_batch_size_per_image=64,
             preset="cpu",
         )
-        return cls(**{**values, **overrides})
+        return cls(**{**values, **flat_overrides(overrides)})
 
     @classmethod
     def cpu_fpn(cls, **overrides: Any) -> DetectorConfig:
@@ -481,7 +411,7 @@ class DetectorConfig:
         not the same arithmetic.
         """
         values = dict(fpn=True, fpn_channels=64, preset="cpu_fpn")
-        return cls.cpu(**{**values, **overrides})
+        return cls.cpu(**{**values, **flat_overrides(overrides)})
 
     @classmethod
     def gpu(cls, **overrides: Any) -> DetectorConfig:
@@ -510,7 +440,7 @@ class DetectorConfig:
             roi_batch_size_per_image=512,
             preset="gpu",
         )
-        return cls(**{**values, **overrides})
+        return cls(**{**values, **flat_overrides(overrides)})
 
     # -- Mask R-CNN presets (chapter 07) ------------------------------------------------
 
@@ -527,7 +457,7 @@ class DetectorConfig:
             mask_mlp_size=32,
             preset="ci_mask",
         )
-        return cls.ci(**{**values, **overrides})
+        return cls.ci(**{**values, **flat_overrides(overrides)})
 
     @classmethod
     def cpu_mask(cls, **overrides: Any) -> DetectorConfig:
@@ -546,7 +476,7 @@ class DetectorConfig:
             keypoint_head_channels=64,
             preset="cpu_mask",
         )
-        return cls.cpu_fpn(**{**values, **overrides})
+        return cls.cpu_fpn(**{**values, **flat_overrides(overrides)})
 
     @classmethod
     def gpu_mask(cls, **overrides: Any) -> DetectorConfig:
@@ -554,7 +484,7 @@ class DetectorConfig:
         R-CNN: RoIAlign, the paper's FCN mask head (256 channels) and keypoint head (512
         channels, 8 convs). Not trained in this repository; it needs a GPU."""
         values = dict(roi_op="roialign_avg", masks=True, keypoints=True, preset="gpu_mask")
-        return cls.gpu(**{**values, **overrides})
+        return cls.gpu(**{**values, **flat_overrides(overrides)})
 
     @classmethod
     def coco_mask(cls, **overrides: Any) -> DetectorConfig:
@@ -571,33 +501,43 @@ class DetectorConfig:
         values = dict(
             num_classes=80, keypoints=False, rpn_post_nms_top_n_train=2000, preset="coco_mask"
         )
-        return cls.gpu_mask(**{**values, **overrides})
+        return cls.gpu_mask(**{**values, **flat_overrides(overrides)})
 
-    # -- printing ---------------------------------------------------------------------
+    # -- printing and reading by section -----------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def section(self, name: str) -> dict[str, Any] | None:
+        """The fields of section ``name`` of :data:`SECTIONS` by their short names
+        (``config.section("mask")["loss"]`` is ``config.mask_loss``), or None for a branch
+        that is off: ``fpn``, ``mask`` and ``keypoint`` with ``fpn``, ``masks`` or
+        ``keypoints`` False, whose other fields are then unused."""
+        if name not in SECTIONS:
+            raise ValueError(f"no section {name!r}; the sections: {', '.join(SECTIONS)}")
+        fields = SECTIONS[name]
+        if "enabled" in fields and not getattr(self, fields["enabled"]):
+            return None
+        return {short: getattr(self, flat) for short, flat in fields.items()}
+
     def display(self) -> None:
-        """Print every hyper-parameter in an aligned two-column table."""
-        items = self.to_dict()
-        width = max(len(k) for k in items)
+        """Print every hyper-parameter grouped by section (:data:`SECTIONS`), each under
+        its flat name (the one results files record; ``--set`` takes it or the section's
+        dotted one), aligned in two columns; a branch that is off is one line."""
+        names = [flat for fields in SECTIONS.values() for flat in fields.values()]
+        width = max(len(k) for k in [*names, "(mask resolution M)"])
         print(f"{type(self).__name__} (preset {self.preset!r})")
-        for key, value in items.items():
-            if key != "preset":
-                print(f"  {key:<{width}}  {value!r}")
-        if self.masks:
-            print(f"  {'(mask resolution M)':<{width}}  {self.mask_resolution}")
-        if self.keypoints:
-            print(f"  {'(heatmap size m)':<{width}}  {self.heatmap_size}")
-
-
-class _FieldType(NamedTuple):
-    """A DetectorConfig field's declared type, as the checks read it."""
-
-    base: type  #: bool, int, float or str: of the value, or of each element of a tuple
-    length: int | None  #: None: one value; 0: a tuple of any length; n: of exactly n
-    optional: bool  #: None is accepted too
+        for name, fields in SECTIONS.items():
+            if self.section(name) is None:
+                print(f"  {name}: off ({fields['enabled']}=False)")
+                continue
+            print(f"  {name}:")
+            for flat in fields.values():
+                print(f"    {flat:<{width}}  {getattr(self, flat)!r}")
+            if name == "mask":
+                print(f"    {'(mask resolution M)':<{width}}  {self.mask_resolution}")
+            if name == "keypoint":
+                print(f"    {'(heatmap size m)':<{width}}  {self.heatmap_size}")
 
 
 @functools.cache
@@ -667,42 +607,6 @@ def check_config_field(name: str, value: Any, shown: str | None = None) -> Any:
     return value
 
 
-def _fits(name: str, kind: _FieldType, value: Any) -> bool:
-    """Whether ``value`` is of field ``name``'s declared type, range and choices."""
-    if value is None:
-        return kind.optional
-    if kind.length is None:
-        return _element_fits(name, kind.base, value)
-    if not isinstance(value, tuple):
-        return False
-    if kind.length and len(value) != kind.length:
-        return False
-    if not value and name not in _MAY_BE_EMPTY:
-        return False
-    return all(_element_fits(name, kind.base, v) for v in value)
-
-
-def _element_fits(name: str, base: type, value: Any) -> bool:
-    if base is bool:
-        return isinstance(value, bool)  # not the string "false", which is true
-    if base is str:
-        if name in _PATH_FIELDS and isinstance(value, os.PathLike):
-            return True
-        return isinstance(value, str) and value in FIELD_CHOICES.get(name, (value,))
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return False
-    if base is int and not isinstance(value, numbers.Integral):
-        return False
-    if not math.isfinite(value):
-        return False
-    limit = FIELD_LIMITS.get(name)
-    return limit is None or bool(_LIMIT_TESTS[limit](value))
-
-
-class _Unreadable(ValueError):
-    """A value written on a command line that is not of its field's type."""
-
-
 def _parse_field_text(name: str, text: str) -> Any:
     """Field ``name``'s value written as ``text`` (see :meth:`DetectorConfig.
     parse_override`); ``check_config_field`` then checks its range. Text that cannot be
@@ -721,22 +625,3 @@ def _parse_field_text(name: str, text: str) -> Any:
     except _Unreadable:
         check_config_field(name, text, shown=text)  # raises: a string is not of this type
         raise
-
-
-def _parse_element(base: type, text: str) -> Any:
-    if base is bool:
-        if text.lower() not in ("true", "false"):
-            raise _Unreadable(text)
-        return text.lower() == "true"
-    if base is int:
-        if not re.fullmatch(r"[+-]?\d+", text):
-            raise _Unreadable(text)
-        return int(text)
-    if base is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise _Unreadable(text) from None
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return text[1:-1]  # 'roipool' as Python writes it
-    return text

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from rcnn_steps.detectors.config import DetectorConfig
+from rcnn_steps.detectors.config import DetectorConfig, flat_overrides
 from rcnn_steps.engine import TrainConfig
 
 __all__ = [
@@ -247,8 +247,9 @@ def preset(name: str) -> Preset:
 
 
 def detector_config(name: str, **overrides: Any) -> DetectorConfig:
-    """The preset's :class:`~rcnn_steps.detectors.config.DetectorConfig`, with ``overrides``."""
-    return preset(name).model(**overrides)
+    """The preset's :class:`~rcnn_steps.detectors.config.DetectorConfig`, with ``overrides``
+    (by flat field name or by section: ``**{"mask.loss": "softmax"}``)."""
+    return preset(name).model(**flat_overrides(overrides))
 
 
 def schedule(name: str, max_iter: int | None = None) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from rcnn_steps.detectors.config import DetectorConfig
+from rcnn_steps.detectors.config import DetectorConfig, flat_overrides
 from rcnn_steps.experiments import PRESETS, feeding, schedule
 from rcnn_steps.experiments import preset as preset_record
 from rcnn_steps.experiments.run_data import (
@@ -86,8 +86,9 @@ METHODS = ("rpn", "selective_search")
 
 def detector_config(preset: str, overrides: dict[str, Any] | None = None) -> DetectorConfig:
     """The preset's :class:`DetectorConfig` (its record's model, :data:`PRESETS`) with
-    ``overrides`` (a dict, as a grid's settings hold them)."""
-    return preset_record(preset).model(**(overrides or {}))
+    ``overrides`` (a dict, as a grid's settings hold them), by flat field name or by
+    section (``{"mask.loss": "softmax"}`` is ``{"mask_loss": "softmax"}``)."""
+    return preset_record(preset).model(**flat_overrides(overrides or {}))
 
 
 # ----------------------------------------------------------------------------------------
@@ -331,7 +332,7 @@ def config_for_data(
     has (a model with the wrong number of classes would train on wrong labels)."""
     from rcnn_steps.modeling.keypoint_head import keypoint_counts_of
 
-    overrides = dict(overrides or {})
+    overrides = flat_overrides(overrides or {})  # DATA_FIELDS are checked by flat name
     check_data_overrides(dataset, overrides)
     counts = keypoint_counts_of(dataset.categories)
     fitted: dict[str, Any] = dict(num_classes=dataset.num_classes, keypoint_counts=counts)
