@@ -125,3 +125,15 @@ def test_display_groups_the_fields_by_section(capsys):
     assert "  mask: off (masks=False)\n" in printed and "  fpn: off (fpn=False)\n" in printed
     assert "mask_loss" not in printed and "keypoint_counts" not in printed
     assert "  box:\n    pooled_size" in printed
+
+
+def test_a_grid_run_and_a_scaled_setting_read_dotted_names_as_their_flat_fields():
+    from rcnn_steps.experiments.datasets import scaled_overrides
+    from rcnn_steps.experiments.grid import RunSpec
+
+    flat = RunSpec("a", 0, "ci_mask", {"mask_loss": "softmax", "fpn_anchor_sizes": (8, 16)})
+    dotted = RunSpec("a", 0, "ci_mask", {"mask.loss": "softmax", "fpn.anchor_sizes": (8, 16)})
+    assert flat.key() == dotted.key()  # the same run: found in the cache, not trained twice
+    doubled = scaled_overrides({"mask.loss": "softmax"}, 2)
+    assert doubled["mask_loss"] == "softmax" and "mask.loss" not in doubled
+    assert scaled_overrides({"mask.loss": "softmax"}, 1) == {"mask_loss": "softmax"}

@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from rcnn_steps.detectors.config import flat_overrides
 from rcnn_steps.experiments.runner import detector_config
 
 __all__ = [
@@ -79,8 +80,9 @@ def scaled_overrides(overrides: dict[str, Any], scale: int, preset: str = "cpu_m
     """A detector's ``overrides`` of ``preset`` for images drawn at ``scale`` times the
     book's resolution: :data:`PIXEL_FIELDS` multiplied by ``scale`` (the same ``overrides``
     at 1, so the book's runs keep their keys)."""
+    overrides = flat_overrides(overrides)  # stored names: {"fpn.anchor_sizes": ...} too
     if scale == 1:
-        return dict(overrides)
+        return overrides
     config = asdict(detector_config(preset, overrides))
     scaled = {}
     for name in PIXEL_FIELDS:

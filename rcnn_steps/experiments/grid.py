@@ -79,11 +79,13 @@ class RunSpec:
     def key(self) -> str:
         """The cache key: a hash of everything that decides the run's result (not its
         name: two tables' settings with the same config share the run)."""
+        from rcnn_steps.detectors.config import flat_overrides
         from rcnn_steps.experiments import schedule
 
         decisive = {
             "preset": self.preset,
-            "overrides": _canonical(self.overrides),
+            # keyed by the stored (flat) names: {"mask.loss": ...} is {"mask_loss": ...}
+            "overrides": _canonical(flat_overrides(self.overrides)),
             "method": self.method,
             "num_train_images": self.num_train_images,
             "schedule": schedule(self.preset, self.max_iter),
