@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from rcnn_steps.data.coco import CocoDataset, DatasetError
+from rcnn_steps.data.example import make_example
 from rcnn_steps.data.synth import SCENE_STYLES, generate
 from rcnn_steps.utils import add_debug_argument, run_command
 
@@ -97,8 +98,6 @@ def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 0
 
     if args.command == "example":
-        from rcnn_steps.data.example import make_example
-
         try:
             out = make_example(args.out, args.num_train, args.num_val, args.seed)
         except FileExistsError as e:

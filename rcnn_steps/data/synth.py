@@ -85,6 +85,7 @@ from rcnn_steps.data.synth_hard import (  # noqa: F401 (re-exported: the hard st
     _Stroke,
 )
 from rcnn_steps.data.synth_scene import render_image
+from rcnn_steps.utils import atomic_write_bytes, data_dir
 
 #: Format version of the generator; stored in the annotation files so that
 #: :func:`ensure_synth` regenerates a set made by an older generator.
@@ -242,8 +243,6 @@ def ensure_synth(
     file of someone else's where the generator wants to write raises
     ``FileExistsError`` before anything is changed.
     """
-    from rcnn_steps.utils import data_dir
-
     cfg = SynthConfig(
         num_train=num_train,
         num_val=num_val,
@@ -304,8 +303,6 @@ def _is_current(out: Path, want: dict) -> bool:
 
 
 def _write_manifest(folder: Path, files: set[str]) -> None:
-    from rcnn_steps.utils import atomic_write_bytes
-
     atomic_write_bytes(folder / MANIFEST_NAME, json.dumps(sorted(files), indent=0).encode())
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from rcnn_steps.data.coco import _flip_pairs_from
+
 __all__ = [
     "Compose",
     "RandomHorizontalFlip",
@@ -38,8 +40,6 @@ def flip_pairs_by_label(categories: Sequence[Mapping]) -> dict[int, list[tuple[i
     ids): a category's ``flip_pairs`` field, else its ``left_X``/``right_X`` names.
     For :class:`RandomHorizontalFlip` on data whose categories have different keypoint
     sets."""
-    from rcnn_steps.data.coco import _flip_pairs_from
-
     ordered = sorted(categories, key=lambda c: c["id"])
     return {
         label: _flip_pairs_from(c) for label, c in enumerate(ordered, start=1) if c.get("keypoints")

@@ -54,6 +54,7 @@ from torch import nn
 # proposals`` (:mod:`rcnn_steps.experiments.rcnn`).
 from rcnn_steps.data.proposals import load_proposals, make_proposals, proposals_path
 from rcnn_steps.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+from rcnn_steps.utils import diagram_stage, shape_text
 
 __all__ = [
     "PAPER_CROP_SIZE",
@@ -460,8 +461,6 @@ def rcnn_stages(
     the first 64 crops; every crop goes the same way), for
     :func:`rcnn_steps.viz.draw_stages`: the keys are those of the later detectors'
     diagrams (:meth:`rcnn_steps.detectors.faster_rcnn.FasterRCNN.stages`)."""
-    from rcnn_steps.utils import diagram_stage, shape_text
-
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

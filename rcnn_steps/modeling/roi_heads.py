@@ -39,7 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rcnn_steps.modeling.keypoint_head import keypoints_to_heatmap
 from rcnn_steps.modeling.losses import fastrcnn_loss
+from rcnn_steps.modeling.mask_head import mask_accuracy, mask_targets
 from rcnn_steps.modeling.matcher import Matcher, label_anchors
 from rcnn_steps.modeling.sampler import BalancedPositiveNegativeSampler
 from rcnn_steps.ops import (
@@ -468,8 +470,6 @@ class RoIHeads(nn.Module):
             logits = self.mask_branch(feature, pos_rois, image_shape)
             losses["loss_mask"] = self.mask_branch.loss(logits, pos_rois, pos_matched, targets)
             if intermediates is not None:
-                from rcnn_steps.modeling.mask_head import mask_accuracy, mask_targets
-
                 gt = [t["masks"] for t in targets]
                 gt_labels = [t["labels"] for t in targets]
                 cls, mask_t = mask_targets(
@@ -494,8 +494,6 @@ class RoIHeads(nn.Module):
             logits = branch(feature, kp_rois, image_shape)
             losses["loss_keypoint"] = branch.loss(logits, kp_labels, kp_rois, kp_matched, targets)
             if intermediates is not None:
-                from rcnn_steps.modeling.keypoint_head import keypoints_to_heatmap
-
                 heatmaps, valid = [], []
                 for r, m, t in zip(kp_rois, kp_matched, targets, strict=True):
                     kps = t["keypoints"][m][:, : branch.num_keypoints]
