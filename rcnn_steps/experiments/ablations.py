@@ -54,7 +54,14 @@ from rcnn_steps.experiments.effects import (
     seed_range,
     widest_seed_range,
 )
-from rcnn_steps.experiments.grid import SUMMARY_METRICS, SUMMARY_TIMINGS, summarise
+from rcnn_steps.experiments.grid import (
+    SUMMARY_METRICS,
+    SUMMARY_TIMINGS,
+    RunSpec,
+    default_workers,
+    run_specs,
+    summarise,
+)
 from rcnn_steps.experiments.paper_tables import (
     ALL_TABLES,
     ANCHOR_SCALE,
@@ -84,6 +91,13 @@ from rcnn_steps.experiments.runner import (
     run_setting,
     schedule,
     selective_search_proposals,
+)
+from rcnn_steps.utils import (
+    add_debug_argument,
+    read_results,
+    results_dir,
+    run_command,
+    write_results,
 )
 
 __all__ = [
@@ -149,8 +163,6 @@ def _specs(table, settings, seeds, preset, max_iter, root, num_eval_images, timi
            keep_runs=None):  # fmt: skip
     from dataclasses import replace
 
-    from rcnn_steps.experiments.grid import RunSpec
-
     # on a set drawn at k times the book's resolution, the pixel-sized fields scale with it
     scale = image_scale(root)
     specs = [
@@ -211,10 +223,6 @@ def run_tables(
     results}``. ``paths`` names another file for some tables; ``keep_runs`` keeps each
     run's checkpoint (``last.pt``) and ``metrics.jsonl`` in ``keep_runs/<setting>-<key>/``
     (:func:`rcnn_steps.engine.export_weights` makes a weights-only copy to share)."""
-    from rcnn_steps.experiments.grid import run_specs, summarise
-    from rcnn_steps.experiments.runner import schedule
-    from rcnn_steps.utils import read_results, write_results
-
     started = time.time()
     # a set in the data folder is keyed by its name, so its runs' cache holds on any machine
     root = None if root is None else data_root(root=resolve_root(root))
@@ -291,6 +299,7 @@ def run_tables(
 
     log = print if verbose else (lambda _msg: None)
     if root is None:  # make the book's set here, before workers race to make it
+        # local: start-up of ladder/ablations --help (rcnn_steps.data loads SciPy: 0.16 s)
         from rcnn_steps.data import ensure_synth
 
         ensure_synth()
@@ -359,9 +368,6 @@ def _print_summary(results: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """``python -m rcnn_steps.ablations grid --tables T ... --seeds 0 1 2`` (``prog``: the
     name its help and errors show; ``python -m rcnn_steps ablations`` passes its own)."""
-    from rcnn_steps.experiments.grid import default_workers
-    from rcnn_steps.utils import add_debug_argument, run_command
-
     parser = argparse.ArgumentParser(prog=prog or "python -m rcnn_steps.ablations")
     sub = parser.add_subparsers(dest="command", required=True)
     gr = sub.add_parser(
@@ -411,8 +417,6 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
 
 
 def _grid_command(args: argparse.Namespace) -> int:
-    from rcnn_steps.utils import results_dir
-
     out_dir = args.out_dir or results_dir()
     tables = run_tables(
         args.tables,

@@ -23,6 +23,7 @@ from typing import Any
 
 from rcnn_steps.detectors.config import flat_overrides
 from rcnn_steps.experiments.runner import detector_config
+from rcnn_steps.utils import data_dir
 
 __all__ = [
     "DATA_SETS",
@@ -95,6 +96,7 @@ def scaled_overrides(overrides: dict[str, Any], scale: int, preset: str = "cpu_m
 
 def book_root() -> Path:
     """The book's set (``data/synth-128px-seed0``), made first if missing."""
+    # local: start-up of ladder/ablations --help (rcnn_steps.data loads SciPy: 0.16 s)
     from rcnn_steps.data import ensure_synth
 
     return ensure_synth()
@@ -107,8 +109,8 @@ def data_root(data: str | None = None, root: str | Path | None = None) -> str | 
     :func:`resolve_root` finds it wherever the data folder is), else the path as given.
     ``data`` names one of :data:`DATA_SETS` (generated first if missing); ``root`` any
     folder."""
+    # local: read at call time (tests/test_ladder.py replaces it), and start-up as above
     from rcnn_steps.data import ensure_synth
-    from rcnn_steps.utils import data_dir
 
     if (data is None) == (root is None):
         raise ValueError("give one of data ('128', '256') or root (a folder)")
@@ -133,8 +135,6 @@ def resolve_root(root: str | Path | None) -> str | None:
     """The folder a :func:`data_root` value names on this machine: a name is looked up in
     the data folder first, then from the working directory (a relative path given by
     hand)."""
-    from rcnn_steps.utils import data_dir
-
     if root is None or Path(root).is_absolute():
         return None if root is None else str(root)
     path = data_dir() / root

@@ -27,6 +27,7 @@ from rcnn_steps.experiments.paper_tables import (
     PAPER_METRIC,
     table_grid,
 )
+from rcnn_steps.utils import read_results, results_dir
 
 __all__ = [
     "above_every_seed",
@@ -63,8 +64,6 @@ def read_grid_results(table: str, path: str | Path | None = None) -> dict[str, A
     "max_iter", "num_eval_images" (:func:`grid_eval_images`), "provenance"}``. A file of
     another table is an error.
     """
-    from rcnn_steps.utils import read_results, results_dir
-
     path = Path(path) if path is not None else results_dir() / f"ablation_{table}.json"
     grid = table_grid(table)
     payload = read_results(path)

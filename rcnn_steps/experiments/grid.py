@@ -38,6 +38,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rcnn_steps.detectors.config import flat_overrides
+from rcnn_steps.experiments import preset, schedule
+from rcnn_steps.experiments.datasets import resolve_root
+from rcnn_steps.utils import atomic_write_bytes, code_diff_hash, git_commit
+
 __all__ = [
     "RunSpec",
     "estimate_seconds",
@@ -79,9 +84,6 @@ class RunSpec:
     def key(self) -> str:
         """The cache key: a hash of everything that decides the run's result (not its
         name: two tables' settings with the same config share the run)."""
-        from rcnn_steps.detectors.config import flat_overrides
-        from rcnn_steps.experiments import schedule
-
         decisive = {
             "preset": self.preset,
             # keyed by the stored (flat) names: {"mask.loss": ...} is {"mask_loss": ...}
@@ -113,8 +115,6 @@ def estimate_seconds(spec: RunSpec, cache_dir: Path) -> float:
     """Estimated wall time of one run (one worker): the median of the cached runs of the
     same preset and schedule, else the preset's record's ``grid_run_seconds`` (measured at
     its full schedule; :mod:`rcnn_steps.experiments`) scaled by the schedule."""
-    from rcnn_steps.experiments import preset, schedule
-
     iters = schedule(spec.preset, spec.max_iter)["max_iter"]
     times = []
     for path in Path(cache_dir).glob(f"{spec.preset}-s*.json"):
@@ -141,7 +141,7 @@ def _worker_init(threads: int) -> None:
 def _run_one(spec: RunSpec) -> dict[str, Any]:
     """One run in a worker: :func:`rcnn_steps.experiments.runner.run_setting` plus
     :func:`with_provenance`."""
-    from rcnn_steps.experiments.datasets import resolve_root
+    # local: read at call time, where tests/test_ablations.py replaces runner.run_setting
     from rcnn_steps.experiments.runner import run_setting
 
     record = run_setting(
@@ -165,8 +165,6 @@ def with_provenance(spec: RunSpec, record: dict[str, Any]) -> dict[str, Any]:
     threads it trained on (they change its speed, not what it computes beyond float
     rounding) and its ``spec``: what every run of the cache holds, whoever ran it."""
     import torch
-
-    from rcnn_steps.utils import code_diff_hash, git_commit
 
     record["train_threads"] = torch.get_num_threads()
     record["commit"] = git_commit()
@@ -203,8 +201,6 @@ def run_specs(
     that are not one detector config, must be a module-level function (workers import
     it) and return a record with ``metrics`` and ``wall_time_s``."""
     from tqdm.auto import tqdm
-
-    from rcnn_steps.utils import atomic_write_bytes
 
     if threads_per_worker < 1:
         raise ValueError(

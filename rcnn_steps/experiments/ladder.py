@@ -91,7 +91,7 @@ from rcnn_steps.experiments.datasets import (
     image_scale,
     scaled_overrides,
 )
-from rcnn_steps.experiments.grid import RunSpec, summarise
+from rcnn_steps.experiments.grid import RunSpec, load_cached, run_specs, summarise
 from rcnn_steps.experiments.ladder_rungs import (
     _SINGLE_MAP,  # noqa: F401 (re-exported: its old home)
     BUDGET_RULE,
@@ -108,7 +108,15 @@ from rcnn_steps.experiments.ladder_rungs import (
 )
 from rcnn_steps.experiments.ladder_runner import prepare_proposals, run_rcnn_setting, run_rung
 from rcnn_steps.experiments.paper_tables import LONG_MAX_ITER
-from rcnn_steps.experiments.runner import detector_config, feeding, schedule
+from rcnn_steps.experiments.runner import detector_config, feeding, schedule, thread_count
+from rcnn_steps.utils import (
+    CommandError,
+    add_debug_argument,
+    read_results,
+    results_dir,
+    run_command,
+    write_results,
+)
 
 __all__ = [
     "BUDGET_RULE",
@@ -255,9 +263,6 @@ def run_ladder(
     ``results/runs``: a killed grid resumes, runs shared with other grids are reused),
     seed by seed (every rung of seed 0 first), the long rung last. ``timing``
     (:func:`measure`'s) prints the plan first. Returns the file's ``results``."""
-    from rcnn_steps.experiments.grid import load_cached, run_specs
-    from rcnn_steps.utils import results_dir, write_results
-
     started = time.time()
     out = Path(out) if out is not None else results_dir() / f"ladder_{data_tag(root)}.json"
     cache_dir = Path(cache_dir) if cache_dir is not None else results_dir() / "runs"
@@ -307,8 +312,6 @@ def read_ladder_results(path: str | Path) -> dict[str, Any]:
     plus ``data``, ``budget`` and ``changes``), so a chapter shows it, and compares two
     rungs with :func:`rcnn_steps.experiments.ablations.compare_settings`, as it does a table. Rungs
     not run yet are in ``summary`` with ``n`` 0."""
-    from rcnn_steps.utils import read_results
-
     payload = read_results(path)
     results = payload["results"]
     if results.get("table") != "ladder":
@@ -357,8 +360,6 @@ def measure(
     iterations. The selective-search caches are made (or extended) for the images used."""
     import torch
 
-    from rcnn_steps.experiments.runner import thread_count
-
     names = [n for n in (rungs or list(RUNGS)) if RUNGS[n].max_iter is None]
     prepare_proposals(root, train_images, eval_images, log=log)
     out: dict[str, Any] = {"root": root, "threads": 1, "iters": iters, "rungs": {}}
@@ -397,8 +398,6 @@ def estimate_run_seconds(spec: RunSpec, timing: dict[str, Any]) -> float:
 def plan(specs: Sequence[RunSpec], timing: dict[str, Any], cache_dir: str | Path) -> dict:
     """The plan of a ladder: per rung, the runs to do (those not in ``cache_dir``), the
     estimated seconds of one and of all, on one thread; and the total in core-hours."""
-    from rcnn_steps.experiments.grid import load_cached
-
     rows: dict[str, dict[str, Any]] = {}
     for spec in specs:
         row = rows.setdefault(spec.name, {"runs": 0, "cached": 0, "run_s": 0.0, "todo_s": 0.0,
@@ -433,8 +432,6 @@ def format_plan(p: dict[str, Any]) -> str:
 
 
 def timing_path(root: str | None) -> Path:
-    from rcnn_steps.utils import results_dir
-
     return results_dir() / f"ladder_timing_{data_tag(root)}.json"
 
 
@@ -442,8 +439,6 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """``python -m rcnn_steps.ladder {measure, plan, run} --data 128 | 256 | --root DIR``
     (``prog``: the name its help and errors show; ``python -m rcnn_steps ladder`` passes
     its own)."""
-    from rcnn_steps.utils import CommandError, add_debug_argument, run_command
-
     parser = argparse.ArgumentParser(prog=prog or "python -m rcnn_steps.ladder")
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {
@@ -483,8 +478,6 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
 
 
 def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from rcnn_steps.utils import read_results, write_results
-
     roots = [data_root(data=d) for d in args.data or []]
     roots += [data_root(root=r) for r in args.root or []]
     total = 0.0
@@ -501,8 +494,6 @@ def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         elif args.command == "plan":
             parser.error(f"no {timing_path(root)}: run `{parser.prog} measure`")
         if args.command == "plan":
-            from rcnn_steps.utils import results_dir
-
             specs = ladder_specs(root, args.seeds, rungs=args.rungs)
             p = plan(specs, timing, results_dir() / "runs")
             print(format_plan(p))

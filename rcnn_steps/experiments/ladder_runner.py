@@ -24,9 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from rcnn_steps.experiments.datasets import book_root, resolve_root
-from rcnn_steps.experiments.grid import RunSpec
+from rcnn_steps.experiments.evolution import NUM_EVAL_IMAGES, evaluation_image_ids
+from rcnn_steps.experiments.grid import RunSpec, _run_one, with_provenance
 from rcnn_steps.experiments.ladder_rungs import LADDER_EVAL_IMAGES, rcnn_windows_per_iteration
-from rcnn_steps.experiments.runner import detector_config, schedule
+from rcnn_steps.experiments.runner import (
+    _covers,
+    detector_config,
+    load_datasets,
+    schedule,
+    selective_search_proposals,
+    thread_count,
+)
 
 __all__ = ["prepare_proposals", "run_rcnn_setting", "run_rung"]
 
@@ -53,13 +61,8 @@ def run_rcnn_setting(
     fields."""
     import torch
 
-    from rcnn_steps.experiments.evolution import NUM_EVAL_IMAGES, evaluation_image_ids
+    # local: start-up of ladder/ablations --help (R-CNN's module loads rcnn_steps.data)
     from rcnn_steps.experiments.rcnn import RCNNConfig, evaluate_detector, train_rcnn
-    from rcnn_steps.experiments.runner import (
-        load_datasets,
-        selective_search_proposals,
-        thread_count,
-    )
 
     t0 = time.perf_counter()
     detector = detector_config(preset)
@@ -122,8 +125,6 @@ def run_rung(spec: RunSpec) -> dict[str, Any]:
     :func:`run_rcnn_setting`, the others by
     :func:`rcnn_steps.experiments.runner.run_setting`, on the data :func:`resolve_root`
     finds; the record keeps ``spec`` as keyed."""
-    from rcnn_steps.experiments.grid import _run_one, with_provenance
-
     here = replace(spec, root=resolve_root(spec.root))
     iters = schedule(spec.preset, spec.max_iter)["max_iter"]
     print(f"{spec.name}/seed{spec.seed}: started, {iters} iterations ({spec.key()}, "
@@ -161,8 +162,8 @@ def prepare_proposals(
     selective search per image, by split, of the images it computed (empty if none)."""
     import numpy as np
 
+    # local: start-up of ladder/ablations --help (rcnn_steps.data loads SciPy: 0.16 s)
     from rcnn_steps.data.proposals import load_proposals, make_proposals, proposals_path
-    from rcnn_steps.experiments.runner import _covers, load_datasets
 
     here = resolve_root(root)
     train_set, val_set = load_datasets(here)

@@ -48,6 +48,7 @@ def load_datasets(
     DatasetError` naming both files) when a category of its file is not the train file's
     same id, name and keypoint names; it may lack a class. A train split with no
     annotation to train on (none, or only crowds) is refused too (:func:`check_splits`)."""
+    # local: start-up of ladder/ablations --help (rcnn_steps.data loads SciPy: 0.16 s)
     from rcnn_steps.data import CocoDataset, ensure_synth
     from rcnn_steps.data.transforms import (
         Compose,
@@ -82,6 +83,7 @@ def check_splits(train_set, *others) -> None:
     each split lists is there (a stat each: a missing val image would otherwise stop the
     run at its first evaluation, after the training it was to judge). Raises
     :class:`~rcnn_steps.data.DatasetError` naming the files, before any work starts."""
+    # local: start-up of ladder/ablations --help (rcnn_steps.data loads SciPy: 0.16 s)
     from rcnn_steps.data import DatasetError
 
     if not any(not a.get("iscrowd", 0) for a in train_set.coco.anns.values()):
@@ -126,11 +128,13 @@ def selective_search_proposals(
     """
     import numpy as np
 
+    # local: start-up of ladder/ablations --help (rcnn_steps.data loads SciPy: 0.16 s)
     from rcnn_steps.data.proposals import load_proposals, make_proposals, proposals_path
 
     path = proposals_path(split) if root is None else None
     if path is None or (path.exists() and not _covers(path, dataset, num_images)):
         if root is None:
+            # local: as above
             from rcnn_steps.data import ensure_synth
 
             root = ensure_synth()

@@ -38,8 +38,12 @@ from typing import Any
 import torch
 
 from rcnn_steps.detectors.config import DetectorConfig, flat_overrides
+from rcnn_steps.detectors.fast_rcnn import FastRCNN
+from rcnn_steps.detectors.faster_rcnn import FasterRCNN
+from rcnn_steps.engine import TrainConfig, all_gather_objects, process_rank
 from rcnn_steps.experiments import PRESETS, feeding, schedule
 from rcnn_steps.experiments import preset as preset_record
+from rcnn_steps.experiments.evolution import NUM_EVAL_IMAGES, evaluation_image_ids
 from rcnn_steps.experiments.run_data import (
     _covers,  # noqa: F401 (re-exported: its old home)
     check_splits,
@@ -57,6 +61,8 @@ from rcnn_steps.experiments.scoring import (
     thread_count,
     trim_keypoints,
 )
+from rcnn_steps.modeling.keypoint_head import keypoint_counts_of
+from rcnn_steps.utils import seed_everything
 
 __all__ = [
     "METHODS",
@@ -141,11 +147,10 @@ def run_setting(
     ``seconds_per_image``, ``timing_threads``, ``wall_time_s``, ``train_seconds,
     eval_seconds`` and the :meth:`~rcnn_steps.engine.TrainResult.summary` fields.
     """
+    # local: start-up of ladder/ablations --help (rcnn_steps.data loads SciPy: 0.16 s);
+    # train is read at call time, where tests/test_presets.py replaces the engine's
     from rcnn_steps.data import collate_fn
-    from rcnn_steps.detectors.faster_rcnn import FasterRCNN
-    from rcnn_steps.engine import TrainConfig, train
-    from rcnn_steps.experiments.evolution import NUM_EVAL_IMAGES, evaluation_image_ids
-    from rcnn_steps.utils import seed_everything
+    from rcnn_steps.engine import train
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; one of {list(METHODS)}.")
@@ -183,7 +188,7 @@ def run_setting(
         result = train(model, loader, train_cfg)
         val_proposals, proposal_seconds = None, 0.0
     else:
-        from rcnn_steps.detectors.fast_rcnn import FastRCNN
+        # local: start-up of ladder/ablations --help (selective search loads SciPy, scikit-image)
         from rcnn_steps.experiments.fast_rcnn import (
             ProposalDataset,
             collate_proposals,
@@ -263,10 +268,10 @@ def fit_few_images(
     Returns ``{"image_ids", "max_iter", "final_losses", "loss_history", "metrics"}``,
     ``metrics`` as :func:`evaluate` gives them (box AP, and mask and keypoint AP with
     those branches), on the training images."""
+    # local: start-up of ladder/ablations --help (rcnn_steps.data loads SciPy: 0.16 s);
+    # train is read at call time, where tests/test_presets.py replaces the engine's
     from rcnn_steps.data import collate_fn
-    from rcnn_steps.detectors.faster_rcnn import FasterRCNN
-    from rcnn_steps.engine import TrainConfig, train
-    from rcnn_steps.utils import seed_everything
+    from rcnn_steps.engine import train
 
     if num_images < 1:
         raise ValueError(f"fit_few_images: num_images must be at least 1, got {num_images}")
@@ -330,8 +335,6 @@ def config_for_data(
     ``overrides`` last. An override of :data:`DATA_FIELDS` that differs from the data,
     or ``keypoints=True`` on data without keypoints, is a ValueError saying what the data
     has (a model with the wrong number of classes would train on wrong labels)."""
-    from rcnn_steps.modeling.keypoint_head import keypoint_counts_of
-
     overrides = flat_overrides(overrides or {})  # DATA_FIELDS are checked by flat name
     check_data_overrides(dataset, overrides)
     counts = keypoint_counts_of(dataset.categories)
@@ -345,8 +348,6 @@ def check_data_overrides(dataset, overrides: dict[str, Any]) -> None:
     """Refuse (ValueError) overrides that contradict ``dataset``: a value of
     :data:`DATA_FIELDS` other than the data's, or ``keypoints=True`` where no category
     has keypoints. The message says what the data has."""
-    from rcnn_steps.modeling.keypoint_head import keypoint_counts_of
-
     counts = keypoint_counts_of(dataset.categories)
     fitted = dict(num_classes=dataset.num_classes, keypoint_counts=counts)
     names = ", ".join(c["name"] for c in dataset.categories)
@@ -382,7 +383,6 @@ def make_evaluator(
     Under several processes each detects its share of the images, and the detections are
     gathered before pycocotools scores them (once, in every process, with the same
     result)."""
-    from rcnn_steps.engine import all_gather_objects, process_rank
 
     def evaluate_fn(model: torch.nn.Module) -> dict[str, float]:
         rank, world = process_rank()

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from rcnn_steps.evaluation import coco_evaluate, detections_to_coco, subset_ground_truth
+
 __all__ = [
     "detect",
     "evaluate",
@@ -76,10 +78,10 @@ def detect(
     ``max_size``) before the model sees it, and its detections are mapped back to the
     image's own pixels, where the ground truth is.
     """
+    # local: start-up of ladder/ablations --help (rcnn_steps.data loads SciPy: 0.16 s)
     from rcnn_steps.data.transforms import ResizeShortestSide
 
     resize = ResizeShortestSide(test_size, max_size) if test_size else None
-    from rcnn_steps.evaluation import detections_to_coco
 
     was_training = model.training
     model.eval()
@@ -140,8 +142,6 @@ def evaluate(
     ``{"bbox": metrics}``, plus ``"segm"`` when the results have masks and
     ``"keypoints"`` when they have keypoints and the data has a keypoint category
     (:func:`rcnn_steps.evaluation.coco_evaluate`)."""
-    from rcnn_steps.evaluation import coco_evaluate, subset_ground_truth
-
     kinds = ["bbox"]
     if results and "segmentation" in results[0]:
         kinds.append("segm")
@@ -159,8 +159,6 @@ def _keypoint_ap(dataset, image_ids, results, categories) -> dict[str, float]:
     """Keypoint AP, category by category (each with its own keypoint count and OKS
     sigmas: COCOeval takes one set of sigmas per evaluation), then the mean over the
     categories, which is what COCOeval reports for several categories of one set."""
-    from rcnn_steps.evaluation import coco_evaluate, subset_ground_truth
-
     gt = subset_ground_truth(dataset.coco, image_ids)
     per_category = []
     for cat in categories:
