@@ -11,7 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rcnn_steps.utils import CommandError
+from rcnn_steps.detectors.config import DetectorConfig, flat_name
+from rcnn_steps.engine import EXPORTED_KEYS, load_checkpoint
+from rcnn_steps.experiments import evaluated_presets
+from rcnn_steps.utils import CommandError, read_results
 
 
 def path_argument(text: str) -> Path:
@@ -45,8 +48,6 @@ def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
     (``mask.loss=softmax``, :data:`~rcnn_steps.detectors.config.SECTIONS`); the key is
     always the flat name (``mask_loss``), as results files and run cache keys record it. A
     field given twice, by one name or by its two, is refused too (which one was meant?)."""
-    from rcnn_steps.detectors.config import DetectorConfig, flat_name
-
     overrides: dict[str, Any] = {}
     given: dict[str, str] = {}
     for item in items or ():
@@ -84,9 +85,6 @@ def _is_evaluate_results(path: Path) -> bool:
     """Whether ``path`` is a results file that ``evaluate`` wrote (:func:`rcnn_steps.
     utils.write_results` with a :func:`rcnn_steps.experiments.runner.run_setting` record: a method,
     a config, metrics, and a preset ``evaluate`` offers)."""
-    from rcnn_steps.experiments import evaluated_presets
-    from rcnn_steps.utils import read_results
-
     try:
         payload = read_results(path)
     except (OSError, ValueError):
@@ -106,8 +104,6 @@ def _is_exported_weights(path: Path) -> bool:
     """Whether ``path`` is a weights-only copy ``export`` wrote (a checkpoint that loads
     and verifies, and holds nothing but :data:`rcnn_steps.engine.EXPORTED_KEYS` and its
     run): not a training checkpoint, whose optimizer and position ``--resume`` needs."""
-    from rcnn_steps.engine import EXPORTED_KEYS, load_checkpoint
-
     try:
         saved = load_checkpoint(path)
     except (OSError, ValueError):

@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from rcnn_steps.cli.checks import check_at_least, check_out_file, parse_overrides, path_argument
-from rcnn_steps.utils import CommandError
+from rcnn_steps.experiments import evaluated_presets
+from rcnn_steps.experiments import preset as preset_record
+from rcnn_steps.experiments.evolution import add_evaluate_arguments, add_row
+from rcnn_steps.utils import CommandError, results_dir, set_threads, write_results
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """``evaluate``'s arguments, as a subcommand of ``sub`` (the top parser's subparsers)."""
-    from rcnn_steps.experiments import evaluated_presets
-    from rcnn_steps.experiments.evolution import add_evaluate_arguments
-
     ev = sub.add_parser(
         "evaluate",
         help="train a chapter's detector, evaluate it, write its results file and table row",
@@ -64,10 +64,6 @@ def evaluate_results_path(preset: str) -> Path:
     """Where ``evaluate --preset P`` writes by default: the results file of the preset's
     record (:mod:`rcnn_steps.experiments`) in ``results/``: ``faster_rcnn.json`` (cpu),
     ``faster_rcnn_fpn.json`` (cpu_fpn) or ``mask_rcnn.json`` (cpu_mask)."""
-    from rcnn_steps.experiments import evaluated_presets
-    from rcnn_steps.experiments import preset as preset_record
-    from rcnn_steps.utils import results_dir
-
     record = preset_record(preset)
     if record.results_file is None:
         raise ValueError(
@@ -83,6 +79,7 @@ def torchvision_baseline(config):
     built exactly as ours is (same seed, so the same weights), with torchvision's own
     heads and their own initialisation: the baseline of ``evaluate
     --baseline-torchvision``."""
+    # local: the command line's start-up
     from rcnn_steps.detectors.faster_rcnn import FasterRCNN
     from rcnn_steps.detectors.mask_rcnn import torchvision_mask_rcnn
 
@@ -94,10 +91,8 @@ def command(args: argparse.Namespace) -> int:
     """``evaluate``: one run of the preset (and, with ``--baseline-torchvision``,
     torchvision's model beside it), its results file, and its row of the evolution table
     unless ``--set`` changed the preset or ``--no-evolution`` is given."""
-    from rcnn_steps.experiments import preset as preset_record
-    from rcnn_steps.experiments.evolution import add_row
+    # local: the command line's start-up (and tests replace runner.run_setting)
     from rcnn_steps.experiments.runner import run_setting
-    from rcnn_steps.utils import set_threads, write_results
 
     started = time.time()
     overrides, config, out = _check_evaluate_arguments(args)
@@ -180,6 +175,7 @@ def _check_evaluate_arguments(args: argparse.Namespace):
     takes minutes, and a mistake found after it would lose them): ``(overrides, config,
     out)``, the parsed ``--set``, the preset's config with it, and the results file to
     write. Each mistake is a one-line :class:`CommandError` naming the argument."""
+    # local: the command line's start-up
     from rcnn_steps.experiments.runner import detector_config, schedule
 
     check_at_least("evaluate", args, threads=1, timing_threads=1, num_eval_images=1, max_iter=1)
@@ -220,6 +216,7 @@ def _check_book_classes(config, root: Path | None) -> None:
     no COCO category id``)."""
     import json
 
+    # local: the command line's start-up
     from rcnn_steps.data import CATEGORIES
 
     book = _book_classes(CATEGORIES)

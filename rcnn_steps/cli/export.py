@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rcnn_steps.cli.checks import check_out_file, path_argument
 from rcnn_steps.cli.runs import RUN_FILE, data_description
+from rcnn_steps.engine import RunFolder, export_weights, load_checkpoint
 from rcnn_steps.utils import CommandError
 
 
@@ -30,8 +31,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def command(args: argparse.Namespace) -> int:
     """``export``: the checkpoint's weights and its run's description (its folder's
     ``run.json``, or ``--data``'s classes, checked against the model) in one file."""
-    from rcnn_steps.engine import RunFolder, export_weights
-
     check_out_file("export", args.out, "weights", overwrite=args.overwrite)
     run = RunFolder(args.checkpoint.parent).description()
     if args.data is not None:
@@ -53,8 +52,6 @@ def _check_data_fits_checkpoint(root: Path, data: dict, checkpoint: Path, run: d
     was trained on: another number of classes than the model's config, or other class
     names than the run's ``run.json`` records. Its names would be stored in the copy and
     ``predict`` would label every detection with them, silently wrong."""
-    from rcnn_steps.engine import load_checkpoint
-
     names = list(data["class_names"][1:])  # [0] is the background
     config = (load_checkpoint(checkpoint).get("model_description") or {}).get("config") or {}
     num_classes = config.get("num_classes")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from rcnn_steps.cli.checks import check_device, is_inside, path_argument
 from rcnn_steps.cli.runs import RUN_FILE, load_run
-from rcnn_steps.utils import CommandError
+from rcnn_steps.modeling.mask_head import paste_masks_in_windows
+from rcnn_steps.utils import CommandError, atomic_write_bytes
 
 #: The image files ``predict`` reads (PIL decodes them all), in folders and sub-folders.
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
@@ -132,8 +133,6 @@ def mask_rles(probs, boxes, size, aligned: bool) -> list[dict]:
     import numpy as np
     from pycocotools import mask as mask_utils
 
-    from rcnn_steps.modeling.mask_head import paste_masks_in_windows
-
     canvas = np.zeros(tuple(size), dtype=np.uint8, order="F")
     rles = []
     for window, (top, left) in paste_masks_in_windows(probs, boxes, size, aligned=aligned):
@@ -150,8 +149,6 @@ def drawn_detections(image, det: dict, mask_branch=None):
     pixels on the longer side (boxes and keypoints scaled with the image), masks pasted
     at that size from ``det["mask_probs"]`` when the model left them unpasted."""
     import torch
-
-    from rcnn_steps.modeling.mask_head import paste_masks_in_windows
 
     h, w = image.shape[-2:]
     scale = min(1.0, DRAWING_SIDE / max(h, w))
@@ -251,12 +248,12 @@ def command(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
+    # local: the command line's start-up (viz loads matplotlib: 0.4 s)
     from rcnn_steps import viz
     from rcnn_steps.data.coco import read_image
     from rcnn_steps.data.transforms import ResizeShortestSide
     from rcnn_steps.evaluation import detections_to_coco
     from rcnn_steps.experiments.runner import _resized_back, trim_keypoints
-    from rcnn_steps.utils import atomic_write_bytes
 
     if not (math.isfinite(args.score_threshold) and 0 <= args.score_threshold <= 1):
         raise CommandError(
@@ -381,6 +378,7 @@ def command(args: argparse.Namespace) -> int:
 def _draw_keypoints_by_class(ax, det: dict, categories: list[dict], threshold: float) -> None:
     """Each keypoint class's detections (score at least ``threshold``) drawn with that
     class's own keypoint names and skeleton (a kite's, not the arrow's)."""
+    # local: the command line's start-up (viz loads matplotlib: 0.4 s)
     from rcnn_steps import viz
 
     if "keypoints" not in det:

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from rcnn_steps.detectors.config import DetectorConfig
+from rcnn_steps.engine import RunFolder, load_checkpoint
 from rcnn_steps.utils import CommandError
 
 RUN_FILE = "run.json"  #: what a run folder says about itself (= engine.RunFolder.DESCRIPTION)
@@ -19,9 +21,8 @@ def load_run(checkpoint: str | Path, device: str = "cpu"):
     skeleton, the feeding): ``(model in eval mode, run description)``. The description is
     the one stored in the file by ``export`` when there is one, else its folder's
     ``run.json``, else ``{}``."""
-    from rcnn_steps.detectors.config import DetectorConfig
+    # local: the command line's start-up
     from rcnn_steps.detectors.faster_rcnn import FasterRCNN
-    from rcnn_steps.engine import RunFolder, load_checkpoint
 
     path = Path(checkpoint)
     ckpt = load_checkpoint(path, map_location=device)
@@ -58,6 +59,7 @@ def data_description(root: str | Path, split: str = "train") -> dict:
     """What a run records of its data (``run.json``'s ``"data"``, :func:`data_record`):
     the root and the classes (ids, names, keypoint sets) of ``root/annotations/
     instances_<split>.json``. A missing file is an error that says what was looked for."""
+    # local: the command line's start-up
     from rcnn_steps.data import CocoDataset
 
     root = Path(root)

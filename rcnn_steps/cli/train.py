@@ -11,14 +11,21 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rcnn_steps.cli.checks import check_device, is_inside, parse_overrides, path_argument
 from rcnn_steps.cli.runs import RUN_FILE, data_record
-from rcnn_steps.utils import CommandError
-
-if TYPE_CHECKING:
-    from rcnn_steps.engine import RunFolder
+from rcnn_steps.engine import (
+    RunFolder,
+    SilentRanksError,
+    TrainConfig,
+    distributed_sampler,
+    init_distributed,
+    naming_silent_ranks,
+    process_rank,
+)
+from rcnn_steps.experiments import PRESETS
+from rcnn_steps.utils import CommandError, code_diff_hash, git_commit, set_threads
 
 #: How long, by default, a process of ``torchrun ... train`` waits in a collective for
 #: the others: far longer than any wait of a healthy run of the book's sizes (a step, an
@@ -30,8 +37,6 @@ TRAIN_TIMEOUT_S = 300.0
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """``train``'s arguments, as a subcommand of ``sub`` (the top parser's subparsers)."""
-    from rcnn_steps.experiments import PRESETS
-
     tr = sub.add_parser("train", help="train a detector on a COCO-format folder")
     tr.add_argument(
         "--data",
@@ -117,8 +122,6 @@ def _check_train_arguments(args: argparse.Namespace) -> None:
     does not have, a run folder that cannot be one, and ``--resume`` with ``--overwrite``:
     before anything is read or written."""
     import math
-
-    from rcnn_steps.engine import RunFolder
 
     finite = math.isfinite
     rules = [  # (argument, value, accepted?, what is accepted); None: the preset's default
@@ -244,16 +247,11 @@ def _train(args: argparse.Namespace) -> int:
 
     import torch
 
+    # local: the command line's start-up; and tests replace the engine's train and
+    # runner.make_evaluator, which are read here at call time
     from rcnn_steps.data import collate_fn
     from rcnn_steps.detectors.faster_rcnn import FasterRCNN
-    from rcnn_steps.engine import (
-        RunFolder,
-        TrainConfig,
-        distributed_sampler,
-        init_distributed,
-        process_rank,
-        train,
-    )
+    from rcnn_steps.engine import train
     from rcnn_steps.experiments.runner import (
         config_for_data,
         feeding,
@@ -261,7 +259,6 @@ def _train(args: argparse.Namespace) -> int:
         make_evaluator,
         schedule,
     )
-    from rcnn_steps.utils import code_diff_hash, git_commit, set_threads
 
     # every check that needs no data, in every process before they meet (so none of them
     # can have written into --out yet)
@@ -351,8 +348,6 @@ def command(args: argparse.Namespace) -> int:
     """``train`` with a collective that times out (a stopped, hung or killed process)
     reported in one line naming the ranks that did not answer
     (:func:`rcnn_steps.engine.naming_silent_ranks`), and how to resume."""
-    from rcnn_steps.engine import SilentRanksError, naming_silent_ranks
-
     try:
         with naming_silent_ranks(args.timeout):
             return _train(args)
