@@ -57,6 +57,7 @@ def simulate_detections(
         raise ValueError(f"miss_rate must be in [0, 1], got {miss_rate}")
     if box_noise < 0 or false_positives_per_image < 0:
         raise ValueError("box_noise and false_positives_per_image must not be negative")
+    # local, as torch is: importing rcnn_steps.evaluation loads no torch (ops does)
     import torch
 
     from rcnn_steps.ops import box_iou, clip_boxes_to_image
