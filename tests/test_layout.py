@@ -267,3 +267,25 @@ def test_every_name_a_chapter_imports_from_the_library_exists():
                         except ImportError:
                             missing.append(f"{path.name}: {node.module}.{alias.name}")
     assert not missing, missing
+
+
+#: The detectors floor's modules by the chapter that teaches them: a chapter's module may
+#: import an earlier chapter's, never a later one's (issue 23: chapter 03's Fast R-CNN once
+#: built itself from chapter 04's module; the shared parts are in detectors/parts.py).
+DETECTOR_CHAPTERS = {
+    "sliding_window": 1, "window_crops": 1, "window_grids": 1,
+    "selective_search": 2, "region_grouping": 2, "proposal_measures": 2, "rcnn": 2,
+    "fast_rcnn": 3, "faster_rcnn": 4, "mask_rcnn": 7,
+}  # fmt: skip
+
+
+def test_no_chapters_module_imports_a_later_chapters():
+    later = {}
+    for name, chapter in DETECTOR_CHAPTERS.items():
+        for module in _imported_modules(PACKAGE / "detectors" / f"{name}.py"):
+            other = module.removeprefix("rcnn_steps.detectors.")
+            if DETECTOR_CHAPTERS.get(other, 0) > chapter:
+                later[name] = sorted({*later.get(name, []), other})
+    assert not later, f"imports from a later chapter's module: {later}"
+    listed = {p.stem for p in (PACKAGE / "detectors").glob("*.py")} - {"__init__"}
+    assert set(DETECTOR_CHAPTERS) <= listed

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from rcnn_steps.detectors.config import DetectorConfig
-from rcnn_steps.detectors.faster_rcnn import (
+from rcnn_steps.detectors.parts import (
     build_backbone,
     build_roi_heads,
     head_stages,
