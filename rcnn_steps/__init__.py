@@ -62,7 +62,8 @@ The modules read like the book's table of contents:
   :mod:`rcnn_steps.modeling.rpn`, :mod:`rcnn_steps.modeling.roi_heads`,
   :mod:`rcnn_steps.detectors.config` (every switch, and the presets by scale; what each
   field accepts in :mod:`rcnn_steps.detectors.config_fields`),
-  :mod:`rcnn_steps.detectors.faster_rcnn`, and the papers' tables as grids
+  :mod:`rcnn_steps.detectors.parts` (the parts built from the config, shared with chapter
+  03), :mod:`rcnn_steps.detectors.faster_rcnn`, and the papers' tables as grids
   (:mod:`rcnn_steps.experiments.paper_tables`, :mod:`rcnn_steps.experiments.ablations`,
   :mod:`rcnn_steps.experiments.grid`);
 - chapter 05, feature pyramids: :mod:`rcnn_steps.modeling.fpn`,

@@ -14,6 +14,8 @@ parts beside them), built from the parts below.
 - :mod:`rcnn_steps.detectors.config` (chapters 03-07): :class:`DetectorConfig`, every
   switch of the RoI detectors in one dataclass, with its presets by scale (what each
   field accepts: :mod:`~rcnn_steps.detectors.config_fields`);
+- :mod:`rcnn_steps.detectors.parts` (chapters 03-07): the backbone, RPN, RoI layer and
+  RoI heads with their branches, built from the config, for Fast and Faster R-CNN alike;
 - :mod:`rcnn_steps.detectors.faster_rcnn` (chapters 04-06): Faster R-CNN, backbone, RPN
   and RoI heads built from the config (FPN and RoIAlign are config fields);
 - :mod:`rcnn_steps.detectors.mask_rcnn` (chapter 07): the test-time cascade and
