@@ -336,3 +336,19 @@ def test_the_grid_and_train_roads_train_a_preset_to_the_same_numbers(tiny_synth,
         return [{k: v for k, v in r.items() if "loss" in k} for r in rows if "step" in r]
 
     assert losses(grid_dir) == losses(train_dir) != []
+
+
+def test_a_grids_estimate_reads_runs_on_the_same_data_set_or_scales_by_pixels(tmp_path):
+    def cached(name, seconds, root=None):
+        run = {"max_iter": 30, "wall_time_s": seconds, "spec": {"root": root}}
+        (tmp_path / f"ci-s0-{name}.json").write_text(json.dumps(run))
+
+    book, big = RunSpec("x", 0, "ci"), RunSpec("x", 0, "ci", root="synth-256px-from128-seed0")
+    assert grid.estimate_seconds(big, tmp_path) == 4 * grid.estimate_seconds(book, tmp_path)
+    cached("a", 10.0)
+    cached("b", 20.0)
+    assert grid.estimate_seconds(book, tmp_path) == 15.0
+    assert grid.estimate_seconds(big, tmp_path) == 60.0  # four times the pixels
+    cached("c", 100.0, root="synth-256px-from128-seed0")
+    assert grid.estimate_seconds(big, tmp_path) == 100.0  # measured on that set
+    assert grid.estimate_seconds(book, tmp_path) == 15.0

@@ -40,7 +40,7 @@ from typing import Any
 
 from rcnn_steps.detectors.config import flat_overrides
 from rcnn_steps.experiments import preset, schedule
-from rcnn_steps.experiments.datasets import resolve_root
+from rcnn_steps.experiments.datasets import image_scale, resolve_root
 from rcnn_steps.utils import atomic_write_bytes, code_diff_hash, git_commit
 
 __all__ = [
@@ -113,23 +113,30 @@ def load_cached(spec: RunSpec, cache_dir: Path) -> dict[str, Any] | None:
 
 def estimate_seconds(spec: RunSpec, cache_dir: Path) -> float:
     """Estimated wall time of one run (one worker): the median of the cached runs of the
-    same preset and schedule, else the preset's record's ``grid_run_seconds`` (measured at
-    its full schedule; :mod:`rcnn_steps.experiments`) scaled by the schedule."""
+    same preset and schedule on the same data set; else those on the book's set, or the
+    preset's record's ``grid_run_seconds`` (measured at its full schedule;
+    :mod:`rcnn_steps.experiments`) scaled by the schedule, either times the pixels a
+    scaled set's images have more (4x at 256 px:
+    :func:`~rcnn_steps.experiments.datasets.image_scale`)."""
     iters = schedule(spec.preset, spec.max_iter)["max_iter"]
-    times = []
+    times: dict[str | None, list[float]] = {}
     for path in Path(cache_dir).glob(f"{spec.preset}-s*.json"):
         try:
             run = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
         if run.get("max_iter") == iters and "wall_time_s" in run:
-            times.append(run["wall_time_s"])
-    if times:
-        return float(statistics.median(times))
+            root = (run.get("spec") or {}).get("root")
+            times.setdefault(root, []).append(run["wall_time_s"])
+    if spec.root in times:
+        return float(statistics.median(times[spec.root]))
+    pixels = image_scale(spec.root) ** 2
+    if None in times:
+        return pixels * float(statistics.median(times[None]))
     record = preset(spec.preset)
     full = record.schedule["max_iter"]
     seconds = record.grid_run_seconds
-    return (UNMEASURED_RUN_SECONDS if seconds is None else seconds) * iters / full
+    return pixels * (UNMEASURED_RUN_SECONDS if seconds is None else seconds) * iters / full
 
 
 def _worker_init(threads: int) -> None:
