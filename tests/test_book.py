@@ -62,6 +62,7 @@ ALLOWED: dict[str, str] = {
     r"s0 = 224|`?s0`? = 224|\b224 x 224\b|\b32\.\.512 px|`d` is 256": (
         "canonical RoI size of eq. (1), anchor sizes, channels (sections 4.1, 4.2)"
     ),
+    r"IoU thresholds up to 0\.95": "COCO's AP: the mean over IoU 0.5:0.05:0.95",
     # COCO's size classes, defined on images about 640 px wide
     r"32² px²|96² px²|about 640 px wide": "COCO's small / large thresholds",
 }
