@@ -334,8 +334,9 @@ def test_no_cell_draws_below_the_books_type_size_or_resolution(path):
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_no_cell_prints_a_plot_objects_repr(path):
-    # A cell ending in a plotting call shows "<Axes: title=...>" above its figure unless the
-    # call ends with ";": noise on the page, and a line nbval compares.
+    # A cell ending in a plotting call shows "<Axes: title=...>" above its figure unless its
+    # result is assigned: noise on the page, and a line nbval compares (it does so even when
+    # the call ends with ";", which JupyterLab and nbconvert honour).
     reprs = [
         f"cell {i}: {''.join(out['data']['text/plain'])[:60]}"
         for i, cell in enumerate(json.loads(path.read_text())["cells"])
@@ -343,7 +344,10 @@ def test_no_cell_prints_a_plot_objects_repr(path):
         if out["output_type"] == "execute_result"
         and re.match(r"<(Axes|Figure|matplotlib)", "".join(out["data"].get("text/plain", "")))
     ]
-    assert not reprs, f"{path.name}: end these plotting calls with ';':\n" + "\n".join(reprs)
+    assert not reprs, (
+        f"{path.name}: assign these plotting calls' results (`ax = ...`; nbval shows the "
+        "repr even after a closing ';'):\n" + "\n".join(reprs)
+    )
 
 
 # The checks themselves, on made-up notebooks: they must be able to fail.
