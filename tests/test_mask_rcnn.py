@@ -1,6 +1,7 @@
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -372,6 +373,59 @@ def test_keypoint_ap_of_noisy_truth_is_one_without_noise_and_falls_with_it(tiny_
         keypoint_ap_of_noisy_truth(val, [], [0])
 
 
+def _truth_as_results(val, shift=(0.0, 0.0), box_scale=1.0):
+    """The labelled persons of ``val`` as detections, every keypoint moved by ``shift``
+    pixels and each box's width and height multiplied by ``box_scale`` about its corner."""
+    out = []
+    for a in val.coco.dataset["annotations"]:
+        if a.get("num_keypoints", 0) > 0:
+            points = np.asarray(a["keypoints"], dtype=np.float64).reshape(-1, 3)
+            points[:, 0] += shift[0]
+            points[:, 1] += shift[1]
+            x, y, w, h = a["bbox"]
+            out.append(dict(image_id=a["image_id"], category_id=a["category_id"], score=1.0,
+                            bbox=[x, y, w * box_scale, h * box_scale],
+                            keypoints=points.ravel().tolist()))  # fmt: skip
+    return out
+
+
+def test_keypoint_errors_measure_a_known_shift_in_pixels_and_heatmap_cells(tiny_synth):
+    from rcnn_steps.experiments.runner import (
+        keypoint_ap_of_noisy_truth,
+        keypoint_errors,
+        load_datasets,
+    )
+    from rcnn_steps.experiments.scoring import RAYLEIGH_MEDIAN
+
+    _, val = load_datasets(tiny_synth)
+    ids = val.image_ids
+    exact = keypoint_errors(val, ids, _truth_as_results(val), heatmap_size=56)
+    assert exact["matched"] == exact["objects"] > 0 and exact["keypoints"] > 0
+    assert exact["median_px"] == exact["median_cells"] == exact["noise_px"] == 0.0
+    moved = keypoint_errors(val, ids, _truth_as_results(val, (3.0, 4.0)), heatmap_size=56)
+    assert moved["median_px"] == moved["p90_px"] == 5.0  # a 3-4-5 triangle, every keypoint
+    assert moved["noise_px"] == pytest.approx(5.0 / RAYLEIGH_MEDIAN, abs=1e-3)
+    # in cells: each person's (dx, dy) divided by its box's w / 56 and h / 56
+    cells = []
+    for a in val.coco.dataset["annotations"]:
+        if a.get("num_keypoints", 0) > 0:
+            seen = np.asarray(a["keypoints"]).reshape(-1, 3)[:, 2] > 0
+            w, h = a["bbox"][2:]
+            cells += [np.hypot(3.0 * 56 / w, 4.0 * 56 / h)] * int(seen.sum())
+    assert moved["median_cells"] == pytest.approx(float(np.median(cells)), abs=1e-3)
+    # boxes that overlap too little are not matched; a person with no detection is counted
+    far = keypoint_errors(val, ids, _truth_as_results(val, box_scale=0.3), heatmap_size=56)
+    assert far["matched"] == 0 and far["keypoints"] == 0 and far["median_px"] != far["median_px"]
+    assert keypoint_errors(val, ids, [], heatmap_size=56)["objects"] == exact["objects"]
+    # Gaussian noise of std s per axis gives a median error of s * sqrt(2 ln 2)
+    rng = np.random.default_rng(0)
+    d = np.hypot(*rng.normal(0, 2.0, size=(2, 200_000)))
+    assert float(np.median(d)) == pytest.approx(2.0 * RAYLEIGH_MEDIAN, rel=0.01)
+    assert keypoint_ap_of_noisy_truth(val, ids, [0])[0.0] == 1.0
+    with pytest.raises(ValueError, match="no labelled keypoints"):
+        keypoint_errors(val, [], [], heatmap_size=56)
+
+
 def test_fit_few_images_trains_and_scores_on_the_same_person_images(tiny_synth):
     from rcnn_steps.experiments.runner import fit_few_images, load_datasets
 
@@ -478,3 +532,18 @@ def test_branch_gradient_norms_of_mask_rcnn_scale_with_the_keypoint_loss_weight(
     for name in LOSSES - {"loss_keypoint"}:
         assert tenth[name] == pytest.approx(full[name], rel=1e-5), name
     assert tenth["total_loss"] < full["total_loss"]
+
+
+def test_a_keypoint_run_records_its_keypoint_errors(tiny_synth):
+    from rcnn_steps.experiments.runner import run_setting
+
+    record = run_setting("kp", {"masks": False, "keypoints": True}, 0, "ci_mask", 1,
+                         root=tiny_synth, device="cpu", num_eval_images=4)  # fmt: skip
+    errors = record["keypoint_errors"]
+    assert set(errors) == {"objects", "matched", "keypoints", "median_px", "p90_px",
+                           "median_cells", "noise_px"}  # fmt: skip
+    assert errors["objects"] > 0 and 0 <= errors["matched"] <= errors["objects"]
+    boxes_only = {"masks": False, "keypoints": False}
+    record = run_setting("box", boxes_only, 0, "ci_mask", 1, root=tiny_synth, device="cpu",
+                         num_eval_images=2)  # fmt: skip
+    assert "keypoint_errors" not in record

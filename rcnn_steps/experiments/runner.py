@@ -58,6 +58,7 @@ from rcnn_steps.experiments.scoring import (
     detect,
     evaluate,
     keypoint_ap_of_noisy_truth,
+    keypoint_errors,
     thread_count,
     trim_keypoints,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "feeding",
     "fit_few_images",
     "keypoint_ap_of_noisy_truth",
+    "keypoint_errors",
     "check_splits",
     "load_datasets",
     "run_setting",
@@ -142,7 +144,8 @@ def run_setting(
 
     Returns a JSON-able dict: ``name, seed, preset, method, max_iter, overrides,
     metrics`` (box; rounded to 4 digits), ``segm_metrics`` / ``keypoint_metrics`` (with
-    those branches), ``num_train_images, num_eval_images, network_seconds_per_image,
+    those branches; with keypoints also ``keypoint_errors``, :func:`keypoint_errors`),
+    ``num_train_images, num_eval_images, network_seconds_per_image,
     proposal_seconds_per_image`` (selective search's, from the cache; 0 for the RPN),
     ``seconds_per_image``, ``timing_threads``, ``wall_time_s``, ``train_seconds,
     eval_seconds`` and the :meth:`~rcnn_steps.engine.TrainResult.summary` fields.
@@ -227,6 +230,9 @@ def run_setting(
         record["segm_metrics"] = metrics["segm"]
     if "keypoints" in metrics:
         record["keypoint_metrics"] = metrics["keypoints"]
+        record["keypoint_errors"] = keypoint_errors(
+            val_set, eval_ids, detections, config.heatmap_size
+        )
     record.update(
         {
             "num_train_images": n_train,

@@ -9,6 +9,8 @@
   keypoint category, then their mean);
 - :func:`keypoint_ap_of_noisy_truth`: how exact object keypoint similarity asks keypoints
   to be on a set's objects;
+- :func:`keypoint_errors`: how far a model's keypoints lie from the labelled ones, in
+  pixels and in cells of its heatmap, and the Gaussian noise with the same median error;
 - :func:`thread_count`: torch's CPU thread count held fixed while images are timed.
 
 :mod:`rcnn_steps.experiments.runner` re-exports them, and its
@@ -18,6 +20,7 @@ replaces ``runner.detect`` there).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -25,11 +28,13 @@ from typing import Any
 import torch
 
 from rcnn_steps.evaluation import coco_evaluate, detections_to_coco, subset_ground_truth
+from rcnn_steps.ops.boxes import box_iou
 
 __all__ = [
     "detect",
     "evaluate",
     "keypoint_ap_of_noisy_truth",
+    "keypoint_errors",
     "thread_count",
     "trim_keypoints",
 ]
@@ -222,6 +227,93 @@ def keypoint_ap_of_noisy_truth(
             )
         out[float(noise)] = _keypoint_ap(dataset, image_ids, results, categories)["AP"]
     return out
+
+
+#: the median of the distance sqrt(dx^2 + dy^2) when dx and dy are Gaussian with standard
+#: deviation 1 (a Rayleigh distribution's median, sqrt(2 ln 2)): it turns a median error
+#: into the noise of :func:`keypoint_ap_of_noisy_truth` that would give the same median
+RAYLEIGH_MEDIAN = math.sqrt(2.0 * math.log(2.0))
+
+
+def keypoint_errors(
+    dataset,
+    image_ids: Sequence[int],
+    results: Sequence[dict[str, Any]],
+    heatmap_size: int,
+    iou_threshold: float = 0.5,
+) -> dict[str, float]:
+    """How far the keypoints of ``results`` (COCO result dicts from :func:`detect`) lie from
+    the labelled ones on ``image_ids`` of ``dataset``.
+
+    Each labelled object with keypoints is matched to a detection of its category, the
+    detections taken from the highest score down, each to the unmatched object its box
+    overlaps most (box IoU at least ``iou_threshold``, as COCO matches). For every labelled
+    keypoint of a matched object, the error is the distance from the detected keypoint, in
+    pixels, and in cells of the heatmap: the keypoint head predicts on a
+    ``heatmap_size x heatmap_size`` grid stretched over the detection's box (Mask R-CNN,
+    section 5: one-hot masks of m x m, m = 56), so one cell is ``w / heatmap_size`` by
+    ``h / heatmap_size`` pixels and ``dx, dy`` are divided by those before the distance.
+
+    Returns ``{"objects", "matched", "keypoints", "median_px", "p90_px", "median_cells",
+    "noise_px"}``: the labelled objects, those matched, the keypoints measured, the median
+    and 90th percentile error in pixels, the median in cells, and the Gaussian noise (std
+    per axis, :func:`keypoint_ap_of_noisy_truth`'s) whose median error is the same
+    (``median_px / sqrt(2 ln 2)``). The errors are NaN when nothing matched."""
+    import numpy as np
+
+    wanted = set(int(i) for i in image_ids)
+    truth: dict[tuple[int, int], list[dict]] = {}
+    for a in dataset.coco.dataset["annotations"]:
+        if a["image_id"] in wanted and a.get("num_keypoints", 0) > 0:
+            truth.setdefault((a["image_id"], a["category_id"]), []).append(a)
+    if not truth:
+        raise ValueError("keypoint_errors: these images hold no labelled keypoints")
+    found: dict[tuple[int, int], list[dict]] = {}
+    for r in results:
+        if (r["image_id"], r["category_id"]) in truth and r.get("keypoints"):
+            found.setdefault((r["image_id"], r["category_id"]), []).append(r)
+
+    def xyxy(b):
+        return [b[0], b[1], b[0] + b[2], b[1] + b[3]]
+
+    px, cells, matched = [], [], 0
+    for key, objects in truth.items():
+        dets = sorted(found.get(key, []), key=lambda r: -r["score"])
+        if not dets:
+            continue
+        ious = box_iou(
+            torch.tensor([xyxy(r["bbox"]) for r in dets], dtype=torch.float64),
+            torch.tensor([xyxy(a["bbox"]) for a in objects], dtype=torch.float64),
+        ).numpy()
+        free = np.ones(len(objects), dtype=bool)
+        for d, det in enumerate(dets):
+            overlap = np.where(free, ious[d], -1.0)
+            j = int(np.argmax(overlap))
+            if overlap[j] < iou_threshold:
+                continue
+            free[j] = False
+            matched += 1
+            labelled = np.asarray(objects[j]["keypoints"], dtype=np.float64).reshape(-1, 3)
+            guessed = np.asarray(det["keypoints"], dtype=np.float64).reshape(-1, 3)
+            k = min(len(labelled), len(guessed))
+            seen = labelled[:k, 2] > 0
+            delta = guessed[:k, :2][seen] - labelled[:k, :2][seen]
+            cell = np.array([det["bbox"][2], det["bbox"][3]], dtype=np.float64) / heatmap_size
+            px += np.hypot(delta[:, 0], delta[:, 1]).tolist()
+            in_cells = delta / np.maximum(cell, 1e-9)
+            cells += np.hypot(in_cells[:, 0], in_cells[:, 1]).tolist()
+    objects_count = sum(len(v) for v in truth.values())
+    nan = float("nan")
+    median_px = float(np.median(px)) if px else nan
+    return {
+        "objects": objects_count,
+        "matched": matched,
+        "keypoints": len(px),
+        "median_px": round(median_px, 3),
+        "p90_px": round(float(np.percentile(px, 90)), 3) if px else nan,
+        "median_cells": round(float(np.median(cells)), 3) if cells else nan,
+        "noise_px": round(median_px / RAYLEIGH_MEDIAN, 3),
+    }
 
 
 def thread_count(threads: int | None):
