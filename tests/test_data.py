@@ -30,7 +30,7 @@ from rcnn_steps.data import (
     synth_folder_name,
 )
 from rcnn_steps.data.__main__ import main as data_main
-from rcnn_steps.data.synth import render_image
+from rcnn_steps.data.synth import render_image, render_scene
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -329,6 +329,23 @@ def test_hard_style_of_a_scene_drawn_larger():
     hard, anns_hard = render_image(np.random.default_rng(rng_args), hard_cfg)
     assert anns_hard == anns_flat and hard.shape == flat.shape == (256, 256, 3)
     assert not np.array_equal(hard, flat)
+
+
+def test_render_scene_draws_the_generated_image_alone(tmp_path):
+    """render_scene gives the pixels and annotations generate writes for that image, so
+    a chapter can show one scene of a set (flat, hard, larger) without generating it."""
+    args = dict(num_train=3, num_val=2, size=64, seed=3, workers=1)
+    root = generate(tmp_path / "hard", scene_style="hard", **args)
+    cfg = SynthConfig(size=64, seed=3, scene_style="hard")
+    coco = _load(root, "val")
+    image, anns = render_scene(cfg, "val", 1)
+    on_disk = np.asarray(Image.open(root / "val" / coco["images"][1]["file_name"]))
+    assert np.array_equal(image, on_disk)
+    assert [a["bbox"] for a in anns] == [
+        a["bbox"] for a in coco["annotations"] if a["image_id"] == coco["images"][1]["id"]
+    ]
+    with pytest.raises(ValueError, match="unknown split 'test'"):
+        render_scene(cfg, "test", 0)
 
 
 def test_default_style_is_the_flat_set_byte_for_byte(tmp_path):

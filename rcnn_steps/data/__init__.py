@@ -34,6 +34,7 @@ from rcnn_steps.data.synth import (
     SynthConfig,
     ensure_synth,
     generate,
+    render_scene,
     size_ranges,
     synth_folder_name,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "horizontal_flip",
     "load_coco_json",
     "load_proposals",
+    "render_scene",
     "make_proposals",
     "proposals_path",
     "select_instances",

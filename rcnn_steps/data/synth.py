@@ -128,10 +128,20 @@ def synth_folder_name(
 _SPLIT_OFFSETS = {"train": 0, "val": 10_000_000}
 
 
+def render_scene(cfg: SynthConfig, split: str, index: int) -> tuple[np.ndarray, list[dict]]:
+    """Image ``index`` (from 0) of ``split`` of the set ``cfg`` describes, drawn alone:
+    ``(H x W x 3 uint8 image, its annotations)``, the pixels :func:`generate` writes for
+    it. The same ``split`` and ``index`` under configs that differ only in ``size`` (with
+    ``layout_size``) or ``scene_style`` give the same scene drawn another way."""
+    if split not in _SPLIT_OFFSETS:
+        raise ValueError(f"unknown split {split!r}; one of {list(_SPLIT_OFFSETS)}")
+    rng = np.random.default_rng([cfg.seed, list(_SPLIT_OFFSETS).index(split), index])
+    return render_image(rng, cfg)
+
+
 def _render_one(args: tuple[SynthConfig, str, int, str]) -> list[dict]:
     cfg, split, index, images_dir = args
-    rng = np.random.default_rng([cfg.seed, list(_SPLIT_OFFSETS).index(split), index])
-    image, anns = render_image(rng, cfg)
+    image, anns = render_scene(cfg, split, index)
     image_id = _SPLIT_OFFSETS[split] + index + 1
     Image.fromarray(image).save(os.path.join(images_dir, f"{image_id:08d}.png"), optimize=False)
     return anns
