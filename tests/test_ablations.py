@@ -856,3 +856,50 @@ def test_a_grid_on_the_256_px_set_scales_its_pixel_fields(monkeypatch, tmp_path)
     assert asked["root"] == "256"
     with pytest.raises(SystemExit):
         ablations.main(["grid", "--tables", "mrcnn_2c", "--data", "256", "--root", str(tmp_path)])
+
+
+def test_a_grid_worker_ends_when_its_grid_is_killed(tmp_path):
+    """A worker whose grid dies (SIGKILL: no clean-up runs) exits within a few checks,
+    instead of training on unseen: the grid writes the cache, so its result would be lost."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "grid.py"
+    script.write_text(
+        "import multiprocessing, os, sys, time\n"
+        "from rcnn_steps.experiments import grid\n"
+        "def worker(path):\n"
+        "    grid.exit_when_orphaned(os.getppid(), every=0.1)  # as _worker_init does\n"
+        "    open(path, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(120)\n"
+        "if __name__ == '__main__':\n"
+        "    ctx = multiprocessing.get_context('spawn')\n"
+        "    ctx.Process(target=worker, args=(sys.argv[1],)).start()\n"
+        "    time.sleep(120)\n"
+    )
+    pid_file = tmp_path / "worker.pid"
+    grid_process = subprocess.Popen([sys.executable, str(script), str(pid_file)])
+
+    def running(pid: int) -> bool:  # an exited process not yet reaped is a zombie, "Z"
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.monotonic() < deadline, "the worker did not start"
+        time.sleep(0.1)
+    worker = int(pid_file.read_text())
+    time.sleep(0.5)
+    assert running(worker)  # alive while its grid is
+    os.kill(grid_process.pid, signal.SIGKILL)
+    grid_process.wait()
+    deadline = time.monotonic() + 10
+    while running(worker):
+        assert time.monotonic() < deadline, "the worker outlived its grid"
+        time.sleep(0.1)

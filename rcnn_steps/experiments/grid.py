@@ -139,10 +139,33 @@ def estimate_seconds(spec: RunSpec, cache_dir: Path) -> float:
     return pixels * (UNMEASURED_RUN_SECONDS if seconds is None else seconds) * iters / full
 
 
-def _worker_init(threads: int) -> None:
+#: how often (seconds) a grid worker checks that the grid that started it is still there
+ORPHAN_CHECK_SECONDS = 5.0
+
+
+def exit_when_orphaned(parent: int, every: float = ORPHAN_CHECK_SECONDS) -> None:
+    """Start a daemon thread that ends this process when ``parent`` (a process id) is no
+    longer its parent. A grid killed with SIGTERM or SIGKILL (``pkill``, a closed
+    terminal) cannot stop its workers; without this they train on for up to an hour each,
+    on cores the next grid needs, and their results are lost: the grid writes the cache,
+    not the worker."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-when-orphaned", daemon=True).start()
+
+
+def _worker_init(threads: int, parent: int | None = None) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    if parent is not None:
+        exit_when_orphaned(parent)
 
 
 def _run_one(spec: RunSpec) -> dict[str, Any]:
@@ -295,7 +318,7 @@ def run_specs(
                 workers,
                 mp_context=context,
                 initializer=_worker_init,
-                initargs=(threads_per_worker,),
+                initargs=(threads_per_worker, os.getpid()),
             ) as pool:
                 # largest first: the last runs to finish are then the short ones
                 order = sorted(todo, key=lambda s: -estimates[s.key()])
