@@ -168,6 +168,26 @@ def test_command(tmp_path, monkeypatch):
     assert results["summary"]["lambda_10"]["paper"] == 69.9
 
 
+def test_memory_format_reaches_each_run_and_leaves_the_cache_key_alone(tmp_path, monkeypatch):
+    aps = {run_key(n, s): 0.5 for n in faster_rcnn_grid("table9") for s in (0,)}
+    formats: list[str] = []
+    fake = _fake_run(aps, [])
+    monkeypatch.setattr(
+        runner, "run_setting", lambda *a, **k: formats.append(k["memory_format"]) or fake(*a, **k)
+    )
+    argv = ["grid", "--tables", "table9", "--seeds", "0", "--scale", "ci", "--workers", "0",
+            "--max-iter", "3", "--out-dir", str(tmp_path)]  # fmt: skip
+    assert ablations.main([*argv, "--memory-format", "channels_last"]) == 0
+    assert formats == ["channels_last"] * 4
+    runs = read_results(tmp_path / "ablation_table9.json")["results"]["runs"]
+    assert {r["spec"]["memory_format"] for r in runs.values()} == {"channels_last"}
+    # the same runs in the default layout are the cached ones: only the rounding differs
+    formats.clear()
+    assert ablations.main(argv) == 0 and formats == []
+    with pytest.raises(SystemExit):
+        ablations.main([*argv, "--memory-format", "nhwc"])
+
+
 def test_the_documented_command_is_the_real_one(tmp_path, monkeypatch):
     """The module docstring's command line parses, and asks for what it says."""
     import shlex

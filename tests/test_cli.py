@@ -1230,3 +1230,17 @@ def test_held_out_an_empty_path_is_not_the_current_folder(run, example, command,
         cli.main(argv)
     assert exit_.value.code == 2
     assert "--out: an empty path" in capsys.readouterr().err
+
+
+def test_train_in_channels_last_writes_a_checkpoint_predict_reads(example, tmp_path):
+    from rcnn_steps.engine import load_checkpoint
+
+    out = tmp_path / "nhwc"
+    argv = ["train", "--data", str(example), "--preset", "ci_mask", "--out", str(out)]
+    argv += ["--max-iter", "2", "--batch-size", "2", "--num-eval-images", "1", "--no-progress"]
+    assert cli.main([*argv, "--memory-format", "channels_last"]) == 0
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["config"]["memory_format"] == "channels_last"
+    convs = [v for v in ckpt["model"].values() if v.dim() == 4 and v.shape[-1] > 1]
+    assert convs and all(v.is_contiguous(memory_format=torch.channels_last) for v in convs)
+    assert _predict(out / "last.pt", _images(example, tmp_path / "in", n=1), tmp_path / "p") == 0

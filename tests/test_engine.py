@@ -151,7 +151,13 @@ def test_config_display_prints_every_field(capsys):
 
 @pytest.mark.parametrize(
     "changes",
-    [{"schedule": "linear"}, {"lr_steps": (5, 3)}, {"max_iter": 0}, {"warmup_factor": 0.0}],
+    [
+        {"schedule": "linear"},
+        {"lr_steps": (5, 3)},
+        {"max_iter": 0},
+        {"warmup_factor": 0.0},
+        {"memory_format": "nhwc"},
+    ],
 )
 def test_config_rejects_bad_values(changes):
     with pytest.raises(ValueError):
@@ -207,6 +213,72 @@ def test_cosine_schedule():
     no_warmup = TrainConfig(max_iter=100, warmup_steps=0, schedule="cosine")
     assert lr_factor(0, no_warmup) == 1.0
     assert lr_factor(25, no_warmup) == pytest.approx((1 + math.cos(math.pi / 4)) / 2)
+
+
+# ----------------------------------------------------------------------------------------
+# The weights' memory format
+
+
+def _is_channels_last(weight):
+    return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
+def test_channels_last_trains_the_same_model_to_float_rounding(tmp_path):
+    plain = fresh_detector()
+    train(plain, detection_loader(), make_config(tmp_path / "a"))
+    nhwc = fresh_detector()
+    result = train(
+        nhwc, detection_loader(), make_config(tmp_path / "b", memory_format="channels_last")
+    )
+    conv = nhwc.backbone[0].weight
+    assert _is_channels_last(conv) and result.step == 12
+    assert plain.backbone[0].weight.is_contiguous()
+    for (name, a), b in zip(plain.state_dict().items(), nhwc.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), name
+    # the layout is not the model: the other run's records differ only by rounding
+    a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        assert math.isclose(ra["total_loss"], rb["total_loss"], rel_tol=1e-4)
+
+
+def test_a_channels_last_checkpoint_resumes_in_either_format_without_a_warning(tmp_path):
+    config = make_config(tmp_path, memory_format="channels_last")
+    train(fresh_detector(), detection_loader(), config, stop_at=5)
+    saved = load_checkpoint(tmp_path / "last.pt")["model"]
+    assert _is_channels_last(saved["backbone.0.weight"])  # saved as it trained
+    resumed = fresh_detector(seed=9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the format only rounds: no "config differs" warning
+        result = train(
+            resumed, detection_loader(), dataclasses.replace(config, memory_format="contiguous"),
+            resume=True,
+        )  # fmt: skip
+    assert result.step == 12 and resumed.backbone[0].weight.is_contiguous()
+
+
+def test_channels_last_detector_losses_equal_contiguous_ones():
+    # the real model: every conv, the RoI layers and the mask head accept NHWC maps
+    from rcnn_steps.detectors.config import DetectorConfig
+
+    torch.manual_seed(0)
+    model = FasterRCNN(DetectorConfig.ci_mask(keypoints=False))
+    gen = torch.Generator().manual_seed(1)
+    images = [torch.rand(3, 64, 64, generator=gen) for _ in range(2)]
+    masks = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    masks[:, 10:40, 12:44] = 1
+    targets = [{"boxes": torch.tensor([[12.0, 10.0, 44.0, 40.0]]), "labels": torch.tensor([1]),
+                "masks": masks} for _ in images]  # fmt: skip
+    losses = {}
+    for fmt in ("contiguous", "channels_last"):
+        net = deepcopy(model).to(memory_format=engine.MEMORY_FORMATS[fmt]).train()
+        torch.manual_seed(2)  # the same anchor and RoI samples
+        losses[fmt] = net(images, [dict(t) for t in targets])
+        sum(losses[fmt].values()).backward()
+        if fmt == "channels_last":
+            assert _is_channels_last(net.backbone.stages.stem[0][0].weight.grad)
+    for name, value in losses["contiguous"].items():
+        assert torch.allclose(value, losses["channels_last"][name], rtol=1e-4, atol=1e-6), name
 
 
 # ----------------------------------------------------------------------------------------

@@ -118,7 +118,7 @@ from rcnn_steps.engine.checkpoint import (
     model_description,
     save_checkpoint,
 )
-from rcnn_steps.engine.config import TrainConfig, resolve_device
+from rcnn_steps.engine.config import MEMORY_FORMATS, TrainConfig, resolve_device
 from rcnn_steps.engine.distributed import (
     SilentRanksError,
     all_gather_objects,
@@ -148,6 +148,7 @@ __all__ = [
     "RunFolder",
     "RunFolderError",
     "SilentRanksError",
+    "MEMORY_FORMATS",
     "TrainConfig",
     "TrainResult",
     "TrainingInterrupted",

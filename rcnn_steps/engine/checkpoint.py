@@ -295,12 +295,14 @@ def _check_resumable(checkpoint: dict[str, Any], path: Path, model: nn.Module) -
         )
 
 
-# Fields that may change between a run and its resumption without changing the result.
+# Fields that may change between a run and its resumption without changing the result
+# (device and memory_format change only the float rounding, as another machine would).
 _HARMLESS_FIELDS = {
     "progress",
     "overwrite",
     "out_dir",
     "device",
+    "memory_format",
     "log_every",
     "eval_every",
     "checkpoint_every",

@@ -11,6 +11,9 @@ import torch
 
 from rcnn_steps.utils import default_device
 
+#: TrainConfig.memory_format's choices, and the torch format each names
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
 
 @dataclass
 class TrainConfig:
@@ -47,6 +50,11 @@ class TrainConfig:
     seed: int = 0  #: seeds the RNGs at the start and the data order of every epoch
     device: str = "auto"  #: "auto" (CUDA if present), "cpu", "cuda", "cuda:1", ...
     amp: bool = True  #: autocast + GradScaler on CUDA; ignored on CPU
+    #: the layout of the model's 4-D weights (and so of its feature maps) while it trains:
+    #: "contiguous" (NCHW, torch's default) or "channels_last" (NHWC), which measured
+    #: 0.78x the time of a CPU training step at one thread (benchmarks/bench_training_step.py);
+    #: the same arithmetic in another order, so losses agree to float rounding
+    memory_format: str = "contiguous"
     progress: bool = True  #: show a progress bar (terminal and JupyterLab)
 
     def __post_init__(self) -> None:
@@ -70,6 +78,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.log_every == 0:
             raise ValueError("log_every must be at least 1")
+        if self.memory_format not in MEMORY_FORMATS:
+            raise ValueError(
+                f"memory_format must be one of {', '.join(map(repr, MEMORY_FORMATS))}, "
+                f"got {self.memory_format!r}"
+            )
         if self.device != "auto":
             torch.device(self.device)  # raises on a misspelt device
 

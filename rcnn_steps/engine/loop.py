@@ -24,7 +24,7 @@ from rcnn_steps.engine.checkpoint import (
     model_description,
     save_checkpoint,
 )
-from rcnn_steps.engine.config import TrainConfig, resolve_device
+from rcnn_steps.engine.config import MEMORY_FORMATS, TrainConfig, resolve_device
 from rcnn_steps.engine.distributed import all_gather_objects, process_rank
 from rcnn_steps.engine.losses import LossDict, _as_loss_dict, _total_loss, detection_loss
 from rcnn_steps.engine.metrics import _append_metrics, _jsonable, _truncate_metrics
@@ -173,7 +173,7 @@ def _train(
         torch.distributed.barrier()  # the out_dir is claimed before anyone reads it
 
     # -- the model on its device, and what updates it -------------------------------------
-    model.to(device)
+    model.to(device, memory_format=MEMORY_FORMATS[config.memory_format])
     net = _for_the_processes(model, device, world)
     optimizer = optimizer or build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)

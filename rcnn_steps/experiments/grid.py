@@ -80,6 +80,9 @@ class RunSpec:
     #: where to keep the run's checkpoint and metrics.jsonl (not part of the key: keeping
     #: a run does not change its result); None keeps nothing
     out_dir: str | None = None
+    #: TrainConfig.memory_format (not part of the key: like the machine, it changes only
+    #: the float rounding)
+    memory_format: str = "contiguous"
 
     def key(self) -> str:
         """The cache key: a hash of everything that decides the run's result (not its
@@ -186,6 +189,7 @@ def _run_one(spec: RunSpec) -> dict[str, Any]:
         num_eval_images=spec.num_eval_images,
         timing_threads=spec.timing_threads,
         out_dir=spec.out_dir,
+        memory_format=spec.memory_format,
     )
     return with_provenance(spec, record)
 
