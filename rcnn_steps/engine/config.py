@@ -52,7 +52,7 @@ class TrainConfig:
     amp: bool = True  #: autocast + GradScaler on CUDA; ignored on CPU
     #: the layout of the model's 4-D weights (and so of its feature maps) while it trains:
     #: "contiguous" (NCHW, torch's default) or "channels_last" (NHWC), which measured
-    #: 0.78x the time of a CPU training step at one thread (benchmarks/bench_training_step.py);
+    #: 0.85-0.93x the time of a CPU training step (benchmarks/bench_training_step.py);
     #: the same arithmetic in another order, so losses agree to float rounding
     memory_format: str = "contiguous"
     progress: bool = True  #: show a progress bar (terminal and JupyterLab)
