@@ -330,7 +330,7 @@ def size_effects(
     ax.set_yscale("log", base=2)
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_formatter(ScalarFormatter())
-    ax.legend(fontsize=FONT_SIZE, loc="upper right")
+    ax.legend(fontsize=FONT_SIZE, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside: any data
     _label_axes(ax, "median object side, cells of the map it is pooled from",
                 "our effect / the paper's", title)  # fmt: skip
     return ax
