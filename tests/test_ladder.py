@@ -164,8 +164,13 @@ def test_named_data_sets(monkeypatch, tmp_path):
     root = ladder.data_root("128-hard")
     assert made[0] == {"scene_style": "hard"} and ladder.data_tag(root) == "128-hard"
     assert ladder.data_tag(ladder.data_root("256-hard")) == "256-hard"
+    # 512: the book's 128 px layouts drawn at four times the resolution
+    root = ladder.data_root("512")
+    assert {"size": 512, "layout_size": 128} in made
+    assert root == "synth-512px-from128-seed0" and ladder.data_tag(root) == "512"
+    assert ladder.image_scale(root) == 4
     with pytest.raises(ValueError, match="128-hard"):
-        ladder.data_root("512")
+        ladder.data_root("1024")
 
 
 def test_detectors_scale_their_pixel_fields_with_the_images():

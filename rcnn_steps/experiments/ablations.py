@@ -408,9 +408,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     )
     data.add_argument(
         "--data", choices=tuple(DATA_SETS), default=None,
-        help="a named synthetic set (made if missing): 256 draws the book's scenes at twice "
-             "the resolution, with anchors and FPN's s0 doubled; writes "
-             "ablation_<table>_<data>.json",
+        help="a named synthetic set (made if missing): 256 (512) draws the book's scenes at "
+             "twice (four times) the resolution, with anchors and FPN's s0 scaled alike; "
+             "writes ablation_<table>_<data>.json",
     )  # fmt: skip
     gr.add_argument("--keep-runs", type=Path, default=None,
                     help="keep each run's last.pt and metrics.jsonl here")  # fmt: skip

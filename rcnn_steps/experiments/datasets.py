@@ -1,7 +1,8 @@
 """The data sets the experiments run on, by name, and what a set's resolution changes.
 
 ``--data 128`` is the book's set (``data/synth-128px-seed0``); ``256`` the same scenes drawn
-at twice the resolution (``python -m rcnn_steps data synth --size 256 --layout-size 128``);
+at twice the resolution (``python -m rcnn_steps data synth --size 256 --layout-size 128``),
+``512`` at four times;
 ``128-hard`` / ``256-hard`` the same layouts painted as photographs show objects (``--style
 hard``). A run's key holds :func:`data_root`'s value (None for the book's set, a folder name
 for a set in the data folder), so a cache is found on any machine; :func:`data_tag` names a
@@ -39,12 +40,13 @@ __all__ = [
 
 
 #: The data sets by name (``--data`` of the ladder and of the ablation grids):
-#: ``ensure_synth`` arguments. "128" is the book's set; "256" the same scenes drawn at twice
-#: the resolution; "-hard" the same layouts with objects painted as in photographs
-#: (camouflage, shading, parts, soft edges).
+#: ``ensure_synth`` arguments. "128" is the book's set; "256" and "512" the same scenes drawn
+#: at twice and four times the resolution; "-hard" the same layouts with objects painted as
+#: in photographs (camouflage, shading, parts, soft edges).
 DATA_SETS: dict[str, dict[str, Any]] = {
     "128": {},
     "256": {"size": 256, "layout_size": 128},
+    "512": {"size": 512, "layout_size": 128},
     "128-hard": {"scene_style": "hard"},
     "256-hard": {"size": 256, "layout_size": 128, "scene_style": "hard"},
 }
@@ -113,7 +115,7 @@ def data_root(data: str | None = None, root: str | Path | None = None) -> str | 
     from rcnn_steps.data import ensure_synth
 
     if (data is None) == (root is None):
-        raise ValueError("give one of data ('128', '256') or root (a folder)")
+        raise ValueError(f"give one of data ({', '.join(DATA_SETS)}) or root (a folder)")
     if data is not None:
         if data == "128":
             return None
