@@ -1,12 +1,12 @@
 """The data sets the experiments run on, by name, and what a set's resolution changes.
 
 ``--data 128`` is the book's set (``data/synth-128px-seed0``); ``256`` the same scenes drawn
-at twice the resolution (``python -m rcnn_steps data synth --size 256 --layout-size 128``),
-``512`` at four times;
-``128-hard`` / ``256-hard`` the same layouts painted as photographs show objects (``--style
-hard``). A run's key holds :func:`data_root`'s value (None for the book's set, a folder name
-for a set in the data folder), so a cache is found on any machine; :func:`data_tag` names a
-results file (``ladder_256.json``, ``ablation_mrcnn_2c_256.json``).
+at twice the resolution (``python -m rcnn_steps data synth --size 256 --layout-size 128``)
+and ``512`` at four times; ``128-hard`` / ``256-hard`` the same layouts painted as
+photographs show objects (``--style hard``). A run's key holds :func:`data_root`'s value
+(None for the book's set, a folder name for a set in the data folder), so a cache is found
+on any machine; :func:`data_tag` names a results file (``ladder_256.json``,
+``ablation_mrcnn_2c_256.json``).
 
 On a set drawn at ``k`` times the book's resolution the detectors' pixel-sized fields
 (:data:`PIXEL_FIELDS`: anchors and FPN's s0) are ``k`` times the preset's
