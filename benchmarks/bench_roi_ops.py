@@ -12,6 +12,12 @@ pooled to 7 x 7 for the box head and 14 x 14 for the mask head. RoIAlign runs wi
 ``aligned=True`` and both a fixed 2 x 2 grid (``sampling_ratio=2``) and the adaptive one
 (``-1``), as torchvision's and Detectron2's heads use them.
 
+Then RoIPool on the book's own model's shapes (:func:`model_inputs`): ``cpu_mask``'s
+finest FPN level (stride 4, 64 channels, 8 images, channels_last as ``--memory-format
+channels_last`` trains it) at 128 and 512 px, with 500 RoIs of the sizes FPN sends there.
+Small bins on a large map: the case the benchmark's 800 px inputs hide, where building max
+tables over the whole map cost 5x torchvision's time at 512 px.
+
 torchvision's CPU RoI kernels are single-threaded C++ loops; ours are a few dozen PyTorch
 ops each, run on ``rcnn_steps.ops.roi_checks.CPU_THREADS`` threads (torch's setting by default; see
 its comment; ``--ours-threads`` changes it). ``--threads`` is torch's own setting.
@@ -68,6 +74,25 @@ def detection_like_rois(
     return torch.cat((batch, boxes), 1).to(device)
 
 
+def model_inputs(
+    image_size: int, seed: int = 0, device: str | torch.device = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cpu_mask``'s finest FPN level for 8 images of ``image_size`` px, ``(8, 64, s / 4,
+    s / 4)`` channels_last, and 500 RoIs (batch index, x1, y1, x2, y2) with sides
+    log-uniform in [s / 16, 7 s / 16]: the boxes FPN's eq. (1) sends to that level (on the
+    512 px set the model's own calls had bins of 6 cells on average, largest 8 x 7)."""
+    gen = torch.Generator().manual_seed(seed)
+    side = image_size // 4
+    x = torch.randn(8, 64, side, side, generator=gen).relu()
+    x = x.contiguous(memory_format=torch.channels_last)
+    k = 500
+    centre = torch.rand(k, 2, generator=gen) * image_size
+    sides = image_size / 16 * 7 ** torch.rand(k, 2, generator=gen)
+    boxes = torch.cat((centre - sides / 2, centre + sides / 2), 1).clamp(0, image_size)
+    batch = torch.randint(0, 8, (k, 1), generator=gen).float()
+    return x.to(device), torch.cat((batch, boxes), 1).to(device)
+
+
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> float:
     """Median wall time of ``fn()`` in milliseconds, after ``warmup`` untimed calls."""
     cuda = device.type == "cuda"
@@ -86,7 +111,8 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int, device: torch
 
 
 def cases() -> list[tuple[str, Callable, Callable, tuple]]:
-    """(label, ours, torchvision's, arguments after (input, rois)) for every row."""
+    """(label, ours, torchvision's, arguments after (input, rois)) for every row of the
+    800 px inputs."""
     scale = 1 / STRIDE
     rows = []
     for size in (7, 14):
@@ -122,22 +148,28 @@ def run(device: torch.device, repeats: int, warmup: int, rounds: int, seed: int)
     feature_size = IMAGE_SIZE // STRIDE
     x = torch.randn(2, 256, feature_size, feature_size, generator=gen).to(device)
     rois = detection_like_rois(seed=seed, device=device)
+    rows = [(label, fn_ours, fn_tv, x, rois, args) for label, fn_ours, fn_tv, args in cases()]
+    for image_size in (128, 512):
+        x_model, rois_model = model_inputs(image_size, seed, device)
+        for size in (7, 14):
+            label = f"roi_pool {size}x{size} {image_size}px P2"
+            rows.append((label, ours.roi_pool, tv_ops.roi_pool, x_model, rois_model, (size, 0.25)))
     header = (
         f"{'case':<26}{'fwd ours':>10}{'tv':>9}{'ratio':>7}{'f+b ours':>11}{'tv':>9}"
         f"{'ratio':>7}  same (output / gradient)"
     )
     print(header)
     print("-" * len(header))
-    for label, fn_ours, fn_tv, args in cases():
+    for label, fn_ours, fn_tv, x, rois, args in rows:
         out = fn_ours(x, rois, *args)
         grad = torch.randn(out.shape, generator=gen).to(device)
         xg = x.clone().requires_grad_(True)
 
-        def forward(fn, args=args):
+        def forward(fn, args=args, x=x, rois=rois):
             with torch.no_grad():
                 return fn(x, rois, *args)
 
-        def forward_backward(fn, args=args, grad=grad, xg=xg):
+        def forward_backward(fn, args=args, grad=grad, xg=xg, rois=rois):
             xg.grad = None
             fn(xg, rois, *args).backward(grad)
             return xg.grad
@@ -221,7 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load average at start: {load_average()}")
     print(
         "inputs: 2 images x 256 channels x 50 x 50 (800 px at stride 16), 512 RoIs of 32-512 px;"
-        " RoIAlign aligned=True"
+        " RoIAlign aligned=True; 'P2' rows: cpu_mask's stride-4 level, 8 images x 64 channels"
+        " (channels_last), 500 RoIs of s/16-7s/16 px"
     )
     print(
         f"time (ms): best of {args.rounds} alternating rounds, each the median of "

@@ -14,6 +14,7 @@ the file runs in seconds.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -54,6 +55,22 @@ def tolerance(dtype: torch.dtype) -> dict:
 
 def exactly_equal(actual: torch.Tensor, expected: torch.Tensor) -> None:
     torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True)
+
+
+#: roi_pool's two forwards (roipool.ROI_POOL_METHOD): every exactness test runs both.
+POOL_METHODS = ["tables", "bin_shape"]
+
+
+@contextlib.contextmanager
+def pool_method(name: str):
+    """roi_pool with its forward forced to ``name`` (a context manager, not a fixture,
+    so that hypothesis tests can draw it)."""
+    saved = roipool.ROI_POOL_METHOD
+    roipool.ROI_POOL_METHOD = name
+    try:
+        yield
+    finally:
+        roipool.ROI_POOL_METHOD = saved
 
 
 # ----------------------------------------------------------------------------------------
@@ -125,10 +142,12 @@ def forward_backward(fn, x, rois, *args, grad_seed=1, **kwargs):
 @pytest.mark.parametrize(
     ("output_size", "scale"), [(7, 0.25), ((3, 5), 0.5), (2, 1.0), ((4, 4), 1 / 16)]
 )
-def test_roi_pool_equals_torchvision(dtype, relu, output_size, scale):
+@pytest.mark.parametrize("method", POOL_METHODS)
+def test_roi_pool_equals_torchvision(dtype, relu, output_size, scale, method):
     x = feature_map(2, 3, 9, 11, dtype, seed=3, relu=relu)
     rois = random_rois(2, 40, 9, 11, scale, dtype, seed=4)
-    ours = forward_backward(roi_pool, x, rois, output_size, scale)
+    with pool_method(method):
+        ours = forward_backward(roi_pool, x, rois, output_size, scale)
     theirs = forward_backward(tv.roi_pool, x, rois, output_size, scale)
     exactly_equal(ours[0], theirs[0])
     exactly_equal(ours[1], theirs[1])
@@ -143,18 +162,21 @@ def test_roi_pool_equals_torchvision(dtype, relu, output_size, scale):
     pw=st.integers(1, 6),
     scale=st.sampled_from([1.0, 0.5, 0.25, 0.125, 1 / 3]),
     relu=st.booleans(),
+    method=st.sampled_from(POOL_METHODS),
 )
-def test_roi_pool_random(seed, height, width, ph, pw, scale, relu):
+def test_roi_pool_random(seed, height, width, ph, pw, scale, relu, method):
     x = feature_map(2, 2, height, width, seed=seed, relu=relu)
     rois = random_rois(2, 12, height, width, scale, seed=seed + 1)
-    ours = forward_backward(roi_pool, x, rois, (ph, pw), scale)
+    with pool_method(method):
+        ours = forward_backward(roi_pool, x, rois, (ph, pw), scale)
     theirs = forward_backward(tv.roi_pool, x, rois, (ph, pw), scale)
     exactly_equal(ours[0], theirs[0])
     exactly_equal(ours[1], theirs[1])
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-def test_roi_pool_values_torchvision_never_picks(dtype):
+@pytest.mark.parametrize("method", POOL_METHODS)
+def test_roi_pool_values_torchvision_never_picks(dtype, method):
     """nan and values <= -FLT_MAX are never selected by torchvision's kernel (it starts
     at -FLT_MAX and keeps strictly greater values): a bin of only those outputs -FLT_MAX
     and passes no gradient; -0.0 and +0.0 tie."""
@@ -165,20 +187,23 @@ def test_roi_pool_values_torchvision_never_picks(dtype):
     x[0, 3] = 0.0
     x[0, 3, ::2] = -0.0
     rois = random_rois(1, 20, 6, 6, 0.5, dtype, seed=6)
-    ours = forward_backward(roi_pool, x, rois, 3, 0.5)
+    with pool_method(method):
+        ours = forward_backward(roi_pool, x, rois, 3, 0.5)
     theirs = forward_backward(tv.roi_pool, x, rois, 3, 0.5)
     exactly_equal(ours[0], theirs[0])
     exactly_equal(ours[1], theirs[1])
     assert (ours[0][:, 0] == -FLT_MAX).any()  # the all-nan channel
 
 
-def test_roi_pool_shared_argmax_accumulates():
+@pytest.mark.parametrize("method", POOL_METHODS)
+def test_roi_pool_shared_argmax_accumulates(method):
     """One bright cell that many bins of many RoIs pick: its gradient is their sum."""
     x = torch.zeros(1, 1, 8, 8)
     x[0, 0, 3, 4] = 5.0
     rois = torch.tensor([[0, 0, 0, 7, 7], [0, 2, 1, 6, 6], [0, 4, 3, 4, 3], [0, 3, 2, 5, 5]])
     rois = rois.float()
-    ours = forward_backward(roi_pool, x, rois, 3)
+    with pool_method(method):
+        ours = forward_backward(roi_pool, x, rois, 3)
     theirs = forward_backward(tv.roi_pool, x, rois, 3)
     exactly_equal(ours[1], theirs[1])
     assert ours[1][0, 0, 3, 4] != 0
@@ -186,11 +211,13 @@ def test_roi_pool_shared_argmax_accumulates():
     assert (ours[0][2] == 5).all()
 
 
-def test_roi_pool_ties_go_to_the_first_cell():
+@pytest.mark.parametrize("method", POOL_METHODS)
+def test_roi_pool_ties_go_to_the_first_cell(method):
     """A constant map: every bin's gradient goes to its first cell in row-major order."""
     x = torch.ones(1, 1, 6, 6)
     rois = torch.tensor([[0.0, 0, 0, 5, 5]])
-    out, grad = forward_backward(roi_pool, x, rois, 3, grad_seed=2)
+    with pool_method(method):
+        out, grad = forward_backward(roi_pool, x, rois, 3, grad_seed=2)
     cells = roi_pool_cells(rois[0, 1:], 1.0, 3)  # (3, 3, 4): x0, y0, x1, y1
     firsts = {(int(c[1]), int(c[0])) for c in cells.view(-1, 4)}
     assert {tuple(p) for p in grad[0, 0].nonzero().tolist()} == firsts
@@ -203,26 +230,84 @@ def test_roi_pool_many_rois_and_channel_slices(monkeypatch):
     x = feature_map(3, 5, 10, 12, seed=7, relu=True)
     rois = random_rois(3, 300, 10, 12, 0.5, seed=8)
     monkeypatch.setattr(roipool, "ROI_POOL_TABLE_BYTES", 1)
-    ours = forward_backward(roi_pool, x, rois, (4, 3), 0.5)
+    with pool_method("tables"):
+        ours = forward_backward(roi_pool, x, rois, (4, 3), 0.5)
     theirs = forward_backward(tv.roi_pool, x, rois, (4, 3), 0.5)
     exactly_equal(ours[0], theirs[0])
     exactly_equal(ours[1], theirs[1])
 
 
-def test_roi_pool_inference_path_equals_training_path():
+def test_roi_pool_bin_shapes_gathered_in_slices(monkeypatch):
+    """The bin-shape forward with its gathers forced into one bin at a time (the memory
+    bound) still equals torchvision."""
+    x = feature_map(3, 5, 10, 12, seed=7, relu=True)
+    rois = random_rois(3, 300, 10, 12, 0.5, seed=8)
+    monkeypatch.setattr(roipool, "GATHER_BYTES", 1)
+    with pool_method("bin_shape"):
+        ours = forward_backward(roi_pool, x, rois, (4, 3), 0.5)
+    theirs = forward_backward(tv.roi_pool, x, rois, (4, 3), 0.5)
+    exactly_equal(ours[0], theirs[0])
+    exactly_equal(ours[1], theirs[1])
+
+
+@pytest.mark.parametrize("method", POOL_METHODS)
+def test_roi_pool_channels_last_map(method):
+    """A channels_last map (a model trained with ``--memory-format channels_last``): the
+    same values and gradient as torchvision's, and both come back channels_last (no
+    transpose of the map); a contiguous map gets contiguous ones."""
+    x = feature_map(2, 6, 9, 11, seed=15, relu=True)
+    rois = random_rois(2, 40, 9, 11, 0.25, seed=16)
+    theirs = forward_backward(tv.roi_pool, x, rois, 3, 0.25)
+    with pool_method(method):
+        out, grad = forward_backward(
+            roi_pool, x.contiguous(memory_format=torch.channels_last), rois, 3, 0.25
+        )
+        plain = forward_backward(roi_pool, x, rois, 3, 0.25)
+    exactly_equal(out, theirs[0])
+    exactly_equal(grad, theirs[1])
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert grad.is_contiguous(memory_format=torch.channels_last)
+    assert plain[0].is_contiguous() and plain[1].is_contiguous()
+    # Fewer outputs than input values: the backward scatters into NCHW directly.
+    few = rois[:3]
+    assert not roipool._scatters_channels_last(x, len(few) * 9)
+    assert roipool._scatters_channels_last(x, len(rois) * 9)
+    with pool_method(method):
+        ours = forward_backward(roi_pool, x, few, 3, 0.25)
+    theirs = forward_backward(tv.roi_pool, x, few, 3, 0.25)
+    exactly_equal(ours[0], theirs[0])
+    exactly_equal(ours[1], theirs[1])
+    assert ours[1].is_contiguous()
+
+
+def test_roi_pool_takes_the_method_with_less_to_do():
+    """Small bins on a large map (a detector's FPN level): gather the bins, not tables of
+    the whole map; large bins on a small map: the tables."""
+    small_bins = torch.tensor([[0, 8.0, 8.0, 40.0, 40.0]] * 4)  # 8 cells: 7 x 7 bins of 1-2
+    large_bins = torch.tensor([[0, 0.0, 0.0, 63.0, 63.0]] * 400)  # 64 cells: bins of 9-10
+    cases = [((2, 4, 128, 128), small_bins, False), ((1, 4, 64, 64), large_bins, True)]
+    for shape, rois, tables in cases:
+        grid = roipool._bin_grid(rois, 0.25 if shape[-1] == 128 else 1.0, 7, 7, shape)
+        assert roipool._use_tables(grid, shape) == tables
+
+
+@pytest.mark.parametrize("method", POOL_METHODS)
+def test_roi_pool_inference_path_equals_training_path(method):
     """Without a gradient, float32 uses smaller keys (no argmax): same values."""
     x = feature_map(2, 3, 9, 9, seed=9, relu=True)
     rois = random_rois(2, 30, 9, 9, 0.5, seed=10)
-    with torch.no_grad():
+    with pool_method(method), torch.no_grad():
         plain = roi_pool(x, rois, 5, 0.5)
-    exactly_equal(plain, forward_backward(roi_pool, x, rois, 5, 0.5)[0])
+    exactly_equal(plain, forward_backward(tv.roi_pool, x, rois, 5, 0.5)[0])
 
 
-def test_roi_pool_gradcheck():
+@pytest.mark.parametrize("method", POOL_METHODS)
+def test_roi_pool_gradcheck(method):
     x = feature_map(1, 2, 6, 7, torch.float64, seed=11).requires_grad_(True)
     rois = random_rois(1, 6, 6, 7, 1.0, torch.float64, seed=12)
-    assert torch.autograd.gradcheck(lambda t: roi_pool(t, rois, 3), (x,))
-    assert torch.autograd.gradgradcheck(lambda t: roi_pool(t, rois, 3), (x,))
+    with pool_method(method):
+        assert torch.autograd.gradcheck(lambda t: roi_pool(t, rois, 3), (x,))
+        assert torch.autograd.gradgradcheck(lambda t: roi_pool(t, rois, 3), (x,))
 
 
 # ----------------------------------------------------------------------------------------

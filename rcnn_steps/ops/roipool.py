@@ -14,9 +14,11 @@ What is taught where: chapter 03 ("Fast R-CNN and RoIPool"): :func:`roi_pool_ref
 :func:`roi_pool_cells` beside RoIAlign's sampling points
 (:mod:`~rcnn_steps.ops.roialign`); chapter 08 uses :func:`roi_pool_region`.
 
-The fast :func:`roi_pool` is vectorised PyTorch: no Python loop runs over RoIs. Because it
-does not read like the paper, :func:`roi_pool_reference` beside it does, looping over RoIs
-and bins; the chapter teaches it first. ``tests/test_roi_ops.py`` checks both against
+The fast :func:`roi_pool` is vectorised PyTorch: no Python loop runs over RoIs. It has two
+forwards, the bins gathered by shape and max tables over the whole map, and runs the one
+with less to do (:func:`_roi_pool_forward`). Because neither reads like the paper,
+:func:`roi_pool_reference` beside it does, looping over RoIs and bins; the chapter teaches
+it first. ``tests/test_roi_ops.py`` checks both against
 ``torchvision.ops.roi_pool`` forward and backward, bit for bit, and
 ``benchmarks/bench_roi_ops.py`` times :func:`roi_pool` against torchvision's compiled
 kernels. How it is computed, and why that way, is in the docstring of
@@ -26,6 +28,7 @@ kernels. How it is computed, and why that way, is in the docstring of
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 
@@ -52,6 +55,18 @@ FLT_MAX = float(torch.finfo(torch.float32).max)
 #: Upper bound on the memory of RoIPool's max tables (see :func:`_roi_pool_forward`); the
 #: channels are processed in slices when the tables of all channels would not fit.
 ROI_POOL_TABLE_BYTES = 512 * 2**20
+
+#: How much building one cell of one max-table level costs against gathering one cell of
+#: a bin, in :func:`_use_tables`'s count (measured; see there).
+TABLE_CELL_COST = 1.0
+
+#: Which forward :func:`roi_pool` runs: "auto" (the one with less to do,
+#: :func:`_use_tables`), "tables" or "bin_shape"; both equal torchvision's. Tests and the
+#: benchmark set it to check and time each.
+ROI_POOL_METHOD = "auto"
+
+#: Upper bound on the values :func:`_pool_by_bin_shape` gathers at once.
+GATHER_BYTES = 64 * 2**20
 
 
 # ----------------------------------------------------------------------------------------
@@ -101,64 +116,265 @@ def _floor_log2_table(n: int, device: torch.device) -> Tensor:
     return torch.tensor([0] + [m.bit_length() - 1 for m in range(1, n + 1)], device=device)
 
 
-def _pool_corners(rois: Tensor, spatial_scale: float, ph: int, pw: int, shape):
-    """Where each RoIPool bin reads the tables of :func:`_roi_pool_forward`.
+def _pool_corners(grid, shape):
+    """Where each bin reads the tables of :func:`_pool_by_tables`.
 
-    Returns the ``(K, ph, pw)`` mask of empty bins; the number of table levels needed in
-    each direction; the ``(K * ph * pw,)`` rows of the ``(levels, N, H, W)`` table (see
-    :func:`_key_tables`) holding each bin's top-left block, or the extra last row (key 0)
-    for an empty bin; and, for the top-right, bottom-left and bottom-right blocks, the
-    bins (flat indices) whose block there differs from those already read, with its rows.
+    Returns the number of table levels needed in each direction; the ``(K * ph * pw,)``
+    rows of the ``(levels, N, H, W)`` table (see :func:`_key_tables`) holding each bin's
+    top-left block, or the extra last row (key 0) for an empty bin; and, for the
+    top-right, bottom-left and bottom-right blocks, the bins (flat indices) whose block
+    there differs from those already read, with its rows.
     """
     n_img, _, height, width = shape
-    batch = rois[:, 0].long()
-    hstart, hend, wstart, wend = _roi_pool_bins(rois, spatial_scale, ph, pw)
-    # Clip to the map, as the kernel does; a bin outside the map becomes empty.
-    hstart, hend = hstart.clamp(0, height), hend.clamp(0, height)
-    wstart, wend = wstart.clamp(0, width), wend.clamp(0, width)
-    bin_h = (hend - hstart)[:, :, None]  # (K, ph, 1)
-    bin_w = (wend - wstart)[:, None, :]  # (K, 1, pw)
-    empty = (bin_h <= 0) | (bin_w <= 0)  # (K, ph, pw)
+    image, top, left, bin_h, bin_w = grid
+    empty = (bin_h <= 0) | (bin_w <= 0)
+    log2 = _floor_log2_table(max(height, width), image.device)
+    level_h = log2[bin_h.clamp(min=1)]
+    level_w = log2[bin_w.clamp(min=1)]
+    n_lh = int(level_h.max()) + 1 if image.numel() else 1
+    n_lw = int(level_w.max()) + 1 if image.numel() else 1
 
-    log2 = _floor_log2_table(max(height, width), rois.device)
-    level_h = log2[bin_h.clamp(min=1)]  # (K, ph, 1)
-    level_w = log2[bin_w.clamp(min=1)]  # (K, 1, pw)
-    n_lh = int(level_h.max()) + 1 if rois.shape[0] else 1
-    n_lw = int(level_w.max()) + 1 if rois.shape[0] else 1
-
-    top, left = hstart[:, :, None], wstart[:, None, :]
-    bottom = hend[:, :, None] - (1 << level_h)
-    right = wend[:, None, :] - (1 << level_w)
-    block = ((level_h * n_lw + level_w) * n_img + batch[:, None, None]) * (height * width)
+    bottom = top + bin_h - (1 << level_h)
+    right = left + bin_w - (1 << level_w)
+    block = ((level_h * n_lw + level_w) * n_img + image) * (height * width)
     spare = n_lh * n_lw * n_img * height * width  # the extra last row
     corners = [
-        torch.where(empty, spare, block + r * width + c).reshape(-1)
+        torch.where(empty, spare, block + r * width + c)
         for r, c in ((top, left), (top, right), (bottom, left), (bottom, right))
     ]
     # A side of 2^k cells is one block: then the two corners on that side coincide (the
     # usual case for small bins: 1, 2 and 4 cells). List, for the three other corners,
     # only the bins where they add something.
-    tall = (bottom != top) & ~empty  # (K, ph, pw)
+    tall = (bottom != top) & ~empty
     wide = (right != left) & ~empty
     extra = []
     for need, corner in zip((wide, tall, tall & wide), corners[1:], strict=True):
-        bins = need.reshape(-1).nonzero().squeeze(1)
+        bins = need.nonzero().squeeze(1)
         extra.append((bins, corner[bins]))
-    return empty, n_lh, n_lw, corners[0], extra
+    return n_lh, n_lw, corners[0], extra
 
 
 def _roi_pool_forward(
     input: Tensor, rois: Tensor, ph: int, pw: int, spatial_scale: float, need_argmax: bool
 ):
-    """RoIPool's output and argmax, without autograd. See :func:`roi_pool` for the maths.
+    """RoIPool's ``(K, C, ph, pw)`` output and, if ``need_argmax``, where each output's
+    gradient goes; without autograd. See :func:`roi_pool` for the maths.
 
-    The naive computation scans every cell of every bin for every channel: K x C x (area
-    of the RoI) comparisons, which is what torchvision's CPU kernel does, one RoI at a
-    time. Vectorising that scan means padding every bin to the largest bin, or masks over
-    the map (K x ph x H row masks and K x pw x W column masks, then masked maxima over
-    K x C x H x W values): most of the work is spent on cells outside the bin.
+    torchvision's CPU kernel scans every cell of every bin for every channel, one RoI at a
+    time: C x (the bins' total area) comparisons. Two vectorised ways compute the same
+    thing, and each is the faster one somewhere:
 
-    We answer each bin in O(1) instead, with a 2-D sparse table (range-maximum query).
+    - :func:`_pool_by_bin_shape` does that scan's work, gathered: the bins grouped by
+      their shape (h x w cells), each group one gather and one maximum. Its cost is the
+      bins' total area.
+    - :func:`_pool_by_tables` answers each bin with at most four lookups in max tables
+      built over the whole map, whatever few RoIs read it. Its cost is the map's size
+      times the table levels.
+
+    We take the one whose count is smaller (:func:`_use_tables`). In a detector the bins
+    are small (FPN sends each RoI to the level where it spans about the canonical number of
+    cells), so the tables' whole-map work is the larger. The five RoIPool calls of one
+    ``cpu_mask`` training step (8 images, 64 channels, forward and backward, one thread,
+    each against torchvision's in the same run) took, with the tables and with the bin
+    shapes: 2.7x and 1.9x torchvision's time at 128 px (a 32 x 32 finest map), 5.3x and
+    1.3x at 256 px, 5.8x and 0.55x at 512 px (128 x 128). Large bins over a small map
+    (``benchmarks/bench_roi_ops.py``'s 800 px rows: 7 x 7 bins of RoIs up to 32 cells on
+    50 x 50) favour the tables.
+
+    Returns ``(out, source)``: ``source`` (None without ``need_argmax``) is the
+    ``(K * ph * pw, C)`` int64 position, in the flat input gradient, of the cell and
+    channel each output's gradient goes to (:func:`_gradient_layout`), or
+    ``input.numel()`` where nothing was pooled.
+    """
+    with _cpu_threads(input.device, limit=1):
+        grid = _bin_grid(rois, spatial_scale, ph, pw, input.shape)
+    if _use_tables(grid, input.shape):
+        return _pool_by_tables(input, rois, grid, ph, pw, need_argmax)
+    return _pool_by_bin_shape(input, rois, grid, ph, pw, need_argmax)
+
+
+def _bin_grid(rois: Tensor, spatial_scale: float, ph: int, pw: int, shape):
+    """Every bin's first cell and size, flat in (RoI, bin row, bin column) order.
+
+    Returns ``(image, top, left, bin_h, bin_w)``, each ``(K * ph * pw,)`` int64: the bins
+    of :func:`_roi_pool_bins` clipped to the map, as the kernel clips them (a bin outside
+    the map gets a size of 0: empty).
+    """
+    num_rois = rois.shape[0]
+    _, _, height, width = shape
+    hstart, hend, wstart, wend = _roi_pool_bins(rois, spatial_scale, ph, pw)
+    hstart, hend = hstart.clamp(0, height), hend.clamp(0, height)
+    wstart, wend = wstart.clamp(0, width), wend.clamp(0, width)
+    bins = (num_rois, ph, pw)
+    image = rois[:, 0].long()[:, None, None].expand(bins).reshape(-1)
+    top = hstart[:, :, None].expand(bins).reshape(-1)
+    left = wstart[:, None, :].expand(bins).reshape(-1)
+    bin_h = (hend - hstart).clamp(min=0)[:, :, None].expand(bins).reshape(-1)
+    bin_w = (wend - wstart).clamp(min=0)[:, None, :].expand(bins).reshape(-1)
+    return image, top, left, bin_h, bin_w
+
+
+def _use_tables(grid, shape) -> bool:
+    """Whether :func:`_pool_by_tables` has less to do than :func:`_pool_by_bin_shape`.
+
+    Counted in cells (every cell costs all C channels in both): the bin shapes gather each
+    bin's area; the tables build ``levels`` copies of the whole map (each level one
+    maximum of two shifted copies) and then read about 1.5 blocks per bin. The weight
+    ``TABLE_CELL_COST`` says how much a table cell costs against a gathered cell,
+    measured (benchmarks/bench_roi_ops.py's shapes and ``cpu_mask``'s).
+    """
+    if ROI_POOL_METHOD != "auto":
+        return ROI_POOL_METHOD == "tables"
+    _, _, bin_h, bin_w = grid[1:]
+    if bin_h.numel() == 0:
+        return False
+    n_img, _, height, width = shape
+    gathered = int((bin_h * bin_w).sum())
+    levels = _levels(int(bin_h.max()), int(bin_w.max()))
+    tables = TABLE_CELL_COST * levels * n_img * height * width + 1.5 * bin_h.numel()
+    return tables < gathered
+
+
+def _levels(max_h: int, max_w: int) -> int:
+    """How many table levels bins of up to ``max_h x max_w`` cells need."""
+    return max(max_h, 1).bit_length() * max(max_w, 1).bit_length()
+
+
+def _pool_by_bin_shape(input: Tensor, rois: Tensor, grid, ph: int, pw: int, need_argmax: bool):
+    """RoIPool as torchvision's kernel computes it, bin by bin, but many bins at a time.
+
+    Bins of the same shape (h x w cells) form a group; for each group one gather reads
+    the ``(bins, h * w, C)`` values, their cells in row-major order, and one
+    ``max(dim=1)`` gives the values and the argmax, the first cell among equal maxima:
+    torchvision's tie rule (it keeps a value only if strictly greater). A detector's bins
+    come in a few dozen shapes, so the Python loop is short; the work is the bins' total
+    area times C, as in the kernel.
+
+    torchvision starts each bin at -FLT_MAX, so it never picks nan or a value <= -FLT_MAX;
+    ``max`` would (nan propagates). The groups are redone, with those values masked to
+    -inf, for the bins where that happened, found afterwards from the output (a bin of
+    only such values outputs -FLT_MAX and passes no gradient). Empty bins output 0.
+
+    Returns ``(out, source)`` as :func:`_roi_pool_forward`.
+    """
+    n_img, channels, height, width = input.shape
+    image, top, left, bin_h, bin_w = grid
+    num_bins = image.numel()
+    # (N * H * W, C): each cell's channels in one row (a view for channels_last input).
+    rows = input.detach().permute(0, 2, 3, 1).reshape(-1, channels)
+    first = (image * height + top) * width + left  # each bin's top-left cell's row
+    empty = (bin_h <= 0) | (bin_w <= 0)
+    shape_key = torch.where(empty, -1, bin_h * (width + 1) + bin_w)
+    # Where each bin's gradient goes, in the flat input gradient (in the input's memory
+    # format): its argmax cell's channel 0 at `row * step + shift[image]`, channel c at
+    # `c * channel_step` from there; `size` (one past the end) for nothing.
+    size, shift, step, channel_step = _gradient_layout(input, num_bins)
+    channel_offset = torch.arange(channels, device=input.device) * channel_step
+
+    def pool(bins: Tensor, mask_unusable: bool):
+        """The values and gradient positions of ``bins``, computed group by group into
+        buffers in the groups' order, then put in the bins' places in one copy."""
+        keys = shape_key[bins]
+        kinds, counts = torch.unique(keys, return_counts=True)
+        bins = bins[torch.argsort(keys, stable=True)]
+        value = input.new_empty((len(bins), channels))
+        source = value.new_empty(value.shape, dtype=torch.long) if need_argmax else None
+        start = 0
+        for kind, count in zip(kinds.tolist(), counts.tolist(), strict=True):
+            group = slice(start, start + count)
+            start += count
+            if kind < 0:  # bins outside the map: 0, and no gradient
+                value[group] = 0
+                if source is not None:
+                    source[group] = size
+                continue
+            h, w = divmod(kind, width + 1)
+            offsets = (torch.arange(h)[:, None] * width + torch.arange(w)).reshape(-1)
+            offsets = offsets.to(first.device)
+            # At most GATHER_BYTES of gathered values at a time.
+            chunk = max(1, GATHER_BYTES // (h * w * channels * input.element_size()))
+            for c0 in range(group.start, group.stop, chunk):
+                part = slice(c0, min(c0 + chunk, group.stop))
+                cells = first[bins[part], None] + offsets  # (n, h * w) rows, row-major
+                n = cells.shape[0]
+                block = rows.index_select(0, cells.view(-1)).view(n, h * w, channels)
+                if mask_unusable:
+                    block = block.masked_fill(~(block > -FLT_MAX), -math.inf)
+                best, where = block.max(1)  # (n, C): the first maximum's index
+                value[part] = best
+                if source is not None:
+                    cells = cells * step + shift[image[bins[part]], None]
+                    torch.add(cells.gather(1, where), channel_offset, out=source[part])
+        return bins, value, source
+
+    with torch.no_grad():
+        bins, pooled, pooled_source = pool(torch.arange(num_bins, device=input.device), False)
+        value = torch.empty_like(pooled).index_copy_(0, bins, pooled)
+        source = None
+        if need_argmax:
+            source = torch.empty_like(pooled_source).index_copy_(0, bins, pooled_source)
+        # One reduction finds out whether nan or a value <= -FLT_MAX won anywhere (nan
+        # propagates through amin); only then are the bins found and redone.
+        if num_bins and not bool(value.amin() > -FLT_MAX):
+            redo = (~(value > -FLT_MAX)).any(1).nonzero().squeeze(1)
+            bins, pooled, pooled_source = pool(redo, True)
+            value.index_copy_(0, bins, pooled)
+            unusable = ~(value > -FLT_MAX)  # now only bins that pooled nothing usable
+            value.masked_fill_(unusable, -FLT_MAX)
+            if source is not None:
+                source.index_copy_(0, bins, pooled_source)
+                source.masked_fill_(unusable, size)
+    return _output(value, input, ph, pw), source
+
+
+def _output(value: Tensor, input: Tensor, ph: int, pw: int) -> Tensor:
+    """``(K * ph * pw, C)`` pooled values as the ``(K, C, ph, pw)`` output, in the input's
+    memory format: a channels_last map gives a channels_last output (no transpose; the
+    next convolution wants it so), any other a contiguous one."""
+    out = value.view(-1, ph, pw, input.shape[1]).permute(0, 3, 1, 2)
+    return out if _channels_last(input) else out.contiguous()
+
+
+def _gradient_layout(input: Tensor, num_bins: int):
+    """Where a cell's channels sit in the flat input gradient that the backward's one
+    scatter-add writes.
+
+    The scatter writes channels_last (NHWC: a bin's C values side by side) when the input
+    is channels_last, or when there are at least as many outputs as input values (then
+    NCHW targets, C planes apart, thrash the cache: on 2 x 256 x 50 x 50 with 512 RoIs at
+    7 x 7 the scatter took 36 ms, NHWC and a transpose 19 ms); else NCHW (on cpu_mask's
+    128 x 128 level the transpose alone cost more than the scatter: 99 ms against 44).
+    :func:`_scatters_channels_last` says which.
+
+    Returns ``(size, shift, step, channel_step)``: channel c of the cell in row ``row =
+    n * H * W + h * W + w`` sits at ``row * step + shift[n] + c * channel_step``; ``size``
+    (= ``input.numel()``, one past the end) is the spare slot for "no gradient".
+    """
+    n_img, channels, height, width = input.shape
+    images = torch.arange(n_img, device=input.device)
+    if _scatters_channels_last(input, num_bins):
+        return input.numel(), images * 0, channels, 1
+    # NCHW: (n * C + c) * H * W + h * W + w = row + n * (C - 1) * H * W + c * H * W.
+    return input.numel(), images * ((channels - 1) * height * width), 1, height * width
+
+
+def _scatters_channels_last(input: Tensor, num_bins: int) -> bool:
+    """Whether the backward's scatter writes NHWC (see :func:`_gradient_layout`)."""
+    return _channels_last(input) or num_bins * input.shape[1] >= input.numel()
+
+
+def _channels_last(input: Tensor) -> bool:
+    return (
+        input.dim() == 4
+        and not input.is_contiguous()
+        and input.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
+def _pool_by_tables(input: Tensor, rois: Tensor, grid, ph: int, pw: int, need_argmax: bool):
+    """RoIPool by range-maximum queries on max tables built over the whole map.
+
+    Each bin is answered in O(1), with a 2-D sparse table (range-maximum query).
     For every level (a, b), ``table[a, b][n, h, w, c]`` holds the maximum of the
     ``2^a x 2^b`` block of image n, channel c, whose top-left cell is (h, w). A bin of
     ``bh x bw`` cells is covered by the four blocks of size ``2^floor(log2 bh) x
@@ -190,18 +406,12 @@ def _roi_pool_forward(
     Python loops only over the table levels (at most log2 H x log2 W), the three extra
     corners and, beyond a memory budget, slices of channels; never over RoIs.
 
-    Returns the ``(K, C, ph, pw)`` values and, if ``need_argmax``, what the backward
-    needs (else None): the ``(K, ph, pw, C)`` int64 keys, whose low words
-    ``_KEY_CELL_MAX - cell`` encode the argmax (cell = ``h * W + w`` within the image and
-    channel; 0 where nothing was pooled), the ``(K, ph, pw)`` mask of empty bins (None if
-    there is none), and whether the input holds values that torchvision never picks.
+    Returns ``(out, source)`` as :func:`_roi_pool_forward`.
     """
     n_img, channels, height, width = input.shape
-    num_rois = rois.shape[0]
-    device = input.device
-    batch = rois[:, 0].long()
-    with _cpu_threads(device, limit=1):
-        empty, n_lh, n_lw, first, extra = _pool_corners(rois, spatial_scale, ph, pw, input.shape)
+    image = grid[0]
+    with _cpu_threads(input.device, limit=1):
+        n_lh, n_lw, first, extra = _pool_corners(grid, input.shape)
     rows = n_lh * n_lw * n_img * height * width
 
     x = input.detach().permute(0, 2, 3, 1)  # (N, H, W, C): each cell's channels together
@@ -223,35 +433,51 @@ def _roi_pool_forward(
             key.index_copy_(0, bins, torch.maximum(key.index_select(0, bins), part, out=part))
         best.append(key)
         del keys
-    key = torch.cat(best, 1) if len(best) > 1 else best[0]
-    key = key.view(num_rois, ph, pw, channels)
+    key = torch.cat(best, 1) if len(best) > 1 else best[0]  # (K * ph * pw, C)
     high, low = _split_key(key) if with_cell else (key, None)
 
-    # Decode in the computed (K, ph, pw, C) layout, where every pass is contiguous, and
+    # Decode in the computed (K * ph * pw, C) layout, where every pass is contiguous, and
     # transpose the values once at the end (measured faster than decoding transposed).
     if input.dtype == torch.float64:
         # Ranks do not decode to values: read the values at the argmax. low holds
         # _KEY_CELL_MAX - cell, and 0 where nothing was pooled.
         pooled = low != 0
         cell = torch.where(pooled, _KEY_CELL_MAX - low, 0)
-        plane = batch[:, None] * channels + torch.arange(channels, device=device)
-        flat = plane[:, None, None, :] * (height * width) + cell
+        plane = image[:, None] * channels + torch.arange(channels, device=input.device)
+        flat = plane * (height * width) + cell
         value = input.detach().reshape(-1)[flat.view(-1)].view(key.shape)
-        fill = torch.where(empty, 0.0, -FLT_MAX).to(value.dtype)[..., None]
+        empty = (grid[3] <= 0) | (grid[4] <= 0)
+        fill = torch.where(empty, 0.0, -FLT_MAX).to(value.dtype)[:, None]
         value = torch.where(pooled, value, fill)
     else:
         # Undo the order trick: flip the bits of negative numbers back, read as float32.
         high = high.contiguous()
         bits = (high >> 31).bitwise_and_(0x7FFFFFFF).bitwise_xor_(high)
         value = bits.view(torch.float32).to(input.dtype)
-    # A bin pools nothing when it is empty or holds only values torchvision never picks;
-    # the backward needs guards only for those that occur.
-    out = value.permute(0, 3, 1, 2).contiguous()
+    out = _output(value, input, ph, pw)
     if not need_argmax:
         return out, None
-    any_empty = bool(empty.any())
-    any_unusable = not bool((x > -FLT_MAX).all())
-    return out, (key, empty if any_empty else None, any_unusable)
+    # The argmax cell is row n * H * W + _KEY_CELL_MAX - low: placed in the gradient's
+    # layout, row * step + shift[n] + c * channel_step. Everything but `low` is per RoI
+    # and channel, so it takes two passes over (bins, C), both in int64.
+    size, shift, step, channel_step = _gradient_layout(input, image.numel())
+    batch = rois[:, 0].long()
+    channel = torch.arange(channels, device=input.device) * channel_step
+    roi_base = ((batch * (height * width) + _KEY_CELL_MAX) * step + shift[batch])[:, None] + channel
+    source = key & 0xFFFFFFFF  # the low words
+    nothing = source == 0 if _may_pool_nothing(input, grid) else None
+    view = source.view(rois.shape[0], ph * pw, channels)
+    torch.add(roi_base[:, None, :], view, alpha=-step, out=view)
+    if nothing is not None:
+        source.masked_fill_(nothing, size)
+    return out, source
+
+
+def _may_pool_nothing(input: Tensor, grid) -> bool:
+    """Whether a bin may pool nothing: it is empty, or the map holds values torchvision
+    never picks (nan propagates through amin)."""
+    empty = (grid[3] <= 0) | (grid[4] <= 0)
+    return bool(empty.any()) or not bool(input.detach().amin() > -FLT_MAX)
 
 
 #: Keys of :func:`_max_keys`: the low 32 bits hold ``_KEY_CELL_MAX - cell`` (so that a
@@ -347,25 +573,26 @@ class _RoIPoolFunction(torch.autograd.Function):
     """RoIPool with torchvision's backward: each output's gradient is added to its argmax
     cell (accumulating where bins share an argmax), nothing where no cell was pooled.
 
-    A custom Function because the forward gets values and argmaxes together from the
-    key tables (and skips the argmax when no gradient is needed). The backward is one
-    scatter-add of ``grad_output`` into the gradient held channels last, in the order
-    the keys were computed, (RoI, bin row, bin column, channel): for any one cell (which
-    belongs to one image and channel) the contributions arrive in torchvision's loop
-    order (RoI, bin row, bin column), so even the float sums agree bit for bit. Scattering
-    in this order transposes ``grad_output`` (4-byte floats) instead of the int64 targets,
-    measured ~2x faster at 14 x 14 bins. It is written with differentiable ops, so double
-    backward works too.
+    A custom Function because the forward gets values and argmaxes together (and skips
+    the argmax when no gradient is needed). The backward is one scatter-add of
+    ``grad_output`` into the gradient, made in the input's memory format (a
+    channels_last map gets a channels_last gradient: transposing a 128 x 128 x 64 x 8
+    map took 65 ms on one thread, as long as the rest of the backward), reading
+    ``grad_output`` in the order the forward computed, (RoI, bin row, bin column,
+    channel): for any one cell (which belongs to one image and channel) the contributions
+    arrive in torchvision's loop order (RoI, bin row, bin column), so even the float sums
+    agree bit for bit. It is written with differentiable ops, so double backward works
+    too.
     """
 
     @staticmethod
     def forward(ctx, input, rois, ph, pw, spatial_scale):
         need_argmax = ctx.needs_input_grad[0]
-        out, argmax = _roi_pool_forward(input, rois, ph, pw, spatial_scale, need_argmax)
+        out, source = _roi_pool_forward(input, rois, ph, pw, spatial_scale, need_argmax)
         if need_argmax:
-            key, empty, any_unusable = argmax
-            ctx.save_for_backward(rois, key, empty)
-            ctx.any_unusable = any_unusable
+            ctx.save_for_backward(source)
+            ctx.channels_last = _channels_last(input)
+            ctx.scatters_channels_last = _scatters_channels_last(input, source.shape[0])
         ctx.input_shape = input.shape
         return out
 
@@ -376,24 +603,19 @@ class _RoIPoolFunction(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, grad_out):
-        rois, key, empty = ctx.saved_tensors  # key: (K, ph, pw, C); empty: (K, ph, pw)
+        (source,) = ctx.saved_tensors  # (K * ph * pw, C): see _roi_pool_forward
         n_img, channels, height, width = ctx.input_shape
         size = n_img * channels * height * width
-        # Targets in the channels-last gradient (N, H, W, C): (image * H * W + cell) * C +
-        # channel, with cell = _KEY_CELL_MAX - low. So target = base - C * low, in place.
-        target = key & 0xFFFFFFFF  # low words, int64
-        nothing = (target == 0) if ctx.any_unusable else None  # bins of unusable values
-        batch = rois[:, 0].long()
-        channel = torch.arange(channels, device=key.device)
-        base = batch[:, None] * (height * width * channels) + channel + _KEY_CELL_MAX * channels
-        torch.add(base[:, None, None, :], target, alpha=-channels, out=target)
-        for mask in (empty[..., None] if empty is not None else None, nothing):
-            if mask is not None:  # bins that pooled nothing: to a spare slot at the end
-                target.masked_fill_(mask, size)
         grad = grad_out.permute(0, 2, 3, 1).reshape(-1)  # (RoI, row, column, channel)
-        grad_input = grad_out.new_zeros(size + 1).scatter_add(0, target.view(-1), grad)
-        grad_input = grad_input[:size].view(n_img, height, width, channels)
-        return grad_input.permute(0, 3, 1, 2).contiguous(), None, None, None, None
+        # Outputs that pooled nothing point at a spare slot at the end.
+        grad_input = grad_out.new_zeros(size + 1).scatter_add(0, source.view(-1), grad)
+        grad_input = grad_input[:size]
+        if not ctx.scatters_channels_last:
+            return grad_input.view(n_img, channels, height, width), None, None, None, None
+        grad_input = grad_input.view(n_img, height, width, channels).permute(0, 3, 1, 2)
+        if not ctx.channels_last:
+            grad_input = grad_input.contiguous()
+        return grad_input, None, None, None, None
 
 
 def roi_pool(
@@ -429,8 +651,10 @@ def roi_pool(
         spatial_scale: maps box coordinates to the feature map: 1 / stride.
 
     Returns:
-        ``(K, C, ph, pw)`` pooled features. Equals ``torchvision.ops.roi_pool``, forward
-        and backward, bit for bit on CPU (tests/test_roi_ops.py; the one exception: a
+        ``(K, C, ph, pw)`` pooled features, in the input's memory format (channels_last
+        in, channels_last out; else contiguous), and so is the input's gradient. Equals
+        ``torchvision.ops.roi_pool``, forward and backward, bit for bit on CPU, by both
+        forwards (tests/test_roi_ops.py; the one exception: where the max tables run, a
         float32 bin whose first maximum is -0.0 outputs +0.0, which compares equal),
         including its handling of values it never selects (nan, and values <= -FLT_MAX:
         a bin of only those outputs -FLT_MAX and passes no gradient).
