@@ -224,26 +224,17 @@ def test_roi_pool_ties_go_to_the_first_cell(method):
     exactly_equal(grad, forward_backward(tv.roi_pool, x, rois, 3, grad_seed=2)[1])
 
 
-def test_roi_pool_many_rois_and_channel_slices(monkeypatch):
-    """Hundreds of RoIs over several images, with the max tables forced into channel
-    slices (the memory bound), still equal torchvision."""
+@pytest.mark.parametrize(
+    ("method", "budget"), [("tables", "ROI_POOL_TABLE_BYTES"), ("bin_shape", "GATHER_BYTES")]
+)
+def test_roi_pool_many_rois_and_memory_slices(monkeypatch, method, budget):
+    """Hundreds of RoIs over several images, with each forward's memory bound forced to
+    its smallest slices (the max tables one channel at a time, the gathers one bin at a
+    time), still equal torchvision."""
     x = feature_map(3, 5, 10, 12, seed=7, relu=True)
     rois = random_rois(3, 300, 10, 12, 0.5, seed=8)
-    monkeypatch.setattr(roipool, "ROI_POOL_TABLE_BYTES", 1)
-    with pool_method("tables"):
-        ours = forward_backward(roi_pool, x, rois, (4, 3), 0.5)
-    theirs = forward_backward(tv.roi_pool, x, rois, (4, 3), 0.5)
-    exactly_equal(ours[0], theirs[0])
-    exactly_equal(ours[1], theirs[1])
-
-
-def test_roi_pool_bin_shapes_gathered_in_slices(monkeypatch):
-    """The bin-shape forward with its gathers forced into one bin at a time (the memory
-    bound) still equals torchvision."""
-    x = feature_map(3, 5, 10, 12, seed=7, relu=True)
-    rois = random_rois(3, 300, 10, 12, 0.5, seed=8)
-    monkeypatch.setattr(roipool, "GATHER_BYTES", 1)
-    with pool_method("bin_shape"):
+    monkeypatch.setattr(roipool, budget, 1)
+    with pool_method(method):
         ours = forward_backward(roi_pool, x, rois, (4, 3), 0.5)
     theirs = forward_backward(tv.roi_pool, x, rois, (4, 3), 0.5)
     exactly_equal(ours[0], theirs[0])
