@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rcnn_steps.ops
-from rcnn_steps.ops import roi_checks, roialign, roipool
+from rcnn_steps.ops import roi_checks, roialign, roipool, roipool_tables
 from rcnn_steps.ops.roi_layers import ROI_OP_NAMES, RoIOp, get_roi_op
 from rcnn_steps.ops.roialign import (
     bilinear_sample,
@@ -225,15 +225,16 @@ def test_roi_pool_ties_go_to_the_first_cell(method):
 
 
 @pytest.mark.parametrize(
-    ("method", "budget"), [("tables", "ROI_POOL_TABLE_BYTES"), ("bin_shape", "GATHER_BYTES")]
+    ("method", "module", "budget"),
+    [("tables", roipool_tables, "ROI_POOL_TABLE_BYTES"), ("bin_shape", roipool, "GATHER_BYTES")],
 )
-def test_roi_pool_many_rois_and_memory_slices(monkeypatch, method, budget):
+def test_roi_pool_many_rois_and_memory_slices(monkeypatch, method, module, budget):
     """Hundreds of RoIs over several images, with each forward's memory bound forced to
     its smallest slices (the max tables one channel at a time, the gathers one bin at a
     time), still equal torchvision."""
     x = feature_map(3, 5, 10, 12, seed=7, relu=True)
     rois = random_rois(3, 300, 10, 12, 0.5, seed=8)
-    monkeypatch.setattr(roipool, budget, 1)
+    monkeypatch.setattr(module, budget, 1)
     with pool_method(method):
         ours = forward_backward(roi_pool, x, rois, (4, 3), 0.5)
     theirs = forward_backward(tv.roi_pool, x, rois, (4, 3), 0.5)

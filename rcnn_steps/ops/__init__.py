@@ -16,7 +16,8 @@ standard library and the other modules of this floor.
 
   - :mod:`~rcnn_steps.ops.roipool` (chapter 03, Fast R-CNN): :func:`roi_pool` and
     :func:`roi_pool_reference`, with :func:`roi_pool_cells` and :func:`roi_pool_region`
-    to show what its rounding reads;
+    to show what its rounding reads; :mod:`~rcnn_steps.ops.roipool_tables` holds the max
+    tables of one of its two forwards (for large bins on a small map);
   - :mod:`~rcnn_steps.ops.roialign` (chapter 06, Mask R-CNN): :func:`roi_align` and
     :func:`roi_warp`, re-exporting the two modules beside it:
     :mod:`~rcnn_steps.ops.roialign_sampling` (where RoIAlign reads:

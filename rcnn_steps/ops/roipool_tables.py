@@ -1,0 +1,257 @@
+"""RoIPool's max tables: every bin's maximum in at most four lookups, whatever its size.
+
+One of :func:`rcnn_steps.ops.roipool.roi_pool`'s two forwards, the one it takes for large
+bins over a small map (the other, gathering each bin's cells, wins for a detector's small
+bins over a large map; :func:`rcnn_steps.ops.roipool._roi_pool_forward` chooses). The
+tables hold int64 keys that order like (value, -cell), so one integer maximum gives both a
+bin's value and its argmax with torchvision's tie rule. How, and what it costs: see
+:func:`max_over_tables`. Taught in chapter 03 ("Fast R-CNN and RoIPool"), where the speed
+of the fast version is measured; ``tests/test_roi_ops.py`` runs every RoIPool test on both
+forwards.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import Tensor
+
+from rcnn_steps.ops.roi_checks import _cpu_threads
+
+__all__ = ["FLT_MAX", "max_over_tables"]
+
+#: torchvision's RoIPool starts every bin's running maximum at -FLT_MAX (in float64 too)
+#: and keeps a value only if it is strictly greater, so a bin whose values are all
+#: <= -FLT_MAX (or nan) outputs -FLT_MAX and passes no gradient. We reproduce that.
+FLT_MAX = float(torch.finfo(torch.float32).max)
+
+#: Upper bound on the memory of RoIPool's max tables (see :func:`max_over_tables`); the
+#: channels are processed in slices when the tables of all channels would not fit.
+ROI_POOL_TABLE_BYTES = 512 * 2**20
+
+
+def _floor_log2_table(n: int, device: torch.device) -> Tensor:
+    """``table[m] = floor(log2(m))`` for m in 1..n (``table[0]`` unused), exactly."""
+    return torch.tensor([0] + [m.bit_length() - 1 for m in range(1, n + 1)], device=device)
+
+
+def _pool_corners(grid, shape):
+    """Where each bin reads the tables of :func:`max_over_tables`.
+
+    Returns the number of table levels needed in each direction; the ``(K * ph * pw,)``
+    rows of the ``(levels, N, H, W)`` table (see :func:`_key_tables`) holding each bin's
+    top-left block, or the extra last row (key 0) for an empty bin; and, for the
+    top-right, bottom-left and bottom-right blocks, the bins (flat indices) whose block
+    there differs from those already read, with its rows.
+    """
+    n_img, _, height, width = shape
+    image, top, left, bin_h, bin_w = grid
+    empty = (bin_h <= 0) | (bin_w <= 0)
+    log2 = _floor_log2_table(max(height, width), image.device)
+    level_h = log2[bin_h.clamp(min=1)]
+    level_w = log2[bin_w.clamp(min=1)]
+    n_lh = int(level_h.max()) + 1 if image.numel() else 1
+    n_lw = int(level_w.max()) + 1 if image.numel() else 1
+
+    bottom = top + bin_h - (1 << level_h)
+    right = left + bin_w - (1 << level_w)
+    block = ((level_h * n_lw + level_w) * n_img + image) * (height * width)
+    spare = n_lh * n_lw * n_img * height * width  # the extra last row
+    corners = [
+        torch.where(empty, spare, block + r * width + c)
+        for r, c in ((top, left), (top, right), (bottom, left), (bottom, right))
+    ]
+    # A side of 2^k cells is one block: then the two corners on that side coincide (the
+    # usual case for small bins: 1, 2 and 4 cells). List, for the three other corners,
+    # only the bins where they add something.
+    tall = (bottom != top) & ~empty
+    wide = (right != left) & ~empty
+    extra = []
+    for need, corner in zip((wide, tall, tall & wide), corners[1:], strict=True):
+        bins = need.nonzero().squeeze(1)
+        extra.append((bins, corner[bins]))
+    return n_lh, n_lw, corners[0], extra
+
+
+def max_over_tables(input: Tensor, grid, need_argmax: bool) -> tuple[Tensor, Tensor | None]:
+    """Every RoIPool bin's maximum by range-maximum queries on max tables built over the
+    whole map.
+
+    Each bin is answered in O(1), with a 2-D sparse table (range-maximum query).
+    For every level (a, b), ``table[a, b][n, h, w, c]`` holds the maximum of the
+    ``2^a x 2^b`` block of image n, channel c, whose top-left cell is (h, w). A bin of
+    ``bh x bw`` cells is covered by the four blocks of size ``2^floor(log2 bh) x
+    2^floor(log2 bw)`` anchored at its four corners (they overlap, which is harmless for a
+    maximum), so its maximum is the maximum of four table entries: four gathers of C
+    contiguous values per bin, whatever its size. Where a side is a power of two the
+    blocks on that side coincide, so only the bins with distinct blocks gather the other
+    corners (at 7 x 7 over the benchmark's boxes, a quarter of the bins need a second
+    block, 6% all four: the gathers took 35-65% less time). Level (a, b) is one
+    elementwise maximum of two shifted copies of level (a, b - 1) (or (a - 1, 0)), so the
+    tables cost ``levels x N x C x H x W`` work and memory; only the levels the largest
+    bin needs are built (3 x 3 for 7 x 7 bins over boxes up to ~30 cells).
+
+    In the benchmark's training step (K = 512, C = 256, 50 x 50, 7 x 7, one thread) the
+    time splits, by the profiler, into rough quarters: building the keys and tables, the
+    corner gathers, decoding the keys and transposing to (K, C, ph, pw), and the backward
+    (target indices, transposing the gradient, one scatter-add). Every step is a pass
+    over memory; what is left is PyTorch's one-op-at-a-time execution, not arithmetic.
+
+    The gradient goes to one cell per bin, the argmax, with torchvision's tie rule: its
+    kernel scans a bin row by row and keeps a value only if it is strictly greater, so
+    among equal maxima the first in row-major order wins, the one with the smallest flat
+    index ``h * W + w``. (ReLU features make ties common: a bin of zeros must send its
+    gradient to its first cell.) So the tables do not hold values but int64 keys that
+    order like (value, -index) (:func:`_max_keys`): the maximum key is the maximum value
+    at its first cell, for a block and for a union of blocks alike (a cell attaining the
+    union's maximum attains its block's). One integer maximum merges values and argmaxes.
+
+    Python loops only over the table levels (at most log2 H x log2 W), the three extra
+    corners and, beyond a memory budget, slices of channels; never over RoIs.
+
+    Args: ``input`` (N, C, H, W); ``grid`` the bins of
+    :func:`rcnn_steps.ops.roipool._bin_grid`, flat ``(K * ph * pw,)``.
+
+    Returns ``(value, low)``: the ``(K * ph * pw, C)`` maxima and, if ``need_argmax``, the
+    int64 low words of their keys, ``_KEY_CELL_MAX - cell`` of the argmax (cell = ``h * W +
+    w`` within its image), 0 where nothing was pooled; else None.
+    """
+    n_img, channels, height, width = input.shape
+    image = grid[0]
+    with _cpu_threads(input.device, limit=1):
+        n_lh, n_lw, first, extra = _pool_corners(grid, input.shape)
+    rows = n_lh * n_lw * n_img * height * width
+
+    x = input.detach().permute(0, 2, 3, 1)  # (N, H, W, C): each cell's channels together
+    # Without a gradient to route, a float32 forward needs no argmax, and the keys shrink
+    # to the values' int32 order: half the bytes to build, gather and compare.
+    with_cell = need_argmax or input.dtype == torch.float64
+    per_channel = (rows + 1) * (8 if with_cell else 4)
+    chunk = max(1, min(channels, ROI_POOL_TABLE_BYTES // per_channel))
+    best = []
+    # Usually one pass; channel slices only when all channels' tables would not fit.
+    for c0 in range(0, channels, chunk):
+        keys = _key_tables(_max_keys(x[..., c0 : c0 + chunk], with_cell), n_lh, n_lw)
+        key = keys.index_select(0, first)  # (K * ph * pw, chunk)
+        for bins, rows in extra:
+            if len(bins) == 0:
+                continue
+            # Only the bins this corner adds to: gather, compare, write back.
+            part = keys.index_select(0, rows)
+            key.index_copy_(0, bins, torch.maximum(key.index_select(0, bins), part, out=part))
+        best.append(key)
+        del keys
+    key = torch.cat(best, 1) if len(best) > 1 else best[0]  # (K * ph * pw, C)
+    high, low = _split_key(key) if with_cell else (key, None)
+
+    # Decode in the computed (K * ph * pw, C) layout, where every pass is contiguous, and
+    # transpose the values once at the end (measured faster than decoding transposed).
+    if input.dtype == torch.float64:
+        # Ranks do not decode to values: read the values at the argmax. low holds
+        # _KEY_CELL_MAX - cell, and 0 where nothing was pooled.
+        pooled = low != 0
+        cell = torch.where(pooled, _KEY_CELL_MAX - low, 0)
+        plane = image[:, None] * channels + torch.arange(channels, device=input.device)
+        flat = plane * (height * width) + cell
+        value = input.detach().reshape(-1)[flat.view(-1)].view(key.shape)
+        empty = (grid[3] <= 0) | (grid[4] <= 0)
+        fill = torch.where(empty, 0.0, -FLT_MAX).to(value.dtype)[:, None]
+        value = torch.where(pooled, value, fill)
+    else:
+        # Undo the order trick: flip the bits of negative numbers back, read as float32.
+        high = high.contiguous()
+        bits = (high >> 31).bitwise_and_(0x7FFFFFFF).bitwise_xor_(high)
+        value = bits.view(torch.float32).to(input.dtype)
+    if not need_argmax:
+        return value, None
+    return value, key & 0xFFFFFFFF
+
+
+#: Keys of :func:`_max_keys`: the low 32 bits hold ``_KEY_CELL_MAX - cell`` (so that a
+#: larger key means an earlier cell); 0 there means "no cell".
+_KEY_CELL_MAX = 2**31 - 1
+_LITTLE_ENDIAN = sys.byteorder == "little"
+
+
+def _split_key(key: Tensor) -> tuple[Tensor, Tensor]:
+    """The high and low 32 bits of int64 keys, as int32 tensors (views when we can)."""
+    if _LITTLE_ENDIAN:
+        halves = key.view(torch.int32)  # (..., 2 * C): low and high words interleaved
+        return halves[..., 1::2], halves[..., 0::2]
+    return (key >> 32).int(), (key & 0xFFFFFFFF).int()
+
+
+def _max_keys(x: Tensor, with_cell: bool = True) -> Tensor:
+    """int64 keys, one per value of ``x`` (N, H, W, C), that order like (value, -cell).
+
+    ``key = order(value) * 2^32 + (2^31 - 1 - cell)`` with ``cell = h * W + w`` and
+    ``order`` an int32 that orders (and ties) like the values. For float32 (and narrower
+    types, upcast exactly) ``order`` is the IEEE bit pattern read as an integer, with the
+    bits of negative numbers flipped: the classic trick that makes floats sort as
+    integers, applied after turning -0.0 into +0.0 (they compare equal; so a bin whose
+    first maximum is -0.0 outputs +0.0, which torch.equal still calls equal). A float64's
+    64 bits leave no room for the cell, so there ``order`` is the value's dense rank in its
+    (image, channel) map, from a sort: slower, used by the tests rather than by models.
+
+    Values torchvision's kernel never selects (nan, and <= -FLT_MAX: it starts at -FLT_MAX
+    and keeps strictly greater values) get ``order(-FLT_MAX) * 2^32`` (rank 0 for
+    float64): below every usable key, decoding to -FLT_MAX with "no cell", which is
+    torchvision's output for a bin of only such values.
+
+    With ``with_cell=False`` (float32 only) the keys are just ``order(value)``, int32.
+    """
+    n_img, height, width, channels = x.shape
+    unusable = ~(x > -FLT_MAX)  # True for nan too
+    if x.dtype == torch.float64:
+        planes = x.permute(0, 3, 1, 2).reshape(n_img * channels, height * width)
+        sorted_values, position = planes.sort(dim=1)
+        step = torch.ones_like(sorted_values, dtype=torch.int32)
+        step[:, 1:] = (sorted_values[:, 1:] != sorted_values[:, :-1]).int()
+        rank = torch.empty_like(step).scatter_(1, position, step.cumsum(1, dtype=torch.int32))
+        order = rank.view(n_img, channels, height, width).permute(0, 2, 3, 1)
+        floor = 0
+    else:
+        order = _float_order(x.float() + 0.0)  # + 0.0 turns -0.0 into +0.0
+        floor = int(_float_order(torch.tensor(-FLT_MAX)))
+        if not with_cell:
+            return order.masked_fill_(unusable, floor)
+    cell = torch.arange(height * width, device=x.device).view(1, height, width, 1)
+    key = order.long() * 2**32 + (_KEY_CELL_MAX - cell)
+    return key.masked_fill_(unusable, floor * 2**32)
+
+
+def _float_order(x: Tensor) -> Tensor:
+    """float32 to int32 with the same order: the bit pattern, the lower 31 bits flipped
+    for negative numbers (whose patterns otherwise grow as the numbers fall)."""
+    bits = x.view(torch.int32)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+def _key_tables(key: Tensor, n_lh: int, n_lw: int) -> Tensor:
+    """The 2-D sparse tables of :func:`max_over_tables` over ``key`` (N, H, W, C).
+
+    Returns ``(n_lh * n_lw * N * H * W + 1, C)`` rows of keys: row ``((a * n_lw + b) * N +
+    n) * H * W + h * W + w`` is the largest key of the ``2^a x 2^b`` block at (h, w),
+    filled where the block fits in the map (``h + 2^a <= H``, ``w + 2^b <= W``), the only
+    blocks a bin asks for (the rest is never read and left uninitialised). The last row
+    holds key 0: value 0, no cell, for empty bins.
+    """
+    n_img, height, width, channels = key.shape
+    rows = n_lh * n_lw * n_img * height * width
+    flat = key.new_empty((rows + 1, channels))
+    flat[rows] = 0
+    table = flat[:rows].view(n_lh, n_lw, n_img, height, width, channels)
+    table[0, 0] = key
+    for a in range(1, n_lh):
+        # 2^a rows: the blocks of 2^(a-1) rows at h and h + 2^(a-1).
+        s, h = 1 << (a - 1), height - (1 << a) + 1
+        prev = table[a - 1, 0]
+        torch.maximum(prev[:, :h], prev[:, s : s + h], out=table[a, 0, :, :h])
+    for a in range(n_lh):
+        h = height - (1 << a) + 1
+        for b in range(1, n_lw):
+            s, w = 1 << (b - 1), width - (1 << b) + 1
+            prev = table[a, b - 1, :, :h]
+            torch.maximum(prev[:, :, :w], prev[:, :, s : s + w], out=table[a, b, :, :h, :w])
+    return flat
