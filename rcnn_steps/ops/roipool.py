@@ -123,12 +123,12 @@ def _roi_pool_forward(
     We take the one whose count is smaller (:func:`_use_tables`). In a detector the bins
     are small (FPN sends each RoI to the level where it spans about the canonical number of
     cells), so the tables' whole-map work is the larger. The five RoIPool calls of one
-    ``cpu_mask`` training step (8 images, 64 channels, forward and backward, one thread,
-    each against torchvision's in the same run) took, with the tables and with the bin
-    shapes: 2.7x and 1.9x torchvision's time at 128 px (a 32 x 32 finest map), 5.3x and
-    1.3x at 256 px, 5.8x and 0.55x at 512 px (128 x 128). Large bins over a small map
-    (``benchmarks/bench_roi_ops.py``'s 800 px rows: 7 x 7 bins of RoIs up to 32 cells on
-    50 x 50) favour the tables.
+    ``cpu_mask`` training step (8 images, 64 channels, channels_last, forward and
+    backward, one thread, quiet machine, against torchvision's in the same run) took, with
+    the tables alone and with the choice: 2.2x and 2.2x torchvision's time at 128 px (a
+    32 x 32 finest map), 6.9x and 1.5x at 256 px, 5.2x and 0.44x at 512 px (128 x 128).
+    Large bins over a small map (``benchmarks/bench_roi_ops.py``'s 800 px rows: 7 x 7 bins
+    of RoIs up to 32 cells on 50 x 50) favour the tables.
 
     Returns ``(out, source)``: ``source`` (None without ``need_argmax``) is the
     ``(K * ph * pw, C)`` int64 position, in the flat input gradient, of the cell and
