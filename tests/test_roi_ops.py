@@ -272,6 +272,17 @@ def test_roi_pool_channels_last_map(method):
     assert ours[1].is_contiguous()
 
 
+@pytest.mark.parametrize("method", POOL_METHODS)
+def test_roi_pool_of_a_map_without_channels(method):
+    """No channels: an empty output and gradient, as torchvision gives."""
+    x = torch.zeros(2, 0, 5, 5)
+    rois = torch.tensor([[0.0, 0, 0, 3, 3], [1.0, 1, 1, 4, 2]])
+    with pool_method(method):
+        out, grad = forward_backward(roi_pool, x, rois, 2)
+    assert out.shape == tv.roi_pool(x, rois, 2).shape == (2, 0, 2, 2)
+    assert grad.shape == x.shape
+
+
 def test_roi_pool_takes_the_method_with_less_to_do():
     """Small bins on a large map (a detector's FPN level): gather the bins, not tables of
     the whole map; large bins on a small map: the tables."""

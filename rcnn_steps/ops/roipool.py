@@ -135,6 +135,9 @@ def _roi_pool_forward(
     channel each output's gradient goes to (:func:`_gradient_layout`), or
     ``input.numel()`` where nothing was pooled.
     """
+    if input.shape[1] == 0:  # no channels: an empty output, as torchvision's
+        source = rois.new_zeros((rois.shape[0] * ph * pw, 0), dtype=torch.long)
+        return input.new_zeros((rois.shape[0], 0, ph, pw)), source if need_argmax else None
     with _cpu_threads(input.device, limit=1):
         grid = _bin_grid(rois, spatial_scale, ph, pw, input.shape)
     if _use_tables(grid, input.shape):
