@@ -23,6 +23,7 @@ from torchvision.models.detection._utils import BoxCoder as TvBoxCoder
 import rcnn_steps.ops.boxes
 from rcnn_steps.ops.boxes import (
     NMS_BLOCK_SIZE_CPU,
+    NMS_LARGE_CLASS,
     BoxCoder,
     _largest_at_most,
     batched_nms,
@@ -352,6 +353,32 @@ def test_nms_matches_torchvision_on_many_clustered_boxes(threshold):
     classes = torch.randint(0, 5, (n,), generator=gen)
     keep = batched_nms(boxes, scores, classes, threshold)
     exactly_equal(keep, per_class_reference(boxes, scores, classes, threshold))
+
+
+@pytest.mark.parametrize("block_size", [4, 16])
+def test_batched_nms_blocks_of_every_kind(block_size):
+    # Class sizes that reach every way a class is cut into blocks: small classes sharing a
+    # block, a class filling one, one just over a block (up to NMS_LARGE_CLASS blocks:
+    # still one block), and larger ones in 2-4 equal blocks, whose later blocks look back
+    # at the kept boxes of the earlier. Each class is a chain of boxes sliding right, so
+    # that suppression runs across block boundaries.
+    b = block_size
+    sizes = [1, 2, b - 3, b, int(NMS_LARGE_CLASS * b), int(NMS_LARGE_CLASS * b) + 1, 2 * b + 1]
+    sizes += [3, 4 * b - 1, 1]
+    boxes, classes = [], []
+    for c, size in enumerate(sizes):
+        step = torch.arange(size, dtype=torch.float32)[:, None] * 3
+        boxes.append(torch.tensor([[0.0, 0.0, 10.0, 10.0]]) + torch.cat((step, 0 * step) * 2, 1))
+        classes += [c] * size
+    boxes = torch.cat(boxes)
+    classes = torch.tensor(classes)
+    perm = torch.randperm(len(boxes), generator=torch.Generator().manual_seed(0))
+    boxes, classes = boxes[perm], classes[perm]
+    scores = torch.rand(len(boxes), generator=torch.Generator().manual_seed(1))
+    for threshold in (0.3, 0.5):
+        with nms_block_size(block_size):
+            keep = batched_nms(boxes, scores, classes, threshold)
+        exactly_equal(keep, per_class_reference(boxes, scores, classes, threshold))
 
 
 def test_batched_nms_large_input_same_boxes_as_torchvision():
