@@ -195,6 +195,28 @@ def test_roi_pool_values_torchvision_never_picks(dtype, method):
     assert (ours[0][:, 0] == -FLT_MAX).any()  # the all-nan channel
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_roi_pool_one_and_two_cell_bins(seed):
+    """Small RoIs at 4 x 4 make bins of one and two cells, which the bin-shape forward
+    pools without `max` (a comparison for two cells): ties, nan, -inf and -FLT_MAX in
+    either cell still match torchvision's values and gradients."""
+    gen = torch.Generator().manual_seed(seed)
+    specials = torch.tensor([math.nan, -math.inf, -FLT_MAX, 0.0, -0.0, 1.0, 1.0, 2.0])
+    pick = torch.randint(0, 12, (2, 3, 7, 7), generator=gen)
+    x = torch.where(pick < 8, specials[pick.clamp(max=7)], torch.randn(2, 3, 7, 7, generator=gen))
+    corner = torch.randint(0, 6, (60, 2), generator=gen).float()
+    side = torch.randint(0, 3, (60, 2), generator=gen).float()
+    image = torch.randint(0, 2, (60, 1), generator=gen).float()
+    rois = torch.cat((image, corner, corner + side), 1)
+    _, _, _, bin_h, bin_w = roipool._bin_grid(rois, 1.0, 4, 4, x.shape)
+    assert {1, 2} <= set((bin_h * bin_w).tolist())
+    with pool_method("bin_shape"):
+        ours = forward_backward(roi_pool, x, rois, 4)
+    theirs = forward_backward(tv.roi_pool, x, rois, 4)
+    exactly_equal(ours[0], theirs[0])
+    exactly_equal(ours[1], theirs[1])
+
+
 @pytest.mark.parametrize("method", POOL_METHODS)
 def test_roi_pool_shared_argmax_accumulates(method):
     """One bright cell that many bins of many RoIs pick: its gradient is their sum."""

@@ -57,8 +57,9 @@ TABLE_CELL_COST = 1.0
 #: benchmark set it to check and time each.
 ROI_POOL_METHOD = "auto"
 
-#: Upper bound on the values :func:`_pool_by_bin_shape` gathers at once.
-GATHER_BYTES = 64 * 2**20
+#: Upper bound on the values :func:`_pool_by_bin_shape` gathers at once (4 MiB measured as
+#: fast as 64 MiB or faster on the benchmark's P2 rows).
+GATHER_BYTES = 4 * 2**20
 
 
 # ----------------------------------------------------------------------------------------
@@ -130,10 +131,9 @@ def _roi_pool_forward(
     Large bins over a small map (``benchmarks/bench_roi_ops.py``'s 800 px rows: 7 x 7 bins
     of RoIs up to 32 cells on 50 x 50) favour the tables.
 
-    Returns ``(out, source)``: ``source`` (None without ``need_argmax``) is the
-    ``(K * ph * pw, C)`` int64 position, in the flat input gradient, of the cell and
-    channel each output's gradient goes to (:func:`_gradient_layout`), or
-    ``input.numel()`` where nothing was pooled.
+    Returns ``(out, source)``: ``source`` (None without ``need_argmax``), ``(K * ph * pw,
+    C)`` int32 or int64, is where in the flat input gradient each output's gradient goes
+    (:func:`_gradient_layout`), ``input.numel()`` where nothing was pooled.
     """
     if input.shape[1] == 0:  # no channels: an empty output, as torchvision's
         source = rois.new_zeros((rois.shape[0] * ph * pw, 0), dtype=torch.long)
@@ -182,14 +182,10 @@ def _use_tables(grid, shape) -> bool:
         return False
     n_img, _, height, width = shape
     gathered = int((bin_h * bin_w).sum())
-    levels = _levels(int(bin_h.max()), int(bin_w.max()))
+    # the table levels the largest bin needs (1 + floor(log2 side) per direction)
+    levels = max(int(bin_h.max()), 1).bit_length() * max(int(bin_w.max()), 1).bit_length()
     tables = TABLE_CELL_COST * levels * n_img * height * width + 1.5 * bin_h.numel()
     return tables < gathered
-
-
-def _levels(max_h: int, max_w: int) -> int:
-    """How many table levels bins of up to ``max_h x max_w`` cells need."""
-    return max(max_h, 1).bit_length() * max(max_w, 1).bit_length()
 
 
 def _pool_by_bin_shape(input: Tensor, rois: Tensor, grid, ph: int, pw: int, need_argmax: bool):
@@ -223,17 +219,23 @@ def _pool_by_bin_shape(input: Tensor, rois: Tensor, grid, ph: int, pw: int, need
     size, shift, step, channel_step = _gradient_layout(input, num_bins)
     channel_offset = torch.arange(channels, device=input.device) * channel_step
 
-    def pool(bins: Tensor, mask_unusable: bool):
-        """The values and gradient positions of ``bins``, computed group by group into
-        buffers in the groups' order, then put in the bins' places in one copy."""
+    out, by_bin = _new_output(input, rois.shape[0], ph, pw)
+    # (K * ph * pw, C) values, in the output's own memory when it is channels_last
+    in_place = by_bin.is_contiguous()
+    value = by_bin.view(-1, channels) if in_place else by_bin.new_empty(num_bins, channels)
+    # int32 where it fits: half the bytes (one 128 px step's calls: 1.77x -> 1.55x tv's time)
+    index = torch.int32 if input.numel() < 2**31 - 1 else torch.long
+    source = value.new_empty(value.shape, dtype=index) if need_argmax else None
+
+    def pool(bins: Tensor, mask_unusable: bool) -> None:
+        """Write the values and gradient positions of ``bins`` into their rows of
+        ``value`` and ``source``, group by group, in chunks small enough for the cache."""
         keys = shape_key[bins]
         kinds, counts = torch.unique(keys, return_counts=True)
         bins = bins[torch.argsort(keys, stable=True)]
-        value = input.new_empty((len(bins), channels))
-        source = value.new_empty(value.shape, dtype=torch.long) if need_argmax else None
         start = 0
         for kind, count in zip(kinds.tolist(), counts.tolist(), strict=True):
-            group = slice(start, start + count)
+            group = bins[start : start + count]
             start += count
             if kind < 0:  # bins outside the map: 0, and no gradient
                 value[group] = 0
@@ -245,51 +247,63 @@ def _pool_by_bin_shape(input: Tensor, rois: Tensor, grid, ph: int, pw: int, need
             offsets = offsets.to(first.device)
             # At most GATHER_BYTES of gathered values at a time.
             chunk = max(1, GATHER_BYTES // (h * w * channels * input.element_size()))
-            for c0 in range(group.start, group.stop, chunk):
-                part = slice(c0, min(c0 + chunk, group.stop))
-                cells = first[bins[part], None] + offsets  # (n, h * w) rows, row-major
+            for part in group.split(chunk):
+                cells = first[part, None] + offsets  # (n, h * w) rows, row-major
                 n = cells.shape[0]
                 block = rows.index_select(0, cells.view(-1)).view(n, h * w, channels)
                 if mask_unusable:
                     block = block.masked_fill(~(block > -FLT_MAX), -math.inf)
-                best, where = block.max(1)  # (n, C): the first maximum's index
-                value[part] = best
                 if source is not None:
-                    cells = cells * step + shift[image[bins[part]], None]
-                    torch.add(cells.gather(1, where), channel_offset, out=source[part])
-        return bins, value, source
+                    cells = cells * step + shift[image[part], None]
+                # Small RoIs have bins of one or two cells (45% and 42% of the bins of the
+                # benchmark's 128 px P2 rows at 14 x 14), where `max` with its index is
+                # the slow way (for two cells, 2x slower than a comparison and a maximum;
+                # torch.maximum may turn a tie of -0.0 and +0.0 into +0.0: equal values).
+                if h * w == 1:  # one cell: it is the maximum
+                    value.index_copy_(0, part, block[:, 0])
+                    target = cells
+                elif h * w == 2:  # the second cell wins only if strictly greater
+                    second = block[:, 1] > block[:, 0]
+                    value.index_copy_(0, part, torch.maximum(block[:, 0], block[:, 1]))
+                    if source is not None:
+                        target = second * (cells[:, 1:] - cells[:, :1]) + cells[:, :1]
+                else:
+                    best, where = block.max(1)  # (n, C): the first maximum's index
+                    value.index_copy_(0, part, best)
+                    if source is not None:
+                        target = cells.gather(1, where)
+                if source is not None:
+                    source.index_copy_(0, part, (target + channel_offset).to(index))
 
     with torch.no_grad():
-        bins, pooled, pooled_source = pool(torch.arange(num_bins, device=input.device), False)
-        value = torch.empty_like(pooled).index_copy_(0, bins, pooled)
-        source = None
-        if need_argmax:
-            source = torch.empty_like(pooled_source).index_copy_(0, bins, pooled_source)
+        pool(torch.arange(num_bins, device=input.device), False)
         # One reduction finds out whether nan or a value <= -FLT_MAX won anywhere (nan
         # propagates through amin); only then are the bins found and redone.
         if num_bins and not bool(value.amin() > -FLT_MAX):
             redo = (~(value > -FLT_MAX)).any(1).nonzero().squeeze(1)
-            bins, pooled, pooled_source = pool(redo, True)
-            value.index_copy_(0, bins, pooled)
+            pool(redo, True)
             unusable = ~(value > -FLT_MAX)  # now only bins that pooled nothing usable
             value.masked_fill_(unusable, -FLT_MAX)
             if source is not None:
-                source.index_copy_(0, bins, pooled_source)
                 source.masked_fill_(unusable, size)
-    return _output(value, input, ph, pw), source
+    if not in_place:
+        by_bin.copy_(value.view(by_bin.shape))
+    return out, source
 
 
-def _output(value: Tensor, input: Tensor, ph: int, pw: int) -> Tensor:
-    """``(K * ph * pw, C)`` pooled values as the ``(K, C, ph, pw)`` output, in the input's
-    memory format: a channels_last map gives a channels_last output (no transpose; the
-    next convolution wants it so), any other a contiguous one."""
-    out = value.view(-1, ph, pw, input.shape[1]).permute(0, 3, 1, 2)
-    return out if _channels_last(input) else out.contiguous()
+def _new_output(input: Tensor, num_rois: int, ph: int, pw: int) -> tuple[Tensor, Tensor]:
+    """The ``(K, C, ph, pw)`` output, in the input's memory format (a channels_last map
+    gives a channels_last output, which the next convolution wants; any other a
+    contiguous one), and a ``(K, ph * pw, C)`` view of it: the order the forwards compute
+    in, written straight into the output's memory (no transposing copy afterwards)."""
+    channels_last = torch.channels_last if _channels_last(input) else torch.contiguous_format
+    shape = (num_rois, input.shape[1], ph, pw)
+    out = torch.empty(shape, dtype=input.dtype, device=input.device, memory_format=channels_last)
+    return out, out.permute(0, 2, 3, 1).view(num_rois, ph * pw, input.shape[1])
 
 
 def _gradient_layout(input: Tensor, num_bins: int):
-    """Where a cell's channels sit in the flat input gradient that the backward's one
-    scatter-add writes.
+    """Where a cell's channels sit in the flat gradient the backward's scatter-add writes.
 
     The scatter writes channels_last (NHWC: a bin's C values side by side) when the input
     is channels_last, or when there are at least as many outputs as input values (then
@@ -316,11 +330,8 @@ def _scatters_channels_last(input: Tensor, num_bins: int) -> bool:
 
 
 def _channels_last(input: Tensor) -> bool:
-    return (
-        input.dim() == 4
-        and not input.is_contiguous()
-        and input.is_contiguous(memory_format=torch.channels_last)
-    )
+    nhwc = input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last)
+    return nhwc and not input.is_contiguous()
 
 
 def _pool_by_tables(input: Tensor, rois: Tensor, grid, ph: int, pw: int, need_argmax: bool):
@@ -328,30 +339,30 @@ def _pool_by_tables(input: Tensor, rois: Tensor, grid, ph: int, pw: int, need_ar
     which hold keys that order like (value, -cell); returns ``(out, source)`` as
     :func:`_roi_pool_forward`."""
     n_img, channels, height, width = input.shape
-    value, source = max_over_tables(input, grid, need_argmax)
-    out = _output(value, input, ph, pw)
+    num_rois = rois.shape[0]
+    out, by_bin = _new_output(input, num_rois, ph, pw)
+    _, low = max_over_tables(input, grid, need_argmax, by_bin)
     if not need_argmax:
         return out, None
     # The argmax cell is row n * H * W + _KEY_CELL_MAX - low: placed in the gradient's
     # layout, row * step + shift[n] + c * channel_step. Everything but `low` is per RoI
-    # and channel, so it takes two passes over (bins, C), both in int64.
-    size, shift, step, channel_step = _gradient_layout(input, value.shape[0])
+    # and channel, so it is one pass over (bins, C), in place.
+    size, shift, step, channel_step = _gradient_layout(input, low.shape[0])
     batch = rois[:, 0].long()
     channel = torch.arange(channels, device=input.device) * channel_step
     roi_base = ((batch * (height * width) + _KEY_CELL_MAX) * step + shift[batch])[:, None] + channel
-    nothing = source == 0 if _may_pool_nothing(input, grid) else None
-    view = source.view(rois.shape[0], ph * pw, channels)
-    torch.add(roi_base[:, None, :], view, alpha=-step, out=view)
+    # Nothing pooled (low word 0): the empty bins, and, where the map holds values
+    # torchvision never picks (nan propagates through amin), any bin.
+    nothing = low == 0 if not bool(input.detach().amin() > -FLT_MAX) else None
+    view = low.view(num_rois, ph * pw, channels)
+    source = torch.add(roi_base[:, None, :], view, alpha=-step, out=view).view(-1, channels)
     if nothing is not None:
         source.masked_fill_(nothing, size)
+    else:
+        empty = (grid[3] <= 0) | (grid[4] <= 0)
+        if bool(empty.any()):  # (a masked write over no rows still passes over all)
+            source[empty] = size
     return out, source
-
-
-def _may_pool_nothing(input: Tensor, grid) -> bool:
-    """Whether a bin may pool nothing: it is empty, or the map holds values torchvision
-    never picks (nan propagates through amin)."""
-    empty = (grid[3] <= 0) | (grid[4] <= 0)
-    return bool(empty.any()) or not bool(input.detach().amin() > -FLT_MAX)
 
 
 class _RoIPoolFunction(torch.autograd.Function):
@@ -360,14 +371,11 @@ class _RoIPoolFunction(torch.autograd.Function):
 
     A custom Function because the forward gets values and argmaxes together (and skips
     the argmax when no gradient is needed). The backward is one scatter-add of
-    ``grad_output`` into the gradient, made in the input's memory format (a
-    channels_last map gets a channels_last gradient: transposing a 128 x 128 x 64 x 8
-    map took 65 ms on one thread, as long as the rest of the backward), reading
-    ``grad_output`` in the order the forward computed, (RoI, bin row, bin column,
-    channel): for any one cell (which belongs to one image and channel) the contributions
-    arrive in torchvision's loop order (RoI, bin row, bin column), so even the float sums
-    agree bit for bit. It is written with differentiable ops, so double backward works
-    too.
+    ``grad_output``, read in the forward's order (RoI, bin row, bin column, channel),
+    into a gradient in the input's memory format (transposing a channels_last 128 x 128
+    x 64 x 8 map took 65 ms on one thread, as long as the rest of the backward). Any one
+    cell (one image and channel) gets its contributions in torchvision's loop order, so
+    even the float sums agree bit for bit. Differentiable ops: double backward works.
     """
 
     @staticmethod
@@ -393,7 +401,10 @@ class _RoIPoolFunction(torch.autograd.Function):
         size = n_img * channels * height * width
         grad = grad_out.permute(0, 2, 3, 1).reshape(-1)  # (RoI, row, column, channel)
         # Outputs that pooled nothing point at a spare slot at the end.
-        grad_input = grad_out.new_zeros(size + 1).scatter_add(0, source.view(-1), grad)
+        # Both add in order; scatter_add was faster with int64 positions but takes no int32.
+        grad_input = grad_out.new_zeros(size + 1)
+        add = grad_input.scatter_add_ if source.dtype == torch.long else grad_input.index_add_
+        add(0, source.view(-1), grad)
         grad_input = grad_input[:size]
         if not ctx.scatters_channels_last:
             return grad_input.view(n_img, channels, height, width), None, None, None, None
@@ -439,8 +450,8 @@ def roi_pool(
         ``(K, C, ph, pw)`` pooled features, in the input's memory format (channels_last
         in, channels_last out; else contiguous), and so is the input's gradient. Equals
         ``torchvision.ops.roi_pool``, forward and backward, bit for bit on CPU, by both
-        forwards (tests/test_roi_ops.py; the one exception: where the max tables run, a
-        float32 bin whose first maximum is -0.0 outputs +0.0, which compares equal),
+        forwards (tests/test_roi_ops.py; the one exception: a float32 bin whose first
+        maximum is -0.0 may output +0.0, which compares equal),
         including its handling of values it never selects (nan, and values <= -FLT_MAX:
         a bin of only those outputs -FLT_MAX and passes no gradient).
     """

@@ -74,7 +74,9 @@ def _pool_corners(grid, shape):
     return n_lh, n_lw, corners[0], extra
 
 
-def max_over_tables(input: Tensor, grid, need_argmax: bool) -> tuple[Tensor, Tensor | None]:
+def max_over_tables(
+    input: Tensor, grid, need_argmax: bool, out: Tensor
+) -> tuple[Tensor, Tensor | None]:
     """Every RoIPool bin's maximum by range-maximum queries on max tables built over the
     whole map.
 
@@ -111,11 +113,13 @@ def max_over_tables(input: Tensor, grid, need_argmax: bool) -> tuple[Tensor, Ten
     corners and, beyond a memory budget, slices of channels; never over RoIs.
 
     Args: ``input`` (N, C, H, W); ``grid`` the bins of
-    :func:`rcnn_steps.ops.roipool._bin_grid`, flat ``(K * ph * pw,)``.
+    :func:`rcnn_steps.ops.roipool._bin_grid`, flat ``(K * ph * pw,)``; ``out`` a ``(K,
+    ph * pw, C)`` view of the output, in whatever memory layout, that the maxima are
+    decoded straight into (a (K, C, ph, pw) output then needs no transposing copy).
 
-    Returns ``(value, low)``: the ``(K * ph * pw, C)`` maxima and, if ``need_argmax``, the
-    int64 low words of their keys, ``_KEY_CELL_MAX - cell`` of the argmax (cell = ``h * W +
-    w`` within its image), 0 where nothing was pooled; else None.
+    Returns ``(out, low)``: ``out`` holding the maxima and, if ``need_argmax``, the
+    int64 low words of their keys, ``_KEY_CELL_MAX - cell`` of the argmax (cell = ``h * W
+    + w`` within its image), 0 where nothing was pooled; else None.
     """
     n_img, channels, height, width = input.shape
     image = grid[0]
@@ -145,8 +149,6 @@ def max_over_tables(input: Tensor, grid, need_argmax: bool) -> tuple[Tensor, Ten
     key = torch.cat(best, 1) if len(best) > 1 else best[0]  # (K * ph * pw, C)
     high, low = _split_key(key) if with_cell else (key, None)
 
-    # Decode in the computed (K * ph * pw, C) layout, where every pass is contiguous, and
-    # transpose the values once at the end (measured faster than decoding transposed).
     if input.dtype == torch.float64:
         # Ranks do not decode to values: read the values at the argmax. low holds
         # _KEY_CELL_MAX - cell, and 0 where nothing was pooled.
@@ -157,15 +159,22 @@ def max_over_tables(input: Tensor, grid, need_argmax: bool) -> tuple[Tensor, Ten
         value = input.detach().reshape(-1)[flat.view(-1)].view(key.shape)
         empty = (grid[3] <= 0) | (grid[4] <= 0)
         fill = torch.where(empty, 0.0, -FLT_MAX).to(value.dtype)[:, None]
-        value = torch.where(pooled, value, fill)
+        out.copy_(torch.where(pooled, value, fill).view(out.shape))
     else:
         # Undo the order trick: flip the bits of negative numbers back, read as float32.
-        high = high.contiguous()
-        bits = (high >> 31).bitwise_and_(0x7FFFFFFF).bitwise_xor_(high)
-        value = bits.view(torch.float32).to(input.dtype)
+        # Three passes that write the output's own memory (a float32 one, read as int32):
+        # decoding into a (bins, C) buffer and transposing it took two passes and two
+        # fresh buffers more (on 512 RoIs x 14 x 14 x 256 channels, each fresh 100 MB
+        # buffer cost as much as a pass in page faults).
+        high = high.view(out.shape)
+        bits = out.view(torch.int32) if out.dtype == torch.float32 else torch.empty_like(high)
+        torch.bitwise_right_shift(high, 31, out=bits)
+        bits.bitwise_and_(0x7FFFFFFF).bitwise_xor_(high)
+        if bits.data_ptr() != out.data_ptr():
+            out.copy_(bits.view(torch.float32))
     if not need_argmax:
-        return value, None
-    return value, key & 0xFFFFFFFF
+        return out, None
+    return out, key.bitwise_and_(0xFFFFFFFF)  # in place: no fresh (bins, C) int64 pages
 
 
 #: Keys of :func:`_max_keys`: the low 32 bits hold ``_KEY_CELL_MAX - cell`` (so that a
