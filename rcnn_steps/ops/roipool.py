@@ -217,14 +217,14 @@ def _pool_by_bin_shape(input: Tensor, rois: Tensor, grid, ph: int, pw: int, need
     # format): its argmax cell's channel 0 at `row * step + shift[image]`, channel c at
     # `c * channel_step` from there; `size` (one past the end) for nothing.
     size, shift, step, channel_step = _gradient_layout(input, num_bins)
-    channel_offset = torch.arange(channels, device=input.device) * channel_step
+    # int32 where it fits: half the bytes (one 128 px step's calls: 1.77x -> 1.55x tv's time)
+    index = torch.int32 if input.numel() < 2**31 - 1 else torch.long
+    channel_offset = (torch.arange(channels, device=input.device) * channel_step).to(index)
 
     out, by_bin = _new_output(input, rois.shape[0], ph, pw)
     # (K * ph * pw, C) values, in the output's own memory when it is channels_last
     in_place = by_bin.is_contiguous()
     value = by_bin.view(-1, channels) if in_place else by_bin.new_empty(num_bins, channels)
-    # int32 where it fits: half the bytes (one 128 px step's calls: 1.77x -> 1.55x tv's time)
-    index = torch.int32 if input.numel() < 2**31 - 1 else torch.long
     source = value.new_empty(value.shape, dtype=index) if need_argmax else None
 
     def pool(bins: Tensor, mask_unusable: bool) -> None:
@@ -254,7 +254,7 @@ def _pool_by_bin_shape(input: Tensor, rois: Tensor, grid, ph: int, pw: int, need
                 if mask_unusable:
                     block = block.masked_fill(~(block > -FLT_MAX), -math.inf)
                 if source is not None:
-                    cells = cells * step + shift[image[part], None]
+                    cells = (cells * step + shift[image[part], None]).to(index)
                 # Small RoIs have bins of one or two cells (45% and 42% of the bins of the
                 # benchmark's 128 px P2 rows at 14 x 14), where `max` with its index is
                 # the slow way (for two cells, 2x slower than a comparison and a maximum;
@@ -273,7 +273,7 @@ def _pool_by_bin_shape(input: Tensor, rois: Tensor, grid, ph: int, pw: int, need
                     if source is not None:
                         target = cells.gather(1, where)
                 if source is not None:
-                    source.index_copy_(0, part, (target + channel_offset).to(index))
+                    source.index_copy_(0, part, target + channel_offset)
 
     with torch.no_grad():
         pool(torch.arange(num_bins, device=input.device), False)
