@@ -217,6 +217,23 @@ def test_roi_pool_one_and_two_cell_bins(seed):
     exactly_equal(ours[1], theirs[1])
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("method", POOL_METHODS)
+def test_roi_pool_backward_in_pieces(method, channels_last):
+    """The backward adds 4 MiB of gradient at a time: 60 RoIs of 14 x 14 x 256 float32
+    outputs (200 KiB each) take three pieces, and many RoIs share cells across them."""
+    x = feature_map(2, 256, 12, 12, seed=8, relu=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    rois = random_rois(2, 60, 12, 12, 1.0, seed=9)
+    with pool_method(method):
+        ours = forward_backward(roi_pool, x, rois, 14)
+    theirs = forward_backward(tv.roi_pool, x, rois, 14)
+    assert 60 * 14 * 14 * 256 * 4 > 2 * 2**22
+    exactly_equal(ours[0], theirs[0])
+    exactly_equal(ours[1], theirs[1])
+
+
 @pytest.mark.parametrize("method", POOL_METHODS)
 def test_roi_pool_shared_argmax_accumulates(method):
     """One bright cell that many bins of many RoIs pick: its gradient is their sum."""

@@ -123,13 +123,11 @@ def _roi_pool_forward(
 
     We take the one whose count is smaller (:func:`_use_tables`). In a detector the bins
     are small (FPN sends each RoI to the level where it spans about the canonical number of
-    cells), so the tables' whole-map work is the larger. The five RoIPool calls of one
-    ``cpu_mask`` training step (8 images, 64 channels, channels_last, forward and
-    backward, one thread, quiet machine, against torchvision's in the same run) took, with
-    the tables alone and with the choice: 2.2x and 2.2x torchvision's time at 128 px (a
-    32 x 32 finest map), 6.9x and 1.5x at 256 px, 5.2x and 0.44x at 512 px (128 x 128).
-    Large bins over a small map (``benchmarks/bench_roi_ops.py``'s 800 px rows: 7 x 7 bins
-    of RoIs up to 32 cells on 50 x 50) favour the tables.
+    cells), so the tables' whole-map work is the larger: the RoIPool calls of one
+    ``cpu_mask`` training step (forward and backward, one thread) took 2.2x, 6.9x and 5.2x
+    torchvision's time at 128, 256 and 512 px with the tables alone, 1.36x, 1.00x and
+    0.37x with the choice and the savings since. Large bins over a small map (the 800 px
+    rows of ``benchmarks/bench_roi_ops.py``) favour the tables.
 
     Returns ``(out, source)``: ``source`` (None without ``need_argmax``), ``(K * ph * pw,
     C)`` int32 or int64, is where in the flat input gradient each output's gradient goes
@@ -194,9 +192,8 @@ def _pool_by_bin_shape(input: Tensor, rois: Tensor, grid, ph: int, pw: int, need
     Bins of the same shape (h x w cells) form a group; for each group one gather reads
     the ``(bins, h * w, C)`` values, their cells in row-major order, and one
     ``max(dim=1)`` gives the values and the argmax, the first cell among equal maxima:
-    torchvision's tie rule (it keeps a value only if strictly greater). A detector's bins
-    come in a few dozen shapes, so the Python loop is short; the work is the bins' total
-    area times C, as in the kernel.
+    torchvision's tie rule (it keeps a value only if strictly greater). Bins come in a
+    few dozen shapes: the Python loop is short, the work the bins' total area times C.
 
     torchvision starts each bin at -FLT_MAX, so it never picks nan or a value <= -FLT_MAX;
     ``max`` would (nan propagates). The groups are redone, with those values masked to
@@ -399,19 +396,22 @@ class _RoIPoolFunction(torch.autograd.Function):
         (source,) = ctx.saved_tensors  # (K * ph * pw, C): see _roi_pool_forward
         n_img, channels, height, width = ctx.input_shape
         size = n_img * channels * height * width
-        grad = grad_out.permute(0, 2, 3, 1).reshape(-1)  # (RoI, row, column, channel)
-        # Outputs that pooled nothing point at a spare slot at the end.
-        # Both add in order; scatter_add was faster with int64 positions but takes no int32.
+        grad = grad_out.permute(0, 2, 3, 1)  # (RoI, row, column, channel), as `source`
+        # Outputs that pooled nothing point at a spare slot at the end. Both adds go in
+        # order (scatter_add, faster with int64, takes no int32); 4 MiB of gradient at a
+        # time, so one in another layout is reordered in cached pieces (800 px 14 x 14: -7%).
         grad_input = grad_out.new_zeros(size + 1)
         add = grad_input.scatter_add_ if source.dtype == torch.long else grad_input.index_add_
-        add(0, source.view(-1), grad)
+        per_roi = grad[0].numel() if len(grad) else 0  # ph * pw * C
+        chunk = max(1, 2**22 // max(per_roi * grad.element_size(), 1))
+        for k in range(0, len(grad), chunk):
+            piece = source.view(-1)[k * per_roi : (k + chunk) * per_roi]
+            add(0, piece, grad[k : k + chunk].reshape(-1))
         grad_input = grad_input[:size]
         if not ctx.scatters_channels_last:
             return grad_input.view(n_img, channels, height, width), None, None, None, None
         grad_input = grad_input.view(n_img, height, width, channels).permute(0, 3, 1, 2)
-        if not ctx.channels_last:
-            grad_input = grad_input.contiguous()
-        return grad_input, None, None, None, None
+        return (grad_input if ctx.channels_last else grad_input.contiguous()), *[None] * 4
 
 
 def roi_pool(
