@@ -167,6 +167,13 @@ def max_over_tables(
         # fresh buffers more (on 512 RoIs x 14 x 14 x 256 channels, each fresh 100 MB
         # buffer cost as much as a pass in page faults).
         high = high.view(out.shape)
+        if not need_argmax and high.is_contiguous() and not out.is_contiguous():
+            # Without an argmax the keys are int32 and ours to overwrite: decode them in
+            # contiguous passes and transpose once, which measured faster for a transposed
+            # output (800 px, 7 x 7: 32 -> 18 ms, in-process A/B).
+            high.bitwise_xor_((high >> 31).bitwise_and_(0x7FFFFFFF))
+            out.copy_(high.view(torch.float32))
+            return out, None
         bits = out.view(torch.int32) if out.dtype == torch.float32 else torch.empty_like(high)
         torch.bitwise_right_shift(high, 31, out=bits)
         bits.bitwise_and_(0x7FFFFFFF).bitwise_xor_(high)
