@@ -267,7 +267,7 @@ def _greedy_nms_sorted(boxes: Tensor, iou_threshold: float, labels: Tensor | Non
     (2 threads, quiet, the benchmark's median of 30): cutting a class just over a block
     long into equal blocks or none, the triangle folded into the comparison's thresholds
     and the final order read off the score sort took per-class NMS of 20 classes from
-    6.1 to 4.4 ms (torchvision 4.8), of 80 classes 5.9 -> 5.4 (5.1). Its worst
+    6.1 to 4.4 ms (torchvision 4.8); 80 classes then took 5.4 (5.1). Its worst
     case is a chain as long as a block (every box suppressing the next): then a block
     takes B rounds.
     """
