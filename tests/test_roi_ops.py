@@ -267,18 +267,37 @@ def test_roi_pool_ties_go_to_the_first_cell(method):
     ("method", "module", "budget"),
     [("tables", roipool_tables, "ROI_POOL_TABLE_BYTES"), ("bin_shape", roipool, "GATHER_BYTES")],
 )
-def test_roi_pool_many_rois_and_memory_slices(monkeypatch, method, module, budget):
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_roi_pool_many_rois_and_memory_slices(monkeypatch, method, module, budget, dtype):
     """Hundreds of RoIs over several images, with each forward's memory bound forced to
     its smallest slices (the max tables one channel at a time, the gathers one bin at a
-    time), still equal torchvision."""
-    x = feature_map(3, 5, 10, 12, seed=7, relu=True)
-    rois = random_rois(3, 300, 10, 12, 0.5, seed=8)
+    time), still equal torchvision, values it never picks included."""
+    x = feature_map(3, 5, 10, 12, dtype, seed=7, relu=True)
+    x[1, 2] = math.nan
+    x[2, 3, :4] = -math.inf
+    x[0, 4, 5:] = -FLT_MAX
+    rois = random_rois(3, 300, 10, 12, 0.5, dtype, seed=8)
     monkeypatch.setattr(module, budget, 1)
     with pool_method(method):
         ours = forward_backward(roi_pool, x, rois, (4, 3), 0.5)
     theirs = forward_backward(tv.roi_pool, x, rois, (4, 3), 0.5)
     exactly_equal(ours[0], theirs[0])
     exactly_equal(ours[1], theirs[1])
+
+
+@pytest.mark.parametrize("method", POOL_METHODS)
+def test_roi_pool_half_precision(method):
+    """float16 maps equal torchvision's kernel, which takes them on CPU; bfloat16, which it
+    refuses, equals the reference (the max tables decode through float32 for both)."""
+    x = feature_map(2, 6, 9, 11, seed=17, relu=True)
+    rois = random_rois(2, 40, 9, 11, 0.25, seed=18)
+    with pool_method(method):
+        ours = forward_backward(roi_pool, x.half(), rois.half(), 3, 0.25)
+        brain = roi_pool(x.bfloat16(), rois.bfloat16(), 3, 0.25)
+    theirs = forward_backward(tv.roi_pool, x.half(), rois.half(), 3, 0.25)
+    exactly_equal(ours[0], theirs[0])
+    exactly_equal(ours[1], theirs[1])
+    exactly_equal(brain, roi_pool_reference(x.bfloat16(), rois.bfloat16(), 3, 0.25))
 
 
 @pytest.mark.parametrize("method", POOL_METHODS)

@@ -44,7 +44,7 @@ from rcnn_steps.ops.roi_checks import (
     _rois_from_boxes,
     _single_box,
 )
-from rcnn_steps.ops.roipool_tables import _KEY_CELL_MAX, FLT_MAX, max_over_tables
+from rcnn_steps.ops.roipool_tables import FLT_MAX, max_over_tables
 
 __all__ = ["roi_pool", "roi_pool_cells", "roi_pool_reference", "roi_pool_region"]
 
@@ -121,13 +121,12 @@ def _roi_pool_forward(
       built over the whole map, whatever few RoIs read it. Its cost is the map's size
       times the table levels.
 
-    We take the one whose count is smaller (:func:`_use_tables`). In a detector the bins
-    are small (FPN sends each RoI to the level where it spans about the canonical number of
-    cells), so the tables' whole-map work is the larger: the RoIPool calls of one
-    ``cpu_mask`` training step (forward and backward, one thread) took 2.2x, 6.9x and 5.2x
-    torchvision's time at 128, 256 and 512 px with the tables alone, 1.36x, 1.00x and
-    0.37x with the choice and the savings since. Large bins over a small map (the 800 px
-    rows of ``benchmarks/bench_roi_ops.py``) favour the tables.
+    We take the one whose count is smaller (:func:`_use_tables`). A detector's bins are
+    small (FPN sends a RoI to the level where it spans a few cells): one ``cpu_mask``
+    step's RoIPool calls (forward and backward, one thread) took 2.2x, 6.9x and 5.2x
+    torchvision's time at 128, 256 and 512 px with the tables alone, 1.3-1.5x, 1.0-1.1x
+    and 0.4x with the choice. Large bins over a small map (the 800 px rows of
+    ``benchmarks/bench_roi_ops.py``) favour the tables.
 
     Returns ``(out, source)``: ``source`` (None without ``need_argmax``), ``(K * ph * pw,
     C)`` int32 or int64, is where in the flat input gradient each output's gradient goes
@@ -289,10 +288,9 @@ def _pool_by_bin_shape(input: Tensor, rois: Tensor, grid, ph: int, pw: int, need
 
 
 def _new_output(input: Tensor, num_rois: int, ph: int, pw: int) -> tuple[Tensor, Tensor]:
-    """The ``(K, C, ph, pw)`` output, in the input's memory format (a channels_last map
-    gives a channels_last output, which the next convolution wants; any other a
-    contiguous one), and a ``(K, ph * pw, C)`` view of it: the order the forwards compute
-    in, written straight into the output's memory (no transposing copy afterwards)."""
+    """The ``(K, C, ph, pw)`` output in the input's memory format (channels_last for a
+    channels_last map, as the next convolution wants; else contiguous), and a ``(K, ph *
+    pw, C)`` view of it: the forwards' order, written into the output's own memory."""
     channels_last = torch.channels_last if _channels_last(input) else torch.contiguous_format
     shape = (num_rois, input.shape[1], ph, pw)
     out = torch.empty(shape, dtype=input.dtype, device=input.device, memory_format=channels_last)
@@ -341,24 +339,24 @@ def _pool_by_tables(input: Tensor, rois: Tensor, grid, ph: int, pw: int, need_ar
     _, low = max_over_tables(input, grid, need_argmax, by_bin)
     if not need_argmax:
         return out, None
-    # The argmax cell is row n * H * W + _KEY_CELL_MAX - low: placed in the gradient's
-    # layout, row * step + shift[n] + c * channel_step. Everything but `low` is per RoI
-    # and channel, so it is one pass over (bins, C), in place.
+    # The argmax cell is row n * H * W + ~low (= -1 - low), placed in the gradient's
+    # layout: row * step + shift[n] + c * channel_step. All but `low` is per RoI and
+    # channel: one pass over (bins, C), in place (int32 low words: 2^31 positions).
     size, shift, step, channel_step = _gradient_layout(input, low.shape[0])
     batch = rois[:, 0].long()
     channel = torch.arange(channels, device=input.device) * channel_step
-    roi_base = ((batch * (height * width) + _KEY_CELL_MAX) * step + shift[batch])[:, None] + channel
+    roi_base = ((batch * (height * width) - 1) * step + shift[batch])[:, None] + channel
     # Nothing pooled (low word 0): the empty bins, and, where the map holds values
     # torchvision never picks (nan propagates through amin), any bin.
     nothing = low == 0 if not bool(input.detach().amin() > -FLT_MAX) else None
+    low = low.long() if size >= 2**31 - 1 else low
     view = low.view(num_rois, ph * pw, channels)
-    source = torch.add(roi_base[:, None, :], view, alpha=-step, out=view).view(-1, channels)
+    roi_base = roi_base.to(low.dtype)[:, None, :]
+    source = torch.add(roi_base, view, alpha=-step, out=view).view(-1, channels)
     if nothing is not None:
         source.masked_fill_(nothing, size)
-    else:
-        empty = (grid[3] <= 0) | (grid[4] <= 0)
-        if bool(empty.any()):  # (a masked write over no rows still passes over all)
-            source[empty] = size
+    elif bool((empty := (grid[3] <= 0) | (grid[4] <= 0)).any()):  # (a masked write over
+        source[empty] = size  # no rows would still pass over all)
     return out, source
 
 
@@ -397,11 +395,13 @@ class _RoIPoolFunction(torch.autograd.Function):
         n_img, channels, height, width = ctx.input_shape
         size = n_img * channels * height * width
         grad = grad_out.permute(0, 2, 3, 1)  # (RoI, row, column, channel), as `source`
-        # Outputs that pooled nothing point at a spare slot at the end. Both adds go in
-        # order (scatter_add, faster with int64, takes no int32); 4 MiB of gradient at a
-        # time, so one in another layout is reordered in cached pieces (800 px 14 x 14: -7%).
+        # Outputs that pooled nothing point at a spare slot at the end. Adds in order:
+        # scatter_add (faster; int64 only; float16 out of order) or index_add. 4 MiB of
+        # gradient at a time: one in another layout is reordered in cached pieces.
         grad_input = grad_out.new_zeros(size + 1)
-        add = grad_input.scatter_add_ if source.dtype == torch.long else grad_input.index_add_
+        wide = (torch.float32, torch.float64)
+        use_scatter = source.dtype == torch.long and grad_out.dtype in wide
+        add = grad_input.scatter_add_ if use_scatter else grad_input.index_add_
         per_roi = grad[0].numel() if len(grad) else 0  # ph * pw * C
         chunk = max(1, 2**22 // max(per_roi * grad.element_size(), 1))
         for k in range(0, len(grad), chunk):

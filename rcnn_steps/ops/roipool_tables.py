@@ -26,9 +26,15 @@ __all__ = ["FLT_MAX", "max_over_tables"]
 #: <= -FLT_MAX (or nan) outputs -FLT_MAX and passes no gradient. We reproduce that.
 FLT_MAX = float(torch.finfo(torch.float32).max)
 
-#: Upper bound on the memory of RoIPool's max tables (see :func:`max_over_tables`); the
-#: channels are processed in slices when the tables of all channels would not fit.
-ROI_POOL_TABLE_BYTES = 512 * 2**20
+#: Memory of RoIPool's max tables and gathered keys (see :func:`max_over_tables`): built
+#: for all channels at once up to twice this, else in equal channel slices of at most
+#: this. Why slices: glibc's malloc takes a buffer over 32 MiB fresh from the OS on every
+#: call, and a fresh buffer's page faults cost about as much as a pass over it, while
+#: smaller slices reuse the memory the slice before freed. On this project's 2-core Xeon
+#: (benchmarks/bench_roi_ops.py, 800 px, forward and backward) one 92 MB table took
+#: 1.0-1.2x torchvision's time, slices of 8-24 MiB 0.72-0.88x; slicing a table that fits
+#: anyway cost (128 px P2 7 x 7: two slices 1.09x, one 0.86x).
+ROI_POOL_TABLE_BYTES = 16 * 2**20
 
 
 def _floor_log2_table(n: int, device: torch.device) -> Tensor:
@@ -118,11 +124,13 @@ def max_over_tables(
     decoded straight into (a (K, C, ph, pw) output then needs no transposing copy).
 
     Returns ``(out, low)``: ``out`` holding the maxima and, if ``need_argmax``, the
-    int64 low words of their keys, ``_KEY_CELL_MAX - cell`` of the argmax (cell = ``h * W
-    + w`` within its image), 0 where nothing was pooled; else None.
+    ``(K * ph * pw, C)`` low words of their keys, int32 or int64, ``~cell`` (-1 - cell)
+    of the argmax (cell = ``h * W + w`` within its image), 0 where nothing was pooled;
+    else None.
     """
     n_img, channels, height, width = input.shape
     image = grid[0]
+    num_bins = image.numel()
     with _cpu_threads(input.device, limit=1):
         n_lh, n_lw, first, extra = _pool_corners(grid, input.shape)
     rows = n_lh * n_lw * n_img * height * width
@@ -131,62 +139,75 @@ def max_over_tables(
     # Without a gradient to route, a float32 forward needs no argmax, and the keys shrink
     # to the values' int32 order: half the bytes to build, gather and compare.
     with_cell = need_argmax or input.dtype == torch.float64
-    per_channel = (rows + 1) * (8 if with_cell else 4)
-    chunk = max(1, min(channels, ROI_POOL_TABLE_BYTES // per_channel))
-    best = []
-    # Usually one pass; channel slices only when all channels' tables would not fit.
+    per_channel = max(rows + 1, num_bins) * (8 if with_cell else 4)
+    total = channels * per_channel
+    slices = 1 if total <= 2 * ROI_POOL_TABLE_BYTES else -(-total // ROI_POOL_TABLE_BYTES)
+    chunk = -(-channels // min(slices, channels))  # equal slices
+    # One slice: the low words are sign-extended in the keys' own memory (int64); several:
+    # copied into an int32 buffer (half the bytes; a fresh buffer's pages cost about as
+    # much as a pass over it, which is also why slices are small enough for each to reuse
+    # the memory of the one before).
+    sliced = chunk < channels
+    low = input.new_empty((num_bins, channels), dtype=torch.int32) if with_cell and sliced else None
     for c0 in range(0, channels, chunk):
-        keys = _key_tables(_max_keys(x[..., c0 : c0 + chunk], with_cell), n_lh, n_lw)
-        key = keys.index_select(0, first)  # (K * ph * pw, chunk)
-        for bins, rows in extra:
+        c1 = min(c0 + chunk, channels)
+        keys = _key_tables(x[..., c0:c1], with_cell, n_lh, n_lw)
+        key = keys.index_select(0, first)  # (K * ph * pw, slice)
+        for bins, corner_rows in extra:
             if len(bins) == 0:
                 continue
             # Only the bins this corner adds to: gather, compare, write back.
-            part = keys.index_select(0, rows)
+            part = keys.index_select(0, corner_rows)
             key.index_copy_(0, bins, torch.maximum(key.index_select(0, bins), part, out=part))
-        best.append(key)
         del keys
-    key = torch.cat(best, 1) if len(best) > 1 else best[0]  # (K * ph * pw, C)
-    high, low = _split_key(key) if with_cell else (key, None)
+        high = _split_key(key)[0] if with_cell else key
+        if input.dtype != torch.float64:
+            _decode_into(high, out[..., c0:c1], in_place=not with_cell)
+        if with_cell and sliced:
+            low[:, c0:c1] = _split_key(key)[1]
+        elif with_cell:  # the low word, sign-extended in place: int64 ~cell
+            low = key.bitwise_left_shift_(32).bitwise_right_shift_(32)
 
     if input.dtype == torch.float64:
         # Ranks do not decode to values: read the values at the argmax. low holds
-        # _KEY_CELL_MAX - cell, and 0 where nothing was pooled.
+        # ~cell, and 0 where nothing was pooled.
         pooled = low != 0
-        cell = torch.where(pooled, _KEY_CELL_MAX - low, 0)
+        cell = torch.where(pooled, ~low, 0).long()
         plane = image[:, None] * channels + torch.arange(channels, device=input.device)
         flat = plane * (height * width) + cell
-        value = input.detach().reshape(-1)[flat.view(-1)].view(key.shape)
+        value = input.detach().reshape(-1)[flat.view(-1)].view(low.shape)
         empty = (grid[3] <= 0) | (grid[4] <= 0)
         fill = torch.where(empty, 0.0, -FLT_MAX).to(value.dtype)[:, None]
         out.copy_(torch.where(pooled, value, fill).view(out.shape))
-    else:
-        # Undo the order trick: flip the bits of negative numbers back, read as float32.
-        # Three passes that write the output's own memory (a float32 one, read as int32):
-        # decoding into a (bins, C) buffer and transposing it took two passes and two
-        # fresh buffers more (on 512 RoIs x 14 x 14 x 256 channels, each fresh 100 MB
-        # buffer cost as much as a pass in page faults).
-        high = high.view(out.shape)
-        if not need_argmax and high.is_contiguous() and not out.is_contiguous():
-            # Without an argmax the keys are int32 and ours to overwrite: decode them in
-            # contiguous passes and transpose once, which measured faster for a transposed
-            # output (800 px, 7 x 7: 32 -> 18 ms, in-process A/B).
-            high.bitwise_xor_((high >> 31).bitwise_and_(0x7FFFFFFF))
-            out.copy_(high.view(torch.float32))
-            return out, None
-        bits = out.view(torch.int32) if out.dtype == torch.float32 else torch.empty_like(high)
-        torch.bitwise_right_shift(high, 31, out=bits)
-        bits.bitwise_and_(0x7FFFFFFF).bitwise_xor_(high)
-        if bits.data_ptr() != out.data_ptr():
-            out.copy_(bits.view(torch.float32))
-    if not need_argmax:
-        return out, None
-    return out, key.bitwise_and_(0xFFFFFFFF)  # in place: no fresh (bins, C) int64 pages
+    return out, low if need_argmax else None
 
 
-#: Keys of :func:`_max_keys`: the low 32 bits hold ``_KEY_CELL_MAX - cell`` (so that a
-#: larger key means an earlier cell); 0 there means "no cell".
-_KEY_CELL_MAX = 2**31 - 1
+def _decode_into(high: Tensor, out: Tensor, in_place: bool) -> None:
+    """Undo :func:`_float_order_`: the int32 orders ``high`` (bins, C) back to float32
+    values, written into ``out``, a (K, ph * pw, C) view of the output in any layout.
+
+    Three passes that write the output's own memory (read as int32): decoding into a
+    buffer and transposing it took two passes and two fresh buffers more. ``in_place``
+    (the keys are ours to overwrite) decodes in contiguous passes and transposes once,
+    which measured faster for a transposed output (800 px, 7 x 7: 32 -> 18 ms).
+    """
+    high = high.view(out.shape)
+    if out.dtype != torch.float32:  # half or bfloat16: the float32 values, cast exactly
+        out.copy_(_float_from_order(high))
+        return
+    if in_place and high.is_contiguous() and not out.is_contiguous():
+        high.bitwise_xor_((high >> 31).bitwise_and_(0x7FFFFFFF))
+        out.copy_(high.view(torch.float32))
+        return
+    bits = out.view(torch.int32)
+    torch.bitwise_right_shift(high, 31, out=bits)
+    bits.bitwise_and_(0x7FFFFFFF).bitwise_xor_(high)
+
+
+#: Keys of :func:`_max_keys`: the low 32 bits hold ``_KEY_CELL_LOW - cell`` (so that a
+#: larger key means an earlier cell), which read as an int32 is ``~cell`` (-1 - cell);
+#: 0 there means "no cell" (cells are below 2^31).
+_KEY_CELL_LOW = 2**32 - 1
 _LITTLE_ENDIAN = sys.byteorder == "little"
 
 
@@ -198,10 +219,11 @@ def _split_key(key: Tensor) -> tuple[Tensor, Tensor]:
     return (key >> 32).int(), (key & 0xFFFFFFFF).int()
 
 
-def _max_keys(x: Tensor, with_cell: bool = True) -> Tensor:
-    """int64 keys, one per value of ``x`` (N, H, W, C), that order like (value, -cell).
+def _max_keys(x: Tensor, with_cell: bool, out: Tensor) -> Tensor:
+    """Keys, one per value of ``x`` (N, H, W, C), that order like (value, -cell), written
+    into ``out`` (N, H, W, C): int64, or int32 without the cell.
 
-    ``key = order(value) * 2^32 + (2^31 - 1 - cell)`` with ``cell = h * W + w`` and
+    ``key = order(value) * 2^32 + (2^32 - 1 - cell)`` with ``cell = h * W + w`` and
     ``order`` an int32 that orders (and ties) like the values. For float32 (and narrower
     types, upcast exactly) ``order`` is the IEEE bit pattern read as an integer, with the
     bits of negative numbers flipped: the classic trick that makes floats sort as
@@ -216,9 +238,12 @@ def _max_keys(x: Tensor, with_cell: bool = True) -> Tensor:
     torchvision's output for a bin of only such values.
 
     With ``with_cell=False`` (float32 only) the keys are just ``order(value)``, int32.
+    Each step writes memory already allocated where it can (one 128 px ``cpu_mask``
+    step's 7 x 7 call: ten passes, five of them into fresh buffers, became five).
     """
     n_img, height, width, channels = x.shape
-    unusable = ~(x > -FLT_MAX)  # True for nan too
+    # One read-only pass says whether any value needs masking (nan propagates to amin).
+    unusable = None if bool(x.amin() > -FLT_MAX) else ~(x > -FLT_MAX)
     if x.dtype == torch.float64:
         planes = x.permute(0, 3, 1, 2).reshape(n_img * channels, height * width)
         sorted_values, position = planes.sort(dim=1)
@@ -228,24 +253,35 @@ def _max_keys(x: Tensor, with_cell: bool = True) -> Tensor:
         order = rank.view(n_img, channels, height, width).permute(0, 2, 3, 1)
         floor = 0
     else:
-        order = _float_order(x.float() + 0.0)  # + 0.0 turns -0.0 into +0.0
-        floor = int(_float_order(torch.tensor(-FLT_MAX)))
-        if not with_cell:
-            return order.masked_fill_(unusable, floor)
-    cell = torch.arange(height * width, device=x.device).view(1, height, width, 1)
-    key = order.long() * 2**32 + (_KEY_CELL_MAX - cell)
-    return key.masked_fill_(unusable, floor * 2**32)
+        order = _float_order_(x.float() + 0.0)  # + 0.0 turns -0.0 into +0.0
+        floor = int(_float_order_(torch.tensor(-FLT_MAX)))
+    if with_cell:
+        cell = torch.arange(height * width, device=x.device).view(1, height, width, 1)
+        torch.add(_KEY_CELL_LOW - cell, order, alpha=2**32, out=out)
+        floor *= 2**32
+    else:
+        out.copy_(order)
+    if unusable is not None:
+        out.masked_fill_(unusable, floor)
+    return out
 
 
-def _float_order(x: Tensor) -> Tensor:
-    """float32 to int32 with the same order: the bit pattern, the lower 31 bits flipped
-    for negative numbers (whose patterns otherwise grow as the numbers fall)."""
+def _float_from_order(order: Tensor) -> Tensor:
+    """The inverse of :func:`_float_order_` (flipping the same bits undoes it)."""
+    return (order ^ ((order >> 31) & 0x7FFFFFFF)).view(torch.float32)
+
+
+def _float_order_(x: Tensor) -> Tensor:
+    """float32 to int32 with the same order, in place (the result is ``x``'s memory read
+    as int32): the bit pattern, the lower 31 bits flipped for negative numbers (whose
+    patterns otherwise grow as the numbers fall)."""
     bits = x.view(torch.int32)
-    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    return bits.bitwise_xor_((bits >> 31).bitwise_and_(0x7FFFFFFF))
 
 
-def _key_tables(key: Tensor, n_lh: int, n_lw: int) -> Tensor:
-    """The 2-D sparse tables of :func:`max_over_tables` over ``key`` (N, H, W, C).
+def _key_tables(x: Tensor, with_cell: bool, n_lh: int, n_lw: int) -> Tensor:
+    """The 2-D sparse tables of :func:`max_over_tables` over the keys of ``x`` (N, H, W,
+    C) (:func:`_max_keys`, built in the table's first level).
 
     Returns ``(n_lh * n_lw * N * H * W + 1, C)`` rows of keys: row ``((a * n_lw + b) * N +
     n) * H * W + h * W + w`` is the largest key of the ``2^a x 2^b`` block at (h, w),
@@ -253,12 +289,13 @@ def _key_tables(key: Tensor, n_lh: int, n_lw: int) -> Tensor:
     blocks a bin asks for (the rest is never read and left uninitialised). The last row
     holds key 0: value 0, no cell, for empty bins.
     """
-    n_img, height, width, channels = key.shape
+    n_img, height, width, channels = x.shape
     rows = n_lh * n_lw * n_img * height * width
-    flat = key.new_empty((rows + 1, channels))
+    dtype = torch.int64 if with_cell else torch.int32
+    flat = torch.empty((rows + 1, channels), dtype=dtype, device=x.device)
     flat[rows] = 0
     table = flat[:rows].view(n_lh, n_lw, n_img, height, width, channels)
-    table[0, 0] = key
+    _max_keys(x, with_cell, out=table[0, 0])
     for a in range(1, n_lh):
         # 2^a rows: the blocks of 2^(a-1) rows at h and h + 2^(a-1).
         s, h = 1 << (a - 1), height - (1 << a) + 1
