@@ -100,11 +100,12 @@ def max_over_tables(
     tables cost ``levels x N x C x H x W`` work and memory; only the levels the largest
     bin needs are built (3 x 3 for 7 x 7 bins over boxes up to ~30 cells).
 
-    In the benchmark's training step (K = 512, C = 256, 50 x 50, 7 x 7, one thread) the
-    time splits, by the profiler, into rough quarters: building the keys and tables, the
-    corner gathers, decoding the keys and transposing to (K, C, ph, pw), and the backward
-    (target indices, transposing the gradient, one scatter-add). Every step is a pass
-    over memory; what is left is PyTorch's one-op-at-a-time execution, not arithmetic.
+    In the benchmark's 800 px call (K = 512, C = 256, 50 x 50, 7 x 7, two threads, six
+    channel slices) the profiler splits forward and backward into: keys and tables ~20%,
+    corner gathers ~10%, decoding into the (K, C, ph, pw) output ~17%, the argmax words
+    and gradient positions ~13%, the backward's reordering and index-add ~19%. Every step
+    is a pass over memory, and a fresh large buffer costs about one more in page faults
+    (hence the slices, :data:`ROI_POOL_TABLE_BYTES`); not arithmetic.
 
     The gradient goes to one cell per bin, the argmax, with torchvision's tie rule: its
     kernel scans a bin row by row and keeps a value only if it is strictly greater, so
