@@ -31,8 +31,8 @@ FLT_MAX = float(torch.finfo(torch.float32).max)
 #: this. Why slices: glibc's malloc takes a buffer over 32 MiB fresh from the OS on every
 #: call, and a fresh buffer's page faults cost about as much as a pass over it, while
 #: smaller slices reuse the memory the slice before freed. On this project's 2-core Xeon
-#: (benchmarks/bench_roi_ops.py, 800 px, forward and backward) one 92 MB table took
-#: 1.0-1.2x torchvision's time, slices of 8-24 MiB 0.72-0.88x; slicing a table that fits
+#: (bench_roi_ops.py's 800 px inputs, forward and backward, in-process A/B) one 92 MB table took
+#: 1.0-1.2x torchvision's time, slices of 8-24 MiB 0.72-0.90x; slicing a table that fits
 #: anyway cost (128 px P2 7 x 7: two slices 1.09x, one 0.86x).
 ROI_POOL_TABLE_BYTES = 16 * 2**20
 
